@@ -1,0 +1,1 @@
+//! anticamera: a reverse proxy that keeps a public portal standing on claim day.
