@@ -1,1 +1,16 @@
 //! anticamera: a reverse proxy that keeps a public portal standing on claim day.
+//!
+//! The request path reads top to bottom in [`proxy`]; see ARCHITECTURE.md for where each stage
+//! lives.
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod body;
+pub mod cli;
+pub mod config;
+pub mod forwarded;
+pub mod proxy;
+pub mod respond;
+pub mod server;
+pub mod telemetry;
+pub mod upstream;

@@ -1,1 +1,11 @@
-fn main() {}
+//! The `anticamera` binary: all logic lives in the library; see `anticamera --help`.
+
+fn main() -> std::process::ExitCode {
+    match anticamera::cli::main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("anticamera: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,599 @@
+//! Configuration: TOML parsed with serde, then validated as a whole before anything starts.
+//!
+//! Every error names the file, the key path (`upstream.connect_timeout`) and the reason, and the
+//! line where TOML can tell it. `anticamera check-config FILE` runs exactly this and nothing else.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+
+/// One problem found in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// Dotted key path, e.g. `server.listen` or `upstream.urls[1]`.
+    pub key: String,
+    /// What is wrong, in words an operator can act on.
+    pub reason: String,
+    /// 1-based line in the file, when the parser could tell.
+    pub line: Option<usize>,
+}
+
+/// A configuration that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file was read but is wrong; every issue found is listed.
+    #[error("{}", render_issues(file, issues))]
+    Invalid {
+        /// The file.
+        file: PathBuf,
+        /// What is wrong, one entry per key.
+        issues: Vec<ConfigIssue>,
+    },
+}
+
+fn render_issues(file: &Path, issues: &[ConfigIssue]) -> String {
+    let mut out = String::new();
+    for (i, issue) in issues.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(&file.display().to_string());
+        if let Some(line) = issue.line {
+            out.push_str(&format!(":{line}"));
+        }
+        out.push_str(&format!(": {}: {}", issue.key, issue.reason));
+    }
+    out
+}
+
+/// A duration written as `250ms`, `10s`, `5m`, `1h` in the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
+            de::Error::custom(format!(
+                "invalid duration {s:?} ({e}); write e.g. \"250ms\", \"10s\", \"5m\""
+            ))
+        })
+    }
+}
+
+impl fmt::Display for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+/// A size in bytes, written as an integer or as `"16KiB"`, `"10MiB"`, `"1GiB"`, `"500kB"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// Parses `"10MiB"`-style sizes.
+    pub fn parse(s: &str) -> Result<ByteSize, String> {
+        let s = s.trim();
+        let split = s
+            .find(|c: char| !c.is_ascii_digit() && c != '_')
+            .unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let num: u64 = num.replace('_', "").parse().map_err(|_| {
+            format!("invalid size {s:?}: expected e.g. 16384, \"16KiB\", \"10MiB\"")
+        })?;
+        let mult: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "kB" | "KB" => 1_000,
+            "KiB" | "K" => 1 << 10,
+            "MB" => 1_000_000,
+            "MiB" | "M" => 1 << 20,
+            "GB" => 1_000_000_000,
+            "GiB" | "G" => 1 << 30,
+            other => {
+                return Err(format!(
+                    "invalid size unit {other:?} in {s:?}: use B, KiB, MiB, GiB, kB, MB, GB"
+                ))
+            }
+        };
+        num.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("size {s:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(ByteSize(n)),
+            Raw::Str(s) => ByteSize::parse(&s).map_err(de::Error::custom),
+        }
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Client-facing listener, limits and timeouts.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// The portal behind anticamera.
+    pub upstream: UpstreamConfig,
+    /// Which peers may tell us the client's address.
+    #[serde(default)]
+    pub forwarding: ForwardingConfig,
+    /// Metrics, health and the admin API.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// `[server]`: the client-facing side.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to accept clients on.
+    pub listen: SocketAddr,
+    /// Worker threads, each with its own listener (SO_REUSEPORT) and upstream pool; 0 = one per core.
+    pub workers: usize,
+    /// Accept HTTP/2 with prior knowledge (h2c) beside HTTP/1.1.
+    pub http2: bool,
+    /// Connections open at once across all workers; beyond it new ones get 503 and are closed.
+    pub max_connections: usize,
+    /// Deadline for a client to send a complete request head once it started one (slowloris).
+    pub request_head_timeout: Dur,
+    /// A connection with no request in flight and no bytes from the client for this long is closed.
+    pub idle_timeout: Dur,
+    /// Largest request head (request line + headers); larger gets 431. At least 8KiB.
+    pub max_header_bytes: ByteSize,
+    /// Most header fields in one request; more gets 431.
+    pub max_headers: usize,
+    /// Largest request body; larger gets 413 (before forwarding when Content-Length says so).
+    pub max_body_bytes: ByteSize,
+    /// Concurrent HTTP/2 streams per connection.
+    pub http2_max_streams: u32,
+    /// On SIGTERM/SIGINT: how long in-flight requests may take to finish.
+    pub shutdown_grace: Dur,
+    /// Listen backlog.
+    pub backlog: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            workers: 0,
+            http2: true,
+            max_connections: 20_000,
+            request_head_timeout: Dur(Duration::from_secs(10)),
+            idle_timeout: Dur(Duration::from_secs(60)),
+            max_header_bytes: ByteSize(16 << 10),
+            max_headers: 100,
+            max_body_bytes: ByteSize(10 << 20),
+            http2_max_streams: 100,
+            shutdown_grace: Dur(Duration::from_secs(30)),
+            backlog: 1024,
+        }
+    }
+}
+
+/// `[upstream]`: the portal.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Base URLs of the portal (`http://host:port`); several are used round-robin.
+    pub urls: Vec<String>,
+    /// Deadline to open a TCP connection to the portal; past it the client gets 502.
+    #[serde(default = "defaults::connect_timeout")]
+    pub connect_timeout: Dur,
+    /// Deadline for the portal's response head once the request is sent; past it 504.
+    #[serde(default = "defaults::response_timeout")]
+    pub response_timeout: Dur,
+    /// Idle pooled connections to the portal are closed after this long.
+    #[serde(default = "defaults::pool_idle_timeout")]
+    pub pool_idle_timeout: Dur,
+    /// Idle pooled connections kept per portal address, per worker.
+    #[serde(default = "defaults::pool_max_idle")]
+    pub pool_max_idle: usize,
+    /// Consecutive connection failures after which an address is skipped for `unhealthy_for`.
+    #[serde(default = "defaults::unhealthy_after")]
+    pub unhealthy_after: u32,
+    /// How long an address that kept failing is skipped (passive health).
+    #[serde(default = "defaults::unhealthy_for")]
+    pub unhealthy_for: Dur,
+}
+
+mod defaults {
+    use super::Dur;
+    use std::time::Duration;
+    pub fn connect_timeout() -> Dur {
+        Dur(Duration::from_secs(3))
+    }
+    pub fn response_timeout() -> Dur {
+        Dur(Duration::from_secs(30))
+    }
+    pub fn pool_idle_timeout() -> Dur {
+        Dur(Duration::from_secs(60))
+    }
+    pub fn pool_max_idle() -> usize {
+        512
+    }
+    pub fn unhealthy_after() -> u32 {
+        3
+    }
+    pub fn unhealthy_for() -> Dur {
+        Dur(Duration::from_secs(10))
+    }
+}
+
+/// `[forwarding]`: trusted forwarders.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardingConfig {
+    /// Peers (load balancers, TLS terminators) whose `X-Forwarded-For`/`Forwarded`/`X-Forwarded-Proto`
+    /// are believed. Anyone else's are replaced by what anticamera sees.
+    pub trusted_forwarders: Vec<IpNet>,
+}
+
+/// `[admin]`: the operator-facing listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of `/metrics`, `/healthz`, `/readyz` and the admin API. Keep it private.
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9901)),
+        }
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `error`, `warn`, `info`, `debug`, `trace` or a tracing filter; `RUST_LOG` overrides it.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A parsed upstream address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTarget {
+    /// `scheme://authority`, used to build request URIs.
+    pub authority: http::uri::Authority,
+    /// Always `http` for now (TLS to the portal is not supported yet).
+    pub scheme: http::uri::Scheme,
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|issues| ConfigError::Invalid {
+            file: path.to_path_buf(),
+            issues,
+        })
+    }
+
+    /// Parses and validates configuration text; every issue names its key.
+    pub fn parse(text: &str) -> Result<Config, Vec<ConfigIssue>> {
+        let de = toml::Deserializer::new(text);
+        let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let line = inner.span().map(|s| line_of(text, s.start));
+            let reason = inner.message().trim().to_string();
+            let key = if path == "." || path.is_empty() {
+                "(top level)".to_string()
+            } else {
+                path
+            };
+            vec![ConfigIssue { key, reason, line }]
+        })?;
+        let issues = cfg.validate();
+        if issues.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(issues
+                .into_iter()
+                .map(|(key, reason)| ConfigIssue {
+                    line: find_key_line(text, &key),
+                    key,
+                    reason,
+                })
+                .collect())
+        }
+    }
+
+    /// Cross-field checks serde cannot express. Returns (key, reason) pairs.
+    fn validate(&self) -> Vec<(String, String)> {
+        let mut v = Vec::new();
+        let s = &self.server;
+        if s.max_header_bytes.0 < 8192 {
+            v.push((
+                "server.max_header_bytes".into(),
+                "must be at least 8KiB (8192)".into(),
+            ));
+        }
+        if s.max_header_bytes.0 > 1 << 20 {
+            v.push((
+                "server.max_header_bytes".into(),
+                "must be at most 1MiB".into(),
+            ));
+        }
+        if s.max_headers == 0 {
+            v.push(("server.max_headers".into(), "must be at least 1".into()));
+        }
+        if s.max_connections == 0 {
+            v.push(("server.max_connections".into(), "must be at least 1".into()));
+        }
+        if s.http2_max_streams == 0 {
+            v.push((
+                "server.http2_max_streams".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if s.workers > 1024 {
+            v.push(("server.workers".into(), "must be at most 1024".into()));
+        }
+        for (key, d) in [
+            ("server.request_head_timeout", s.request_head_timeout),
+            ("server.idle_timeout", s.idle_timeout),
+            ("upstream.connect_timeout", self.upstream.connect_timeout),
+            ("upstream.response_timeout", self.upstream.response_timeout),
+        ] {
+            if d.0.is_zero() {
+                v.push((key.into(), "must be longer than zero".into()));
+            }
+        }
+        if self.upstream.urls.is_empty() {
+            v.push((
+                "upstream.urls".into(),
+                "list at least one portal address, e.g. [\"http://127.0.0.1:9000\"]".into(),
+            ));
+        }
+        for (i, url) in self.upstream.urls.iter().enumerate() {
+            if let Err(reason) = parse_upstream(url) {
+                v.push((format!("upstream.urls[{i}]"), reason));
+            }
+        }
+        if self.upstream.unhealthy_after == 0 {
+            v.push((
+                "upstream.unhealthy_after".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if self.admin.listen == self.server.listen && self.server.listen.port() != 0 {
+            v.push((
+                "admin.listen".into(),
+                "must differ from server.listen: the admin listener is separate".into(),
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            v.push(("log.level".into(), format!("invalid filter: {e}")));
+        }
+        v
+    }
+
+    /// The upstream targets, parsed (validation guarantees they parse).
+    pub fn upstream_targets(&self) -> Vec<UpstreamTarget> {
+        self.upstream
+            .urls
+            .iter()
+            .filter_map(|u| parse_upstream(u).ok())
+            .collect()
+    }
+
+    /// Number of worker threads to run.
+    pub fn worker_count(&self) -> usize {
+        if self.server.workers == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        } else {
+            self.server.workers
+        }
+    }
+}
+
+/// Parses `http://host:port` (no path, no query) into an upstream target.
+pub fn parse_upstream(url: &str) -> Result<UpstreamTarget, String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("invalid URL {url:?}: {e}"))?;
+    let scheme = uri
+        .scheme()
+        .cloned()
+        .ok_or_else(|| format!("{url:?} needs a scheme: write http://host:port"))?;
+    if scheme != http::uri::Scheme::HTTP {
+        return Err(format!(
+            "{url:?}: only http:// upstreams are supported (TLS to the portal is not implemented)"
+        ));
+    }
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| format!("{url:?} needs a host: write http://host:port"))?;
+    if uri.path() != "/" && !uri.path().is_empty() {
+        return Err(format!(
+            "{url:?}: a path prefix is not supported; give scheme://host:port only"
+        ));
+    }
+    if uri.query().is_some() {
+        return Err(format!("{url:?}: a query is not allowed"));
+    }
+    Ok(UpstreamTarget { authority, scheme })
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Best-effort line of the last segment of a dotted key path, for semantic errors.
+fn find_key_line(text: &str, key: &str) -> Option<usize> {
+    let last = key.rsplit('.').next()?;
+    let last = last.split('[').next()?;
+    let section = key.split('.').next()?;
+    let mut in_section = !key.contains('.');
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            let name = t.trim_matches(|c| c == '[' || c == ']').trim();
+            in_section = name == section || name.starts_with(&format!("{section}."));
+            continue;
+        }
+        if in_section {
+            if let Some((k, _)) = t.split_once('=') {
+                if k.trim() == last {
+                    return Some(i + 1);
+                }
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = "[upstream]\nurls = [\"http://127.0.0.1:9000\"]\n";
+
+    fn issues(text: &str) -> Vec<ConfigIssue> {
+        match Config::parse(text) {
+            Ok(_) => panic!("expected an error for:\n{text}"),
+            Err(i) => i,
+        }
+    }
+
+    #[test]
+    fn minimal_config_gets_safe_defaults() {
+        let c = Config::parse(MIN).unwrap();
+        assert_eq!(c.server.request_head_timeout.0, Duration::from_secs(10));
+        assert_eq!(c.server.max_body_bytes.0, 10 << 20);
+        assert_eq!(c.upstream_targets().len(), 1);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_section_and_line() {
+        let i = issues(&format!(
+            "{MIN}[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n"
+        ));
+        assert_eq!(i[0].key, "server.lisen");
+        assert!(i[0].reason.contains("unknown field `lisen`"), "{:?}", i[0]);
+        assert_eq!(i[0].line, Some(5));
+    }
+
+    #[test]
+    fn bad_address_names_the_key() {
+        let i = issues(&format!("{MIN}[server]\nlisten = \"localhost:port\"\n"));
+        assert_eq!(i[0].key, "server.listen");
+        assert_eq!(i[0].line, Some(4));
+    }
+
+    #[test]
+    fn bad_duration_names_the_key() {
+        let i = issues(&format!(
+            "[upstream]\nurls = [\"http://a:1\"]\nconnect_timeout = \"3 parsecs\"\n"
+        ));
+        assert_eq!(i[0].key, "upstream.connect_timeout");
+        assert!(i[0].reason.contains("invalid duration"));
+    }
+
+    #[test]
+    fn semantic_errors_name_the_key() {
+        let i = issues(
+            "[upstream]\nurls = [\"https://a:1\", \"http://b:2/x\"]\n[server]\nmax_header_bytes = 100\n",
+        );
+        let keys: Vec<_> = i.iter().map(|i| i.key.as_str()).collect();
+        assert!(keys.contains(&"upstream.urls[0]"), "{keys:?}");
+        assert!(keys.contains(&"upstream.urls[1]"), "{keys:?}");
+        assert!(keys.contains(&"server.max_header_bytes"), "{keys:?}");
+        let mh = i
+            .iter()
+            .find(|i| i.key == "server.max_header_bytes")
+            .unwrap();
+        assert_eq!(mh.line, Some(4));
+    }
+
+    #[test]
+    fn missing_upstream_is_reported() {
+        let i = issues("[server]\nworkers = 1\n");
+        assert!(
+            i[0].reason.contains("missing field `upstream`"),
+            "{:?}",
+            i[0]
+        );
+    }
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(ByteSize::parse("16KiB").unwrap().0, 16384);
+        assert_eq!(ByteSize::parse("1_000").unwrap().0, 1000);
+        assert_eq!(ByteSize::parse("2MB").unwrap().0, 2_000_000);
+        assert!(ByteSize::parse("2 parsecs").is_err());
+        assert!(ByteSize::parse("99999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn error_display_has_file_line_key_reason() {
+        let e = ConfigError::Invalid {
+            file: "x.toml".into(),
+            issues: vec![ConfigIssue {
+                key: "server.listen".into(),
+                reason: "bad".into(),
+                line: Some(3),
+            }],
+        };
+        assert_eq!(e.to_string(), "x.toml:3: server.listen: bad");
+    }
+}

@@ -1,0 +1,511 @@
+//! Listeners, connections and shutdown.
+//!
+//! Thread per core: each worker thread runs its own current-thread tokio runtime, accepts on its
+//! own `SO_REUSEPORT` listener bound to the same address, and keeps its own pool of portal
+//! connections. Nothing on the request path crosses threads except atomics in [`Shared`].
+//!
+//! Per connection: a count against `server.max_connections` (over it: a 503 and close), and a
+//! watchdog that closes a connection whose request head does not complete within
+//! `server.request_head_timeout` (slowloris) or that sits idle with no request in flight for
+//! `server.idle_timeout`. On shutdown every worker stops accepting, asks its connections to
+//! finish (HTTP/1.1: close after the current response; HTTP/2: GOAWAY) and waits for them up to
+//! `server.shutdown_grace`.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::admin;
+use crate::config::Config;
+use crate::proxy::{ConnInfo, Proxy, Shared};
+use crate::telemetry;
+
+/// Failure to start the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+    /// A worker thread or runtime could not be started.
+    #[error("cannot start worker: {0}")]
+    Worker(io::Error),
+}
+
+/// Sockets bound and ready; nothing accepted yet. Binding first lets `port = 0` resolve and
+/// lets the caller learn the addresses before serving.
+pub struct BoundServer {
+    shared: Arc<Shared>,
+    listeners: Vec<std::net::TcpListener>,
+    admin: std::net::TcpListener,
+    addr: SocketAddr,
+    admin_addr: SocketAddr,
+}
+
+impl BoundServer {
+    /// Binds the client listeners (one per worker) and the admin listener.
+    pub fn bind(config: Config) -> Result<BoundServer, ServerError> {
+        let config = Arc::new(config);
+        let workers = config.worker_count();
+        let s = &config.server;
+        let first = reuseport_listener(s.listen, s.backlog)?;
+        let addr = first.local_addr().map_err(|source| ServerError::Bind {
+            addr: s.listen,
+            source,
+        })?;
+        let mut listeners = vec![first];
+        for _ in 1..workers {
+            listeners.push(reuseport_listener(addr, s.backlog)?);
+        }
+        let admin = std::net::TcpListener::bind(config.admin.listen).map_err(|source| {
+            ServerError::Bind {
+                addr: config.admin.listen,
+                source,
+            }
+        })?;
+        let admin_addr = admin.local_addr().map_err(|source| ServerError::Bind {
+            addr: config.admin.listen,
+            source,
+        })?;
+        Ok(BoundServer {
+            shared: Shared::new(config),
+            listeners,
+            admin,
+            addr,
+            admin_addr,
+        })
+    }
+
+    /// The client-facing address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The admin address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Starts the worker threads and the admin thread.
+    pub fn start(self) -> Result<RunningServer, ServerError> {
+        let handle = telemetry::prometheus();
+        let (tx, rx) = watch::channel(false);
+        let conns = Arc::new(AtomicUsize::new(0));
+        let mut threads = Vec::new();
+        for (i, listener) in self.listeners.into_iter().enumerate() {
+            let shared = self.shared.clone();
+            let rx = rx.clone();
+            let conns = conns.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("anticamera-w{i}"))
+                .spawn(move || {
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot build worker runtime");
+                            return;
+                        }
+                    };
+                    rt.block_on(worker(listener, shared, rx, conns));
+                })
+                .map_err(ServerError::Worker)?;
+            threads.push(t);
+        }
+        let shared = self.shared.clone();
+        let admin = self.admin;
+        let (admin_tx, arx) = watch::channel(false);
+        let admin_thread = std::thread::Builder::new()
+            .name("anticamera-admin".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot build admin runtime");
+                        return;
+                    }
+                };
+                rt.block_on(admin::serve(admin, shared, handle, arx));
+            })
+            .map_err(ServerError::Worker)?;
+        tracing::info!(listen = %self.addr, admin = %self.admin_addr, "anticamera started");
+        Ok(RunningServer {
+            shutdown: tx,
+            threads,
+            admin_stop: admin_tx,
+            admin_thread,
+            shared: self.shared,
+            addr: self.addr,
+            admin_addr: self.admin_addr,
+        })
+    }
+}
+
+/// A running server.
+pub struct RunningServer {
+    shutdown: watch::Sender<bool>,
+    threads: Vec<JoinHandle<()>>,
+    admin_stop: watch::Sender<bool>,
+    admin_thread: JoinHandle<()>,
+    shared: Arc<Shared>,
+    /// The client-facing address.
+    pub addr: SocketAddr,
+    /// The admin address.
+    pub admin_addr: SocketAddr,
+}
+
+impl RunningServer {
+    /// Begins graceful shutdown: stop accepting, let in-flight requests finish.
+    pub fn shutdown(&self) {
+        self.shared.draining.store(true, Ordering::Relaxed);
+        let _ = self.shutdown.send(true);
+    }
+
+    /// A handle that can trigger shutdown from elsewhere (a signal handler).
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            tx: self.shutdown.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Waits for every worker to finish (after [`RunningServer::shutdown`]), then stops the
+    /// admin listener.
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+        let _ = self.admin_stop.send(true);
+        let _ = self.admin_thread.join();
+    }
+}
+
+/// Triggers graceful shutdown.
+#[derive(Clone)]
+pub struct ShutdownHandle {
+    tx: watch::Sender<bool>,
+    shared: Arc<Shared>,
+}
+
+impl ShutdownHandle {
+    /// Begins graceful shutdown.
+    pub fn shutdown(&self) {
+        self.shared.draining.store(true, Ordering::Relaxed);
+        let _ = self.tx.send(true);
+    }
+}
+
+fn reuseport_listener(
+    addr: SocketAddr,
+    backlog: u32,
+) -> Result<std::net::TcpListener, ServerError> {
+    let err = |source| ServerError::Bind { addr, source };
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
+    socket.set_reuse_address(true).map_err(err)?;
+    #[cfg(unix)]
+    socket.set_reuse_port(true).map_err(err)?;
+    socket.set_nodelay(true).map_err(err)?;
+    socket.bind(&addr.into()).map_err(err)?;
+    socket
+        .listen(backlog.min(i32::MAX as u32) as i32)
+        .map_err(err)?;
+    socket.set_nonblocking(true).map_err(err)?;
+    Ok(socket.into())
+}
+
+const TOO_MANY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n\
+cache-control: no-store\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 40\r\n\r\n\
+Too many connections; retry in a second.";
+
+async fn worker(
+    std_listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+    conns: Arc<AtomicUsize>,
+) {
+    let listener = match TcpListener::from_std(std_listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot register listener");
+            return;
+        }
+    };
+    let proxy = Arc::new(Proxy::new(shared.clone()));
+    let cfg = shared.config.clone();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .keep_alive(true)
+        .max_buf_size(cfg.server.max_header_bytes.0 as usize)
+        .max_headers(cfg.server.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(cfg.server.http2_max_streams)
+        .max_header_list_size(cfg.server.max_header_bytes.0 as u32);
+    if !cfg.server.http2 {
+        builder = builder.http1_only();
+    }
+    let builder = Arc::new(builder);
+    let graceful = GracefulShutdown::new();
+    let max_conns = cfg.server.max_connections;
+    let timeouts = Timeouts {
+        head: cfg.server.request_head_timeout.0,
+        idle: cfg.server.idle_timeout.0,
+    };
+    let open = metrics::gauge!(telemetry::OPEN_CONNECTIONS);
+
+    loop {
+        let (stream, peer) = tokio::select! {
+            biased;
+            _ = shutdown.changed() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        if conns.fetch_add(1, Ordering::AcqRel) >= max_conns {
+            conns.fetch_sub(1, Ordering::AcqRel);
+            metrics::counter!(telemetry::CONNECTIONS_TOTAL, "result" => "refused_limit")
+                .increment(1);
+            tokio::spawn(async move {
+                let mut stream = stream;
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    let _ = stream.write_all(TOO_MANY).await;
+                    let _ = stream.shutdown().await;
+                })
+                .await;
+            });
+            continue;
+        }
+        metrics::counter!(telemetry::CONNECTIONS_TOTAL, "result" => "accepted").increment(1);
+        open.increment(1.0);
+        let _ = stream.set_nodelay(true);
+        let activity = Arc::new(Activity::new());
+        let io = TokioIo::new(ActivityIo {
+            inner: stream,
+            activity: activity.clone(),
+        });
+        let info = ConnInfo {
+            peer,
+            scheme: "http",
+        };
+        let proxy = proxy.clone();
+        let svc_activity = activity.clone();
+        let svc = service_fn(move |req| {
+            let proxy = proxy.clone();
+            let guard = svc_activity.begin_request();
+            async move {
+                let resp = proxy.handle(req, info).await;
+                drop(guard);
+                Ok::<_, Infallible>(resp)
+            }
+        });
+        let conn = builder.serve_connection(io, svc).into_owned();
+        let conn = graceful.watch(conn);
+        let conns = conns.clone();
+        let open = open.clone();
+        tokio::spawn(async move {
+            watchdog(conn, activity, timeouts).await;
+            conns.fetch_sub(1, Ordering::AcqRel);
+            open.decrement(1.0);
+        });
+    }
+    drop(listener);
+    let grace = cfg.server.shutdown_grace.0;
+    tracing::info!(open = graceful.count(), "worker draining");
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(?grace, "shutdown grace elapsed with connections still open");
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Timeouts {
+    head: Duration,
+    idle: Duration,
+}
+
+/// Drives a connection and closes it when it stalls: a request head that does not complete in
+/// time, or no request and no bytes for the idle timeout.
+async fn watchdog<F: std::future::Future>(conn: F, activity: Arc<Activity>, t: Timeouts) {
+    tokio::pin!(conn);
+    let tick = (t.head.min(t.idle) / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = &mut conn => return,
+            _ = tokio::time::sleep(tick) => {
+                if let Some(reason) = activity.stalled(t) {
+                    metrics::counter!(telemetry::CONNECTIONS_CLOSED_TOTAL, "reason" => reason).increment(1);
+                    tracing::debug!(reason, "closing stalled connection");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// What the watchdog needs to know about a connection, updated by its I/O and its requests.
+struct Activity {
+    epoch: Instant,
+    /// Requests being answered on this connection.
+    in_flight: AtomicU32,
+    /// Last byte read or written (ms since epoch).
+    last_io: AtomicU64,
+    /// First byte of a request head read while no request was in flight (ms since epoch + 1),
+    /// 0 when no head is being read.
+    head_started: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            epoch: Instant::now(),
+            in_flight: AtomicU32::new(0),
+            last_io: AtomicU64::new(0),
+            head_started: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    fn on_read(&self) {
+        let now = self.now_ms();
+        self.last_io.store(now, Ordering::Relaxed);
+        if self.in_flight.load(Ordering::Relaxed) == 0
+            && self.head_started.load(Ordering::Relaxed) == 0
+        {
+            self.head_started.store(now, Ordering::Relaxed);
+        }
+    }
+
+    fn on_write(&self) {
+        self.last_io.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    fn begin_request(self: &Arc<Self>) -> RequestGuard {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.head_started.store(0, Ordering::Relaxed);
+        RequestGuard(self.clone())
+    }
+
+    fn stalled(&self, t: Timeouts) -> Option<&'static str> {
+        if self.in_flight.load(Ordering::Relaxed) != 0 {
+            return None;
+        }
+        let now = self.now_ms();
+        let head = self.head_started.load(Ordering::Relaxed);
+        if head != 0 && now.saturating_sub(head) > t.head.as_millis() as u64 {
+            return Some("head_timeout");
+        }
+        let last = self.last_io.load(Ordering::Relaxed);
+        if now.saturating_sub(last) > t.idle.as_millis() as u64 {
+            return Some("idle");
+        }
+        None
+    }
+}
+
+struct RequestGuard(Arc<Activity>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.last_io.store(self.0.now_ms(), Ordering::Relaxed);
+    }
+}
+
+/// A client socket that reports its activity to the watchdog.
+struct ActivityIo {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for ActivityIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.on_read();
+        }
+        r
+    }
+}
+
+impl AsyncWrite for ActivityIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.on_write();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.on_write();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,237 @@
+//! Shared harness for the black-box tests: a programmable upstream, anticamera started on
+//! ephemeral ports, and raw-socket helpers. Everything talks over real loopback sockets.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+pub type Handler = Arc<
+    dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> + Send + Sync,
+>;
+
+pub fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|e| match e {}).boxed()
+}
+
+/// A programmable portal stand-in on an ephemeral loopback port.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub async fn upstream<F, Fut>(f: F) -> Upstream
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let handler: Handler = Arc::new(move |req| Box::pin(f(req)));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let handler = handler.clone();
+                    async move { Ok::<_, Infallible>(handler(req).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Upstream { addr, task }
+}
+
+/// An upstream that answers with a JSON description of what it received (method, uri,
+/// headers, body length).
+pub async fn echo_upstream() -> Upstream {
+    upstream(|req: Request<Incoming>| async move {
+        let (parts, body) = req.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        let headers: Vec<(String, String)> = parts
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let v = serde_json::json!({
+            "method": parts.method.as_str(),
+            "uri": parts.uri.to_string(),
+            "headers": headers,
+            "body": String::from_utf8_lossy(&body),
+            "len": body.len(),
+        });
+        Response::builder()
+            .header("content-type", "application/json")
+            .body(full(v.to_string()))
+            .unwrap()
+    })
+    .await
+}
+
+/// anticamera running on ephemeral ports.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    server: Option<anticamera::server::RunningServer>,
+}
+
+impl Proxy {
+    pub fn shutdown_handle(&self) -> anticamera::server::ShutdownHandle {
+        self.server.as_ref().unwrap().shutdown_handle()
+    }
+
+    /// Shuts down and waits (on a blocking thread) for the workers to finish.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown();
+            tokio::task::spawn_blocking(move || s.join()).await.unwrap();
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown();
+            // Do not join here: tests may drop inside a runtime.
+            std::thread::spawn(move || s.join());
+        }
+    }
+}
+
+/// Starts anticamera in front of `upstream` with extra config TOML appended to each section.
+/// `extra` is raw TOML placed after the generated `[upstream]` section; sections it opens
+/// (e.g. `[server]` keys) are merged by writing them before. Use `server_extra` for [server].
+pub fn proxy(upstream: SocketAddr, server_extra: &str, extra: &str) -> Proxy {
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n{server_extra}\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\
+         [upstream]\nurls = [\"http://{upstream}\"]\n{extra}\n"
+    );
+    proxy_from(&text)
+}
+
+pub fn proxy_from(text: &str) -> Proxy {
+    let cfg = anticamera::config::Config::parse(text)
+        .unwrap_or_else(|e| panic!("test config invalid: {e:?}\n{text}"));
+    let bound = anticamera::server::BoundServer::bind(cfg).unwrap();
+    let (addr, admin) = (bound.local_addr(), bound.admin_addr());
+    let server = bound.start().unwrap();
+    Proxy {
+        addr,
+        admin,
+        server: Some(server),
+    }
+}
+
+/// A hyper client speaking HTTP/1.1 (or h2c with `h2`).
+pub fn client(
+    h2: bool,
+) -> hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Body> {
+    let mut b = hyper_util::client::legacy::Client::builder(TokioExecutor::new());
+    if h2 {
+        b.http2_only(true);
+    }
+    b.build_http()
+}
+
+pub async fn get(addr: SocketAddr, path: &str) -> (u16, http::HeaderMap, String) {
+    let req = Request::get(format!("http://{addr}{path}"))
+        .body(full(Bytes::new()))
+        .unwrap();
+    send(req).await
+}
+
+pub async fn send(req: Request<Body>) -> (u16, http::HeaderMap, String) {
+    let resp = client(false).request(req).await.expect("request failed");
+    let status = resp.status().as_u16();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (
+        status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+/// Writes raw bytes and reads until the peer closes or `wait` passes; returns what was read.
+pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    read_until_close(&mut s, wait).await
+}
+
+pub async fn read_until_close(s: &mut TcpStream, wait: Duration) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether the server closed the connection within `wait` (EOF or reset on read).
+pub async fn closed_within(s: &mut TcpStream, wait: Duration) -> bool {
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+pub fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+/// Header values the echo upstream saw, by name.
+pub fn seen(echo: &serde_json::Value, name: &str) -> Vec<String> {
+    echo["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p[0].as_str().unwrap() == name)
+        .map(|p| p[1].as_str().unwrap().to_string())
+        .collect()
+}
