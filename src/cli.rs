@@ -32,6 +32,55 @@ pub enum Command {
         /// Configuration file (TOML).
         file: PathBuf,
     },
+    /// Start, on loopback, the demo portal and anticamera in front of it (from
+    /// config/demo.toml), and print the addresses to open. Ctrl-C stops both.
+    Demo {
+        /// anticamera configuration; the demo portal listens on its first upstream address.
+        #[arg(long, short, default_value = "config/demo.toml")]
+        config: PathBuf,
+        /// How the demo portal behaves.
+        #[command(flatten)]
+        portal: PortalArgs,
+    },
+    /// Run only the demo portal (for load tests and benchmarks), on the given address.
+    DemoPortal {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: std::net::SocketAddr,
+        /// How the demo portal behaves.
+        #[command(flatten)]
+        portal: PortalArgs,
+        /// Runtime threads for the portal.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+    },
+}
+
+/// How the demo portal behaves.
+#[derive(Debug, clap::Args)]
+pub struct PortalArgs {
+    /// Requests the portal serves at normal speed; beyond it latency grows, then errors, then
+    /// it hangs, as the real portal did.
+    #[arg(long, default_value_t = 50)]
+    pub capacity: usize,
+    /// Normal latency of a portal page.
+    #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
+    pub base_latency: std::time::Duration,
+    /// Reproduce the 1 April 2020 accident: under load, personal pages are served from a
+    /// shared cache to other users.
+    #[arg(long)]
+    pub fault_mode: bool,
+}
+
+impl PortalArgs {
+    fn config(&self) -> crate::demo::PortalConfig {
+        crate::demo::PortalConfig {
+            capacity: self.capacity,
+            base_latency: self.base_latency,
+            fault_mode: self.fault_mode,
+            ..Default::default()
+        }
+    }
 }
 
 /// Entry point used by `main`.
@@ -40,6 +89,12 @@ pub fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run { config } => run(&config),
         Command::CheckConfig { file } => check_config(&file),
+        Command::Demo { config, portal } => demo(&config, &portal),
+        Command::DemoPortal {
+            listen,
+            portal,
+            threads,
+        } => demo_portal(listen, &portal, threads),
     }
 }
 
@@ -107,4 +162,101 @@ pub fn wait_for_signal_then(handle: crate::server::ShutdownHandle) -> anyhow::Re
     })?;
     handle.shutdown();
     Ok(())
+}
+
+fn demo(path: &Path, args: &PortalArgs) -> anyhow::Result<()> {
+    let cfg = load(path)?;
+    init_logging(&cfg.log);
+    let portal_addr = cfg
+        .upstream_targets()
+        .first()
+        .map(|t| t.authority.to_string())
+        .context("the demo config needs an upstream address for the demo portal")?;
+    let portal_addr: std::net::SocketAddr = portal_addr
+        .parse()
+        .with_context(|| format!("the demo portal needs an IP:port upstream, not {portal_addr}"))?;
+    let portal_cfg = args.config();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("demo-portal".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(anyhow::anyhow!(e)));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let started = async {
+                    let l = tokio::net::TcpListener::bind(portal_addr).await?;
+                    crate::demo::spawn(l, portal_cfg).await
+                }
+                .await;
+                match started {
+                    Ok(handle) => {
+                        let _ = ready_tx.send(Ok(()));
+                        std::future::pending::<()>().await;
+                        drop(handle);
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(anyhow::anyhow!(
+                            "demo portal cannot listen on {portal_addr}: {e}"
+                        )));
+                    }
+                }
+            });
+        })?;
+    ready_rx.recv().context("demo portal thread ended")??;
+    let bound = BoundServer::bind(cfg).context("starting anticamera")?;
+    let (addr, admin) = (bound.local_addr(), bound.admin_addr());
+    let running = bound.start()?;
+    println!(
+        "anticamera demo is running.\n\n  \
+         The portal through anticamera   http://{addr}/\n  \
+         Log in as anyone                http://{addr}/login\n  \
+         Your personal page              http://{addr}/account\n  \
+         The claim form                  http://{addr}/claim\n  \
+         Portal stats (peak load)        http://{portal_addr}/__portal/stats\n  \
+         Metrics                         http://{admin}/metrics\n\n\
+         The portal serves {} requests at once{}. Press Ctrl-C to stop.",
+        args.capacity,
+        if args.fault_mode {
+            " and has the 2020 fault mode ON"
+        } else {
+            ""
+        }
+    );
+    wait_for_signal_then(running.shutdown_handle())?;
+    running.join();
+    Ok(())
+}
+
+fn demo_portal(
+    listen: std::net::SocketAddr,
+    args: &PortalArgs,
+    threads: usize,
+) -> anyhow::Result<()> {
+    init_logging(&LogConfig::default());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let l = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let handle = crate::demo::spawn(l, args.config()).await?;
+        println!(
+            "demo portal on http://{} (capacity {})",
+            handle.addr, args.capacity
+        );
+        tokio::signal::ctrl_c().await?;
+        let s = handle.stats_snapshot();
+        println!("{}", serde_json::to_string(&s)?);
+        anyhow::Ok(())
+    })
 }

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod body;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod forwarded;
 pub mod proxy;
 pub mod respond;
