@@ -344,8 +344,7 @@ impl SlotTable {
         for seg in self.segs.iter().take(need as usize) {
             seg.get_or_init(|| (0..SEGMENT_SLOTS).map(|_| Slot::default()).collect());
         }
-        self.len
-            .fetch_max(need * SEGMENT_SLOTS, Ordering::AcqRel);
+        self.len.fetch_max(need * SEGMENT_SLOTS, Ordering::AcqRel);
     }
 
     #[inline]
@@ -431,7 +430,11 @@ impl Gate {
     }
 
     /// A gate over a custom [`AdmissionStore`].
-    pub fn with_store(settings: &GateSettings, store: Box<dyn AdmissionStore>, now_ms: u64) -> Self {
+    pub fn with_store(
+        settings: &GateSettings,
+        store: Box<dyn AdmissionStore>,
+        now_ms: u64,
+    ) -> Self {
         let gate = Self {
             store,
             capacity: AtomicU32::new(0),
@@ -442,7 +445,9 @@ impl Gate {
             epoch_ms: now_ms.saturating_sub(EPOCH_SLACK_MS),
             slots: SlotTable::new(),
             // All ones: a ticket's bit is cleared when it is admitted.
-            claimed: (0..CLAIM_WINDOW / 64).map(|_| AtomicU64::new(u64::MAX)).collect(),
+            claimed: (0..CLAIM_WINDOW / 64)
+                .map(|_| AtomicU64::new(u64::MAX))
+                .collect(),
             batches: (0..BATCH_RING).map(|_| Batch::default()).collect(),
             active: AtomicU32::new(0),
             pending: AtomicU32::new(0),
@@ -698,9 +703,13 @@ impl Gate {
                 if s.ticket.load(Ordering::Relaxed) != 0 {
                     continue;
                 }
-                if s
-                    .ticket
-                    .compare_exchange(0, CLAIMING | who.ticket, Ordering::AcqRel, Ordering::Relaxed)
+                if s.ticket
+                    .compare_exchange(
+                        0,
+                        CLAIMING | who.ticket,
+                        Ordering::AcqRel,
+                        Ordering::Relaxed,
+                    )
                     .is_ok()
                 {
                     s.visitor.store(who.visitor, Ordering::Relaxed);
@@ -811,8 +820,7 @@ impl Gate {
         if self.store.reserve(1, self.capacity.load(Ordering::Acquire)) == 0 {
             return Err(TouchError::Expired);
         }
-        if s
-            .ticket
+        if s.ticket
             .compare_exchange(0, CLAIMING | t, Ordering::AcqRel, Ordering::Relaxed)
             .is_err()
         {
@@ -828,7 +836,10 @@ impl Gate {
             let (w, m) = bit_of(t);
             self.claimed[w].fetch_or(m, Ordering::AcqRel);
         }
-        tracing::debug!(ticket = t, "waitroom: pass re-claimed its slot after restart");
+        tracing::debug!(
+            ticket = t,
+            "waitroom: pass re-claimed its slot after restart"
+        );
         Ok(())
     }
 
@@ -876,7 +887,9 @@ impl Gate {
                 ctl.bucket_units / TOKEN
             };
             let want = u32::try_from(waiting.min(allowance)).unwrap_or(u32::MAX);
-            let n = self.store.reserve(want, self.capacity.load(Ordering::Acquire));
+            let n = self
+                .store
+                .reserve(want, self.capacity.load(Ordering::Acquire));
             if n > 0 {
                 if self.advance_locked(&mut ctl, serving, n, now_ms) {
                     if apm > 0 {
@@ -1020,13 +1033,21 @@ impl Gate {
                 let inst = serving.saturating_sub(ctl.last_serving) as f64 / dt;
                 let alpha = 1.0 - (-dt / RATE_TAU_SECS).exp();
                 let old = f64::from_bits(self.rate_bits.load(Ordering::Relaxed));
-                let new = if old == 0.0 { inst } else { old + alpha * (inst - old) };
+                let new = if old == 0.0 {
+                    inst
+                } else {
+                    old + alpha * (inst - old)
+                };
                 self.rate_bits.store(new.to_bits(), Ordering::Relaxed);
             }
         }
         ctl.last_tick_ms = Some(now_ms);
         ctl.last_serving = serving;
-        if ctl.history.back().map_or(true, |&(t, _)| now_ms >= t + 1000) {
+        if ctl
+            .history
+            .back()
+            .map_or(true, |&(t, _)| now_ms >= t + 1000)
+        {
             if ctl.history.len() >= 120 {
                 ctl.history.pop_front();
             }
@@ -1092,8 +1113,7 @@ impl Gate {
                 ticket: tk,
                 visitor: s.visitor.load(Ordering::Relaxed),
                 binding: s.binding.load(Ordering::Relaxed),
-                last_seen_ms: self.epoch_ms
-                    + u64::from(s.last_seen.load(Ordering::Relaxed)) * 1000,
+                last_seen_ms: self.epoch_ms + u64::from(s.last_seen.load(Ordering::Relaxed)) * 1000,
             });
         }
         let mut reservations: Vec<ReservationState> = self
@@ -1134,7 +1154,9 @@ impl Gate {
             return Err(RestoreError::Format(snap.format));
         }
         if snap.serving == 0 || snap.serving > snap.next_ticket {
-            return Err(RestoreError::Inconsistent("serving must be in 1..=next_ticket"));
+            return Err(RestoreError::Inconsistent(
+                "serving must be in 1..=next_ticket",
+            ));
         }
         let mut ctl = self.lock();
         // Clear current state.
@@ -1187,13 +1209,16 @@ impl Gate {
             if st.index >= self.slots.len() {
                 self.slots.ensure(st.index + 1);
             }
-            let Some(s) = self.slots.get(st.index) else { continue };
+            let Some(s) = self.slots.get(st.index) else {
+                continue;
+            };
             if s.ticket.load(Ordering::Acquire) != 0 {
                 continue;
             }
             s.visitor.store(st.visitor, Ordering::Relaxed);
             s.binding.store(st.binding, Ordering::Relaxed);
-            s.last_seen.store(self.secs(st.last_seen_ms), Ordering::Relaxed);
+            s.last_seen
+                .store(self.secs(st.last_seen_ms), Ordering::Relaxed);
             s.ticket.store(st.ticket, Ordering::Release);
             active += 1;
             if snap.serving - st.ticket <= CLAIM_WINDOW {
@@ -1260,4 +1285,546 @@ fn refill(ctl: &mut Controller, apm: u32, now_ms: u64) {
     }
     let add = dt.saturating_mul(u64::from(apm));
     ctl.bucket_units = ctl.bucket_units.saturating_add(add).min(burst_units(apm));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    const T0: u64 = 1_700_000_000_000;
+
+    fn settings(capacity: u32) -> GateSettings {
+        GateSettings {
+            capacity,
+            ..GateSettings::default()
+        }
+    }
+
+    fn who(ticket: u64) -> Holder {
+        Holder {
+            ticket,
+            visitor: ticket.wrapping_mul(31) ^ 0xabcdef,
+            binding: 7,
+        }
+    }
+
+    fn admitted_up_to(g: &Gate) -> u64 {
+        g.store.serving() - 1
+    }
+
+    #[test]
+    fn admission_order_is_ticket_order() {
+        let g = Gate::new(&settings(3), T0);
+        let tickets: Vec<u64> = (0..10).map(|_| g.take_ticket()).collect();
+        assert_eq!(tickets, (1..=10).collect::<Vec<_>>());
+        assert_eq!(
+            g.status(5),
+            Position {
+                ahead: 4,
+                admitted: false
+            }
+        );
+        let mut order = Vec::new();
+        let mut now = T0;
+        let mut held: Vec<(u32, u64)> = Vec::new();
+        for _ in 0..20 {
+            now += 250;
+            g.tick(now);
+            // Record newly admitted tickets, claim them.
+            for t in 1..=10u64 {
+                if g.status(t).admitted && !order.contains(&t) {
+                    order.push(t);
+                    held.push((g.claim(who(t), now).unwrap(), t));
+                }
+            }
+            assert!(g.active() <= 3);
+            // The earliest holder leaves.
+            if let Some((slot, t)) = held.first().copied() {
+                assert!(g.release(slot, t));
+                held.remove(0);
+            }
+        }
+        assert_eq!(order, (1..=10).collect::<Vec<_>>());
+        // Nobody is admitted out of order: a later ticket is never admitted
+        // while an earlier one waits (status is monotone in ticket number).
+        let g2 = Gate::new(&settings(2), T0);
+        for _ in 0..5 {
+            g2.take_ticket();
+        }
+        g2.tick(T0 + 1);
+        let adm: Vec<bool> = (1..=5).map(|t| g2.status(t).admitted).collect();
+        assert_eq!(adm, vec![true, true, false, false, false]);
+        assert_eq!(g2.status(5).ahead, 2);
+    }
+
+    #[test]
+    fn rate_cap_holds_over_ten_minutes() {
+        let s = GateSettings {
+            capacity: 2000,
+            admit_per_minute: 60,
+            ..GateSettings::default()
+        };
+        let g = Gate::new(&s, T0);
+        for _ in 0..1500 {
+            g.take_ticket();
+        }
+        let mut now = T0;
+        let mut per_minute_max = 0;
+        while now < T0 + 600_000 {
+            now += 250;
+            g.tick(now);
+            per_minute_max = per_minute_max.max(g.stats().admitted_last_minute);
+        }
+        let admitted = admitted_up_to(&g);
+        assert!((599..=601).contains(&admitted), "admitted {admitted}");
+        assert!(per_minute_max <= 62, "per minute max {per_minute_max}");
+        let st = g.stats();
+        assert!(
+            (st.admission_rate - 1.0).abs() < 0.1,
+            "{}",
+            st.admission_rate
+        );
+        // ~1/s measured: someone with 59 ahead waits about a minute.
+        let w = g.estimate_wait(59).unwrap().as_secs_f64();
+        assert!((54.0..=66.0).contains(&w), "wait {w}");
+    }
+
+    #[test]
+    fn unlimited_rate_fills_capacity_in_one_tick() {
+        let g = Gate::new(&settings(50), T0);
+        for _ in 0..80 {
+            g.take_ticket();
+        }
+        let r = g.tick(T0 + 100);
+        assert_eq!(r.admitted, 50);
+        let st = g.stats();
+        assert_eq!((st.waiting, st.pending, st.active), (30, 50, 0));
+        // Pending reservations count as load: nothing more is admitted.
+        assert_eq!(g.tick(T0 + 200).admitted, 0);
+    }
+
+    #[test]
+    fn capacity_never_exceeded_under_concurrent_claims() {
+        let cap = 32u32;
+        let s = GateSettings {
+            capacity: cap,
+            session_duration: Duration::from_secs(1),
+            arrival_timeout: Duration::from_secs(1),
+            ..GateSettings::default()
+        };
+        let g = Arc::new(Gate::new(&s, T0));
+        for _ in 0..2000 {
+            g.take_ticket();
+        }
+        let clock = Arc::new(AtomicU64::new(T0));
+        let done = Arc::new(AtomicBool::new(false));
+        let max_seen = Arc::new(AtomicU32::new(0));
+        let mut handles = Vec::new();
+        for w in 0..4u64 {
+            let (g, clock, done, max_seen) =
+                (g.clone(), clock.clone(), done.clone(), max_seen.clone());
+            handles.push(std::thread::spawn(move || {
+                let mut x = w + 1;
+                let mut ok = 0u64;
+                while !done.load(Ordering::Acquire) {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let serving = g.store.serving();
+                    let t = 1 + x % serving.max(1);
+                    let now = clock.load(Ordering::Acquire);
+                    if let Ok(slot) = g.claim(who(t), now) {
+                        ok += 1;
+                        let _ = g.touch(slot, who(t), 0, now);
+                        if x % 3 == 0 {
+                            g.release(slot, t);
+                        }
+                    }
+                    let a = g.active();
+                    max_seen.fetch_max(a, Ordering::AcqRel);
+                    assert!(a <= cap, "active {a} > capacity");
+                    assert!(g.store.occupied() <= cap);
+                }
+                ok
+            }));
+        }
+        for _ in 0..100 {
+            let now = clock.fetch_add(150, Ordering::AcqRel) + 150;
+            g.tick(now);
+            assert!(g.active() <= cap);
+            std::thread::yield_now();
+        }
+        done.store(true, Ordering::Release);
+        let claims: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        assert!(claims > 0);
+        assert!(max_seen.load(Ordering::Acquire) <= cap);
+        // Quiescent: counters agree with the slot table, no ticket twice.
+        let mut seen = std::collections::HashSet::new();
+        let mut used = 0u32;
+        for i in 0..g.slots.len() {
+            let t = g.slots.get(i).unwrap().ticket.load(Ordering::Acquire);
+            if t != 0 {
+                used += 1;
+                assert!(seen.insert(t), "ticket {t} holds two slots");
+            }
+        }
+        assert_eq!(used, g.active());
+        let st = g.stats();
+        assert_eq!(g.store.occupied(), st.active + st.pending);
+    }
+
+    #[test]
+    fn copied_pass_with_other_binding_refused() {
+        let g = Gate::new(&settings(5), T0);
+        let t = g.take_ticket();
+        g.tick(T0);
+        let slot = g.claim(who(t), T0).unwrap();
+        assert_eq!(g.touch(slot, who(t), T0, T0 + 1000), Ok(()));
+        let thief = Holder {
+            binding: 8,
+            ..who(t)
+        };
+        assert_eq!(
+            g.touch(slot, thief, T0, T0 + 1000),
+            Err(TouchError::BoundElsewhere)
+        );
+        assert_eq!(g.claim(thief, T0), Err(ClaimError::BoundElsewhere));
+        // Same visitor and binding: idempotent claim, no second slot.
+        assert_eq!(g.claim(who(t), T0 + 5), Ok(slot));
+        assert_eq!(g.active(), 1);
+        // A pass for a slot held by someone else: expired.
+        let t2 = g.take_ticket();
+        g.tick(T0 + 10);
+        let s2 = g.claim(who(t2), T0 + 10).unwrap();
+        assert_ne!(s2, slot);
+        assert_eq!(g.touch(s2, who(t), T0, T0 + 10), Err(TouchError::Expired));
+        assert_eq!(g.touch(9999999, who(t), T0, T0), Err(TouchError::Expired));
+    }
+
+    #[test]
+    fn release_frees_slot_and_next_ticket_gets_in() {
+        let g = Gate::new(&settings(1), T0);
+        let (t1, t2) = (g.take_ticket(), g.take_ticket());
+        g.tick(T0);
+        let slot = g.claim(who(t1), T0).unwrap();
+        g.tick(T0 + 250);
+        assert!(!g.status(t2).admitted);
+        assert_eq!(g.claim(who(t2), T0 + 250), Err(ClaimError::NotAdmitted));
+        assert!(!g.release(slot, t2), "release with wrong ticket");
+        assert!(g.release(slot, t1));
+        assert!(!g.release(slot, t1), "double release");
+        assert_eq!(
+            g.touch(slot, who(t1), T0, T0 + 300),
+            Err(TouchError::Expired)
+        );
+        g.tick(T0 + 500);
+        assert!(g.status(t2).admitted);
+        assert!(g.claim(who(t2), T0 + 500).is_ok());
+        // The released ticket cannot come back with its old ticket cookie.
+        assert_eq!(g.claim(who(t1), T0 + 600), Err(ClaimError::AlreadyUsed));
+        assert_eq!(g.stats().released, 1);
+    }
+
+    #[test]
+    fn abandoned_tickets_are_skipped_after_arrival_timeout() {
+        let s = GateSettings {
+            capacity: 2,
+            arrival_timeout: Duration::from_secs(60),
+            ..GateSettings::default()
+        };
+        let g = Gate::new(&s, T0);
+        for _ in 0..4 {
+            g.take_ticket();
+        }
+        g.tick(T0);
+        assert!(g.status(2).admitted && !g.status(3).admitted);
+        g.claim(who(1), T0 + 1000).unwrap();
+        // Ticket 2 never shows up: its room stays reserved until the timeout.
+        g.tick(T0 + 30_000);
+        assert!(!g.status(3).admitted);
+        assert_eq!(g.stats().pending, 1);
+        let r = g.tick(T0 + 60_000);
+        assert_eq!(r.abandoned, 1);
+        assert_eq!(r.admitted, 1);
+        assert!(g.status(3).admitted && !g.status(4).admitted);
+        let st = g.stats();
+        assert_eq!((st.abandoned, st.pending, st.active), (1, 1, 1));
+        // Ticket 2 arrives late: no room (1 active + 1 pending for ticket 3).
+        assert_eq!(g.claim(who(2), T0 + 61_000), Err(ClaimError::Full));
+        // Ticket 3 claims its reservation.
+        assert!(g.claim(who(3), T0 + 61_000).is_ok());
+        assert_eq!(g.stats().pending, 0);
+        assert_eq!(g.store.occupied(), 2);
+    }
+
+    #[test]
+    fn late_arrival_gets_in_when_room() {
+        let s = GateSettings {
+            capacity: 3,
+            arrival_timeout: Duration::from_secs(10),
+            ..GateSettings::default()
+        };
+        let g = Gate::new(&s, T0);
+        let t = g.take_ticket();
+        g.tick(T0);
+        g.tick(T0 + 11_000);
+        assert_eq!(g.stats().abandoned, 1);
+        assert!(g.claim(who(t), T0 + 12_000).is_ok());
+        assert_eq!(g.store.occupied(), 1);
+    }
+
+    #[test]
+    fn idle_slots_expire_after_session_duration() {
+        let s = GateSettings {
+            capacity: 1,
+            session_duration: Duration::from_secs(60),
+            ..GateSettings::default()
+        };
+        let g = Gate::new(&s, T0);
+        let (t1, t2) = (g.take_ticket(), g.take_ticket());
+        g.tick(T0);
+        let slot = g.claim(who(t1), T0).unwrap();
+        g.touch(slot, who(t1), T0, T0 + 30_000).unwrap();
+        assert_eq!(g.tick(T0 + 80_000).expired, 0);
+        assert_eq!(g.active(), 1);
+        assert!(!g.status(t2).admitted);
+        let r = g.tick(T0 + 90_000);
+        assert_eq!(r.expired, 1);
+        assert_eq!(r.admitted, 1);
+        assert_eq!(
+            g.touch(slot, who(t1), T0, T0 + 90_001),
+            Err(TouchError::Expired)
+        );
+        assert!(g.status(t2).admitted);
+        assert_eq!(g.stats().expired, 1);
+    }
+
+    #[test]
+    fn open_mode_admits_directly_when_idle() {
+        let g = Gate::new(&settings(2), T0);
+        let a1 = g.arrive(1, 1, T0);
+        let a2 = g.arrive(2, 1, T0);
+        assert!(matches!(a1, Arrival::Admitted { ticket: 1, .. }), "{a1:?}");
+        assert!(matches!(a2, Arrival::Admitted { ticket: 2, .. }), "{a2:?}");
+        assert_eq!(g.arrive(3, 1, T0), Arrival::Queued { ticket: 3 });
+        // Room frees up but ticket 3 waits: a newcomer must not jump ahead.
+        if let Arrival::Admitted { ticket, slot } = a1 {
+            assert!(g.release(slot, ticket));
+        }
+        assert_eq!(g.arrive(4, 1, T0), Arrival::Queued { ticket: 4 });
+        g.tick(T0 + 100);
+        assert!(g.status(3).admitted && !g.status(4).admitted);
+        let st = g.stats();
+        assert_eq!((st.active, st.pending, st.waiting), (1, 1, 1));
+    }
+
+    #[test]
+    fn queue_all_and_paused_modes() {
+        let s = GateSettings {
+            capacity: 10,
+            mode: Mode::QueueAll,
+            ..GateSettings::default()
+        };
+        let g = Gate::new(&s, T0);
+        assert_eq!(g.arrive(1, 1, T0), Arrival::Queued { ticket: 1 });
+        g.set_mode(Mode::Paused);
+        assert_eq!(g.arrive(2, 1, T0), Arrival::Queued { ticket: 2 });
+        assert_eq!(g.tick(T0 + 100).admitted, 0);
+        assert_eq!(g.estimate_wait(3), None);
+        g.set_mode(Mode::QueueAll);
+        assert_eq!(g.tick(T0 + 200).admitted, 2);
+        assert_eq!(g.settings().mode, Mode::QueueAll);
+    }
+
+    #[test]
+    fn direct_admission_respects_rate_cap() {
+        let s = GateSettings {
+            capacity: 100,
+            admit_per_minute: 60,
+            ..GateSettings::default()
+        };
+        let g = Gate::new(&s, T0);
+        assert!(matches!(g.arrive(1, 1, T0), Arrival::Admitted { .. }));
+        assert!(matches!(g.arrive(2, 1, T0), Arrival::Queued { .. }));
+        g.tick(T0 + 1000);
+        assert!(g.status(2).admitted);
+    }
+
+    #[test]
+    fn capacity_can_grow_at_runtime() {
+        let g = Gate::new(&settings(1000), T0);
+        assert_eq!(g.slots.len(), 1024);
+        for _ in 0..1500 {
+            g.take_ticket();
+        }
+        g.tick(T0);
+        let s1 = g.claim(who(1), T0).unwrap();
+        g.apply(&settings(1500));
+        assert_eq!(g.slots.len(), 2048);
+        assert_eq!(g.tick(T0 + 100).admitted, 500);
+        // Slot indices survive growth.
+        assert_eq!(g.touch(s1, who(1), T0, T0 + 200), Ok(()));
+        for t in 2..=1500 {
+            g.claim(who(t), T0 + 200).unwrap();
+        }
+        assert_eq!(g.active(), 1500);
+        // Shrinking keeps sessions but admits nobody new.
+        g.apply(&settings(10));
+        g.take_ticket();
+        assert_eq!(g.tick(T0 + 300).admitted, 0);
+        assert_eq!(g.active(), 1500);
+    }
+
+    #[test]
+    fn snapshot_restore_keeps_positions_and_slots() {
+        let s = GateSettings {
+            capacity: 3,
+            ..GateSettings::default()
+        };
+        let g = Gate::new(&s, T0);
+        for _ in 0..8 {
+            g.take_ticket();
+        }
+        g.tick(T0);
+        let s1 = g.claim(who(1), T0 + 1000).unwrap();
+        let s2 = g.claim(who(2), T0 + 1000).unwrap();
+        g.touch(s2, who(2), T0, T0 + 5000).unwrap();
+        // Ticket 3 admitted but not arrived; 4..8 waiting.
+        let snap = g.snapshot(T0 + 6000);
+        assert_eq!(snap.slots.len(), 2);
+        assert_eq!(snap.reservations.len(), 1);
+        let json = serde_json::to_string(&snap).unwrap();
+        let back: GateSnapshot = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, snap);
+
+        let h = Gate::new(&s, T0 + 20_000);
+        h.restore(&back, T0 + 20_000).unwrap();
+        for t in 1..=8 {
+            assert_eq!(h.status(t), g.status(t), "ticket {t}");
+        }
+        assert_eq!(h.status(6).ahead, 2);
+        assert_eq!(h.take_ticket(), 9);
+        assert_eq!(h.touch(s1, who(1), T0, T0 + 21_000), Ok(()));
+        assert_eq!(h.touch(s2, who(2), T0, T0 + 21_000), Ok(()));
+        let st = h.stats();
+        assert_eq!((st.active, st.pending, st.waiting), (2, 1, 6));
+        // Pending ticket 3 still claims its reservation; used tickets cannot
+        // claim twice.
+        assert!(h.claim(who(3), T0 + 21_000).is_ok());
+        assert_eq!(
+            h.claim(
+                Holder {
+                    binding: 1,
+                    ..who(1)
+                },
+                T0 + 21_000
+            ),
+            Err(ClaimError::BoundElsewhere)
+        );
+        assert_eq!(h.tick(T0 + 21_100).admitted, 0);
+        // last_seen survived: slot 1 (seen at +1s, refreshed at +21s) lives.
+        assert_eq!(h.stats().expired, 0);
+    }
+
+    #[test]
+    fn pass_issued_after_snapshot_reclaims_its_slot() {
+        let g = Gate::new(&settings(4), T0);
+        for _ in 0..3 {
+            g.take_ticket();
+        }
+        g.tick(T0);
+        let s1 = g.claim(who(1), T0).unwrap();
+        let snap = g.snapshot(T0 + 1000);
+        // Claimed after the snapshot: unknown to it.
+        let s2 = g.claim(who(2), T0 + 2000).unwrap();
+        let s3 = g.claim(who(3), T0 + 2000).unwrap();
+        assert!(g.release(s1, 1));
+
+        let h = Gate::new(&settings(4), T0 + 5000);
+        h.restore(&snap, T0 + 5000).unwrap();
+        // Pass issued after the snapshot, before the restart: re-claimed.
+        assert_eq!(h.touch(s2, who(2), T0 + 2000, T0 + 6000), Ok(()));
+        assert_eq!(h.active(), 2);
+        // Again: plain touch now.
+        assert_eq!(h.touch(s2, who(2), T0 + 2000, T0 + 6000), Ok(()));
+        // A pass issued before the snapshot whose slot is empty: expired.
+        assert_eq!(
+            h.touch(s3, who(3), T0 + 500, T0 + 6000),
+            Err(TouchError::Expired)
+        );
+        // A pass issued after the restart (this process issued it): no re-claim.
+        assert_eq!(
+            h.touch(s3, who(3), T0 + 5000, T0 + 6000),
+            Err(TouchError::Expired)
+        );
+        // Restore refuses nonsense.
+        let mut bad = snap.clone();
+        bad.serving = bad.next_ticket + 1;
+        assert!(h.restore(&bad, T0).is_err());
+        bad.format = 99;
+        assert_eq!(h.restore(&bad, T0), Err(RestoreError::Format(99)));
+    }
+
+    #[test]
+    fn memory_per_active_user() {
+        let per_slot = std::mem::size_of::<Slot>();
+        assert!(per_slot <= 48, "slot is {per_slot} bytes");
+        // Segment pointer overhead per slot.
+        let seg_overhead =
+            std::mem::size_of::<OnceLock<Box<[Slot]>>>() as f64 / SEGMENT_SLOTS as f64;
+        let per_user = per_slot as f64 + seg_overhead;
+        assert!(per_user <= 150.0, "{per_user} bytes per active user");
+        assert_eq!(per_slot, 24);
+        // A waiting user: a ticket number in a cookie, nothing on the server.
+        let g = Gate::new(&settings(1), T0);
+        let before = g.slots.len();
+        for _ in 0..100_000 {
+            g.take_ticket();
+        }
+        assert_eq!(g.slots.len(), before);
+        assert_eq!(g.stats().waiting, 100_000);
+    }
+
+    #[test]
+    fn settings_from_toml_and_validation() {
+        let s: GateSettings = toml::from_str(
+            "capacity = 500\nadmit_per_minute = 120\nsession_duration = \"30m\"\narrival_timeout = \"90s\"\nmode = \"queue_all\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.capacity, 500);
+        assert_eq!(s.admit_per_minute, 120);
+        assert_eq!(s.session_duration, Duration::from_secs(1800));
+        assert_eq!(s.arrival_timeout, Duration::from_secs(90));
+        assert_eq!(s.mode, Mode::QueueAll);
+        assert!(s.validate().is_ok());
+        let d: GateSettings = toml::from_str("").unwrap();
+        assert_eq!(d, GateSettings::default());
+        assert!(toml::from_str::<GateSettings>("capacty = 3").is_err());
+        assert!(toml::from_str::<GateSettings>("session_duration = \"soon\"").is_err());
+        assert!(toml::from_str::<GateSettings>("mode = \"closed\"").is_err());
+        let bad = GateSettings {
+            capacity: 0,
+            session_duration: Duration::from_millis(10),
+            ..GateSettings::default()
+        };
+        let errs = bad.validate().unwrap_err();
+        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, vec!["capacity", "session_duration"]);
+    }
+
+    #[test]
+    fn replayed_ticket_cannot_take_many_slots() {
+        let g = Gate::new(&settings(10), T0);
+        let t = g.take_ticket();
+        g.tick(T0);
+        let slot = g.claim(who(t), T0).unwrap();
+        for _ in 0..20 {
+            assert_eq!(g.claim(who(t), T0), Ok(slot));
+        }
+        assert_eq!(g.active(), 1);
+        assert_eq!(g.claim(who(0), T0), Err(ClaimError::NotAdmitted));
+        assert_eq!(g.claim(who(u64::MAX), T0), Err(ClaimError::NotAdmitted));
+    }
 }

@@ -53,7 +53,9 @@ pub(crate) mod serde_duration {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
         humantime::parse_duration(&s).map_err(|e| {
-            serde::de::Error::custom(format!("invalid duration {s:?}: {e} (e.g. \"30s\", \"5m\")"))
+            serde::de::Error::custom(format!(
+                "invalid duration {s:?}: {e} (e.g. \"30s\", \"5m\")"
+            ))
         })
     }
 }

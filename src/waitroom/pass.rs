@@ -465,10 +465,7 @@ mod tests {
         // Flip one bit in the ticket number: signature must fail.
         raw[10] ^= 1;
         let bad = URL_SAFE_NO_PAD.encode(&raw);
-        assert_eq!(
-            Token::decode(&bad, &k, NOW),
-            Err(PassError::BadSignature)
-        );
+        assert_eq!(Token::decode(&bad, &k, NOW), Err(PassError::BadSignature));
         // Flip a bit in the MAC itself.
         let mut raw2 = URL_SAFE_NO_PAD.decode(&s).unwrap();
         raw2[TOKEN_LEN - 1] ^= 0x80;
@@ -492,10 +489,7 @@ mod tests {
         let k = ring();
         let s = sample_pass().encode(&k);
         assert!(Token::decode(&s, &k, NOW + 59_999).is_ok());
-        assert_eq!(
-            Token::decode(&s, &k, NOW + 60_000),
-            Err(PassError::Expired)
-        );
+        assert_eq!(Token::decode(&s, &k, NOW + 60_000), Err(PassError::Expired));
         assert_eq!(PassError::Expired.reason(), "expired");
     }
 
@@ -533,10 +527,7 @@ mod tests {
             Err(PassError::UnknownKey)
         );
         // A node that does not know key 2 yet.
-        assert_eq!(
-            Token::decode(&s_new, &old, NOW),
-            Err(PassError::UnknownKey)
-        );
+        assert_eq!(Token::decode(&s_new, &old, NOW), Err(PassError::UnknownKey));
         assert_eq!(PassError::UnknownKey.reason(), "unknown_key");
     }
 
@@ -612,7 +603,7 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
         let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_=+/.";
         let good = sample_pass().encode(&k);
-        for i in 0..20_000 {
+        for i in 0..8_000 {
             let s: String = match i % 3 {
                 // Random bytes turned into (lossy) UTF-8 of random length.
                 0 => {
