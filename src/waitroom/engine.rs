@@ -596,7 +596,7 @@ impl Gate {
         let serving = self.store.serving();
         Position {
             ahead: ticket.saturating_sub(serving),
-            admitted: ticket < serving,
+            admitted: ticket != 0 && ticket < serving,
         }
     }
 
@@ -723,11 +723,31 @@ impl Gate {
         None
     }
 
-    /// The slot held by an already-claimed ticket.
+    /// The slot held by an already-claimed ticket. A concurrent first claim
+    /// of the same ticket (parallel requests) may not have published its slot
+    /// yet: rescan a few times before concluding the session has ended.
     fn find_claimed(&self, who: Holder) -> Result<u32, ClaimError> {
+        for attempt in 0..4 {
+            if let Some(r) = self.scan_claimed(who) {
+                return r;
+            }
+            let (w, m) = bit_of(who.ticket);
+            if self.claimed[w].load(Ordering::Acquire) & m == 0 {
+                // The concurrent claim failed for lack of room.
+                return Err(ClaimError::Full);
+            }
+            if attempt < 3 {
+                std::thread::yield_now();
+            }
+        }
+        Err(ClaimError::AlreadyUsed)
+    }
+
+    /// One scan for the slot held by `who.ticket`; `None` if not found.
+    fn scan_claimed(&self, who: Holder) -> Option<Result<u32, ClaimError>> {
         let n = self.slots.len();
         if n == 0 {
-            return Err(ClaimError::AlreadyUsed);
+            return None;
         }
         let start = (spread(who.ticket) % u64::from(n)) as u32;
         for k in 0..n {
@@ -740,7 +760,7 @@ impl Gate {
                 while tk == CLAIMING | who.ticket {
                     spins += 1;
                     if spins > 2000 {
-                        return Err(ClaimError::Busy);
+                        return Some(Err(ClaimError::Busy));
                     }
                     if spins > 100 {
                         std::thread::yield_now();
@@ -754,12 +774,12 @@ impl Gate {
                 if s.visitor.load(Ordering::Relaxed) != who.visitor
                     || s.binding.load(Ordering::Relaxed) != who.binding
                 {
-                    return Err(ClaimError::BoundElsewhere);
+                    return Some(Err(ClaimError::BoundElsewhere));
                 }
-                return Ok(i);
+                return Some(Ok(i));
             }
         }
-        Err(ClaimError::AlreadyUsed)
+        None
     }
 
     /// Hot path, every request with a pass: checks that `slot` is still held
@@ -1812,6 +1832,29 @@ mod tests {
         let errs = bad.validate().unwrap_err();
         let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(keys, vec!["capacity", "session_duration"]);
+    }
+
+    #[test]
+    fn parallel_first_requests_share_one_slot() {
+        for round in 0..20u64 {
+            let g = Arc::new(Gate::new(&settings(10), T0));
+            let t = g.take_ticket();
+            g.tick(T0);
+            let hs: Vec<_> = (0..4)
+                .map(|_| {
+                    let g = g.clone();
+                    std::thread::spawn(move || g.claim(who(t), T0 + round))
+                })
+                .collect();
+            let res: Vec<_> = hs.into_iter().map(|h| h.join().unwrap()).collect();
+            let slots: std::collections::HashSet<u32> = res.iter().filter_map(|r| r.ok()).collect();
+            assert_eq!(slots.len(), 1, "{res:?}");
+            assert!(
+                res.iter().all(|r| r.is_ok() || *r == Err(ClaimError::Busy)),
+                "{res:?}"
+            );
+            assert_eq!(g.active(), 1);
+        }
     }
 
     #[test]
