@@ -15,3 +15,4 @@ pub mod respond;
 pub mod server;
 pub mod telemetry;
 pub mod upstream;
+pub mod waitroom;
