@@ -1,1 +1,3 @@
 //! anticamera: a reverse proxy that keeps a public portal standing on claim day.
+
+pub mod cohort;
