@@ -1,3 +1,4 @@
 //! anticamera: a reverse proxy that keeps a public portal standing on claim day.
 
 pub mod cohort;
+pub mod schedule;
