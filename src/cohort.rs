@@ -25,6 +25,8 @@
 //! Cohort ids ([`CohortId`]) are small indexes into [`Cohorts::names`]; compile the schedules with
 //! the same list ([`crate::schedule::Schedule::compile`]) so that ids agree.
 
+#![warn(missing_docs)]
+
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};

@@ -43,6 +43,8 @@
 //! All queries take `now` as a parameter; nothing reads the clock. Searches (next opening,
 //! merged close) iterate **days**, not minutes, up to [`SEARCH_HORIZON_DAYS`] days ahead.
 
+#![warn(missing_docs)]
+
 mod report;
 mod shuffle;
 
