@@ -51,8 +51,9 @@ mod shuffle;
 pub use report::{format_local, report, report_in, Lang};
 pub use shuffle::{keyed_permutation, keyed_permutation_inverse, KeyedPermutation};
 
+use chrono::Offset;
 use chrono::{DateTime, Datelike, LocalResult, NaiveDate, NaiveDateTime, TimeDelta, TimeZone, Utc};
-use chrono_tz::Tz;
+use chrono_tz::{GapInfo, Tz};
 use serde::Deserialize;
 
 pub use crate::cohort::FieldError;
@@ -330,6 +331,20 @@ fn parse_delta(s: &str) -> Option<TimeDelta> {
         .and_then(|d| TimeDelta::from_std(d).ok())
 }
 
+/// Wall-clock time of `t` in `tz` (UTC wall time at the very ends of chrono's range, where the
+/// local time is not representable).
+pub(crate) fn local_naive(t: DateTime<Utc>, tz: Tz) -> NaiveDateTime {
+    let utc = t.naive_utc();
+    utc.checked_add_offset(tz.offset_from_utc_datetime(&utc).fix())
+        .unwrap_or(utc)
+}
+
+/// `now` + [`SEARCH_HORIZON_DAYS`], saturating.
+fn horizon(now: DateTime<Utc>) -> DateTime<Utc> {
+    now.checked_add_signed(TimeDelta::days(SEARCH_HORIZON_DAYS))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
 fn fmt_hhmm(m: u16) -> String {
     format!("{:02}:{:02}", m / 60, m % 60)
 }
@@ -354,7 +369,8 @@ impl Compiler<'_> {
         let mut mask = 0u64;
         for (i, name) in list.iter().enumerate() {
             match self.known.iter().position(|k| k == name) {
-                Some(p) => mask |= 1 << p,
+                Some(p) if p < MAX_COHORTS => mask |= 1 << p,
+                Some(_) => {}
                 None => self.errors.push(FieldError::new(
                     format!("{key}[{i}]"),
                     format!("unknown cohort {name:?}; known: {}", self.known.join(", ")),
@@ -633,7 +649,7 @@ impl Schedule {
     }
 
     fn local_date(&self, t: DateTime<Utc>) -> NaiveDate {
-        t.with_timezone(&self.tz).date_naive()
+        local_naive(t, self.tz).date()
     }
 
     fn resolve(&self, t: NaiveDateTime, edge: Edge) -> Option<DateTime<Utc>> {
@@ -647,7 +663,11 @@ impl Schedule {
                 })
             }
             LocalResult::None => {
-                // In a gap: the first valid wall-clock minute after it is the transition.
+                // In a gap: the first instant after it (the transition itself).
+                if let Some(end) = GapInfo::new(&t, &self.tz).and_then(|g| g.end) {
+                    return Some(end.with_timezone(&Utc));
+                }
+                // Fallback: the first valid wall-clock minute after the gap.
                 let mut probe = t;
                 for _ in 0..(26 * 60) {
                     probe = probe.checked_add_signed(TimeDelta::minutes(1))?;
@@ -725,7 +745,7 @@ impl Schedule {
     /// `Some(closes_at)` when open at `now` (`closes_at` None = beyond the horizon).
     fn open_until(&self, bit: u64, now: DateTime<Utc>) -> Option<Option<DateTime<Utc>>> {
         let mut end = self.covering_end(bit, now)?;
-        let limit = now + TimeDelta::days(SEARCH_HORIZON_DAYS);
+        let limit = horizon(now);
         for _ in 0..100_000 {
             if end > limit {
                 return Some(None);
@@ -741,7 +761,7 @@ impl Schedule {
     /// First window start strictly after `now`, within the horizon.
     fn next_start_after(&self, bit: u64, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let d0 = self.local_date(now);
-        let limit = now + TimeDelta::days(SEARCH_HORIZON_DAYS);
+        let limit = horizon(now);
         let mut best: Option<DateTime<Utc>> = None;
         let mut found_on: Option<i64> = None;
         for k in -2..=SEARCH_HORIZON_DAYS {
@@ -811,7 +831,10 @@ impl Schedule {
         if self.grace <= TimeDelta::zero() || self.covering_end(bit, now).is_some() {
             return false;
         }
-        let a = admitted_at.max(now - self.grace);
+        let a = admitted_at.max(
+            now.checked_sub_signed(self.grace)
+                .unwrap_or(DateTime::<Utc>::MIN_UTC),
+        );
         if a > now {
             return false;
         }

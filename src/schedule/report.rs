@@ -2,8 +2,8 @@
 
 use std::fmt::Write as _;
 
-use chrono::{DateTime, Datelike, TimeDelta, Timelike, Utc};
-use chrono_tz::Tz;
+use chrono::{DateTime, Datelike, TimeDelta, TimeZone, Timelike, Utc};
+use chrono_tz::{OffsetName, Tz};
 
 use super::{Schedule, WindowState};
 
@@ -67,7 +67,7 @@ const MONTHS_EN: [&str; 12] = [
 /// `instant` as local time in `tz` for people: "martedì 10 marzo 2026, 16:00" (It) or
 /// "Tuesday 10 March 2026, 16:00" (En).
 pub fn format_local(instant: DateTime<Utc>, tz: Tz, lang: Lang) -> String {
-    let t = instant.with_timezone(&tz);
+    let t = super::local_naive(instant, tz);
     let wd = t.weekday().num_days_from_monday() as usize;
     let mo = t.month0() as usize;
     let (wd, mo) = match lang {
@@ -84,10 +84,11 @@ pub fn format_local(instant: DateTime<Utc>, tz: Tz, lang: Lang) -> String {
 }
 
 fn with_zone(instant: DateTime<Utc>, tz: Tz, lang: Lang) -> String {
+    let offset = tz.offset_from_utc_datetime(&instant.naive_utc());
     format!(
         "{} {}",
         format_local(instant, tz, lang),
-        instant.with_timezone(&tz).format("%Z")
+        offset.abbreviation().unwrap_or("")
     )
 }
 
@@ -131,7 +132,7 @@ pub fn report_in(
         "{} {} ({}), {} {}",
         if it { "Orari al" } else { "Schedule at" },
         with_zone(at, display_tz, lang),
-        at.format("%Y-%m-%dT%H:%M:%SZ"),
+        at.naive_utc().format("%Y-%m-%dT%H:%M:%SZ"),
         if it { "fuso" } else { "times in" },
         display_tz.name()
     );

@@ -400,6 +400,13 @@ windows = [{ start = "09:00", end = "12:00" }]
         s.state(c, rome(2026, 9, 15, 12, 0)),
         WindowState::Closed { opens_at: None }
     );
+    // Extreme instants do not panic.
+    assert_eq!(s.next_opening(c, DateTime::<Utc>::MAX_UTC), None);
+    assert!(!s.in_grace(c, DateTime::<Utc>::MIN_UTC, DateTime::<Utc>::MIN_UTC));
+    assert!(matches!(
+        s.state(c, DateTime::<Utc>::MIN_UTC),
+        WindowState::Closed { .. }
+    ));
     // Beyond the 400-day horizon.
     assert_eq!(s.next_opening(c, rome(2025, 6, 1, 0, 0)), None);
 }
@@ -565,6 +572,14 @@ windows = [{ start = "09:00", end = "12:00", cohorts = ["citizens", "desk"] }]
 }
 
 #[test]
+fn many_cohorts_do_not_overflow() {
+    let names: Vec<String> = (0..70).map(|i| format!("c{i}")).collect();
+    let c = cfg("[[windows]]\ncohorts = [\"c69\"]\nstart = \"08:00\"\nend = \"09:00\"");
+    let errs = Schedule::compile(&c, &names).unwrap_err();
+    assert_eq!(keys(&errs), ["cohorts"]);
+}
+
+#[test]
 fn day_parsing() {
     let mut errs = Vec::new();
     assert_eq!(parse_days(&["mon-fri".into()], "d", &mut errs), 0b001_1111);
@@ -623,6 +638,14 @@ fn display_and_report() {
         Tz::Europe__Rome,
         Lang::It,
     );
+    // extreme instants render without panicking
+    let _ = report(
+        &[("claims", Some(&bands))],
+        &["citizens"],
+        DateTime::<Utc>::MAX_UTC,
+        Tz::Europe__Rome,
+    );
+    let _ = format_local(DateTime::<Utc>::MIN_UTC, Tz::Pacific__Kiritimati, Lang::It);
     assert!(
         it.contains("CHIUSO    apre martedì 10 marzo 2026, 16:00 CET (tra 6h 0m)"),
         "{it}"
