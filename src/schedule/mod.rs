@@ -113,6 +113,16 @@ pub enum PrequeueOrder {
     Arrival,
 }
 
+impl PrequeueOrder {
+    /// The configuration spelling: `"random"` or `"arrival"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrequeueOrder::Random => "random",
+            PrequeueOrder::Arrival => "arrival",
+        }
+    }
+}
+
 /// `[[gates.schedule.windows]]`: a weekly window.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -153,13 +153,13 @@ pub fn report_in(
         };
         let _ = writeln!(
             out,
-            "  ({} {}, grace {}, prequeue {}, {} {:?})",
+            "  ({} {}, grace {}, prequeue {}, {} {})",
             if it { "orari in" } else { "windows in" },
             s.time_zone().name(),
             fmt_span(s.grace),
             fmt_span(s.prequeue),
             if it { "ordine" } else { "order" },
-            s.prequeue_order()
+            s.prequeue_order().as_str()
         );
         for cohort in cohorts {
             let line = match s.cohort_id(cohort) {

@@ -628,6 +628,10 @@ fn display_and_report() {
     );
     assert!(out.contains("nobody          unknown cohort"), "{out}");
     assert!(
+        out.contains("grace 30m, prequeue 15m, order random)"),
+        "{out}"
+    );
+    assert!(
         out.contains("gate \"info\"\n  always open (no schedule)"),
         "{out}"
     );
