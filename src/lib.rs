@@ -7,11 +7,13 @@
 pub mod admin;
 pub mod body;
 pub mod cli;
+pub mod cohort;
 pub mod config;
 pub mod demo;
 pub mod forwarded;
 pub mod proxy;
 pub mod respond;
+pub mod schedule;
 pub mod server;
 pub mod telemetry;
 pub mod upstream;

@@ -1,0 +1,1339 @@
+//! Cohorts: who is asking.
+//!
+//! Every request is put in exactly one *cohort* (for INPS on claim day: `intermediaries` —
+//! patronati, CAF, professionals — and `citizens`). Opening hours ([`crate::schedule`]) and queues
+//! are per cohort.
+//!
+//! A cohort is recognised by **matchers tried in order; the first that matches wins**; when none
+//! matches the request belongs to the `default` cohort. Matcher kinds:
+//!
+//! * `jwt` — a signed JWT taken from a cookie or a header (`Authorization: Bearer …` by default).
+//!   The signature is checked with the key of `key_file`, the algorithm is **pinned by the
+//!   configuration** (the token's own `alg` header is never trusted), `exp` is required and
+//!   checked (`nbf` too when present), optional `issuer`/`audience` are enforced. A token that is
+//!   missing, malformed, badly signed, expired or lacking the claim value **does not match**: the
+//!   next matcher is tried.
+//! * `header` — a header set by a gateway in front of us. It is believed **only when the direct
+//!   TCP peer is in `trusted_header_from`**; from anyone else the header is ignored (a client
+//!   cannot promote itself by sending `X-Cohort: intermediary`).
+//! * `cookie` — a plain cookie value. Cookies are client-controlled: use it only where a wrong
+//!   cohort is harmless, or prefer `jwt`.
+//! * `network` — the client address (after the trusted-forwarders logic of the proxy) is in one
+//!   of the CIDRs. IPv4-mapped IPv6 addresses are compared as IPv4.
+//! * `path_prefix` — the request path starts with one of the prefixes.
+//!
+//! Cohort ids ([`CohortId`]) are small indexes into [`Cohorts::names`]; compile the schedules with
+//! the same list ([`crate::schedule::Schedule::compile`]) so that ids agree.
+
+#![warn(missing_docs)]
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::header::{HeaderMap, HeaderName, AUTHORIZATION, COOKIE};
+use ipnet::IpNet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+/// One configuration problem: the key path (relative to the section being compiled, e.g.
+/// `matchers[2].jwt.key_file` or `windows[1].start`) and a human reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct FieldError {
+    /// Key path relative to the section, e.g. `matchers[0].network[1]`.
+    pub key: String,
+    /// What is wrong, for a human.
+    pub reason: String,
+}
+
+impl FieldError {
+    /// Builds a [`FieldError`].
+    pub fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Maximum number of distinct cohorts (schedules keep cohort sets as 64-bit masks).
+pub const MAX_COHORTS: usize = 64;
+
+/// Longest token (bytes) we are willing to base64-decode and verify; longer ones do not match.
+const MAX_JWT_LEN: usize = 16 * 1024;
+
+/// Small index of a cohort in [`Cohorts::names`] (and in the `known_cohorts` given to
+/// [`crate::schedule::Schedule::compile`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CohortId(u8);
+
+impl CohortId {
+    /// The id of the cohort at position `index` of the cohort list; `None` past [`MAX_COHORTS`].
+    pub const fn from_index(index: usize) -> Option<Self> {
+        if index < MAX_COHORTS {
+            Some(Self(index as u8))
+        } else {
+            None
+        }
+    }
+
+    /// Position of this cohort in the cohort list.
+    pub const fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+fn default_cohort_name() -> String {
+    "everyone".to_owned()
+}
+
+fn default_leeway() -> String {
+    "30s".to_owned()
+}
+
+/// `[cohorts]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CohortConfig {
+    /// Cohort of requests that no matcher claims (default `"everyone"`).
+    #[serde(default = "default_cohort_name")]
+    pub default: String,
+    /// Optional explicit list of every cohort. When non-empty, the default and every matcher
+    /// cohort must be listed (catches typos) and ids follow this order. When empty the list is
+    /// the default followed by matcher cohorts in order of first appearance.
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// CIDRs (or single addresses) of direct peers (gateways) whose `header` matchers are
+    /// believed. This is the TCP peer, not the forwarded client address.
+    #[serde(default)]
+    pub trusted_header_from: Vec<String>,
+    /// Matchers, tried in order; first match wins.
+    #[serde(default)]
+    pub matchers: Vec<MatcherConfig>,
+}
+
+impl Default for CohortConfig {
+    fn default() -> Self {
+        Self {
+            default: default_cohort_name(),
+            names: Vec::new(),
+            trusted_header_from: Vec::new(),
+            matchers: Vec::new(),
+        }
+    }
+}
+
+/// One `[[cohorts.matchers]]` entry: a cohort and exactly one matcher kind.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatcherConfig {
+    /// Cohort assigned when this matcher matches.
+    pub cohort: String,
+    /// Signed JWT claim matcher.
+    #[serde(default)]
+    pub jwt: Option<JwtMatcherConfig>,
+    /// Gateway header matcher (believed only from `trusted_header_from` peers).
+    #[serde(default)]
+    pub header: Option<ValuesMatcherConfig>,
+    /// Plain cookie value matcher.
+    #[serde(default)]
+    pub cookie: Option<ValuesMatcherConfig>,
+    /// Client address in one of these CIDRs.
+    #[serde(default)]
+    pub network: Option<Vec<String>>,
+    /// Request path starts with one of these prefixes.
+    #[serde(default)]
+    pub path_prefix: Option<Vec<String>>,
+}
+
+/// `header = { name, values }` / `cookie = { name, values }`: matches when the header or cookie
+/// has exactly one of `values` (surrounding whitespace ignored, case-sensitive).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValuesMatcherConfig {
+    /// Header or cookie name.
+    pub name: String,
+    /// Accepted values.
+    pub values: Vec<String>,
+}
+
+/// `jwt = { … }`: a signed token whose `claim` holds one of `values`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtMatcherConfig {
+    /// Take the token from this cookie. Exclusive with `header`.
+    #[serde(default)]
+    pub cookie: Option<String>,
+    /// Take the token from this header (a `Bearer ` prefix is stripped). Default when neither
+    /// `cookie` nor `header` is given: `authorization`.
+    #[serde(default)]
+    pub header: Option<String>,
+    /// Claim to look at; dots walk into objects (`realm_access.roles`). The claim may be a
+    /// string or an array of strings.
+    pub claim: String,
+    /// Accepted claim values.
+    pub values: Vec<String>,
+    /// Pinned algorithm: HS256/384/512 (key file = raw secret, trailing CR/LF trimmed, at least
+    /// 32 bytes), RS256/384/512 and PS256/384/512 (PEM RSA public key), ES256/384 (PEM EC public
+    /// key), EdDSA (PEM Ed25519 public key).
+    pub algorithm: String,
+    /// Key file, relative to the configuration file's directory unless absolute.
+    pub key_file: String,
+    /// Required `iss` value, if set.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Required `aud` value, if set (tokens carrying an `aud` are rejected when unset).
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// Clock skew tolerated on `exp`/`nbf` (default `"30s"`).
+    #[serde(default = "default_leeway")]
+    pub leeway: String,
+}
+
+enum TokenSource {
+    Cookie(String),
+    Header(HeaderName),
+}
+
+struct JwtMatcher {
+    source: TokenSource,
+    claim_path: Vec<String>,
+    values: Vec<String>,
+    key: DecodingKey,
+    validation: Validation,
+    leeway_secs: u64,
+}
+
+enum MatcherKind {
+    Jwt(Box<JwtMatcher>),
+    Header {
+        name: HeaderName,
+        values: Vec<String>,
+    },
+    Cookie {
+        name: String,
+        values: Vec<String>,
+    },
+    Network(Vec<IpNet>),
+    PathPrefix(Vec<String>),
+}
+
+struct Matcher {
+    cohort: CohortId,
+    kind: MatcherKind,
+}
+
+/// Compiled cohort configuration: classifies requests into [`CohortId`]s.
+pub struct Cohorts {
+    names: Vec<String>,
+    default: CohortId,
+    trusted_header_from: Vec<IpNet>,
+    matchers: Vec<Matcher>,
+}
+
+impl std::fmt::Debug for Cohorts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cohorts")
+            .field("names", &self.names)
+            .field("default", &self.default)
+            .field("trusted_header_from", &self.trusted_header_from)
+            .field("matchers", &self.matchers.len())
+            .finish()
+    }
+}
+
+fn valid_cohort_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+}
+
+const NAME_RULE: &str = "cohort names are 1-64 characters among A-Z a-z 0-9 _ - .";
+
+/// Parses `10.0.0.0/8`, `2001:db8::/32` or a bare address (as /32 or /128).
+pub(crate) fn parse_cidr(s: &str) -> Option<IpNet> {
+    let s = s.trim();
+    if let Ok(net) = IpNet::from_str(s) {
+        return Some(net.trunc());
+    }
+    IpAddr::from_str(s).ok().map(IpNet::from)
+}
+
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        },
+        v4 => v4,
+    }
+}
+
+fn valid_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|b| {
+            b.is_ascii_graphic()
+                && !matches!(
+                    b,
+                    b'(' | b')'
+                        | b'<'
+                        | b'>'
+                        | b'@'
+                        | b','
+                        | b';'
+                        | b':'
+                        | b'\\'
+                        | b'"'
+                        | b'/'
+                        | b'['
+                        | b']'
+                        | b'?'
+                        | b'='
+                        | b'{'
+                        | b'}'
+                )
+        })
+}
+
+fn parse_duration_secs(s: &str) -> Option<u64> {
+    let s = s.trim();
+    if s == "0" {
+        return Some(0);
+    }
+    humantime::parse_duration(s).ok().map(|d| d.as_secs())
+}
+
+impl Cohorts {
+    /// Validates `cfg` and loads the JWT key files (relative paths are resolved against
+    /// `base_dir`, normally the configuration file's directory). Returns every problem found.
+    pub fn compile(cfg: &CohortConfig, base_dir: &Path) -> Result<Cohorts, Vec<FieldError>> {
+        let mut errors = Vec::new();
+
+        // 1. The cohort list.
+        if !valid_cohort_name(&cfg.default) {
+            errors.push(FieldError::new("default", NAME_RULE));
+        }
+        let mut names: Vec<String> = Vec::new();
+        let strict = !cfg.names.is_empty();
+        if strict {
+            let mut seen = HashSet::new();
+            for (i, n) in cfg.names.iter().enumerate() {
+                if !valid_cohort_name(n) {
+                    errors.push(FieldError::new(format!("names[{i}]"), NAME_RULE));
+                } else if !seen.insert(n.as_str()) {
+                    errors.push(FieldError::new(
+                        format!("names[{i}]"),
+                        format!("duplicate cohort name {n:?}"),
+                    ));
+                } else {
+                    names.push(n.clone());
+                }
+            }
+            if valid_cohort_name(&cfg.default) && !names.contains(&cfg.default) {
+                errors.push(FieldError::new(
+                    "default",
+                    format!(
+                        "default cohort {:?} is not listed in names = {:?}",
+                        cfg.default, cfg.names
+                    ),
+                ));
+            }
+        } else {
+            names.push(cfg.default.clone());
+        }
+        for (i, m) in cfg.matchers.iter().enumerate() {
+            if !valid_cohort_name(&m.cohort) {
+                errors.push(FieldError::new(format!("matchers[{i}].cohort"), NAME_RULE));
+            } else if !names.contains(&m.cohort) {
+                if strict {
+                    errors.push(FieldError::new(
+                        format!("matchers[{i}].cohort"),
+                        format!(
+                            "cohort {:?} is not listed in names = {:?}",
+                            m.cohort, cfg.names
+                        ),
+                    ));
+                } else {
+                    names.push(m.cohort.clone());
+                }
+            }
+        }
+        if names.len() > MAX_COHORTS {
+            errors.push(FieldError::new(
+                "names",
+                format!("{} cohorts declared, at most {MAX_COHORTS}", names.len()),
+            ));
+        }
+        let id_of = |name: &str| -> CohortId {
+            names
+                .iter()
+                .position(|n| n == name)
+                .and_then(CohortId::from_index)
+                .unwrap_or(CohortId(0))
+        };
+        let default = id_of(&cfg.default);
+
+        // 2. Trusted gateways.
+        let mut trusted_header_from = Vec::new();
+        for (i, s) in cfg.trusted_header_from.iter().enumerate() {
+            match parse_cidr(s) {
+                Some(net) => trusted_header_from.push(net),
+                None => errors.push(FieldError::new(
+                    format!("trusted_header_from[{i}]"),
+                    format!("{s:?} is not a CIDR (like 10.0.0.0/8) or an IP address"),
+                )),
+            }
+        }
+
+        // 3. Matchers.
+        let mut matchers = Vec::new();
+        for (i, m) in cfg.matchers.iter().enumerate() {
+            let key = format!("matchers[{i}]");
+            let mut kinds = Vec::new();
+            if m.jwt.is_some() {
+                kinds.push("jwt");
+            }
+            if m.header.is_some() {
+                kinds.push("header");
+            }
+            if m.cookie.is_some() {
+                kinds.push("cookie");
+            }
+            if m.network.is_some() {
+                kinds.push("network");
+            }
+            if m.path_prefix.is_some() {
+                kinds.push("path_prefix");
+            }
+            if kinds.len() != 1 {
+                errors.push(FieldError::new(
+                    key,
+                    if kinds.is_empty() {
+                        "a matcher needs exactly one of jwt, header, cookie, network, path_prefix; none given".to_owned()
+                    } else {
+                        format!(
+                            "a matcher needs exactly one of jwt, header, cookie, network, path_prefix; several given: {}",
+                            kinds.join(", ")
+                        )
+                    },
+                ));
+                continue;
+            }
+            let before = errors.len();
+            let kind = if let Some(j) = &m.jwt {
+                compile_jwt(j, &format!("{key}.jwt"), base_dir, &mut errors)
+                    .map(|j| MatcherKind::Jwt(Box::new(j)))
+            } else if let Some(h) = &m.header {
+                let k = format!("{key}.header");
+                if cfg.trusted_header_from.is_empty() {
+                    errors.push(FieldError::new(
+                        k.clone(),
+                        "a header matcher is only believed from trusted gateways: set [cohorts] trusted_header_from",
+                    ));
+                }
+                check_values(&h.values, &format!("{k}.values"), &mut errors);
+                match HeaderName::from_bytes(h.name.as_bytes()) {
+                    Ok(name) => Some(MatcherKind::Header {
+                        name,
+                        values: trimmed(&h.values),
+                    }),
+                    Err(_) => {
+                        errors.push(FieldError::new(
+                            format!("{k}.name"),
+                            format!("{:?} is not a valid header name", h.name),
+                        ));
+                        None
+                    }
+                }
+            } else if let Some(c) = &m.cookie {
+                let k = format!("{key}.cookie");
+                check_values(&c.values, &format!("{k}.values"), &mut errors);
+                if !valid_cookie_name(&c.name) {
+                    errors.push(FieldError::new(
+                        format!("{k}.name"),
+                        format!("{:?} is not a valid cookie name", c.name),
+                    ));
+                }
+                Some(MatcherKind::Cookie {
+                    name: c.name.clone(),
+                    values: trimmed(&c.values),
+                })
+            } else if let Some(list) = &m.network {
+                let k = format!("{key}.network");
+                if list.is_empty() {
+                    errors.push(FieldError::new(k.clone(), "empty list never matches"));
+                }
+                let mut nets = Vec::new();
+                for (j, s) in list.iter().enumerate() {
+                    match parse_cidr(s) {
+                        Some(n) => nets.push(n),
+                        None => errors.push(FieldError::new(
+                            format!("{k}[{j}]"),
+                            format!("{s:?} is not a CIDR (like 192.0.2.0/24) or an IP address"),
+                        )),
+                    }
+                }
+                Some(MatcherKind::Network(nets))
+            } else if let Some(list) = &m.path_prefix {
+                let k = format!("{key}.path_prefix");
+                if list.is_empty() {
+                    errors.push(FieldError::new(k.clone(), "empty list never matches"));
+                }
+                for (j, p) in list.iter().enumerate() {
+                    if !p.starts_with('/') {
+                        errors.push(FieldError::new(
+                            format!("{k}[{j}]"),
+                            format!("{p:?} must start with '/'"),
+                        ));
+                    }
+                }
+                Some(MatcherKind::PathPrefix(list.clone()))
+            } else {
+                None
+            };
+            if let (Some(kind), true) = (kind, errors.len() == before) {
+                matchers.push(Matcher {
+                    cohort: id_of(&m.cohort),
+                    kind,
+                });
+            }
+        }
+
+        if errors.is_empty() {
+            Ok(Cohorts {
+                names,
+                default,
+                trusted_header_from,
+                matchers,
+            })
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Every declared cohort; a [`CohortId`] indexes this list.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Name of a cohort (`"?"` for an id from another configuration).
+    pub fn name(&self, id: CohortId) -> &str {
+        self.names.get(id.index()).map_or("?", String::as_str)
+    }
+
+    /// Id of the cohort called `name`.
+    pub fn id(&self, name: &str) -> Option<CohortId> {
+        self.names
+            .iter()
+            .position(|n| n == name)
+            .and_then(CohortId::from_index)
+    }
+
+    /// The cohort of requests no matcher claims.
+    pub fn default_id(&self) -> CohortId {
+        self.default
+    }
+
+    /// Classifies a request using the system clock for JWT expiry. `client_ip` is the client
+    /// address after the trusted-forwarders logic; `peer_ip` is the direct TCP peer.
+    pub fn classify(
+        &self,
+        parts: &http::request::Parts,
+        client_ip: IpAddr,
+        peer_ip: IpAddr,
+    ) -> CohortId {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.classify_at(parts, client_ip, peer_ip, now)
+    }
+
+    /// [`Cohorts::classify`] with an explicit clock (`now_unix` seconds since the UNIX epoch).
+    pub fn classify_at(
+        &self,
+        parts: &http::request::Parts,
+        client_ip: IpAddr,
+        peer_ip: IpAddr,
+        now_unix: u64,
+    ) -> CohortId {
+        let client_ip = canonical(client_ip);
+        let mut peer_trusted: Option<bool> = None;
+        for m in &self.matchers {
+            let hit = match &m.kind {
+                MatcherKind::Network(nets) => nets.iter().any(|n| n.contains(&client_ip)),
+                MatcherKind::PathPrefix(prefixes) => {
+                    let path = parts.uri.path();
+                    prefixes.iter().any(|p| path.starts_with(p.as_str()))
+                }
+                MatcherKind::Cookie { name, values } => cookie_value(&parts.headers, name)
+                    .is_some_and(|v| values.iter().any(|x| x == v)),
+                MatcherKind::Header { name, values } => {
+                    let trusted = *peer_trusted.get_or_insert_with(|| {
+                        let p = canonical(peer_ip);
+                        self.trusted_header_from.iter().any(|n| n.contains(&p))
+                    });
+                    trusted
+                        && parts.headers.get_all(name).iter().any(|v| {
+                            v.to_str()
+                                .is_ok_and(|s| values.iter().any(|x| x == s.trim()))
+                        })
+                }
+                MatcherKind::Jwt(j) => j.matches(&parts.headers, now_unix),
+            };
+            if hit {
+                return m.cohort;
+            }
+        }
+        self.default
+    }
+}
+
+fn trimmed(values: &[String]) -> Vec<String> {
+    values.iter().map(|v| v.trim().to_owned()).collect()
+}
+
+fn check_values(values: &[String], key: &str, errors: &mut Vec<FieldError>) {
+    if values.is_empty() {
+        errors.push(FieldError::new(key, "empty list never matches"));
+    }
+    for (j, v) in values.iter().enumerate() {
+        if v.trim().is_empty() {
+            errors.push(FieldError::new(format!("{key}[{j}]"), "empty value"));
+        }
+    }
+}
+
+fn compile_jwt(
+    j: &JwtMatcherConfig,
+    key: &str,
+    base_dir: &Path,
+    errors: &mut Vec<FieldError>,
+) -> Option<JwtMatcher> {
+    let before = errors.len();
+    let source = match (&j.cookie, &j.header) {
+        (Some(_), Some(_)) => {
+            errors.push(FieldError::new(
+                key,
+                "give either cookie or header for the token, not both",
+            ));
+            None
+        }
+        (Some(c), None) => {
+            if !valid_cookie_name(c) {
+                errors.push(FieldError::new(
+                    format!("{key}.cookie"),
+                    format!("{c:?} is not a valid cookie name"),
+                ));
+            }
+            Some(TokenSource::Cookie(c.clone()))
+        }
+        (None, Some(h)) => match HeaderName::from_bytes(h.as_bytes()) {
+            Ok(n) => Some(TokenSource::Header(n)),
+            Err(_) => {
+                errors.push(FieldError::new(
+                    format!("{key}.header"),
+                    format!("{h:?} is not a valid header name"),
+                ));
+                None
+            }
+        },
+        (None, None) => Some(TokenSource::Header(AUTHORIZATION)),
+    };
+    let claim_path: Vec<String> = j.claim.split('.').map(str::to_owned).collect();
+    if claim_path.iter().any(String::is_empty) {
+        errors.push(FieldError::new(
+            format!("{key}.claim"),
+            format!("{:?} is not a claim name (or dotted path)", j.claim),
+        ));
+    }
+    check_values(&j.values, &format!("{key}.values"), errors);
+    let leeway_secs = parse_duration_secs(&j.leeway).unwrap_or_else(|| {
+        errors.push(FieldError::new(
+            format!("{key}.leeway"),
+            format!("{:?} is not a duration like \"30s\"", j.leeway),
+        ));
+        0
+    });
+    let algorithm = match Algorithm::from_str(j.algorithm.trim()) {
+        Ok(a) => Some(a),
+        Err(_) => {
+            errors.push(FieldError::new(
+                format!("{key}.algorithm"),
+                format!(
+                    "unknown algorithm {:?}; supported: HS256 HS384 HS512 RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 EdDSA",
+                    j.algorithm
+                ),
+            ));
+            None
+        }
+    };
+    let path: PathBuf = if Path::new(&j.key_file).is_absolute() {
+        PathBuf::from(&j.key_file)
+    } else {
+        base_dir.join(&j.key_file)
+    };
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            errors.push(FieldError::new(
+                format!("{key}.key_file"),
+                format!("cannot read key file {}: {e}", path.display()),
+            ));
+            None
+        }
+    };
+    let decoding_key = match (algorithm, bytes) {
+        (Some(alg), Some(bytes)) => {
+            let r = match alg {
+                Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
+                    let mut secret: &[u8] = &bytes;
+                    while let [rest @ .., b'\n' | b'\r'] = secret {
+                        secret = rest;
+                    }
+                    if secret.len() < 32 {
+                        Err(format!(
+                            "HMAC secret in {} is {} bytes, at least 32 are required",
+                            path.display(),
+                            secret.len()
+                        ))
+                    } else {
+                        Ok(DecodingKey::from_secret(secret))
+                    }
+                }
+                Algorithm::RS256
+                | Algorithm::RS384
+                | Algorithm::RS512
+                | Algorithm::PS256
+                | Algorithm::PS384
+                | Algorithm::PS512 => DecodingKey::from_rsa_pem(&bytes)
+                    .map_err(|e| format!("{} is not a PEM RSA public key: {e}", path.display())),
+                Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(&bytes)
+                    .map_err(|e| format!("{} is not a PEM EC public key: {e}", path.display())),
+                Algorithm::EdDSA => DecodingKey::from_ed_pem(&bytes).map_err(|e| {
+                    format!("{} is not a PEM Ed25519 public key: {e}", path.display())
+                }),
+            };
+            match r {
+                Ok(k) => Some((alg, k)),
+                Err(reason) => {
+                    errors.push(FieldError::new(format!("{key}.key_file"), reason));
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    let (alg, decoding_key) = decoding_key?;
+    let source = source?;
+    if errors.len() != before {
+        return None;
+    }
+    let mut validation = Validation::new(alg);
+    // exp/nbf are checked by us against an injectable clock.
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.leeway = 0;
+    validation.set_required_spec_claims(&["exp"]);
+    if let Some(iss) = &j.issuer {
+        validation.set_issuer(&[iss]);
+        validation.required_spec_claims.insert("iss".to_owned());
+    }
+    match &j.audience {
+        Some(aud) => {
+            validation.set_audience(&[aud]);
+            validation.required_spec_claims.insert("aud".to_owned());
+        }
+        None => validation.validate_aud = false,
+    }
+    Some(JwtMatcher {
+        source,
+        claim_path,
+        values: j.values.clone(),
+        key: decoding_key,
+        validation,
+        leeway_secs,
+    })
+}
+
+impl JwtMatcher {
+    fn token<'a>(&self, headers: &'a HeaderMap) -> Option<&'a str> {
+        let raw = match &self.source {
+            TokenSource::Cookie(name) => cookie_value(headers, name)?,
+            TokenSource::Header(name) => {
+                let v = headers.get(name)?.to_str().ok()?.trim();
+                match v.get(..7) {
+                    Some(p) if p.eq_ignore_ascii_case("bearer ") => v[7..].trim_start(),
+                    _ => v,
+                }
+            }
+        };
+        (!raw.is_empty() && raw.len() <= MAX_JWT_LEN).then_some(raw)
+    }
+
+    fn matches(&self, headers: &HeaderMap, now_unix: u64) -> bool {
+        let Some(token) = self.token(headers) else {
+            return false;
+        };
+        let data =
+            match jsonwebtoken::decode::<serde_json::Value>(token, &self.key, &self.validation) {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::debug!(reason = %e, "cohort jwt rejected");
+                    return false;
+                }
+            };
+        let claims = &data.claims;
+        let now = now_unix as f64;
+        let leeway = self.leeway_secs as f64;
+        match claims.get("exp").and_then(serde_json::Value::as_f64) {
+            Some(exp) if now < exp + leeway => {}
+            _ => {
+                tracing::debug!("cohort jwt expired or without numeric exp");
+                return false;
+            }
+        }
+        if let Some(nbf) = claims.get("nbf") {
+            match nbf.as_f64() {
+                Some(nbf) if now + leeway >= nbf => {}
+                _ => return false,
+            }
+        }
+        let mut v = claims;
+        for part in &self.claim_path {
+            match v.get(part.as_str()) {
+                Some(next) => v = next,
+                None => return false,
+            }
+        }
+        match v {
+            serde_json::Value::String(s) => self.values.iter().any(|x| x == s),
+            serde_json::Value::Array(items) => items.iter().any(|item| {
+                item.as_str()
+                    .is_some_and(|s| self.values.iter().any(|x| x == s))
+            }),
+            _ => false,
+        }
+    }
+}
+
+/// Value of the first cookie called `name` in the request's `Cookie` headers (there may be
+/// several header lines, each with `; `-separated `name=value` pairs). Surrounding double quotes
+/// are removed. Allocation-free; a value that is not UTF-8 is treated as absent.
+pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .find_map(|line| cookie_in_header(line.as_bytes(), name))
+}
+
+/// [`cookie_value`] on one raw `Cookie` header value.
+pub fn cookie_in_header<'a>(line: &'a [u8], name: &str) -> Option<&'a str> {
+    let name = name.as_bytes();
+    if name.is_empty() {
+        return None;
+    }
+    for pair in line.split(|&b| b == b';') {
+        let pair = trim_ows(pair);
+        let Some(eq) = pair.iter().position(|&b| b == b'=') else {
+            continue;
+        };
+        let (k, v) = (trim_ows(&pair[..eq]), trim_ows(&pair[eq + 1..]));
+        if k != name {
+            continue;
+        }
+        let v = match v {
+            [b'"', inner @ .., b'"'] => inner,
+            v => v,
+        };
+        return std::str::from_utf8(v).ok();
+    }
+    None
+}
+
+fn trim_ows(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{HeaderValue, Request};
+    use jsonwebtoken::{encode, EncodingKey, Header};
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef-test-only";
+    const NOW: u64 = 1_775_000_000; // 2026-03-31
+
+    fn parts(path: &str, headers: &[(&str, &str)]) -> http::request::Parts {
+        let mut b = Request::builder().uri(path);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn keydir() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        let mut secret = SECRET.to_vec();
+        secret.push(b'\n');
+        std::fs::write(d.path().join("hs.key"), secret).unwrap();
+        std::fs::write(
+            d.path().join("rsa.pub"),
+            include_str!("../testdata/jwt/rsa.pub"),
+        )
+        .unwrap();
+        std::fs::write(
+            d.path().join("ec.pub"),
+            include_str!("../testdata/jwt/ec.pub"),
+        )
+        .unwrap();
+        d
+    }
+
+    fn compile(toml_src: &str, dir: &Path) -> Result<Cohorts, Vec<FieldError>> {
+        let cfg: CohortConfig = toml::from_str(toml_src).unwrap();
+        Cohorts::compile(&cfg, dir)
+    }
+
+    fn hs_token(alg: Algorithm, claims: serde_json::Value, secret: &[u8]) -> String {
+        encode(
+            &Header::new(alg),
+            &claims,
+            &EncodingKey::from_secret(secret),
+        )
+        .unwrap()
+    }
+
+    const CLIENT: &str = "198.51.100.7";
+    const UNTRUSTED_PEER: &str = "203.0.113.9";
+    const TRUSTED_PEER: &str = "10.1.2.3";
+
+    fn full_config() -> String {
+        r#"
+default = "citizens"
+trusted_header_from = ["10.0.0.0/8"]
+[[matchers]]
+cohort = "intermediaries"
+jwt = { cookie = "portal_jwt", claim = "role", values = ["intermediary","caf","patronato"], algorithm = "HS256", key_file = "hs.key" }
+[[matchers]]
+cohort = "intermediaries"
+header = { name = "x-cohort", values = ["intermediary"] }
+[[matchers]]
+cohort = "staff"
+network = ["192.0.2.0/24", "2001:db8::/32"]
+[[matchers]]
+cohort = "intermediaries"
+path_prefix = ["/intermediari/"]
+[[matchers]]
+cohort = "staff"
+cookie = { name = "role", values = ["staff"] }
+"#
+        .to_owned()
+    }
+
+    #[test]
+    fn names_and_default() {
+        let d = keydir();
+        let c = compile(&full_config(), d.path()).unwrap();
+        assert_eq!(c.names(), ["citizens", "intermediaries", "staff"]);
+        assert_eq!(c.name(c.default_id()), "citizens");
+        assert_eq!(c.id("staff").map(CohortId::index), Some(2));
+        let p = parts("/", &[]);
+        assert_eq!(
+            c.name(c.classify_at(&p, ip(CLIENT), ip(UNTRUSTED_PEER), NOW)),
+            "citizens"
+        );
+    }
+
+    #[test]
+    fn each_matcher_kind() {
+        let d = keydir();
+        let c = compile(&full_config(), d.path()).unwrap();
+        let who = |p: &http::request::Parts, client: &str, peer: &str| {
+            c.name(c.classify_at(p, ip(client), ip(peer), NOW))
+                .to_owned()
+        };
+        // network, v4, v6 and v4-mapped v6
+        assert_eq!(who(&parts("/", &[]), "192.0.2.55", UNTRUSTED_PEER), "staff");
+        assert_eq!(
+            who(&parts("/", &[]), "2001:db8::1", UNTRUSTED_PEER),
+            "staff"
+        );
+        assert_eq!(
+            who(&parts("/", &[]), "::ffff:192.0.2.1", UNTRUSTED_PEER),
+            "staff"
+        );
+        assert_eq!(
+            who(&parts("/", &[]), "192.0.3.1", UNTRUSTED_PEER),
+            "citizens"
+        );
+        // path prefix
+        assert_eq!(
+            who(&parts("/intermediari/domande", &[]), CLIENT, UNTRUSTED_PEER),
+            "intermediaries"
+        );
+        assert_eq!(
+            who(&parts("/intermediari", &[]), CLIENT, UNTRUSTED_PEER),
+            "citizens"
+        );
+        // cookie
+        assert_eq!(
+            who(
+                &parts("/", &[("cookie", "a=b; role=staff")]),
+                CLIENT,
+                UNTRUSTED_PEER
+            ),
+            "staff"
+        );
+        assert_eq!(
+            who(
+                &parts("/", &[("cookie", "role=staffer")]),
+                CLIENT,
+                UNTRUSTED_PEER
+            ),
+            "citizens"
+        );
+        // jwt in cookie
+        let t = hs_token(
+            Algorithm::HS256,
+            serde_json::json!({"role": "caf", "exp": NOW + 600}),
+            SECRET,
+        );
+        let cookie = format!("x=1; portal_jwt={t}");
+        assert_eq!(
+            who(
+                &parts("/", &[("cookie", cookie.as_str())]),
+                CLIENT,
+                UNTRUSTED_PEER
+            ),
+            "intermediaries"
+        );
+    }
+
+    #[test]
+    fn order_first_match_wins() {
+        let d = keydir();
+        let c = compile(&full_config(), d.path()).unwrap();
+        // Matches network (staff, 3rd) and path_prefix (intermediaries, 4th): network first.
+        let p = parts("/intermediari/x", &[]);
+        assert_eq!(
+            c.name(c.classify_at(&p, ip("192.0.2.1"), ip(UNTRUSTED_PEER), NOW)),
+            "staff"
+        );
+        // Reverse the order: now path_prefix comes first.
+        let src = r#"
+default = "citizens"
+[[matchers]]
+cohort = "intermediaries"
+path_prefix = ["/intermediari/"]
+[[matchers]]
+cohort = "staff"
+network = ["192.0.2.0/24"]
+"#;
+        let c = compile(src, d.path()).unwrap();
+        assert_eq!(
+            c.name(c.classify_at(&p, ip("192.0.2.1"), ip(UNTRUSTED_PEER), NOW)),
+            "intermediaries"
+        );
+    }
+
+    #[test]
+    fn spoofed_header_ignored_from_untrusted_peer() {
+        let d = keydir();
+        let c = compile(&full_config(), d.path()).unwrap();
+        let p = parts("/", &[("x-cohort", "intermediary")]);
+        assert_eq!(
+            c.name(c.classify_at(&p, ip(CLIENT), ip(UNTRUSTED_PEER), NOW)),
+            "citizens"
+        );
+        assert_eq!(
+            c.name(c.classify_at(&p, ip(CLIENT), ip(TRUSTED_PEER), NOW)),
+            "intermediaries"
+        );
+        // The client address being "trusted" is irrelevant: only the direct peer counts.
+        assert_eq!(
+            c.name(c.classify_at(&p, ip(TRUSTED_PEER), ip(UNTRUSTED_PEER), NOW)),
+            "citizens"
+        );
+        let p = parts("/", &[("x-cohort", "citizen")]);
+        assert_eq!(
+            c.name(c.classify_at(&p, ip(CLIENT), ip(TRUSTED_PEER), NOW)),
+            "citizens"
+        );
+    }
+
+    fn jwt_header_config(alg: &str, key: &str) -> String {
+        format!(
+            r#"
+default = "citizens"
+[[matchers]]
+cohort = "intermediaries"
+jwt = {{ claim = "role", values = ["intermediary"], algorithm = "{alg}", key_file = "{key}", leeway = "0s" }}
+"#
+        )
+    }
+
+    fn classify_bearer(c: &Cohorts, token: &str, now: u64) -> String {
+        let auth = format!("Bearer {token}");
+        let p = parts("/", &[("authorization", auth.as_str())]);
+        c.name(c.classify_at(&p, ip(CLIENT), ip(UNTRUSTED_PEER), now))
+            .to_owned()
+    }
+
+    #[test]
+    fn jwt_hs256_valid_expired_badsig_wrongalg() {
+        let d = keydir();
+        let c = compile(&jwt_header_config("HS256", "hs.key"), d.path()).unwrap();
+        let good = hs_token(
+            Algorithm::HS256,
+            serde_json::json!({"role": "intermediary", "exp": NOW + 60}),
+            SECRET,
+        );
+        assert_eq!(classify_bearer(&c, &good, NOW), "intermediaries");
+        // expired (by our injected clock), at the exact second and after
+        assert_eq!(classify_bearer(&c, &good, NOW + 60), "citizens");
+        assert_eq!(classify_bearer(&c, &good, NOW + 3600), "citizens");
+        // bad signature: other secret
+        let forged = hs_token(
+            Algorithm::HS256,
+            serde_json::json!({"role": "intermediary", "exp": NOW + 60}),
+            b"another-secret-another-secret-another-secret",
+        );
+        assert_eq!(classify_bearer(&c, &forged, NOW), "citizens");
+        // tampered payload with the original signature
+        let mut segs: Vec<&str> = good.split('.').collect();
+        let other = hs_token(
+            Algorithm::HS256,
+            serde_json::json!({"role": "intermediary", "exp": NOW + 99999}),
+            b"whatever-whatever-whatever-whatever",
+        );
+        let other_payload = other.split('.').nth(1).unwrap();
+        segs[1] = other_payload;
+        assert_eq!(classify_bearer(&c, &segs.join("."), NOW), "citizens");
+        // wrong algorithm: same secret, HS512 (header says HS512, config pins HS256)
+        let hs512 = hs_token(
+            Algorithm::HS512,
+            serde_json::json!({"role": "intermediary", "exp": NOW + 60}),
+            SECRET,
+        );
+        assert_eq!(classify_bearer(&c, &hs512, NOW), "citizens");
+        // wrong claim value, missing exp, garbage
+        let citizen = hs_token(
+            Algorithm::HS256,
+            serde_json::json!({"role": "citizen", "exp": NOW + 60}),
+            SECRET,
+        );
+        assert_eq!(classify_bearer(&c, &citizen, NOW), "citizens");
+        let no_exp = hs_token(
+            Algorithm::HS256,
+            serde_json::json!({"role": "intermediary"}),
+            SECRET,
+        );
+        assert_eq!(classify_bearer(&c, &no_exp, NOW), "citizens");
+        assert_eq!(classify_bearer(&c, "not.a.jwt", NOW), "citizens");
+        // array claim and nbf in the future
+        let arr = hs_token(
+            Algorithm::HS256,
+            serde_json::json!({"role": ["x", "intermediary"], "exp": NOW + 60}),
+            SECRET,
+        );
+        assert_eq!(classify_bearer(&c, &arr, NOW), "intermediaries");
+        let nbf = hs_token(
+            Algorithm::HS256,
+            serde_json::json!({"role": "intermediary", "exp": NOW + 60, "nbf": NOW + 30}),
+            SECRET,
+        );
+        assert_eq!(classify_bearer(&c, &nbf, NOW), "citizens");
+        assert_eq!(classify_bearer(&c, &nbf, NOW + 30), "intermediaries");
+    }
+
+    #[test]
+    fn jwt_leeway_issuer_audience_nested_claim() {
+        let d = keydir();
+        let src = r#"
+default = "citizens"
+[[matchers]]
+cohort = "intermediaries"
+jwt = { header = "x-token", claim = "realm.roles", values = ["caf"], algorithm = "HS256", key_file = "hs.key", issuer = "https://idp.example", audience = "anticamera", leeway = "30s" }
+"#;
+        let c = compile(src, d.path()).unwrap();
+        let mk = |claims: serde_json::Value| hs_token(Algorithm::HS256, claims, SECRET);
+        let run = |t: &str, now: u64| {
+            let p = parts("/", &[("x-token", t)]);
+            c.name(c.classify_at(&p, ip(CLIENT), ip(UNTRUSTED_PEER), now))
+                .to_owned()
+        };
+        let ok = mk(serde_json::json!({"realm": {"roles": ["caf"]}, "exp": NOW,
+            "iss": "https://idp.example", "aud": "anticamera"}));
+        assert_eq!(run(&ok, NOW + 29), "intermediaries"); // within leeway
+        assert_eq!(run(&ok, NOW + 30), "citizens");
+        let bad_iss = mk(
+            serde_json::json!({"realm": {"roles": ["caf"]}, "exp": NOW + 60,
+            "iss": "https://evil.example", "aud": "anticamera"}),
+        );
+        assert_eq!(run(&bad_iss, NOW), "citizens");
+        let no_aud = mk(
+            serde_json::json!({"realm": {"roles": ["caf"]}, "exp": NOW + 60,
+            "iss": "https://idp.example"}),
+        );
+        assert_eq!(run(&no_aud, NOW), "citizens");
+    }
+
+    #[test]
+    fn jwt_rs256_and_es256() {
+        let d = keydir();
+        let rs = compile(&jwt_header_config("RS256", "rsa.pub"), d.path()).unwrap();
+        let es = compile(&jwt_header_config("ES256", "ec.pub"), d.path()).unwrap();
+        let claims = serde_json::json!({"role": "intermediary", "exp": NOW + 60});
+        let rsa_key = EncodingKey::from_rsa_pem(include_bytes!("../testdata/jwt/rsa.pem")).unwrap();
+        let ec_key = EncodingKey::from_ec_pem(include_bytes!("../testdata/jwt/ec.pem")).unwrap();
+        let rs_tok = encode(&Header::new(Algorithm::RS256), &claims, &rsa_key).unwrap();
+        let es_tok = encode(&Header::new(Algorithm::ES256), &claims, &ec_key).unwrap();
+        assert_eq!(classify_bearer(&rs, &rs_tok, NOW), "intermediaries");
+        assert_eq!(classify_bearer(&es, &es_tok, NOW), "intermediaries");
+        // cross: an ES256 token against the RS256-pinned matcher and vice versa
+        assert_eq!(classify_bearer(&rs, &es_tok, NOW), "citizens");
+        assert_eq!(classify_bearer(&es, &rs_tok, NOW), "citizens");
+        // key confusion: HS256 token signed with the RSA public key bytes as secret
+        let confused = hs_token(
+            Algorithm::HS256,
+            claims.clone(),
+            include_bytes!("../testdata/jwt/rsa.pub"),
+        );
+        assert_eq!(classify_bearer(&rs, &confused, NOW), "citizens");
+        assert_eq!(classify_bearer(&rs, &rs_tok, NOW + 61), "citizens");
+    }
+
+    #[test]
+    fn compile_errors_name_keys() {
+        let d = keydir();
+        let src = r#"
+default = "citizens"
+trusted_header_from = ["10.0.0.0/33"]
+[[matchers]]
+cohort = "a"
+jwt = { claim = "role", values = ["x"], algorithm = "HS257", key_file = "hs.key" }
+[[matchers]]
+cohort = "a"
+jwt = { claim = "role", values = ["x"], algorithm = "RS256", key_file = "missing/jwt.pub" }
+[[matchers]]
+cohort = "b"
+network = ["192.0.2.0/24", "192.0.2.300/24"]
+[[matchers]]
+cohort = "b"
+[[matchers]]
+cohort = "b"
+network = ["192.0.2.0/24"]
+path_prefix = ["/x"]
+[[matchers]]
+cohort = "c d"
+path_prefix = ["x/"]
+[[matchers]]
+cohort = "b"
+jwt = { claim = "role", values = ["x"], algorithm = "RS256", key_file = "hs.key" }
+"#;
+        let errs = compile(src, d.path()).unwrap_err();
+        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        for k in [
+            "trusted_header_from[0]",
+            "matchers[0].jwt.algorithm",
+            "matchers[1].jwt.key_file",
+            "matchers[2].network[1]",
+            "matchers[3]",
+            "matchers[4]",
+            "matchers[5].cohort",
+            "matchers[5].path_prefix[0]",
+            "matchers[6].jwt.key_file",
+        ] {
+            assert!(keys.contains(&k), "missing {k} in {errs:?}");
+        }
+        let missing = errs
+            .iter()
+            .find(|e| e.key == "matchers[1].jwt.key_file")
+            .unwrap();
+        assert!(missing.reason.contains("missing/jwt.pub"), "{missing:?}");
+        let several = errs.iter().find(|e| e.key == "matchers[4]").unwrap();
+        assert!(several.reason.contains("network, path_prefix"));
+    }
+
+    #[test]
+    fn compile_errors_names_and_headers() {
+        let d = keydir();
+        let src = r#"
+default = "citizens"
+names = ["citizens", "intermediaries", "citizens"]
+[[matchers]]
+cohort = "intermediaires"
+header = { name = "x-cohort", values = ["intermediary"] }
+"#;
+        let errs = compile(src, d.path()).unwrap_err();
+        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert!(keys.contains(&"names[2]"), "{errs:?}");
+        assert!(keys.contains(&"matchers[0].cohort"), "{errs:?}");
+        // header matcher without trusted gateways
+        assert!(keys.contains(&"matchers[0].header"), "{errs:?}");
+        // short HMAC secret
+        std::fs::write(d.path().join("short.key"), "tooshort\n").unwrap();
+        let errs = compile(&jwt_header_config("HS256", "short.key"), d.path()).unwrap_err();
+        assert_eq!(errs[0].key, "matchers[0].jwt.key_file");
+        // unknown field is rejected by serde
+        assert!(toml::from_str::<CohortConfig>("defualt = \"x\"").is_err());
+    }
+
+    #[test]
+    fn explicit_names_fix_ids() {
+        let d = keydir();
+        let src = r#"
+default = "citizens"
+names = ["intermediaries", "citizens", "desk"]
+[[matchers]]
+cohort = "intermediaries"
+path_prefix = ["/i/"]
+"#;
+        let c = compile(src, d.path()).unwrap();
+        assert_eq!(c.names(), ["intermediaries", "citizens", "desk"]);
+        assert_eq!(c.default_id().index(), 1);
+        assert_eq!(CohortConfig::default().default, "everyone");
+    }
+
+    #[test]
+    fn cookie_lookup() {
+        let mut h = HeaderMap::new();
+        assert_eq!(cookie_value(&h, "a"), None);
+        h.append(COOKIE, HeaderValue::from_static("a=1; b=2;c=3 ;  d = 4"));
+        h.append(
+            COOKIE,
+            HeaderValue::from_static("e=\"quoted\"; a=second; f="),
+        );
+        assert_eq!(cookie_value(&h, "a"), Some("1"));
+        assert_eq!(cookie_value(&h, "b"), Some("2"));
+        assert_eq!(cookie_value(&h, "c"), Some("3"));
+        assert_eq!(cookie_value(&h, "d"), Some("4"));
+        assert_eq!(cookie_value(&h, "e"), Some("quoted"));
+        assert_eq!(cookie_value(&h, "f"), Some(""));
+        assert_eq!(cookie_value(&h, "g"), None);
+        assert_eq!(cookie_value(&h, ""), None);
+        assert_eq!(cookie_value(&h, "1"), None);
+        // a name that is a suffix/prefix of another must not match
+        assert_eq!(cookie_in_header(b"xa=1; ab=2", "a"), None);
+        assert_eq!(cookie_in_header(b"=x; a=b=c", "a"), Some("b=c"));
+        assert_eq!(cookie_in_header(b";;;", "a"), None);
+        assert_eq!(cookie_in_header(b"a=\"", "a"), Some("\""));
+        assert_eq!(cookie_in_header(b"junk\xff; a=ok", "a"), Some("ok"));
+        assert_eq!(cookie_in_header(b"a=\xff", "a"), None);
+    }
+}
