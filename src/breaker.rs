@@ -70,8 +70,8 @@ impl BreakerConfig {
         if self.failures == 0 {
             errs.push(FieldError::new("failures", "must be at least 1"));
         }
-        if self.open_for.is_zero() {
-            errs.push(FieldError::new("open_for", "must be positive"));
+        if self.open_for < Duration::from_millis(1) {
+            errs.push(FieldError::new("open_for", "must be at least 1ms"));
         }
         if self.probes == 0 {
             errs.push(FieldError::new("probes", "must be at least 1"));

@@ -623,9 +623,8 @@ impl Inner {
             return;
         }
         let (min, backoff) = (self.min_limit as f64, self.backoff);
-        let new = update_f64(&self.limit_f, |l| (l * backoff).max(min));
-        let new = (new as usize).clamp(self.min_limit, self.max_limit);
-        let old = self.limit.swap(new, Ordering::Relaxed);
+        update_f64(&self.limit_f, |l| (l * backoff).max(min));
+        let (old, new) = self.sync_limit();
         if new != old {
             tracing::debug!(old, new, "upstream guard: limit decreased");
         }
@@ -633,12 +632,19 @@ impl Inner {
 
     fn increase(&self) {
         let max = self.max_limit as f64;
-        let new = update_f64(&self.limit_f, |l| (l + 1.0 / l.max(1.0)).min(max));
-        let new = (new as usize).clamp(self.min_limit, self.max_limit);
-        let old = self.limit.swap(new, Ordering::Relaxed);
+        update_f64(&self.limit_f, |l| (l + 1.0 / l.max(1.0)).min(max));
+        let (old, new) = self.sync_limit();
         if new > old {
             self.dispatch();
         }
+    }
+
+    /// Publishes the integer limit from the latest fractional one (the last writer reads the
+    /// latest value, so concurrent increases and decreases cannot leave a stale integer behind).
+    fn sync_limit(&self) -> (usize, usize) {
+        let f = f64::from_bits(self.limit_f.load(Ordering::Acquire));
+        let new = (f as usize).clamp(self.min_limit, self.max_limit);
+        (self.limit.swap(new, Ordering::AcqRel), new)
     }
 }
 
