@@ -6,12 +6,15 @@
 
 pub mod admin;
 pub mod body;
+pub mod breaker;
 pub mod cli;
 pub mod cohort;
 pub mod config;
 pub mod demo;
 pub mod forwarded;
+pub mod guard;
 pub mod proxy;
+pub mod ratelimit;
 pub mod respond;
 pub mod schedule;
 pub mod server;

@@ -1,0 +1,1019 @@
+//! Upstream protection: a cap on requests in flight to the upstream, a short priority queue with a
+//! deadline, and (optionally) an adaptive limit that finds the upstream's capacity.
+//!
+//! # Admission
+//!
+//! [`Guard::acquire`] grants a [`Permit`] while fewer than the current limit are in flight. The
+//! fast path is one atomic compare-and-swap; only when the upstream is saturated does a caller take
+//! a small mutex and wait in a queue (a `oneshot` channel per waiter) until a permit is released,
+//! the deadline (`queue_timeout` after arrival) passes, or a more important caller displaces it.
+//!
+//! Two priorities, shed in this order:
+//! - [`Priority::New`] (new arrivals, anonymous traffic) may only use
+//!   `floor(limit × (1 − reserve_for_inside))` slots (at least 1), may only queue while the queue
+//!   is less than half full, and is the one displaced when the queue is full.
+//! - [`Priority::Inside`] (users already admitted, e.g. a claim being submitted) may use every
+//!   slot, may fill the whole queue, and when the queue is full displaces the youngest queued
+//!   `New` waiter. Queued `Inside` waiters are always served before queued `New` ones.
+//!
+//! # Adaptive limit (`mode = "adaptive"`): AIMD with a latency threshold
+//!
+//! Each completed permit reports its latency and [`Outcome`]. The guard keeps an EWMA of latency
+//! (weight 0.1 per sample).
+//! - Additive increase: on a success while the EWMA is at or under `latency_threshold`, and the
+//!   request was sent while the limit was actually being used (in flight ≥ half the limit), the
+//!   limit grows by `1 / limit` (≈ +1 per round of `limit` requests).
+//! - Multiplicative decrease: on an [`Outcome::Overload`] (5xx meaning overload, timeout, connect
+//!   error), or a success while the EWMA is above `latency_threshold`, the limit is multiplied by
+//!   `backoff`. At most once per "round": only requests that were started after the previous
+//!   decrease can trigger the next one, so a burst of failures from one round does not collapse
+//!   the limit in one go.
+//! - The limit stays within `[min_limit, max_limit]`, starting at `max_in_flight`.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::breaker::BreakerConfig;
+use crate::ratelimit::{duration_str, FieldError};
+
+/// How the in-flight limit is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum GuardMode {
+    /// The limit is `max_in_flight`, always.
+    #[default]
+    Fixed,
+    /// The limit starts at `max_in_flight` and follows the upstream's health (AIMD).
+    Adaptive,
+}
+
+/// `[upstream_guard]`: upstream concurrency limit, queue and circuit breaker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GuardConfig {
+    /// `"fixed"` or `"adaptive"` (default `"fixed"`).
+    pub mode: GuardMode,
+    /// The fixed limit, or the starting limit in adaptive mode (default 64).
+    pub max_in_flight: usize,
+    /// Adaptive lower bound (default 4).
+    pub min_limit: usize,
+    /// Adaptive upper bound (default 512).
+    pub max_limit: usize,
+    /// Maximum queued requests; 0 disables queueing (default 128).
+    pub queue_size: usize,
+    /// How long a request may wait in the queue (default "2s").
+    #[serde(with = "duration_str")]
+    pub queue_timeout: Duration,
+    /// Share of the limit that `New` requests cannot use, kept for `Inside` ones (default 0.2).
+    pub reserve_for_inside: f64,
+    /// Adaptive: latency EWMA above this counts as overload (default "500ms").
+    #[serde(with = "duration_str")]
+    pub latency_threshold: Duration,
+    /// Adaptive: multiplicative decrease factor, in (0, 1) (default 0.9).
+    pub backoff: f64,
+    /// `[upstream_guard.breaker]`: the circuit breaker.
+    pub breaker: BreakerConfig,
+}
+
+impl Default for GuardConfig {
+    fn default() -> Self {
+        GuardConfig {
+            mode: GuardMode::Fixed,
+            max_in_flight: 64,
+            min_limit: 4,
+            max_limit: 512,
+            queue_size: 128,
+            queue_timeout: Duration::from_secs(2),
+            reserve_for_inside: 0.2,
+            latency_threshold: Duration::from_millis(500),
+            backoff: 0.9,
+            breaker: BreakerConfig::default(),
+        }
+    }
+}
+
+impl GuardConfig {
+    /// Checks ranges and cross-field rules; keys are relative to `[upstream_guard]`.
+    pub fn validate(&self) -> Result<(), Vec<FieldError>> {
+        let mut errs = Vec::new();
+        if self.max_in_flight == 0 {
+            errs.push(FieldError::new("max_in_flight", "must be at least 1"));
+        }
+        if self.min_limit == 0 {
+            errs.push(FieldError::new("min_limit", "must be at least 1"));
+        }
+        if self.min_limit > self.max_limit {
+            errs.push(FieldError::new(
+                "min_limit",
+                format!("must not exceed max_limit ({})", self.max_limit),
+            ));
+        }
+        if self.mode == GuardMode::Adaptive
+            && (self.max_in_flight < self.min_limit || self.max_in_flight > self.max_limit)
+        {
+            errs.push(FieldError::new(
+                "max_in_flight",
+                format!(
+                    "in adaptive mode the starting limit must lie within min_limit..=max_limit ({}..={})",
+                    self.min_limit, self.max_limit
+                ),
+            ));
+        }
+        if self.queue_size > 0 && self.queue_timeout.is_zero() {
+            errs.push(FieldError::new(
+                "queue_timeout",
+                "must be positive when queue_size > 0",
+            ));
+        }
+        if !(0.0..1.0).contains(&self.reserve_for_inside) {
+            errs.push(FieldError::new(
+                "reserve_for_inside",
+                "must be at least 0 and below 1",
+            ));
+        }
+        if self.latency_threshold.is_zero() {
+            errs.push(FieldError::new("latency_threshold", "must be positive"));
+        }
+        if !(self.backoff > 0.0 && self.backoff < 1.0) {
+            errs.push(FieldError::new("backoff", "must be above 0 and below 1"));
+        }
+        if let Err(b) = self.breaker.validate() {
+            errs.extend(b.into_iter().map(|e| FieldError {
+                key: format!("breaker.{}", e.key),
+                reason: e.reason,
+            }));
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(errs)
+        }
+    }
+}
+
+/// Who is asking: decides who is shed first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Priority {
+    /// A user already admitted (e.g. submitting a claim): shed last.
+    Inside,
+    /// A new arrival or anonymous request: shed first.
+    New,
+}
+
+impl Priority {
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Inside => "inside",
+            Priority::New => "new",
+        }
+    }
+}
+
+/// Why a request was shed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ShedReason {
+    /// The queue (or this priority's share of it) was full.
+    QueueFull,
+    /// The request waited `queue_timeout` without getting a slot.
+    QueueTimeout,
+    /// A queued `New` request was pushed out by an `Inside` one.
+    Displaced,
+}
+
+impl ShedReason {
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShedReason::QueueFull => "queue_full",
+            ShedReason::QueueTimeout => "queue_timeout",
+            ShedReason::Displaced => "displaced",
+        }
+    }
+}
+
+/// A refusal: answer 503 with `Retry-After`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("upstream busy ({}), retry after {retry_after:?}", reason.as_str())]
+pub struct Shed {
+    /// Why.
+    pub reason: ShedReason,
+    /// A hint for `Retry-After`: the queue timeout (at least one second).
+    pub retry_after: Duration,
+}
+
+impl Shed {
+    /// `Retry-After` in whole seconds, rounded up, at least 1.
+    pub fn retry_after_secs(&self) -> u64 {
+        let d = self.retry_after;
+        (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
+    }
+}
+
+/// How an upstream request ended, for the adaptive limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A normal answer (including 4xx and non-overload 5xx).
+    Success,
+    /// The upstream showed overload: 502/503/504, timeout, connect error.
+    Overload,
+    /// Says nothing about upstream capacity (client went away, cancelled, ...).
+    Ignore,
+}
+
+type Grant = Result<(), ShedReason>;
+
+struct Waiter {
+    id: u64,
+    tx: oneshot::Sender<Grant>,
+}
+
+#[derive(Default)]
+struct Waiters {
+    inside: VecDeque<Waiter>,
+    new: VecDeque<Waiter>,
+    next_id: u64,
+}
+
+impl Waiters {
+    fn len(&self) -> usize {
+        self.inside.len() + self.new.len()
+    }
+
+    fn remove(&mut self, id: u64, priority: Priority) -> bool {
+        let q = match priority {
+            Priority::Inside => &mut self.inside,
+            Priority::New => &mut self.new,
+        };
+        match q.iter().position(|w| w.id == id) {
+            Some(i) => {
+                q.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+const EWMA_WEIGHT: f64 = 0.1;
+
+struct Inner {
+    mode: GuardMode,
+    min_limit: usize,
+    max_limit: usize,
+    queue_size: usize,
+    queue_timeout: Duration,
+    new_share: f64,
+    latency_threshold_ns: f64,
+    backoff: f64,
+
+    limit: AtomicUsize,
+    in_flight: AtomicUsize,
+    /// Waiters in the queue, plus callers about to decide whether to queue (see `acquire`).
+    queued: AtomicUsize,
+    waiters: Mutex<Waiters>,
+
+    /// Adaptive state: the fractional limit (f64 bits), the decrease epoch, latency EWMA (f64 ns).
+    limit_f: AtomicU64,
+    epoch: AtomicU64,
+    ewma_ns: AtomicU64,
+}
+
+/// The upstream guard. Cheap to clone (shared state).
+#[derive(Clone)]
+pub struct Guard {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guard")
+            .field("limit", &self.current_limit())
+            .field("in_flight", &self.in_flight())
+            .field("queued", &self.queued())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The right to send one request upstream; releases its slot when dropped.
+#[must_use = "dropping the permit releases the slot at once"]
+pub struct Permit {
+    inner: Arc<Inner>,
+    waited: Duration,
+    epoch: u64,
+    in_flight_at_start: usize,
+}
+
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Permit")
+            .field("waited", &self.waited)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Permit {
+    /// Time spent queued before the slot was granted (zero on the fast path).
+    pub fn waited(&self) -> Duration {
+        self.waited
+    }
+
+    /// Reports how the upstream request went (feeds the adaptive limit) and releases the slot.
+    /// Dropping a permit without calling this counts as [`Outcome::Ignore`].
+    pub fn done(self, latency: Duration, outcome: Outcome) {
+        self.inner
+            .on_outcome(latency, outcome, self.epoch, self.in_flight_at_start);
+        // Drop releases the slot.
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.inner.release();
+    }
+}
+
+/// Removes a queued waiter if its `acquire` future is dropped or times out.
+struct Waiting<'a> {
+    inner: &'a Inner,
+    id: u64,
+    priority: Priority,
+    rx: Option<oneshot::Receiver<Grant>>,
+}
+
+impl Waiting<'_> {
+    /// Leaves the queue. Returns the grant if one was sent before we could leave.
+    fn leave(&mut self) -> Option<Grant> {
+        let mut rx = self.rx.take()?;
+        {
+            let mut w = self.inner.lock();
+            if w.remove(self.id, self.priority) {
+                self.inner.queued.fetch_sub(1, Ordering::SeqCst);
+                return None;
+            }
+        }
+        // Not in the queue any more: a grant or displacement was sent under the lock.
+        rx.try_recv().ok()
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Some(Ok(())) = self.leave() {
+            // Granted but nobody will use it: hand the slot on.
+            self.inner.release();
+        }
+    }
+}
+
+impl Guard {
+    /// A guard for a validated config.
+    pub fn new(cfg: &GuardConfig) -> Self {
+        let start = match cfg.mode {
+            GuardMode::Fixed => cfg.max_in_flight.max(1),
+            GuardMode::Adaptive => cfg.max_in_flight.clamp(
+                cfg.min_limit.max(1),
+                cfg.max_limit.max(cfg.min_limit.max(1)),
+            ),
+        };
+        Guard {
+            inner: Arc::new(Inner {
+                mode: cfg.mode,
+                min_limit: cfg.min_limit.max(1),
+                max_limit: cfg.max_limit.max(cfg.min_limit.max(1)),
+                queue_size: cfg.queue_size,
+                queue_timeout: cfg.queue_timeout,
+                new_share: (1.0 - cfg.reserve_for_inside).clamp(0.0, 1.0),
+                latency_threshold_ns: cfg.latency_threshold.as_nanos() as f64,
+                backoff: cfg.backoff,
+                limit: AtomicUsize::new(start),
+                in_flight: AtomicUsize::new(0),
+                queued: AtomicUsize::new(0),
+                waiters: Mutex::new(Waiters::default()),
+                limit_f: AtomicU64::new((start as f64).to_bits()),
+                epoch: AtomicU64::new(0),
+                ewma_ns: AtomicU64::new(0f64.to_bits()),
+            }),
+        }
+    }
+
+    /// Waits for a slot. `now` is the request's arrival time: the queue deadline is
+    /// `now + queue_timeout`, and [`Permit::waited`] is measured from it.
+    pub async fn acquire(&self, priority: Priority, now: Instant) -> Result<Permit, Shed> {
+        let inner = &*self.inner;
+        // Fast path: nobody queued and a slot free.
+        if inner.queued.load(Ordering::SeqCst) == 0 && inner.try_slot(inner.cap(priority)) {
+            return Ok(self.permit(now, false));
+        }
+        let mut waiting = {
+            let mut w = inner.lock();
+            // Announce ourselves before trying for a slot, so that a concurrent release either
+            // frees the slot before our try, or sees us and dispatches under the lock.
+            inner.queued.fetch_add(1, Ordering::SeqCst);
+            let ahead = match priority {
+                Priority::Inside => !w.inside.is_empty(),
+                Priority::New => w.len() > 0,
+            };
+            if !ahead && inner.try_slot(inner.cap(priority)) {
+                inner.queued.fetch_sub(1, Ordering::SeqCst);
+                drop(w);
+                return Ok(self.permit(now, false));
+            }
+            let len = w.len();
+            let room = match priority {
+                Priority::New => len < inner.queue_size / 2,
+                Priority::Inside if len < inner.queue_size => true,
+                Priority::Inside => match w.new.pop_back() {
+                    Some(victim) => {
+                        inner.queued.fetch_sub(1, Ordering::SeqCst);
+                        let _ = victim.tx.send(Err(ShedReason::Displaced));
+                        true
+                    }
+                    None => false,
+                },
+            };
+            if !room {
+                inner.queued.fetch_sub(1, Ordering::SeqCst);
+                return Err(inner.shed(ShedReason::QueueFull));
+            }
+            let (tx, rx) = oneshot::channel();
+            let id = w.next_id;
+            w.next_id = w.next_id.wrapping_add(1);
+            let waiter = Waiter { id, tx };
+            match priority {
+                Priority::Inside => w.inside.push_back(waiter),
+                Priority::New => w.new.push_back(waiter),
+            }
+            Waiting {
+                inner,
+                id,
+                priority,
+                rx: Some(rx),
+            }
+        };
+        let deadline = now + inner.queue_timeout;
+        let grant = match waiting.rx.as_mut() {
+            Some(rx) => match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(grant)) => {
+                    waiting.rx = None; // consumed: nothing to clean up
+                    Some(grant)
+                }
+                // Sender dropped without a message: cannot happen (senders always send before
+                // leaving the queue); treat as a timeout after cleaning up.
+                Ok(Err(_)) | Err(_) => waiting.leave(),
+            },
+            None => None,
+        };
+        match grant {
+            Some(Ok(())) => Ok(self.permit(now, true)),
+            Some(Err(reason)) => Err(inner.shed(reason)),
+            None => Err(inner.shed(ShedReason::QueueTimeout)),
+        }
+    }
+
+    fn permit(&self, arrived: Instant, queued: bool) -> Permit {
+        Permit {
+            inner: self.inner.clone(),
+            waited: if queued {
+                Instant::now().saturating_duration_since(arrived)
+            } else {
+                Duration::ZERO
+            },
+            epoch: self.inner.epoch.load(Ordering::Relaxed),
+            in_flight_at_start: self.inner.in_flight.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The current in-flight limit (fixed, or the adaptive one).
+    pub fn current_limit(&self) -> usize {
+        self.inner.limit.load(Ordering::Relaxed)
+    }
+
+    /// Requests in flight to the upstream.
+    pub fn in_flight(&self) -> usize {
+        self.inner.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Requests waiting in the queue.
+    pub fn queued(&self) -> usize {
+        self.inner.queued.load(Ordering::Relaxed)
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, Waiters> {
+        self.waiters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn shed(&self, reason: ShedReason) -> Shed {
+        Shed {
+            reason,
+            retry_after: self.queue_timeout.max(Duration::from_secs(1)),
+        }
+    }
+
+    /// Slots usable by `priority` under the current limit.
+    #[inline]
+    fn cap(&self, priority: Priority) -> usize {
+        let limit = self.limit.load(Ordering::Relaxed);
+        match priority {
+            Priority::Inside => limit,
+            Priority::New => ((limit as f64 * self.new_share) as usize).max(1),
+        }
+    }
+
+    #[inline]
+    fn try_slot(&self, cap: usize) -> bool {
+        let mut cur = self.in_flight.load(Ordering::SeqCst);
+        loop {
+            if cur >= cap {
+                return false;
+            }
+            match self.in_flight.compare_exchange_weak(
+                cur,
+                cur + 1,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => return true,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    fn release(&self) {
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.dispatch();
+    }
+
+    /// Hands free slots to queued waiters: `Inside` first, then `New` within its share.
+    fn dispatch(&self) {
+        if self.queued.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        let mut w = self.lock();
+        loop {
+            let (queue, cap) = if !w.inside.is_empty() {
+                (&mut w.inside, self.cap(Priority::Inside))
+            } else if !w.new.is_empty() {
+                (&mut w.new, self.cap(Priority::New))
+            } else {
+                return;
+            };
+            if !self.try_slot(cap) {
+                return;
+            }
+            let Some(waiter) = queue.pop_front() else {
+                // Unreachable (checked non-empty above); give the slot back.
+                self.in_flight.fetch_sub(1, Ordering::SeqCst);
+                return;
+            };
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            if waiter.tx.send(Ok(())).is_err() {
+                // The waiter is gone (its cleanup will find it removed): undo and go on.
+                self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    fn on_outcome(&self, latency: Duration, outcome: Outcome, epoch: u64, in_flight_then: usize) {
+        if self.mode != GuardMode::Adaptive {
+            return;
+        }
+        match outcome {
+            Outcome::Ignore => {}
+            Outcome::Overload => self.decrease(epoch),
+            Outcome::Success => {
+                let sample = latency.as_nanos() as f64;
+                let ewma = update_f64(&self.ewma_ns, |e| {
+                    if e == 0.0 {
+                        sample
+                    } else {
+                        e + EWMA_WEIGHT * (sample - e)
+                    }
+                });
+                if ewma > self.latency_threshold_ns {
+                    self.decrease(epoch);
+                } else if in_flight_then.saturating_mul(2) >= self.limit.load(Ordering::Relaxed) {
+                    self.increase();
+                }
+            }
+        }
+    }
+
+    fn decrease(&self, epoch: u64) {
+        // Once per round: only the first overload signal from requests started after the last
+        // decrease moves the limit.
+        if self
+            .epoch
+            .compare_exchange(
+                epoch,
+                epoch.wrapping_add(1),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_err()
+        {
+            return;
+        }
+        let (min, backoff) = (self.min_limit as f64, self.backoff);
+        update_f64(&self.limit_f, |l| (l * backoff).max(min));
+        let (old, new) = self.sync_limit();
+        if new != old {
+            tracing::debug!(old, new, "upstream guard: limit decreased");
+        }
+    }
+
+    fn increase(&self) {
+        let max = self.max_limit as f64;
+        update_f64(&self.limit_f, |l| (l + 1.0 / l.max(1.0)).min(max));
+        let (old, new) = self.sync_limit();
+        if new > old {
+            self.dispatch();
+        }
+    }
+
+    /// Publishes the integer limit from the latest fractional one (the last writer reads the
+    /// latest value, so concurrent increases and decreases cannot leave a stale integer behind).
+    fn sync_limit(&self) -> (usize, usize) {
+        let f = f64::from_bits(self.limit_f.load(Ordering::Acquire));
+        let new = (f as usize).clamp(self.min_limit, self.max_limit);
+        (self.limit.swap(new, Ordering::AcqRel), new)
+    }
+}
+
+/// Lock-free read-modify-write of an f64 stored as bits; returns the new value.
+fn update_f64(cell: &AtomicU64, f: impl Fn(f64) -> f64) -> f64 {
+    let mut cur = cell.load(Ordering::Relaxed);
+    loop {
+        let new = f(f64::from_bits(cur));
+        match cell.compare_exchange_weak(cur, new.to_bits(), Ordering::AcqRel, Ordering::Relaxed) {
+            Ok(_) => return new,
+            Err(c) => cur = c,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    fn cfg(src: &str) -> GuardConfig {
+        let c: GuardConfig = toml::from_str(src).unwrap();
+        c.validate().unwrap();
+        c
+    }
+
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[test]
+    fn config_defaults_and_validation() {
+        let c: GuardConfig = toml::from_str("").unwrap();
+        assert_eq!(c.mode, GuardMode::Fixed);
+        assert_eq!(
+            (c.max_in_flight, c.min_limit, c.max_limit, c.queue_size),
+            (64, 4, 512, 128)
+        );
+        assert_eq!(c.queue_timeout, Duration::from_secs(2));
+        assert_eq!(c.latency_threshold, Duration::from_millis(500));
+        assert_eq!((c.reserve_for_inside, c.backoff), (0.2, 0.9));
+        assert_eq!(c.breaker.failures, 5);
+        c.validate().unwrap();
+
+        let c: GuardConfig = toml::from_str(
+            "mode = \"adaptive\"\nmax_in_flight = 1000\nmin_limit = 8\nmax_limit = 4\n\
+             reserve_for_inside = 1.0\nbackoff = 1.5\nqueue_timeout = \"0s\"\n\
+             [breaker]\nprobes = 0\n",
+        )
+        .unwrap();
+        let keys: Vec<_> = c
+            .validate()
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "min_limit",
+                "max_in_flight",
+                "queue_timeout",
+                "reserve_for_inside",
+                "backoff",
+                "breaker.probes"
+            ]
+        );
+        assert!(toml::from_str::<GuardConfig>("mode = \"magic\"").is_err());
+        assert!(toml::from_str::<GuardConfig>("max_inflight = 3").is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn never_more_than_limit_in_flight() {
+        let g = Guard::new(&cfg(
+            "max_in_flight = 4\nqueue_size = 200\nqueue_timeout = \"60s\"\nreserve_for_inside = 0.0",
+        ));
+        let cur = Arc::new(AtomicUsize::new(0));
+        let max = Arc::new(AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..100)
+            .map(|i| {
+                let (g, cur, max) = (g.clone(), cur.clone(), max.clone());
+                tokio::spawn(async move {
+                    let prio = if i % 2 == 0 {
+                        Priority::Inside
+                    } else {
+                        Priority::New
+                    };
+                    let p = g.acquire(prio, Instant::now()).await.unwrap();
+                    let c = cur.fetch_add(1, Ordering::SeqCst) + 1;
+                    max.fetch_max(c, Ordering::SeqCst);
+                    assert!(g.in_flight() <= 4);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    cur.fetch_sub(1, Ordering::SeqCst);
+                    drop(p);
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(max.load(Ordering::SeqCst), 4);
+        assert_eq!((g.in_flight(), g.queued()), (0, 0));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_stress_respects_limit() {
+        let g = Guard::new(&cfg(
+            "max_in_flight = 3\nqueue_size = 1000\nqueue_timeout = \"30s\"\nreserve_for_inside = 0.0",
+        ));
+        let cur = Arc::new(AtomicUsize::new(0));
+        let max = Arc::new(AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..400)
+            .map(|i| {
+                let (g, cur, max) = (g.clone(), cur.clone(), max.clone());
+                tokio::spawn(async move {
+                    let prio = if i % 3 == 0 {
+                        Priority::New
+                    } else {
+                        Priority::Inside
+                    };
+                    let p = g.acquire(prio, Instant::now()).await.unwrap();
+                    let c = cur.fetch_add(1, Ordering::SeqCst) + 1;
+                    max.fetch_max(c, Ordering::SeqCst);
+                    for _ in 0..3 {
+                        tokio::task::yield_now().await;
+                    }
+                    cur.fetch_sub(1, Ordering::SeqCst);
+                    drop(p);
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert!(max.load(Ordering::SeqCst) <= 3);
+        assert_eq!((g.in_flight(), g.queued()), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn queue_deadline_is_respected() {
+        let g = Guard::new(&cfg("max_in_flight = 1\nqueue_timeout = \"2s\""));
+        let held = g.acquire(Priority::Inside, Instant::now()).await.unwrap();
+        assert_eq!(held.waited(), Duration::ZERO);
+        let t0 = Instant::now();
+        let shed = g.acquire(Priority::Inside, t0).await.unwrap_err();
+        assert_eq!(shed.reason, ShedReason::QueueTimeout);
+        assert_eq!(Instant::now() - t0, Duration::from_secs(2));
+        assert_eq!(shed.retry_after_secs(), 2);
+        assert_eq!(g.queued(), 0);
+
+        // The deadline counts from arrival, not from the call.
+        let t1 = Instant::now();
+        let arrived = t1 - Duration::from_millis(1500);
+        let shed = g.acquire(Priority::Inside, arrived).await.unwrap_err();
+        assert_eq!(shed.reason, ShedReason::QueueTimeout);
+        assert_eq!(Instant::now() - t1, Duration::from_millis(500));
+
+        // A waiter granted before its deadline reports how long it waited.
+        let g2 = g.clone();
+        let waiter = tokio::spawn(async move {
+            let p = g2.acquire(Priority::New, Instant::now()).await.unwrap();
+            p.waited()
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(g.queued(), 1);
+        drop(held);
+        assert_eq!(waiter.await.unwrap(), Duration::from_millis(300));
+        assert_eq!((g.in_flight(), g.queued()), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn new_is_shed_before_inside() {
+        let g = Guard::new(&cfg(
+            "max_in_flight = 2\nreserve_for_inside = 0.5\nqueue_size = 4\nqueue_timeout = \"10s\"",
+        ));
+        let spawn = |prio: Priority| {
+            let g = g.clone();
+            tokio::spawn(async move { g.acquire(prio, Instant::now()).await.map(drop) })
+        };
+        // New may use only 1 of the 2 slots.
+        let n1 = g.acquire(Priority::New, Instant::now()).await.unwrap();
+        let tn2 = spawn(Priority::New);
+        settle().await;
+        assert_eq!((g.in_flight(), g.queued()), (1, 1));
+        // Inside still gets the reserved slot at once, though a New is waiting.
+        let i1 = g.acquire(Priority::Inside, Instant::now()).await.unwrap();
+        assert_eq!(g.in_flight(), 2);
+        // New may queue only while the queue is under half full (2 of 4).
+        let tn3 = spawn(Priority::New);
+        settle().await;
+        assert_eq!(g.queued(), 2);
+        let shed = g.acquire(Priority::New, Instant::now()).await.unwrap_err();
+        assert_eq!(shed.reason, ShedReason::QueueFull);
+        // Inside fills the whole queue...
+        let ti2 = spawn(Priority::Inside);
+        let ti3 = spawn(Priority::Inside);
+        settle().await;
+        assert_eq!(g.queued(), 4);
+        // ...then displaces the youngest New, then the next one...
+        let ti4 = spawn(Priority::Inside);
+        settle().await;
+        assert_eq!(
+            tn3.await.unwrap().unwrap_err().reason,
+            ShedReason::Displaced
+        );
+        let ti5 = spawn(Priority::Inside);
+        settle().await;
+        assert_eq!(
+            tn2.await.unwrap().unwrap_err().reason,
+            ShedReason::Displaced
+        );
+        assert_eq!(g.queued(), 4);
+        // ...and only when no New is left is an Inside refused.
+        let shed = g
+            .acquire(Priority::Inside, Instant::now())
+            .await
+            .unwrap_err();
+        assert_eq!(shed.reason, ShedReason::QueueFull);
+        // Released slots go to the queued Inside requests, in order.
+        drop(i1);
+        drop(n1);
+        for t in [ti2, ti3, ti4, ti5] {
+            t.await.unwrap().unwrap();
+        }
+        assert_eq!((g.in_flight(), g.queued()), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn queued_inside_served_before_queued_new() {
+        let g = Guard::new(&cfg(
+            "max_in_flight = 1\nreserve_for_inside = 0.0\nqueue_size = 10\nqueue_timeout = \"10s\"",
+        ));
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let held = g.acquire(Priority::Inside, Instant::now()).await.unwrap();
+        let mut tasks = Vec::new();
+        for (i, prio) in [
+            Priority::New,
+            Priority::New,
+            Priority::Inside,
+            Priority::Inside,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let (g, order) = (g.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                let p = g.acquire(prio, Instant::now()).await.unwrap();
+                order.lock().unwrap().push(i);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                drop(p);
+            }));
+            settle().await;
+        }
+        drop(held);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), [2, 3, 0, 1]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancelled_waiter_leaves_no_trace() {
+        let g = Guard::new(&cfg("max_in_flight = 1\nqueue_size = 4"));
+        let held = g.acquire(Priority::Inside, Instant::now()).await.unwrap();
+        let g2 = g.clone();
+        let t = tokio::spawn(async move { g2.acquire(Priority::Inside, Instant::now()).await });
+        settle().await;
+        assert_eq!(g.queued(), 1);
+        t.abort();
+        settle().await;
+        assert_eq!(g.queued(), 0);
+        drop(held);
+        assert_eq!(g.in_flight(), 0);
+        let p = g.acquire(Priority::New, Instant::now()).await.unwrap();
+        assert_eq!(g.in_flight(), 1);
+        drop(p);
+
+        // No queue at all: shed at once.
+        let g = Guard::new(&cfg("max_in_flight = 1\nqueue_size = 0"));
+        let _held = g.acquire(Priority::Inside, Instant::now()).await.unwrap();
+        let shed = g
+            .acquire(Priority::Inside, Instant::now())
+            .await
+            .unwrap_err();
+        assert_eq!(shed.reason, ShedReason::QueueFull);
+    }
+
+    const ADAPTIVE: &str = "mode = \"adaptive\"\nmax_in_flight = 20\nmin_limit = 4\n\
+        max_limit = 40\nbackoff = 0.5\nlatency_threshold = \"100ms\"\nqueue_size = 0\n";
+
+    #[tokio::test(start_paused = true)]
+    async fn adaptive_decreases_on_errors_within_bounds() {
+        let g = Guard::new(&cfg(ADAPTIVE));
+        let mut seen = Vec::new();
+        for _ in 0..6 {
+            let p = g.acquire(Priority::Inside, Instant::now()).await.unwrap();
+            p.done(Duration::from_millis(10), Outcome::Overload);
+            seen.push(g.current_limit());
+        }
+        assert_eq!(seen, [10, 5, 4, 4, 4, 4]);
+
+        // Many failures from one round count once.
+        let g = Guard::new(&cfg(ADAPTIVE));
+        let mut round = Vec::new();
+        for _ in 0..10 {
+            round.push(g.acquire(Priority::Inside, Instant::now()).await.unwrap());
+        }
+        for p in round {
+            p.done(Duration::from_millis(10), Outcome::Overload);
+        }
+        assert_eq!(g.current_limit(), 10);
+
+        // Slow successes count as overload; ignored outcomes and plain drops do nothing.
+        let g = Guard::new(&cfg(ADAPTIVE));
+        let p = g.acquire(Priority::Inside, Instant::now()).await.unwrap();
+        p.done(Duration::from_secs(1), Outcome::Ignore);
+        drop(g.acquire(Priority::Inside, Instant::now()).await.unwrap());
+        assert_eq!(g.current_limit(), 20);
+        let p = g.acquire(Priority::Inside, Instant::now()).await.unwrap();
+        p.done(Duration::from_secs(1), Outcome::Success);
+        assert_eq!(g.current_limit(), 10);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn adaptive_recovers_when_healthy_and_stays_bounded() {
+        let g = Guard::new(&cfg(ADAPTIVE));
+        // Push it down with slow answers.
+        for _ in 0..5 {
+            let p = g.acquire(Priority::Inside, Instant::now()).await.unwrap();
+            p.done(Duration::from_secs(2), Outcome::Success);
+        }
+        assert_eq!(g.current_limit(), 4);
+        // Healthy rounds that use the whole limit: grows by about one per round, to max.
+        let mut prev = g.current_limit();
+        let mut grew = false;
+        for _ in 0..200 {
+            let mut round = Vec::new();
+            for _ in 0..g.current_limit() {
+                round.push(g.acquire(Priority::Inside, Instant::now()).await.unwrap());
+            }
+            for p in round {
+                p.done(Duration::from_millis(5), Outcome::Success);
+            }
+            let now = g.current_limit();
+            assert!((4..=40).contains(&now));
+            grew |= now > prev;
+            prev = now;
+        }
+        assert!(grew);
+        assert_eq!(g.current_limit(), 40);
+
+        // A lightly used upstream does not raise the limit (app-limited).
+        let g = Guard::new(&cfg(ADAPTIVE));
+        for _ in 0..500 {
+            let p = g.acquire(Priority::Inside, Instant::now()).await.unwrap();
+            p.done(Duration::from_millis(5), Outcome::Success);
+        }
+        assert_eq!(g.current_limit(), 20);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fixed_mode_ignores_outcomes() {
+        let g = Guard::new(&cfg("max_in_flight = 8"));
+        for _ in 0..10 {
+            let p = g.acquire(Priority::New, Instant::now()).await.unwrap();
+            p.done(Duration::from_secs(5), Outcome::Overload);
+        }
+        assert_eq!(g.current_limit(), 8);
+    }
+}
