@@ -1,7 +1,19 @@
 //! The admin listener: `/metrics` (Prometheus), `/healthz` (the process answers), `/readyz`
 //! (it should receive traffic: not draining, and at least one portal address in rotation).
 //!
-//! It runs on its own thread so a saturated proxy still answers its operators.
+//! It runs on its own thread so a saturated proxy still answers its operators. The same thread
+//! runs the waiting room's controller (ticks and state snapshots).
+//!
+//! The admin API, behind `Authorization: Bearer <admin token>`:
+//!
+//! | request | effect |
+//! |---|---|
+//! | `GET /admin/gates` | every gate and lane: mode, capacity, waiting, active, admitted per minute, estimated wait |
+//! | `GET /admin/gates/NAME` | one gate |
+//! | `POST /admin/gates/NAME/pause` | no new admissions (admitted users continue) |
+//! | `POST /admin/gates/NAME/resume` | back to the configured mode |
+//! | `POST /admin/gates/NAME/queue-all` | everybody queues, even with room |
+//! | `POST /admin/gates/NAME/limits` with `{"capacity": N, "admit_per_minute": M}` | change either at runtime |
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
@@ -9,7 +21,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -50,7 +62,7 @@ pub async fn serve(
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(route(req, &shared, prometheus)) }
+                async move { Ok::<_, Infallible>(route(req, &shared, prometheus).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -59,11 +71,40 @@ pub async fn serve(
     }
 }
 
-fn route(
+/// Runs the waiting room's controller until `shutdown`: ticks every `waiting_room.tick`, saves
+/// the state every `waiting_room.snapshot_interval`.
+pub async fn controller(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let Some(room) = shared.room.clone() else {
+        return;
+    };
+    let w = &shared.config.waiting_room;
+    let mut tick = tokio::time::interval(w.tick.0);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut save = tokio::time::interval(w.snapshot_interval.0);
+    save.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => room.tick(),
+            _ = save.tick() => {
+                let room = room.clone();
+                let r = tokio::task::spawn_blocking(move || room.save()).await;
+                if let Ok(Err(e)) = r {
+                    tracing::warn!(error = %e, "cannot save waiting-room state");
+                }
+            }
+        }
+    }
+}
+
+async fn route(
     req: Request<Incoming>,
     shared: &Shared,
     prometheus: &PrometheusHandle,
 ) -> Response<Full<Bytes>> {
+    if req.uri().path().starts_with("/admin/") {
+        return admin_api(req, shared).await;
+    }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
             prometheus.run_upkeep();
@@ -112,4 +153,152 @@ fn text(status: StatusCode, ctype: &'static str, body: String) -> Response<Full<
         header::HeaderValue::from_static("no-store"),
     );
     r
+}
+
+fn json(status: StatusCode, v: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut r = text(status, "application/json", v.to_string());
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer realm=\"anticamera admin\""),
+        );
+    }
+    r
+}
+
+fn error(status: StatusCode, msg: &str) -> Response<Full<Bytes>> {
+    json(status, serde_json::json!({ "error": msg }))
+}
+
+fn authorized(req: &Request<Incoming>, token: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    let Some(v) = req.headers().get(header::AUTHORIZATION) else {
+        return false;
+    };
+    let Some(given) = v.as_bytes().strip_prefix(b"Bearer ") else {
+        return false;
+    };
+    given.ct_eq(token.as_bytes()).into()
+}
+
+async fn admin_api(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+    let Some(token) = &shared.admin_token else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "the admin API is off: set admin.token_env (or admin.token) to enable it",
+        );
+    };
+    if !authorized(&req, token) {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+    }
+    let Some(room) = &shared.room else {
+        return error(StatusCode::NOT_FOUND, "no gates are configured");
+    };
+    let path = req.uri().path().trim_end_matches('/').to_string();
+    let parts: Vec<&str> = path.split('/').skip(2).collect(); // ["gates", name, action]
+    let method = req.method().clone();
+    match (method, parts.as_slice()) {
+        (Method::GET, ["gates"]) => json(
+            StatusCode::OK,
+            serde_json::json!({ "gates": room.gates.iter().map(gate_json).collect::<Vec<_>>() }),
+        ),
+        (Method::GET, ["gates", name]) => match room.gates.iter().find(|g| g.name == *name) {
+            Some(g) => json(StatusCode::OK, gate_json(g)),
+            None => error(StatusCode::NOT_FOUND, "no such gate"),
+        },
+        (Method::POST, ["gates", name, action]) => {
+            let Some(g) = room.gates.iter().find(|g| g.name == *name) else {
+                return error(StatusCode::NOT_FOUND, "no such gate");
+            };
+            use crate::room::Switch;
+            use crate::waitroom::Mode;
+            match *action {
+                "pause" => g.set_switch(Switch::Forced(Mode::Paused)),
+                "resume" => g.set_switch(Switch::Configured),
+                "queue-all" => g.set_switch(Switch::Forced(Mode::QueueAll)),
+                "open" => g.set_switch(Switch::Forced(Mode::Open)),
+                "limits" => {
+                    #[derive(serde::Deserialize)]
+                    #[serde(deny_unknown_fields)]
+                    struct Limits {
+                        capacity: Option<u32>,
+                        admit_per_minute: Option<u32>,
+                    }
+                    let body = match Limited::new(req.into_body(), 4096).collect().await {
+                        Ok(b) => b.to_bytes(),
+                        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body too large"),
+                    };
+                    let l: Limits =
+                        match serde_json::from_slice(&body) {
+                            Ok(l) => l,
+                            Err(e) => return error(
+                                StatusCode::BAD_REQUEST,
+                                &format!(
+                                    "expected {{\"capacity\": N, \"admit_per_minute\": M}}: {e}"
+                                ),
+                            ),
+                        };
+                    if let Some(c) = l.capacity {
+                        if c == 0 || c > 1 << 20 {
+                            return error(StatusCode::BAD_REQUEST, "capacity must be 1..=1048576");
+                        }
+                        g.capacity.store(c, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    if let Some(r) = l.admit_per_minute {
+                        g.admit_per_minute
+                            .store(r, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+                _ => return error(StatusCode::NOT_FOUND, "unknown action"),
+            }
+            tracing::info!(gate = %g.name, action = %action, "admin action");
+            room.tick();
+            json(StatusCode::OK, gate_json(g))
+        }
+        _ => error(StatusCode::NOT_FOUND, "unknown admin endpoint"),
+    }
+}
+
+fn gate_json(g: &crate::room::GateRuntime) -> serde_json::Value {
+    use std::sync::atomic::Ordering;
+    let lanes: Vec<serde_json::Value> = g
+        .lanes
+        .iter()
+        .map(|l| {
+            let s = l.gate.stats();
+            serde_json::json!({
+                "cohort": l.cohort_name,
+                "mode": s.mode.as_str(),
+                "capacity": s.capacity,
+                "waiting": s.waiting,
+                "active": s.active,
+                "pending": s.pending,
+                "issued": s.issued,
+                "admitted": s.admitted,
+                "released": s.released,
+                "abandoned": s.abandoned,
+                "expired": s.expired,
+                "admitted_last_minute": s.admitted_last_minute,
+                "admission_rate_per_second": s.admission_rate,
+                "estimated_wait_seconds": s.estimated_wait.map(|d| d.as_secs()),
+            })
+        })
+        .collect();
+    let sum = |f: fn(&crate::waitroom::GateStats) -> u64| -> u64 {
+        g.lanes.iter().map(|l| f(&l.gate.stats())).sum()
+    };
+    serde_json::json!({
+        "name": g.name,
+        "switch": match g.switch() {
+            crate::room::Switch::Configured => "configured",
+            crate::room::Switch::Forced(m) => m.as_str(),
+        },
+        "capacity": g.capacity.load(Ordering::Relaxed),
+        "admit_per_minute": g.admit_per_minute.load(Ordering::Relaxed),
+        "waiting": sum(|s| s.waiting),
+        "active": sum(|s| u64::from(s.active)),
+        "admitted_last_minute": sum(|s| s.admitted_last_minute),
+        "estimated_wait_seconds": g.lanes.iter().filter_map(|l| l.gate.stats().estimated_wait).max().map(|d| d.as_secs()),
+        "lanes": lanes,
+    })
 }

@@ -112,7 +112,7 @@ impl Body for LimitedBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(ClientBodyError(e))))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
@@ -132,6 +132,23 @@ pub fn is_body_too_large(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cur {
         if e.is::<BodyTooLarge>() {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
+/// Reading the client's body failed (malformed chunking, connection cut).
+#[derive(Debug, thiserror::Error)]
+#[error("client body: {0}")]
+pub struct ClientBodyError(#[source] pub hyper::Error);
+
+/// Whether an error chain contains a [`ClientBodyError`].
+pub fn is_client_body_error(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if e.is::<ClientBodyError>() {
             return true;
         }
         cur = e.source();

@@ -42,6 +42,23 @@ pub enum Command {
         #[command(flatten)]
         portal: PortalArgs,
     },
+    /// Print which gates are open to which cohorts at a time, and when each next opens or
+    /// closes (local time), so operators can check a config before the day.
+    Schedule {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The instant to check: RFC 3339 (2026-04-02T17:00:00+02:00), or local time in the
+        /// gates' zone (2026-04-02T17:00 or "2026-04-02 17:00"). Default: now.
+        #[arg(long)]
+        at: Option<String>,
+        /// Only this cohort.
+        #[arg(long)]
+        cohort: Option<String>,
+        /// Language of dates: it or en.
+        #[arg(long, default_value = "en")]
+        lang: String,
+    },
     /// Run only the demo portal (for load tests and benchmarks), on the given address.
     DemoPortal {
         /// Address to listen on.
@@ -90,6 +107,12 @@ pub fn main() -> anyhow::Result<()> {
         Command::Run { config } => run(&config),
         Command::CheckConfig { file } => check_config(&file),
         Command::Demo { config, portal } => demo(&config, &portal),
+        Command::Schedule {
+            config,
+            at,
+            cohort,
+            lang,
+        } => schedule(&config, at.as_deref(), cohort.as_deref(), &lang),
         Command::DemoPortal {
             listen,
             portal,
@@ -259,4 +282,80 @@ fn demo_portal(
         println!("{}", serde_json::to_string(&s)?);
         anyhow::Ok(())
     })
+}
+
+fn schedule(path: &Path, at: Option<&str>, cohort: Option<&str>, lang: &str) -> anyhow::Result<()> {
+    use crate::cohort::Cohorts;
+    use crate::schedule::{report_in, Lang, Schedule};
+    let cfg = load(path)?;
+    let cohorts = Cohorts::compile(&cfg.cohorts, &cfg.base_dir)
+        .map_err(|e| anyhow::anyhow!("cohorts: {e:?}"))?;
+    let mut schedules = Vec::new();
+    for g in &cfg.gates {
+        let s = match &g.schedule {
+            Some(s) => Some(
+                Schedule::compile(s, cohorts.names())
+                    .map_err(|e| anyhow::anyhow!("gates.{}.schedule: {e:?}", g.name))?,
+            ),
+            None => None,
+        };
+        schedules.push((g.name.as_str(), s));
+    }
+    let tz = schedules
+        .iter()
+        .find_map(|(_, s)| s.as_ref().map(|s| s.time_zone()))
+        .unwrap_or(chrono_tz::Europe::Rome);
+    let at = match at {
+        None => chrono::Utc::now(),
+        Some(s) => parse_instant(s, tz)?,
+    };
+    let names: Vec<&str> = match cohort {
+        Some(c) => {
+            if cohorts.id(c).is_none() {
+                anyhow::bail!(
+                    "unknown cohort {c:?}; the config declares: {}",
+                    cohorts.names().join(", ")
+                );
+            }
+            vec![c]
+        }
+        None => cohorts.names().iter().map(String::as_str).collect(),
+    };
+    let gates: Vec<(&str, Option<&Schedule>)> =
+        schedules.iter().map(|(n, s)| (*n, s.as_ref())).collect();
+    let lang = match lang {
+        "it" => Lang::It,
+        "en" => Lang::En,
+        other => anyhow::bail!("--lang must be it or en, not {other:?}"),
+    };
+    print!("{}", report_in(&gates, &names, at, tz, lang));
+    if gates.is_empty() {
+        println!("(no gates: every path is forwarded at any hour)");
+    }
+    Ok(())
+}
+
+/// RFC 3339, or a local date-time in `tz`.
+fn parse_instant(s: &str, tz: chrono_tz::Tz) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    use chrono::TimeZone;
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    for f in [
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M",
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%d %H:%M:%S",
+    ] {
+        if let Ok(n) = chrono::NaiveDateTime::parse_from_str(s, f) {
+            return tz
+                .from_local_datetime(&n)
+                .earliest()
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .ok_or_else(|| {
+                    anyhow::anyhow!("{s} does not exist in {tz} (daylight-saving gap)")
+                });
+        }
+    }
+    anyhow::bail!("--at {s:?}: use 2026-04-02T17:00 (local) or 2026-04-02T17:00:00+02:00")
 }

@@ -148,6 +148,163 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// Signed tickets and passes, cookies, persistence, pages.
+    #[serde(default)]
+    pub waiting_room: WaitingRoomConfig,
+    /// Gates: the scopes that have a waiting room (and maybe opening hours). Paths outside
+    /// every gate are forwarded without queueing.
+    #[serde(default)]
+    pub gates: Vec<GateConfig>,
+    /// Who is who: cohorts recognised per request.
+    #[serde(default)]
+    pub cohorts: crate::cohort::CohortConfig,
+    /// Set by `anticamera demo` only: allows the clearly fake example keys.
+    #[serde(skip)]
+    pub demo_mode: bool,
+    /// Directory of the config file, for relative paths in it.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// Marker that example configs put in fake secrets; refused outside demo mode.
+pub const FAKE_SECRET_MARKER: &str = "NOT-A-SECRET";
+
+/// A signing key for tickets and passes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// Key id (1-255), carried in every token so keys can rotate.
+    pub id: u8,
+    /// The secret itself (at least 32 bytes). Prefer `secret_env` or `secret_file`.
+    pub secret: Option<String>,
+    /// Name of an environment variable holding the secret.
+    pub secret_env: Option<String>,
+    /// File holding the secret (trailing newline ignored).
+    pub secret_file: Option<PathBuf>,
+}
+
+/// `[waiting_room]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WaitingRoomConfig {
+    /// Signing keys; tokens signed with any of them are accepted.
+    pub keys: Vec<KeyConfig>,
+    /// Key id new tokens are signed with (default: the last key listed).
+    pub current_key: Option<u8>,
+    /// Cookie name prefix; each gate's cookie is `PREFIX + gate name`.
+    pub cookie_prefix: String,
+    /// Mark cookies `Secure` (set it when clients reach you over HTTPS).
+    pub cookie_secure: bool,
+    /// Where queue counters and active passes are saved, so a restart keeps the queue.
+    pub state_file: Option<PathBuf>,
+    /// How often the state is saved (and always at shutdown).
+    pub snapshot_interval: Dur,
+    /// How often the admission controller runs.
+    pub tick: Dur,
+    /// How often a waiting page refreshes or polls (jittered ±20%).
+    pub poll_interval: Dur,
+    /// How long a waiting ticket stays valid.
+    pub ticket_ttl: Dur,
+    /// An active pass is re-issued when older than this (keeps it fresh across restarts).
+    pub pass_refresh: Dur,
+    /// Response header by which the portal ends a user's session early (stripped).
+    pub release_header: String,
+    /// Directory with `queue.html` / `closed.html` overriding the built-in pages.
+    pub templates: Option<PathBuf>,
+}
+
+impl Default for WaitingRoomConfig {
+    fn default() -> Self {
+        WaitingRoomConfig {
+            keys: Vec::new(),
+            current_key: None,
+            cookie_prefix: "anticamera_".into(),
+            cookie_secure: false,
+            state_file: None,
+            snapshot_interval: Dur(Duration::from_secs(5)),
+            tick: Dur(Duration::from_millis(200)),
+            poll_interval: Dur(Duration::from_secs(5)),
+            ticket_ttl: Dur(Duration::from_secs(24 * 3600)),
+            pass_refresh: Dur(Duration::from_secs(60)),
+            release_header: "x-anticamera-release".into(),
+            templates: None,
+        }
+    }
+}
+
+/// `[[gates]]`: one scope with a waiting room.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GateConfig {
+    /// Short name (letters, digits, `_`, `-`): in cookies, metrics and the admin API.
+    pub name: String,
+    /// Human title shown on the pages.
+    pub label: Option<String>,
+    /// Path prefixes this gate covers.
+    #[serde(default)]
+    pub prefix: Vec<String>,
+    /// Path globs this gate covers (`*` one segment, `**` any).
+    #[serde(default)]
+    pub glob: Vec<String>,
+    /// Methods it applies to (default all).
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Active users at once.
+    #[serde(default = "gate_defaults::capacity")]
+    pub capacity: u32,
+    /// New users admitted per minute; 0 = no cap.
+    #[serde(default)]
+    pub admit_per_minute: u32,
+    /// A session ends this long after the user's last request.
+    #[serde(default = "gate_defaults::session_duration")]
+    pub session_duration: Dur,
+    /// An admitted user has this long to show up before the place goes to the next.
+    #[serde(default = "gate_defaults::arrival_timeout")]
+    pub arrival_timeout: Dur,
+    /// `open` (queue only when full), `queue_all` or `paused`.
+    #[serde(default)]
+    pub mode: crate::waitroom::Mode,
+    /// Reserved capacity share per cohort when several cohorts' windows overlap.
+    #[serde(default)]
+    pub shares: std::collections::BTreeMap<String, f64>,
+    /// Opening hours; absent = always open.
+    pub schedule: Option<crate::schedule::ScheduleConfig>,
+}
+
+mod gate_defaults {
+    use super::Dur;
+    use std::time::Duration;
+    pub fn capacity() -> u32 {
+        1000
+    }
+    pub fn session_duration() -> Dur {
+        Dur(Duration::from_secs(20 * 60))
+    }
+    pub fn arrival_timeout() -> Dur {
+        Dur(Duration::from_secs(60))
+    }
+}
+
+impl GateConfig {
+    /// The admission settings of this gate.
+    pub fn settings(&self) -> crate::waitroom::GateSettings {
+        crate::waitroom::GateSettings {
+            capacity: self.capacity,
+            admit_per_minute: self.admit_per_minute,
+            session_duration: self.session_duration.0,
+            arrival_timeout: self.arrival_timeout.0,
+            mode: self.mode,
+        }
+    }
+
+    /// The path rules of this gate.
+    pub fn rules(&self) -> crate::route::RuleConfig {
+        crate::route::RuleConfig {
+            prefix: self.prefix.clone(),
+            glob: self.glob.clone(),
+            methods: self.methods.clone(),
+        }
+    }
 }
 
 /// `[server]`: the client-facing side.
@@ -263,12 +420,18 @@ pub struct ForwardingConfig {
 pub struct AdminConfig {
     /// Address of `/metrics`, `/healthz`, `/readyz` and the admin API. Keep it private.
     pub listen: SocketAddr,
+    /// Bearer token for the admin API (prefer `token_env`). Without a token the admin API is off.
+    pub token: Option<String>,
+    /// Environment variable holding the admin token.
+    pub token_env: Option<String>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9901)),
+            token: None,
+            token_env: None,
         }
     }
 }
@@ -314,20 +477,31 @@ pub struct UpstreamTarget {
 impl Config {
     /// Reads, parses and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_mode(path, false)
+    }
+
+    /// Like [`Config::load`]; `demo` allows the fake example secrets.
+    pub fn load_mode(path: &Path, demo: bool) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             file: path.to_path_buf(),
             source,
         })?;
-        Config::parse(&text).map_err(|issues| ConfigError::Invalid {
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Config::parse_in(&text, &base, demo).map_err(|issues| ConfigError::Invalid {
             file: path.to_path_buf(),
             issues,
         })
     }
 
-    /// Parses and validates configuration text; every issue names its key.
+    /// Parses and validates configuration text (relative paths from the current directory).
     pub fn parse(text: &str) -> Result<Config, Vec<ConfigIssue>> {
+        Self::parse_in(text, Path::new("."), false)
+    }
+
+    /// Parses and validates configuration text; every issue names its key.
+    pub fn parse_in(text: &str, base_dir: &Path, demo: bool) -> Result<Config, Vec<ConfigIssue>> {
         let de = toml::Deserializer::new(text);
-        let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
             let line = inner.span().map(|s| line_of(text, s.start));
@@ -339,6 +513,8 @@ impl Config {
             };
             vec![ConfigIssue { key, reason, line }]
         })?;
+        cfg.demo_mode = demo;
+        cfg.base_dir = base_dir.to_path_buf();
         let issues = cfg.validate();
         if issues.is_empty() {
             Ok(cfg)
@@ -421,7 +597,192 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             v.push(("log.level".into(), format!("invalid filter: {e}")));
         }
+        self.validate_waiting_room(&mut v);
         v
+    }
+
+    fn validate_waiting_room(&self, v: &mut Vec<(String, String)>) {
+        let w = &self.waiting_room;
+        for (key, d) in [
+            ("waiting_room.snapshot_interval", w.snapshot_interval),
+            ("waiting_room.tick", w.tick),
+            ("waiting_room.poll_interval", w.poll_interval),
+            ("waiting_room.ticket_ttl", w.ticket_ttl),
+            ("waiting_room.pass_refresh", w.pass_refresh),
+        ] {
+            if d.0.is_zero() {
+                v.push((key.into(), "must be longer than zero".into()));
+            }
+        }
+        if w.cookie_prefix.is_empty()
+            || !w
+                .cookie_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            v.push((
+                "waiting_room.cookie_prefix".into(),
+                "use letters, digits, _ and - only".into(),
+            ));
+        }
+        if http::HeaderName::from_bytes(w.release_header.as_bytes()).is_err() {
+            v.push((
+                "waiting_room.release_header".into(),
+                format!("{:?} is not a header name", w.release_header),
+            ));
+        }
+        if let Err(e) = self.keyring() {
+            v.push(e);
+        }
+        if let Err((key, reason)) = self.admin_token() {
+            v.push((key, reason));
+        }
+        let cohorts = match crate::cohort::Cohorts::compile(&self.cohorts, &self.base_dir) {
+            Ok(c) => Some(c),
+            Err(errs) => {
+                for e in errs {
+                    v.push((format!("cohorts.{}", e.key), e.reason));
+                }
+                None
+            }
+        };
+        let mut names = std::collections::HashSet::new();
+        for (i, g) in self.gates.iter().enumerate() {
+            let at = |k: &str| format!("gates[{i}].{k}");
+            if g.name.is_empty()
+                || g.name.len() > 32
+                || !g
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                v.push((at("name"), "1-32 letters, digits, _ or -".into()));
+            } else if !names.insert(g.name.clone()) {
+                v.push((at("name"), format!("gate {:?} is defined twice", g.name)));
+            }
+            if let Err(errs) = crate::route::Rules::compile(&g.rules()) {
+                for (k, r) in errs {
+                    v.push((at(&k), r));
+                }
+            }
+            if let Err(errs) = g.settings().validate() {
+                for e in errs {
+                    v.push((at(&e.key), e.reason));
+                }
+            }
+            if let Some(c) = &cohorts {
+                for (name, share) in &g.shares {
+                    if c.id(name).is_none() {
+                        v.push((
+                            at(&format!("shares.{name}")),
+                            format!(
+                                "unknown cohort {name:?}; declared: {}",
+                                c.names().join(", ")
+                            ),
+                        ));
+                    }
+                    if !(*share > 0.0 && *share <= 1.0) {
+                        v.push((at(&format!("shares.{name}")), "must be in (0, 1]".into()));
+                    }
+                }
+                if let Some(s) = &g.schedule {
+                    if let Err(errs) = crate::schedule::Schedule::compile(s, c.names()) {
+                        for e in errs {
+                            v.push((at(&format!("schedule.{}", e.key)), e.reason));
+                        }
+                    }
+                }
+            }
+        }
+        if !self.gates.is_empty() && w.keys.is_empty() {
+            v.push((
+                "waiting_room.keys".into(),
+                "gates need at least one signing key: [[waiting_room.keys]] id = 1, secret_env = \"ANTICAMERA_KEY_1\"".into(),
+            ));
+        }
+    }
+
+    /// The signing keys, resolved from the config, the environment or files.
+    pub fn keyring(&self) -> Result<crate::waitroom::Keyring, (String, String)> {
+        let w = &self.waiting_room;
+        let mut keys = Vec::new();
+        for (i, k) in w.keys.iter().enumerate() {
+            let at = |f: &str| format!("waiting_room.keys[{i}].{f}");
+            let secret = match (&k.secret, &k.secret_env, &k.secret_file) {
+                (Some(s), None, None) => s.clone(),
+                (None, Some(var), None) => std::env::var(var).map_err(|_| {
+                    (
+                        at("secret_env"),
+                        format!("environment variable {var} is not set"),
+                    )
+                })?,
+                (None, None, Some(f)) => {
+                    let p = self.base_dir.join(f);
+                    std::fs::read_to_string(&p)
+                        .map_err(|e| (at("secret_file"), format!("{}: {e}", p.display())))?
+                        .trim_end_matches(['\r', '\n'])
+                        .to_string()
+                }
+                _ => {
+                    return Err((
+                        format!("waiting_room.keys[{i}]"),
+                        "give exactly one of secret, secret_env, secret_file".into(),
+                    ))
+                }
+            };
+            if secret.contains(FAKE_SECRET_MARKER) && !self.demo_mode {
+                return Err((
+                    at("secret"),
+                    format!(
+                        "this is an example key ({FAKE_SECRET_MARKER}); it is only accepted by \
+                         `anticamera demo`. Generate one: openssl rand -base64 48"
+                    ),
+                ));
+            }
+            keys.push((k.id, secret.into_bytes()));
+        }
+        let current = w
+            .current_key
+            .or_else(|| w.keys.last().map(|k| k.id))
+            .unwrap_or(1);
+        if keys.is_empty() {
+            return Ok(crate::waitroom::Keyring::generate(current));
+        }
+        crate::waitroom::Keyring::new(current, keys)
+            .map_err(|e| ("waiting_room.keys".to_string(), e.to_string()))
+    }
+
+    /// The admin API token, if configured.
+    pub fn admin_token(&self) -> Result<Option<String>, (String, String)> {
+        let t = match (&self.admin.token, &self.admin.token_env) {
+            (Some(t), None) => t.clone(),
+            (None, Some(var)) => std::env::var(var).map_err(|_| {
+                (
+                    "admin.token_env".to_string(),
+                    format!("environment variable {var} is not set"),
+                )
+            })?,
+            (None, None) => return Ok(None),
+            _ => {
+                return Err((
+                    "admin.token".into(),
+                    "give either token or token_env, not both".into(),
+                ))
+            }
+        };
+        if t.len() < 16 {
+            return Err((
+                "admin.token".into(),
+                "must be at least 16 characters".into(),
+            ));
+        }
+        if t.contains(FAKE_SECRET_MARKER) && !self.demo_mode {
+            return Err((
+                "admin.token".into(),
+                format!("this is an example token ({FAKE_SECRET_MARKER}); only `anticamera demo` accepts it"),
+            ));
+        }
+        Ok(Some(t))
     }
 
     /// The upstream targets, parsed (validation guarantees they parse).

@@ -1,12 +1,16 @@
 //! The request path, top to bottom.
 //!
 //! ```text
-//! client ─▶ server (limits, timeouts)          src/server.rs
-//!        ─▶ classify: client address            src/forwarded.rs
-//!        ─▶ request limits (body size)          here
-//!        ─▶ header hygiene (hop-by-hop, forwarded headers)   here + src/forwarded.rs
-//!        ─▶ forward (pooled client, deadlines)  src/upstream.rs
-//!        ─▶ response hygiene ─▶ client          here
+//! client ─▶ server (limits, timeouts)                  src/server.rs
+//!        ─▶ framing checks (CL/TE, Host)               here
+//!        ─▶ anticamera's own endpoints (/.anticamera/) here + src/pages.rs
+//!        ─▶ classify: client address                   src/forwarded.rs
+//!        ─▶ route: which gate (normalized path)        src/route.rs
+//!        ─▶ waiting room: cohort, hours, pass/ticket   src/room.rs  ─▶ queue / closed page
+//!        ─▶ request limits (body size)                 here
+//!        ─▶ header hygiene (hop-by-hop, forwarded, own cookies)  here + src/forwarded.rs
+//!        ─▶ forward (pooled client, deadlines)         src/upstream.rs
+//!        ─▶ response hygiene (release header) ─▶ client   here
 //! ```
 //! Every answer is counted by route, outcome and status. Answers anticamera makes itself are
 //! [`Synthetic`]s, rendered in one place.
@@ -21,9 +25,13 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 
 use crate::body::{LimitedBody, ProxyBody};
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::forwarded::Forwarders;
+use crate::pages;
 use crate::respond::{wants_json, Synthetic};
+use crate::room::{strip_own_cookies, Answer, Room, RoomError};
+use crate::route;
 use crate::telemetry;
 use crate::upstream::{Targets, Upstream, UpstreamError};
 
@@ -37,17 +45,43 @@ pub struct Shared {
     pub targets: Arc<Targets>,
     /// Set when shutdown begins; `/readyz` turns 503.
     pub draining: AtomicBool,
+    /// The clock of every time-dependent decision (settable in tests and rehearsals).
+    pub clock: Arc<Clock>,
+    /// The waiting room (gates, cohorts, hours); `None` when no gate is configured.
+    pub room: Option<Arc<Room>>,
+    /// Page templates.
+    pub templates: pages::Templates,
+    /// Admin API bearer token.
+    pub admin_token: Option<String>,
 }
 
 impl Shared {
-    /// Derives the shared state from a validated config.
-    pub fn new(config: Arc<Config>) -> Arc<Self> {
-        Arc::new(Shared {
+    /// Derives the shared state from a validated config (restoring saved queue state).
+    pub fn new(config: Arc<Config>) -> Result<Arc<Self>, RoomError> {
+        let clock = Arc::new(Clock::system());
+        let room = if config.gates.is_empty() {
+            None
+        } else {
+            Some(Arc::new(Room::new(&config, clock.clone())?))
+        };
+        let templates = match &config.waiting_room.templates {
+            Some(dir) => pages::Templates::load(&config.base_dir.join(dir))
+                .map_err(|e| RoomError::Config("waiting_room.templates".into(), e.to_string()))?,
+            None => pages::Templates::builtin(),
+        };
+        let admin_token = config
+            .admin_token()
+            .map_err(|(k, r)| RoomError::Config(k, r))?;
+        Ok(Arc::new(Shared {
             forwarders: Forwarders::new(config.forwarding.trusted_forwarders.clone()),
             targets: Targets::new(&config),
             draining: AtomicBool::new(false),
+            clock,
+            room,
+            templates,
+            admin_token,
             config,
-        })
+        }))
     }
 }
 
@@ -65,6 +99,10 @@ pub struct ConnInfo {
 pub enum Outcome {
     /// The portal answered.
     Forwarded,
+    /// The waiting room answered (queue page) or the gate is closed for this cohort.
+    Queued,
+    /// Closed for this cohort at this hour.
+    Closed,
     /// anticamera refused the request before the portal (limits, malformed).
     Refused,
     /// The portal could not be reached, broke the exchange or timed out.
@@ -75,6 +113,8 @@ impl Outcome {
     fn label(self) -> &'static str {
         match self {
             Outcome::Forwarded => "forwarded",
+            Outcome::Queued => "queued",
+            Outcome::Closed => "closed",
             Outcome::Refused => "refused",
             Outcome::UpstreamError => "upstream_error",
         }
@@ -104,27 +144,71 @@ impl Proxy {
     pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
         let started = Instant::now();
         let json = wants_json(req.headers());
-        let route = "open";
-        let (resp, outcome) = match self.forward(req, conn).await {
-            Ok(resp) => (resp, Outcome::Forwarded),
+        let mut route_label: &str = "open";
+        let (resp, outcome) = match self.pipeline(req, conn, &mut route_label).await {
+            Ok(r) => r,
             Err((synthetic, outcome)) => (synthetic.into_response(json), outcome),
         };
         metrics::counter!(telemetry::REQUESTS_TOTAL,
-            "route" => route,
+            "route" => route_label.to_string(),
             "outcome" => outcome.label(),
             "status" => telemetry::status_label(resp.status().as_u16()))
         .increment(1);
-        metrics::histogram!(telemetry::REQUEST_DURATION, "route" => route)
+        metrics::histogram!(telemetry::REQUEST_DURATION, "route" => route_label.to_string())
             .record(started.elapsed().as_secs_f64());
         resp
     }
 
-    async fn forward(
-        &self,
+    /// The request path, top to bottom.
+    async fn pipeline<'a>(
+        &'a self,
         req: Request<Incoming>,
         conn: ConnInfo,
-    ) -> Result<Response<ProxyBody>, (Synthetic, Outcome)> {
+        route_label: &mut &'a str,
+    ) -> Result<(Response<ProxyBody>, Outcome), (Synthetic, Outcome)> {
         let (mut parts, body) = req.into_parts();
+        let has_body = !hyper::body::Body::is_end_stream(&body);
+
+        // Framing: refuse what two HTTP parsers could read differently.
+        check_framing(&parts).map_err(|msg| (Synthetic::bad_request(msg), Outcome::Refused))?;
+
+        // Who is the client.
+        let fw = &self.shared.forwarders;
+        let client = fw.client_addr(conn.peer.ip(), &parts.headers);
+
+        // The waiting room.
+        let mut holder = None;
+        let mut set_cookie = None;
+        if let Some(room) = &self.shared.room {
+            let path = route::normalize(parts.uri.path()).map_err(|_| {
+                (
+                    Synthetic::bad_request("The request path is not valid."),
+                    Outcome::Refused,
+                )
+            })?;
+            if let Some(own) = path.strip_prefix(pages::OWN_PREFIX) {
+                let resp = self.own_endpoint(room, own, &parts, client, conn);
+                return Ok((close_if_unread(resp, has_body), Outcome::Queued));
+            }
+            if let Some(gate) = room.route(&parts.method, &path) {
+                *route_label = &room.gates[gate].name;
+                let d = room.decide(gate, &parts, client, conn.peer.ip());
+                if let Some(answer) = d.answer {
+                    let outcome = match answer {
+                        Answer::Closed { .. } => Outcome::Closed,
+                        Answer::Queue { .. } => Outcome::Queued,
+                    };
+                    let mut resp = self.render(room, &answer, &parts);
+                    if let Some(c) = d.set_cookie {
+                        resp.headers_mut().append(header::SET_COOKIE, c);
+                    }
+                    return Ok((close_if_unread(resp, has_body), outcome));
+                }
+                holder = d.holder;
+                set_cookie = d.set_cookie;
+            }
+            strip_own_cookies(&mut parts.headers, |n| room.is_own_cookie(n));
+        }
 
         // Request limits.
         if let Some(len) = content_length(&parts.headers) {
@@ -133,10 +217,6 @@ impl Proxy {
                 return Err((Synthetic::payload_too_large(), Outcome::Refused));
             }
         }
-
-        // Who is the client.
-        let fw = &self.shared.forwarders;
-        let client = fw.client_addr(conn.peer.ip(), &parts.headers);
 
         // Header hygiene towards the portal.
         if !parts.headers.contains_key(header::HOST) {
@@ -161,14 +241,355 @@ impl Proxy {
         // Response hygiene towards the client.
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(parts, ProxyBody::Upstream(body)))
+        if let Some(room) = &self.shared.room {
+            if parts.headers.remove(&room.release_header).is_some() {
+                if let Some((lane, slot, ticket)) = holder.take() {
+                    set_cookie = room.release(lane, slot, ticket);
+                }
+            }
+        }
+        if let Some(c) = set_cookie {
+            parts.headers.append(header::SET_COOKIE, c);
+        }
+        Ok((
+            Response::from_parts(parts, ProxyBody::Upstream(body)),
+            Outcome::Forwarded,
+        ))
     }
+
+    /// `/.anticamera/status?gate=NAME` (JSON poll) and `/.anticamera/lang/{it,en}?return=PATH`.
+    fn own_endpoint(
+        &self,
+        room: &Room,
+        own: &str,
+        parts: &http::request::Parts,
+        client: std::net::IpAddr,
+        conn: ConnInfo,
+    ) -> Response<ProxyBody> {
+        let query = parts.uri.query().unwrap_or("");
+        if own == "/status" {
+            let gate = query_param(query, "gate")
+                .and_then(|name| room.gates.iter().position(|g| g.name == name));
+            let Some(gate) = gate else {
+                return Synthetic::not_found("Unknown gate.").into_response(true);
+            };
+            return match room.status(gate, parts, client, conn.peer.ip()) {
+                Some(answer) => {
+                    let admitted = room.is_admitted(gate, parts, client, conn.peer.ip());
+                    self.render_json(room, &answer, parts, admitted)
+                }
+                None => {
+                    Synthetic::not_found("No ticket for this gate: reload the page to take one.")
+                        .into_response(true)
+                }
+            };
+        }
+        if let Some(lang) = own.strip_prefix("/lang/").and_then(pages::Lang::parse) {
+            let back = query_param(query, "return")
+                .filter(|p| p.starts_with('/') && !p.starts_with("//") && !p.contains('\\'))
+                .unwrap_or("/");
+            let mut resp = Response::new(ProxyBody::empty());
+            *resp.status_mut() = http::StatusCode::SEE_OTHER;
+            let h = resp.headers_mut();
+            if let Ok(v) = HeaderValue::from_str(back) {
+                h.insert(header::LOCATION, v);
+            }
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            if let Ok(v) = HeaderValue::from_str(&format!(
+                "{}={}; Path=/; Max-Age=31536000; SameSite=Lax",
+                pages::LANG_COOKIE,
+                lang.code()
+            )) {
+                h.insert(header::SET_COOKIE, v);
+            }
+            return resp;
+        }
+        Synthetic::not_found("Not found.").into_response(wants_json(&parts.headers))
+    }
+
+    fn view<'a>(
+        &self,
+        room: &'a Room,
+        answer: &Answer,
+        parts: &'a http::request::Parts,
+        admitted: bool,
+    ) -> (pages::Lang, View<'a>) {
+        let lang = pages::negotiate_lang(&parts.headers);
+        let page_url = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        match answer {
+            Answer::Queue {
+                gate,
+                ahead,
+                wait,
+                opens_at,
+                prequeue_random,
+            } => {
+                let g = &room.gates[*gate];
+                let tz = g
+                    .schedule
+                    .as_ref()
+                    .map(|s| s.time_zone())
+                    .unwrap_or(chrono_tz::Europe::Rome);
+                (
+                    lang,
+                    View::Queue {
+                        gate: &g.name,
+                        label: &g.label,
+                        state: if admitted {
+                            pages::QueueState::Admitted
+                        } else if opens_at.is_some() {
+                            pages::QueueState::PreQueue
+                        } else {
+                            pages::QueueState::Waiting
+                        },
+                        ahead: *ahead,
+                        wait: *wait,
+                        opens_at: opens_at.map(|t| t.with_timezone(&tz)),
+                        prequeue_random: *prequeue_random,
+                        page_url,
+                    },
+                )
+            }
+            Answer::Closed {
+                gate,
+                cohort,
+                opens_at,
+            } => {
+                let g = &room.gates[*gate];
+                let tz = g
+                    .schedule
+                    .as_ref()
+                    .map(|s| s.time_zone())
+                    .unwrap_or(chrono_tz::Europe::Rome);
+                (
+                    lang,
+                    View::Closed {
+                        gate: &g.name,
+                        label: &g.label,
+                        cohort: cohort.clone(),
+                        opens_at: opens_at.map(|t| t.with_timezone(&tz)),
+                        page_url,
+                    },
+                )
+            }
+        }
+    }
+
+    fn render(
+        &self,
+        room: &Room,
+        answer: &Answer,
+        parts: &http::request::Parts,
+    ) -> Response<ProxyBody> {
+        let json = wants_json(&parts.headers);
+        let (lang, view) = self.view(room, answer, parts, false);
+        self.render_view(room, lang, view, json)
+    }
+
+    fn render_json(
+        &self,
+        room: &Room,
+        answer: &Answer,
+        parts: &http::request::Parts,
+        admitted: bool,
+    ) -> Response<ProxyBody> {
+        let (lang, view) = self.view(room, answer, parts, admitted);
+        self.render_view(room, lang, view, true)
+    }
+
+    fn render_view(
+        &self,
+        room: &Room,
+        lang: pages::Lang,
+        view: View<'_>,
+        json: bool,
+    ) -> Response<ProxyBody> {
+        let t = &self.shared.templates;
+        let (body, retry) = match view {
+            View::Queue {
+                gate,
+                label,
+                state,
+                ahead,
+                wait,
+                opens_at,
+                prequeue_random,
+                page_url,
+            } => {
+                let refresh = jittered(room.poll_interval, ahead);
+                let status_url = format!("{}/status?gate={gate}", pages::OWN_PREFIX);
+                let v = pages::QueueView {
+                    lang,
+                    gate,
+                    gate_label: label,
+                    state,
+                    position: ahead + 1,
+                    ahead,
+                    estimated_wait: wait,
+                    refresh_secs: refresh,
+                    opens_at,
+                    prequeue_random,
+                    status_url: &status_url,
+                    page_url,
+                };
+                (
+                    if json {
+                        pages::queue_json(&v)
+                    } else {
+                        t.render_queue(&v)
+                    },
+                    refresh,
+                )
+            }
+            View::Closed {
+                gate,
+                label,
+                cohort,
+                opens_at,
+                page_url,
+            } => {
+                let now = self.shared.clock.now();
+                let retry = opens_at
+                    .map(|o| {
+                        (o.with_timezone(&chrono::Utc) - now)
+                            .num_seconds()
+                            .clamp(1, 86_400) as u32
+                    })
+                    .unwrap_or(3600);
+                let v = pages::ClosedView {
+                    lang,
+                    gate,
+                    gate_label: label,
+                    cohort: &cohort,
+                    opens_at,
+                    retry_after_secs: retry,
+                    page_url,
+                };
+                (
+                    if json {
+                        pages::closed_json(&v)
+                    } else {
+                        t.render_closed(&v)
+                    },
+                    retry,
+                )
+            }
+        };
+        let mut resp = Response::new(ProxyBody::full(body));
+        *resp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(if json {
+                "application/json"
+            } else {
+                "text/html; charset=utf-8"
+            }),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        h.insert(header::RETRY_AFTER, HeaderValue::from(retry));
+        h.insert(
+            header::VARY,
+            HeaderValue::from_static("Accept, Accept-Language, Cookie"),
+        );
+        resp
+    }
+}
+
+/// What a page shows, before rendering.
+enum View<'a> {
+    Queue {
+        gate: &'a str,
+        label: &'a str,
+        state: pages::QueueState,
+        ahead: u64,
+        wait: Option<std::time::Duration>,
+        opens_at: Option<chrono::DateTime<chrono_tz::Tz>>,
+        prequeue_random: bool,
+        page_url: &'a str,
+    },
+    Closed {
+        gate: &'a str,
+        label: &'a str,
+        cohort: String,
+        opens_at: Option<chrono::DateTime<chrono_tz::Tz>>,
+        page_url: &'a str,
+    },
+}
+
+/// The advised poll interval: shorter when the user is about to get in (their slot should not
+/// sit idle), jittered ±20% so people who arrived together do not poll together.
+fn jittered(base: std::time::Duration, ahead: u64) -> u32 {
+    let base = base.as_secs_f64().max(1.0);
+    let base = if ahead < 10 {
+        (base / 3.0).max(1.0)
+    } else {
+        base
+    };
+    let j = 0.8 + rand::random::<f64>() * 0.4;
+    (base * j).round().max(1.0) as u32
+}
+
+fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// When anticamera answers a request itself without reading its body, the connection must not
+/// be reused: the unread body could be taken for the next request.
+fn close_if_unread(mut resp: Response<ProxyBody>, has_body: bool) -> Response<ProxyBody> {
+    if has_body {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// Refuses requests whose framing two HTTP implementations could read differently.
+fn check_framing(parts: &http::request::Parts) -> Result<(), &'static str> {
+    let h = &parts.headers;
+    let te: Vec<&HeaderValue> = h.get_all(header::TRANSFER_ENCODING).iter().collect();
+    let cl = h.get_all(header::CONTENT_LENGTH).iter().count();
+    if !te.is_empty() && cl > 0 {
+        return Err("Content-Length and Transfer-Encoding together are not accepted.");
+    }
+    if cl > 1 {
+        return Err("Content-Length appears more than once.");
+    }
+    if te.len() > 1
+        || te
+            .first()
+            .is_some_and(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"))
+    {
+        return Err("Only Transfer-Encoding: chunked is accepted.");
+    }
+    if let (Some(auth), Some(host)) = (parts.uri.authority(), h.get(header::HOST)) {
+        if parts.version <= http::Version::HTTP_11
+            && !auth
+                .as_str()
+                .eq_ignore_ascii_case(host.to_str().unwrap_or(""))
+        {
+            return Err("The request target and the Host header disagree.");
+        }
+    }
+    Ok(())
 }
 
 fn upstream_failure(e: UpstreamError) -> (Synthetic, Outcome) {
     count_error(e.kind());
     tracing::debug!(error = %e, "upstream request failed");
     match e {
+        UpstreamError::ClientBody(_) => (
+            Synthetic::bad_request("The request body is malformed."),
+            Outcome::Refused,
+        ),
         UpstreamError::Connect(_) | UpstreamError::Protocol(_) => {
             (Synthetic::bad_gateway(), Outcome::UpstreamError)
         }

@@ -83,6 +83,11 @@ impl Synthetic {
         }
     }
 
+    /// Nothing here.
+    pub fn not_found(message: &'static str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
     /// anticamera is shutting down or overloaded and cannot take this request.
     pub fn unavailable(code: &'static str, message: &'static str, retry_after: u32) -> Self {
         Synthetic {

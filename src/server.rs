@@ -46,6 +46,9 @@ pub enum ServerError {
         /// Why.
         source: io::Error,
     },
+    /// The waiting room could not start (state file, templates, keys).
+    #[error("{0}")]
+    Room(#[from] crate::room::RoomError),
     /// A worker thread or runtime could not be started.
     #[error("cannot start worker: {0}")]
     Worker(io::Error),
@@ -87,7 +90,7 @@ impl BoundServer {
             source,
         })?;
         Ok(BoundServer {
-            shared: Shared::new(config),
+            shared: Shared::new(config)?,
             listeners,
             admin,
             addr,
@@ -149,7 +152,11 @@ impl BoundServer {
                         return;
                     }
                 };
-                rt.block_on(admin::serve(admin, shared, handle, arx));
+                rt.block_on(async move {
+                    let ctl = tokio::spawn(admin::controller(shared.clone(), arx.clone()));
+                    admin::serve(admin, shared, handle, arx).await;
+                    let _ = ctl.await;
+                });
             })
             .map_err(ServerError::Worker)?;
         tracing::info!(listen = %self.addr, admin = %self.admin_addr, "anticamera started");
@@ -201,6 +208,22 @@ impl RunningServer {
         }
         let _ = self.admin_stop.send(true);
         let _ = self.admin_thread.join();
+        if let Some(room) = &self.shared.room {
+            match room.save() {
+                Ok(()) => tracing::info!("waiting-room state saved"),
+                Err(e) => tracing::error!(error = %e, "cannot save waiting-room state"),
+            }
+        }
+    }
+
+    /// The clock of every time-dependent decision (tests and rehearsals set it).
+    pub fn clock(&self) -> std::sync::Arc<crate::clock::Clock> {
+        self.shared.clock.clone()
+    }
+
+    /// The waiting room, if gates are configured.
+    pub fn room(&self) -> Option<std::sync::Arc<crate::room::Room>> {
+        self.shared.room.clone()
     }
 }
 

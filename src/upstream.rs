@@ -12,7 +12,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::body::{is_body_too_large, LimitedBody};
+use crate::body::{is_body_too_large, is_client_body_error, LimitedBody};
 use crate::config::{Config, UpstreamTarget};
 use crate::telemetry;
 
@@ -28,6 +28,9 @@ pub enum UpstreamError {
     /// The client's body grew past `server.max_body_bytes` while streaming.
     #[error("request body too large")]
     BodyTooLarge,
+    /// The client's request body was malformed (bad chunking) or cut short.
+    #[error("the client's request body is malformed: {0}")]
+    ClientBody(String),
     /// The exchange broke after connecting (reset, bad framing, closed early).
     #[error("the portal broke the exchange: {0}")]
     Protocol(String),
@@ -41,6 +44,7 @@ impl UpstreamError {
             UpstreamError::Timeout(_) => "upstream_timeout",
             UpstreamError::BodyTooLarge => "body_too_large",
             UpstreamError::Protocol(_) => "upstream_protocol",
+            UpstreamError::ClientBody(_) => "client_body",
         }
     }
 }
@@ -209,6 +213,9 @@ impl Upstream {
             Ok(Err(e)) => {
                 if is_body_too_large(&e) {
                     return Err(UpstreamError::BodyTooLarge);
+                }
+                if is_client_body_error(&e) {
+                    return Err(UpstreamError::ClientBody(error_chain(&e)));
                 }
                 if e.is_connect() {
                     self.targets.record(target, false);

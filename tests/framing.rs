@@ -18,7 +18,9 @@ async fn recording_upstream() -> (Upstream, Arc<Mutex<Vec<String>>>) {
     let up = upstream(move |req: Request<hyper::body::Incoming>| {
         let s = s.clone();
         async move {
-            s.lock().unwrap().push(format!("{} {}", req.method(), req.uri()));
+            s.lock()
+                .unwrap()
+                .push(format!("{} {}", req.method(), req.uri()));
             let _ = req.into_body().collect().await;
             http::Response::new(full("portal"))
         }
