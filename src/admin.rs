@@ -228,16 +228,17 @@ async fn admin_api(req: Request<Incoming>, shared: &Shared) -> Response<Full<Byt
                         Ok(b) => b.to_bytes(),
                         Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body too large"),
                     };
-                    let l: Limits =
-                        match serde_json::from_slice(&body) {
-                            Ok(l) => l,
-                            Err(e) => return error(
+                    let l: Limits = match serde_json::from_slice(&body) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            return error(
                                 StatusCode::BAD_REQUEST,
                                 &format!(
                                     "expected {{\"capacity\": N, \"admit_per_minute\": M}}: {e}"
                                 ),
-                            ),
-                        };
+                            )
+                        }
+                    };
                     if let Some(c) = l.capacity {
                         if c == 0 || c > 1 << 20 {
                             return error(StatusCode::BAD_REQUEST, "capacity must be 1..=1048576");

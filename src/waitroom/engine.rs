@@ -43,9 +43,6 @@ pub const CLAIM_WINDOW: u64 = 1 << 20;
 const BATCH_RING: usize = 128;
 /// Slot ticket marker while a claim is filling the slot.
 const CLAIMING: u64 = 1 << 63;
-/// `last_seen` is stored in seconds since an epoch this far before creation,
-/// so restored sessions up to a week old are representable.
-const EPOCH_SLACK_MS: u64 = 7 * 24 * 3600 * 1000;
 /// Time constant of the admission-rate EWMA.
 const RATE_TAU_SECS: f64 = 20.0;
 
@@ -442,7 +439,9 @@ impl Gate {
             session_ms: AtomicU64::new(0),
             arrival_timeout_ms: AtomicU64::new(0),
             mode: AtomicU8::new(0),
-            epoch_ms: now_ms.saturating_sub(EPOCH_SLACK_MS),
+            // The UNIX epoch: u32 seconds last until 2106, and a clock set to any date (tests,
+            // rehearsals) keeps idle expiry right.
+            epoch_ms: 0,
             slots: SlotTable::new(),
             // All ones: a ticket's bit is cleared when it is admitted.
             claimed: (0..CLAIM_WINDOW / 64)
@@ -1297,8 +1296,10 @@ fn burst_units(apm: u32) -> u64 {
 }
 
 fn refill(ctl: &mut Controller, apm: u32, now_ms: u64) {
+    // A clock set backwards (a rehearsal, an NTP step) restarts the measurement from now
+    // instead of stalling the bucket until the old time comes back.
     let dt = now_ms.saturating_sub(ctl.last_refill_ms);
-    ctl.last_refill_ms = ctl.last_refill_ms.max(now_ms);
+    ctl.last_refill_ms = now_ms;
     if apm == 0 {
         ctl.bucket_units = TOKEN;
         return;

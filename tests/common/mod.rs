@@ -110,6 +110,18 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// The proxy's clock (tests freeze and move it).
+    pub fn clock(&self) -> std::sync::Arc<anticamera::clock::Clock> {
+        self.server.as_ref().unwrap().clock()
+    }
+
+    /// Runs one controller tick now (instead of waiting for the next).
+    pub fn tick(&self) {
+        if let Some(r) = self.server.as_ref().unwrap().room() {
+            r.tick();
+        }
+    }
+
     pub fn shutdown_handle(&self) -> anticamera::server::ShutdownHandle {
         self.server.as_ref().unwrap().shutdown_handle()
     }
@@ -146,7 +158,12 @@ pub fn proxy(upstream: SocketAddr, server_extra: &str, extra: &str) -> Proxy {
 }
 
 pub fn proxy_from(text: &str) -> Proxy {
-    let cfg = anticamera::config::Config::parse(text)
+    proxy_from_in(text, std::path::Path::new("."))
+}
+
+/// Starts anticamera from config text whose relative paths are relative to `base`.
+pub fn proxy_from_in(text: &str, base: &std::path::Path) -> Proxy {
+    let cfg = anticamera::config::Config::parse_in(text, base, false)
         .unwrap_or_else(|e| panic!("test config invalid: {e:?}\n{text}"));
     let bound = anticamera::server::BoundServer::bind(cfg).unwrap();
     let (addr, admin) = (bound.local_addr(), bound.admin_addr());
