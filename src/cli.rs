@@ -31,6 +31,9 @@ pub enum Command {
     CheckConfig {
         /// Configuration file (TOML).
         file: PathBuf,
+        /// Check it as `anticamera demo` would load it (accepts the fake example keys).
+        #[arg(long)]
+        demo: bool,
     },
     /// Start, on loopback, the demo portal and anticamera in front of it (from
     /// config/demo.toml), and print the addresses to open. Ctrl-C stops both.
@@ -105,7 +108,7 @@ pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => run(&config),
-        Command::CheckConfig { file } => check_config(&file),
+        Command::CheckConfig { file, demo } => check_config(&file, demo),
         Command::Demo { config, portal } => demo(&config, &portal),
         Command::Schedule {
             config,
@@ -125,8 +128,8 @@ fn load(path: &Path) -> anyhow::Result<Config> {
     Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-fn check_config(path: &Path) -> anyhow::Result<()> {
-    let cfg = load(path)?;
+fn check_config(path: &Path, demo: bool) -> anyhow::Result<()> {
+    let cfg = Config::load_mode(path, demo).map_err(|e| anyhow::anyhow!("{e}"))?;
     println!(
         "{}: ok (listen {}, admin {}, {} upstream address(es), {} worker(s))",
         path.display(),
@@ -188,7 +191,7 @@ pub fn wait_for_signal_then(handle: crate::server::ShutdownHandle) -> anyhow::Re
 }
 
 fn demo(path: &Path, args: &PortalArgs) -> anyhow::Result<()> {
-    let cfg = load(path)?;
+    let cfg = Config::load_mode(path, true).map_err(|e| anyhow::anyhow!("{e}"))?;
     init_logging(&cfg.log);
     let portal_addr = cfg
         .upstream_targets()

@@ -158,6 +158,17 @@ pub struct Config {
     /// Who is who: cohorts recognised per request.
     #[serde(default)]
     pub cohorts: crate::cohort::CohortConfig,
+    /// Token-bucket limits per session, address, cohort and gate (absent: none).
+    pub rate_limits: Option<crate::ratelimit::RateLimitsConfig>,
+    /// Protection of the portal: concurrency cap (fixed or adaptive), queue, circuit breaker
+    /// (absent: none).
+    pub upstream_guard: Option<crate::guard::GuardConfig>,
+    /// Session isolation: credentials, leak guard, identity headers.
+    #[serde(default)]
+    pub isolation: crate::isolation::IsolationConfig,
+    /// Micro-cache for public informational pages (off by default).
+    #[serde(default)]
+    pub microcache: crate::microcache::MicrocacheConfig,
     /// Set by `anticamera demo` only: allows the clearly fake example keys.
     #[serde(skip)]
     pub demo_mode: bool,
@@ -598,6 +609,26 @@ impl Config {
             v.push(("log.level".into(), format!("invalid filter: {e}")));
         }
         self.validate_waiting_room(&mut v);
+        if let Some(r) = &self.rate_limits {
+            if let Err(errs) = r.validate() {
+                v.extend(
+                    errs.into_iter()
+                        .map(|e| (format!("rate_limits.{}", e.key), e.reason)),
+                );
+            }
+        }
+        if let Some(g) = &self.upstream_guard {
+            if let Err(errs) = g.validate() {
+                v.extend(
+                    errs.into_iter()
+                        .map(|e| (format!("upstream_guard.{}", e.key), e.reason)),
+                );
+            }
+        }
+        v.extend(self.isolation.validate());
+        if self.microcache.max_entries == 0 {
+            v.push(("microcache.max_entries".into(), "must be at least 1".into()));
+        }
         v
     }
 

@@ -14,6 +14,8 @@ pub mod config;
 pub mod demo;
 pub mod forwarded;
 pub mod guard;
+pub mod isolation;
+pub mod microcache;
 pub mod pages;
 pub mod proxy;
 pub mod ratelimit;

@@ -25,10 +25,15 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 
 use crate::body::{LimitedBody, ProxyBody};
+use crate::breaker::Breaker;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::forwarded::Forwarders;
+use crate::guard::{Guard, Outcome as GuardOutcome, Priority};
+use crate::isolation::{self, Isolation, Verdict};
+use crate::microcache::{self, Microcache};
 use crate::pages;
+use crate::ratelimit::{RateLimiter, RequestKeys};
 use crate::respond::{wants_json, Synthetic};
 use crate::room::{strip_own_cookies, Answer, Room, RoomError};
 use crate::route;
@@ -53,7 +58,24 @@ pub struct Shared {
     pub templates: pages::Templates,
     /// Admin API bearer token.
     pub admin_token: Option<String>,
+    /// Token buckets, if configured.
+    pub limiter: Option<RateLimiter>,
+    /// Portal concurrency limit, if configured.
+    pub guard: Option<Guard>,
+    /// Circuit breaker (with the guard).
+    pub breaker: Option<Breaker>,
+    /// Session isolation.
+    pub isolation: Isolation,
+    /// Micro-cache for public pages, if enabled.
+    pub microcache: Option<Microcache>,
 }
+
+/// Metric: requests refused by a rate limit, by `kind`.
+pub const LIMITED: &str = "anticamera_ratelimit_limited_total";
+/// Metric: requests shed to protect the portal, by `reason` and `priority`.
+pub const SHED: &str = "anticamera_shed_total";
+/// Metric: time spent waiting for a portal slot (seconds).
+pub const SLOT_WAIT: &str = "anticamera_upstream_slot_wait_seconds";
 
 impl Shared {
     /// Derives the shared state from a validated config (restoring saved queue state).
@@ -72,7 +94,18 @@ impl Shared {
         let admin_token = config
             .admin_token()
             .map_err(|(k, r)| RoomError::Config(k, r))?;
+        let guard_cfg = config.upstream_guard.clone();
         Ok(Arc::new(Shared {
+            limiter: config.rate_limits.as_ref().map(RateLimiter::new),
+            guard: guard_cfg.as_ref().map(Guard::new),
+            breaker: guard_cfg
+                .as_ref()
+                .map(|g| Breaker::new(&g.breaker, Instant::now())),
+            isolation: Isolation::new(&config.isolation),
+            microcache: config
+                .microcache
+                .enabled
+                .then(|| Microcache::new(&config.microcache)),
             forwarders: Forwarders::new(config.forwarding.trusted_forwarders.clone()),
             targets: Targets::new(&config),
             draining: AtomicBool::new(false),
@@ -103,6 +136,12 @@ pub enum Outcome {
     Queued,
     /// Closed for this cohort at this hour.
     Closed,
+    /// Refused by a rate limit.
+    Limited,
+    /// Shed to protect the portal (breaker open, concurrency limit).
+    Shed,
+    /// Served from the micro-cache.
+    Cached,
     /// anticamera refused the request before the portal (limits, malformed).
     Refused,
     /// The portal could not be reached, broke the exchange or timed out.
@@ -115,6 +154,9 @@ impl Outcome {
             Outcome::Forwarded => "forwarded",
             Outcome::Queued => "queued",
             Outcome::Closed => "closed",
+            Outcome::Limited => "limited",
+            Outcome::Shed => "shed",
+            Outcome::Cached => "cached",
             Outcome::Refused => "refused",
             Outcome::UpstreamError => "upstream_error",
         }
@@ -172,27 +214,61 @@ impl Proxy {
         // Framing: refuse what two HTTP parsers could read differently.
         check_framing(&parts).map_err(|msg| (Synthetic::bad_request(msg), Outcome::Refused))?;
 
-        // Who is the client.
-        let fw = &self.shared.forwarders;
+        // Who is the client, and which session (credentials) does the request carry.
+        let sh = &*self.shared;
+        let fw = &sh.forwarders;
         let client = fw.client_addr(conn.peer.ip(), &parts.headers);
+        let session = sh.isolation.session_key(&parts.headers);
 
-        // The waiting room.
-        let mut holder = None;
-        let mut set_cookie = None;
-        if let Some(room) = &self.shared.room {
-            let path = route::normalize(parts.uri.path()).map_err(|_| {
+        // Route: anticamera's own endpoints, a gate, or an open path.
+        let path = if sh.room.is_some() || sh.microcache.is_some() {
+            Some(route::normalize(parts.uri.path()).map_err(|_| {
                 (
                     Synthetic::bad_request("The request path is not valid."),
                     Outcome::Refused,
                 )
-            })?;
+            })?)
+        } else {
+            None
+        };
+        let mut gate = None;
+        let mut cohort = 0u16;
+        if let (Some(room), Some(path)) = (&sh.room, &path) {
             if let Some(own) = path.strip_prefix(pages::OWN_PREFIX) {
                 let resp = self.own_endpoint(room, own, &parts, client, conn);
                 return Ok((close_if_unread(resp, has_body), Outcome::Queued));
             }
-            if let Some(gate) = room.route(&parts.method, &path) {
-                *route_label = &room.gates[gate].name;
-                let d = room.decide(gate, &parts, client, conn.peer.ip());
+            let c = room.classify(&parts, client, conn.peer.ip());
+            cohort = c.index() as u16;
+            gate = room.route(&parts.method, path).map(|g| (g, c));
+            if let Some((g, _)) = gate {
+                *route_label = &room.gates[g].name;
+            }
+        }
+
+        // Rate limits: per session, address, cohort, gate.
+        if let Some(limiter) = &sh.limiter {
+            let keys = RequestKeys {
+                session,
+                addr: client,
+                cohort,
+                gate: gate.map(|(g, _)| g as u16),
+            };
+            if let Err(limited) = limiter.check(&keys) {
+                metrics::counter!(LIMITED, "kind" => limited.kind().as_str()).increment(1);
+                let mut resp = Synthetic::too_many_requests(limited.retry_after_secs() as u32)
+                    .into_response(wants_json(&parts.headers));
+                limited.headers().apply(resp.headers_mut());
+                return Ok((close_if_unread(resp, has_body), Outcome::Limited));
+            }
+        }
+
+        // The waiting room (and opening hours) of the gate.
+        let mut holder = None;
+        let mut set_cookie = None;
+        if let Some(room) = &sh.room {
+            if let Some((g, c)) = gate {
+                let d = room.decide(g, c, &parts);
                 if let Some(answer) = d.answer {
                     let outcome = match answer {
                         Answer::Closed { .. } => Outcome::Closed,
@@ -209,6 +285,7 @@ impl Proxy {
             }
             strip_own_cookies(&mut parts.headers, |n| room.is_own_cookie(n));
         }
+        sh.isolation.strip_request(&mut parts.headers);
 
         // Request limits.
         if let Some(len) = content_length(&parts.headers) {
@@ -229,19 +306,135 @@ impl Proxy {
                 parts.headers.insert(header::HOST, host);
             }
         }
+
+        // Micro-cache: anonymous informational pages only (never a gated path).
+        let cache_key = match (&sh.microcache, &path, gate) {
+            (Some(_), Some(path), None) => Microcache::key(
+                &parts.method,
+                parts
+                    .headers
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok()),
+                path,
+                parts.uri.query(),
+                &parts.headers,
+            ),
+            _ => None,
+        };
+        if let (Some(cache), Some(key)) = (&sh.microcache, &cache_key) {
+            if let Some(e) = cache.get(key, &parts.headers) {
+                metrics::counter!(microcache::RESULTS, "result" => "hit").increment(1);
+                let mut resp = Response::new(if parts.method == http::Method::HEAD {
+                    ProxyBody::empty()
+                } else {
+                    ProxyBody::full(e.body.clone())
+                });
+                *resp.status_mut() = e.status;
+                *resp.headers_mut() = e.headers.clone();
+                resp.headers_mut()
+                    .insert(header::AGE, HeaderValue::from(e.age()));
+                return Ok((resp, Outcome::Cached));
+            }
+            metrics::counter!(microcache::RESULTS, "result" => "miss").increment(1);
+        }
+        let req_headers_for_cache = cache_key.as_ref().map(|_| parts.headers.clone());
+
         strip_hop_by_hop(&mut parts.headers);
         fw.rewrite(conn.peer.ip(), client, conn.scheme, &mut parts.headers);
 
-        let req = Request::from_parts(parts, LimitedBody::new(body, self.max_body));
-        let resp = match self.upstream.send(req).await {
-            Ok(r) => r,
-            Err(e) => return Err(upstream_failure(e)),
+        // Protect the portal: circuit breaker, then the concurrency limit (users already inside
+        // are shed last).
+        let breaker_ticket = match &sh.breaker {
+            Some(b) => match b.allow(Instant::now()) {
+                Ok(t) => Some(t),
+                Err(open) => {
+                    metrics::counter!(SHED, "reason" => "breaker_open", "priority" => "any")
+                        .increment(1);
+                    return Err((
+                        Synthetic::unavailable(
+                            "portal_unavailable",
+                            "The service is temporarily unavailable. Please try again in a few minutes: nothing you submitted has been lost.",
+                            open.retry_after_secs().clamp(1, 3600) as u32,
+                        ),
+                        Outcome::Shed,
+                    ));
+                }
+            },
+            None => None,
         };
+        let priority = if holder.is_some() || session.is_some() {
+            Priority::Inside
+        } else {
+            Priority::New
+        };
+        let permit = match &sh.guard {
+            Some(g) => match g.acquire(priority, tokio::time::Instant::now()).await {
+                Ok(p) => {
+                    metrics::histogram!(SLOT_WAIT).record(p.waited().as_secs_f64());
+                    Some(p)
+                }
+                Err(shed) => {
+                    metrics::counter!(SHED, "reason" => shed.reason.as_str(), "priority" => priority.as_str()).increment(1);
+                    if let (Some(b), Some(t)) = (&sh.breaker, breaker_ticket) {
+                        // Not the portal's fault: do not count as a failure.
+                        b.record(t, true, Instant::now());
+                    }
+                    return Err((
+                        Synthetic::unavailable(
+                            "overloaded",
+                            "The service is very busy right now. Please try again in a few seconds.",
+                            shed.retry_after_secs().clamp(1, 60) as u32,
+                        ),
+                        Outcome::Shed,
+                    ));
+                }
+            },
+            None => None,
+        };
+
+        let sent = Instant::now();
+        let req = Request::from_parts(parts, LimitedBody::new(body, self.max_body));
+        let result = self.upstream.send(req).await;
+        let overload = match &result {
+            Ok(r) => matches!(r.status().as_u16(), 502..=504),
+            Err(e) => matches!(
+                e,
+                UpstreamError::Connect(_) | UpstreamError::Timeout(_) | UpstreamError::Protocol(_)
+            ),
+        };
+        if let Some(p) = permit {
+            p.done(
+                sent.elapsed(),
+                if overload {
+                    GuardOutcome::Overload
+                } else {
+                    GuardOutcome::Success
+                },
+            );
+        }
+        if let (Some(b), Some(t)) = (&sh.breaker, breaker_ticket) {
+            b.record(t, !overload, Instant::now());
+        }
+        let resp = result.map_err(upstream_failure)?;
 
         // Response hygiene towards the client.
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        if let Some(room) = &self.shared.room {
+        if sh
+            .isolation
+            .check_response(session, &mut parts.headers, sh.clock.now_ms())
+            == Verdict::Leak
+        {
+            metrics::counter!(isolation::LEAKS_BLOCKED).increment(1);
+            tracing::error!(
+                session = session
+                    .map(|s| format!("{:08x}", s >> 32))
+                    .unwrap_or_else(|| "none".into()),
+                "leak guard: the portal answered with a page stamped for another user; refused"
+            );
+            return Err((Synthetic::leak_blocked(), Outcome::UpstreamError));
+        }
+        if let Some(room) = &sh.room {
             if parts.headers.remove(&room.release_header).is_some() {
                 if let Some((lane, slot, ticket)) = holder.take() {
                     set_cookie = room.release(lane, slot, ticket);
@@ -250,6 +443,36 @@ impl Proxy {
         }
         if let Some(c) = set_cookie {
             parts.headers.append(header::SET_COOKIE, c);
+        }
+        sh.isolation
+            .mark_private(session.is_some() || holder.is_some(), &mut parts.headers);
+
+        // Store in the micro-cache what RFC 9111 allows (small, declared length only).
+        if let (Some(cache), Some(key), Some(req_h)) =
+            (&sh.microcache, cache_key, req_headers_for_cache)
+        {
+            let len = content_length(&parts.headers);
+            match cache.storable(parts.status, &parts.headers) {
+                Some((ttl, age)) if len.is_some_and(|l| l <= cache.max_object) => {
+                    use http_body_util::BodyExt;
+                    let bytes = match http_body_util::Limited::new(body, cache.max_object as usize)
+                        .collect()
+                        .await
+                    {
+                        Ok(b) => b.to_bytes(),
+                        Err(_) => return Err((Synthetic::bad_gateway(), Outcome::UpstreamError)),
+                    };
+                    cache.put(key, &req_h, parts.headers.clone(), bytes.clone(), ttl, age);
+                    metrics::counter!(microcache::RESULTS, "result" => "stored").increment(1);
+                    return Ok((
+                        Response::from_parts(parts, ProxyBody::full(bytes)),
+                        Outcome::Forwarded,
+                    ));
+                }
+                _ => {
+                    metrics::counter!(microcache::RESULTS, "result" => "not_storable").increment(1)
+                }
+            }
         }
         Ok((
             Response::from_parts(parts, ProxyBody::Upstream(body)),

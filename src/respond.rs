@@ -83,6 +83,30 @@ impl Synthetic {
         }
     }
 
+    /// A rate limit was hit; `retry_after` is honest (waiting that long is enough).
+    pub fn too_many_requests(retry_after: u32) -> Self {
+        Synthetic {
+            retry_after: Some(retry_after.max(1)),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "Too many requests in a short time. Please wait a moment and try again; your place is not lost.",
+            )
+        }
+    }
+
+    /// The leak guard refused a response stamped for another user.
+    pub fn leak_blocked() -> Self {
+        Synthetic {
+            retry_after: Some(5),
+            ..Self::new(
+                StatusCode::BAD_GATEWAY,
+                "leak_blocked",
+                "The service sent a page that does not belong to you, so anticamera did not show it. Please try again.",
+            )
+        }
+    }
+
     /// Nothing here.
     pub fn not_found(message: &'static str) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)

@@ -347,6 +347,16 @@ impl Room {
         Ok(room)
     }
 
+    /// The cohort of a request (matchers in config order).
+    pub fn classify(
+        &self,
+        parts: &Parts,
+        client: std::net::IpAddr,
+        peer: std::net::IpAddr,
+    ) -> CohortId {
+        self.cohorts.classify(parts, client, peer)
+    }
+
     /// Which gate a request belongs to (normalized path), if any.
     pub fn route(&self, method: &Method, path: &str) -> Option<usize> {
         self.gates
@@ -360,17 +370,10 @@ impl Room {
     }
 
     /// The waiting-room decision for a gated request. See the module docs for the order.
-    pub fn decide(
-        &self,
-        gate_idx: usize,
-        parts: &Parts,
-        client: std::net::IpAddr,
-        peer: std::net::IpAddr,
-    ) -> Decision {
+    pub fn decide(&self, gate_idx: usize, cohort: CohortId, parts: &Parts) -> Decision {
         let now = self.clock.now_ms();
         let now_dt = self.clock.now();
         let g = &self.gates[gate_idx];
-        let cohort = self.cohorts.classify(parts, client, peer);
         let lane = g.lane_for(cohort);
         let binding = binding_of(&parts.headers);
         let labels = [

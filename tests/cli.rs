@@ -34,11 +34,19 @@ fn shipped_configs_are_valid() {
         if path.extension().and_then(|e| e.to_str()) != Some("toml") {
             continue;
         }
-        let out = Command::new(env!("CARGO_BIN_EXE_anticamera"))
-            .arg("check-config")
-            .arg(&path)
-            .output()
-            .unwrap();
+        let demo = path.file_name().unwrap() == "demo.toml";
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_anticamera"));
+        cmd.arg("check-config").arg(&path);
+        if demo {
+            cmd.arg("--demo");
+        }
+        // Secrets come from the environment in real configs.
+        cmd.env(
+            "ANTICAMERA_KEY_1",
+            "ci-test-key-0123456789abcdef0123456789abcdef",
+        )
+        .env("ANTICAMERA_ADMIN_TOKEN", "ci-test-admin-token-0123");
+        let out = cmd.output().unwrap();
         assert!(
             out.status.success(),
             "{}: {}",
@@ -107,5 +115,99 @@ fn help_documents_every_command() {
     let help = String::from_utf8_lossy(&out.stdout);
     for cmd in ["run", "check-config"] {
         assert!(help.contains(cmd), "{cmd} missing from --help:\n{help}");
+    }
+}
+
+#[test]
+fn fake_example_keys_are_refused_outside_demo_mode() {
+    let out = Command::new(env!("CARGO_BIN_EXE_anticamera"))
+        .args([
+            "check-config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml"),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("waiting_room.keys[0].secret") && err.contains("NOT-A-SECRET"),
+        "{err}"
+    );
+    assert!(err.contains("admin.token"), "{err}");
+    // `run` refuses it too, before binding anything.
+    let out = Command::new(env!("CARGO_BIN_EXE_anticamera"))
+        .args([
+            "run",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml"),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn schedule_command_prints_the_bands() {
+    let out = Command::new(env!("CARGO_BIN_EXE_anticamera"))
+        .args([
+            "schedule",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/inps.toml"),
+            "--at",
+            "2026-04-02T17:00",
+        ])
+        .env(
+            "ANTICAMERA_KEY_1",
+            "ci-test-key-0123456789abcdef0123456789abcdef",
+        )
+        .env("ANTICAMERA_ADMIN_TOKEN", "ci-test-admin-token-0123")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("claims") && text.contains("delega"), "{text}");
+    assert!(
+        text.contains("intermediaries") && text.contains("citizens"),
+        "{text}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_anticamera"))
+        .args([
+            "schedule",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/inps.toml"),
+            "--cohort",
+            "nobody",
+        ])
+        .env(
+            "ANTICAMERA_KEY_1",
+            "ci-test-key-0123456789abcdef0123456789abcdef",
+        )
+        .env("ANTICAMERA_ADMIN_TOKEN", "ci-test-admin-token-0123")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown cohort"));
+}
+
+#[test]
+fn config_errors_in_gates_and_cohorts_name_the_key() {
+    let base = "[upstream]\nurls = [\"http://127.0.0.1:9000\"]\n[waiting_room]\nkeys = [{ id = 1, secret = \"0123456789abcdef0123456789abcdef\" }]\n";
+    let cases: &[(&str, &str)] = &[
+        ("[[gates]]\nname = \"g\"\nprefix = [\"/a\"]\n[gates.schedule]\n[[gates.schedule.windows]]\ncohorts = [\"martians\"]\nstart = \"08:00\"\nend = \"16:00\"\n", "gates[0].schedule.windows[0].cohorts[0]"),
+        ("[[gates]]\nname = \"g\"\nprefix = [\"/a\"]\n[gates.schedule]\n[[gates.schedule.windows]]\nstart = \"25:00\"\nend = \"16:00\"\n", "gates[0].schedule.windows[0].start"),
+        ("[[gates]]\nname = \"g\"\nprefix = [\"a\"]\n", "gates[0].prefix[0]"),
+        ("[[gates]]\nname = \"g\"\nprefix = [\"/a\"]\nshares = { martians = 0.5 }\n", "gates[0].shares.martians"),
+        ("[[gates]]\nname = \"g\"\nprefix = [\"/a\"]\n[[gates]]\nname = \"g\"\nprefix = [\"/b\"]\n", "gates[1].name"),
+        ("[cohorts]\ndefault = \"x\"\n[[cohorts.matchers]]\ncohort = \"y\"\nnetwork = [\"10.0.0.0/33\"]\n", "cohorts.matchers[0].network[0]"),
+        ("[rate_limits.per_address]\nrate = \"lots\"\n", "rate_limits.per_address.rate"),
+    ];
+    for (extra, key) in cases {
+        let (ok, _, err) = check(&format!("{base}{extra}"));
+        assert!(!ok, "{key}: accepted");
+        assert!(err.contains(key), "expected {key} in:\n{err}");
     }
 }

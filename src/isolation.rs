@@ -1,0 +1,385 @@
+//! Session isolation: no user is ever served another user's data.
+//!
+//! Three mechanisms, all on the request path in `proxy.rs`:
+//! - **Identity headers from clients are never believed.** Headers the portal or a gateway uses
+//!   to name the user (the leak-guard header, `isolation.strip_request_headers`) and
+//!   anticamera's own `x-anticamera-*` headers are removed from every request.
+//! - **Personal responses are marked uncacheable.** A response to a request that carried
+//!   credentials (a session cookie named in `isolation.session_cookies`, or `Authorization`),
+//!   or that sets a cookie, or that went through a gate with a pass, leaves with
+//!   `Cache-Control: private, no-store` unless the portal explicitly said `public`. A CDN in
+//!   front of anticamera then cannot repeat the 2020 accident.
+//! - **Leak guard** (defence in depth). If the portal stamps each personal response with the
+//!   user it belongs to (`isolation.leak_guard_header`), anticamera binds each session to the
+//!   first user it sees for it, and refuses (502) any later response for that session stamped
+//!   for someone else, or any stamped response to a request with no session at all. The header
+//!   is stripped. Bindings are kept in a bounded table (hashes only: no personal data in
+//!   memory or logs).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CACHE_CONTROL, SET_COOKIE};
+use serde::Deserialize;
+
+use crate::cohort::cookie_value;
+use crate::config::Dur;
+
+/// `[isolation]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IsolationConfig {
+    /// Cookies that carry the portal's session (credentials).
+    pub session_cookies: Vec<String>,
+    /// Response header by which the portal names the user a personal response belongs to.
+    pub leak_guard_header: Option<String>,
+    /// Request headers that name a user or carry identity, removed from every client request.
+    pub strip_request_headers: Vec<String>,
+    /// Sessions remembered by the leak guard (hard cap; the oldest quarter is dropped when full).
+    pub leak_guard_sessions: usize,
+    /// A session binding not seen for this long is forgotten.
+    pub leak_guard_idle: Dur,
+}
+
+impl Default for IsolationConfig {
+    fn default() -> Self {
+        IsolationConfig {
+            session_cookies: Vec::new(),
+            leak_guard_header: None,
+            strip_request_headers: vec![
+                "x-remote-user".into(),
+                "x-authenticated-user".into(),
+                "x-user".into(),
+                "x-user-id".into(),
+                "remote-user".into(),
+            ],
+            leak_guard_sessions: 1_000_000,
+            leak_guard_idle: Dur(std::time::Duration::from_secs(4 * 3600)),
+        }
+    }
+}
+
+impl IsolationConfig {
+    /// Checks the section; errors are `(key, reason)` with keys under `isolation.`.
+    pub fn validate(&self) -> Vec<(String, String)> {
+        let mut v = Vec::new();
+        for (i, c) in self.session_cookies.iter().enumerate() {
+            if c.is_empty() || c.contains([';', '=', ' ', ',']) {
+                v.push((
+                    format!("isolation.session_cookies[{i}]"),
+                    format!("{c:?} is not a cookie name"),
+                ));
+            }
+        }
+        if let Some(h) = &self.leak_guard_header {
+            if HeaderName::from_bytes(h.as_bytes()).is_err() {
+                v.push((
+                    "isolation.leak_guard_header".into(),
+                    format!("{h:?} is not a header name"),
+                ));
+            }
+        }
+        for (i, h) in self.strip_request_headers.iter().enumerate() {
+            if HeaderName::from_bytes(h.as_bytes()).is_err() {
+                v.push((
+                    format!("isolation.strip_request_headers[{i}]"),
+                    format!("{h:?} is not a header name"),
+                ));
+            }
+        }
+        if self.leak_guard_sessions == 0 {
+            v.push((
+                "isolation.leak_guard_sessions".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        v
+    }
+}
+
+/// Metric: responses refused because they were stamped for another user.
+pub const LEAKS_BLOCKED: &str = "anticamera_isolation_leaks_blocked_total";
+/// Metric: personal responses whose caching headers anticamera tightened.
+pub const MARKED_PRIVATE: &str = "anticamera_isolation_marked_private_total";
+
+/// The isolation stage.
+pub struct Isolation {
+    session_cookies: Vec<String>,
+    leak_header: Option<HeaderName>,
+    strip: Vec<HeaderName>,
+    bindings: Vec<Mutex<HashMap<u64, (u64, u64)>>>,
+    cap_per_shard: usize,
+    idle_ms: u64,
+}
+
+/// What the leak guard decided about a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Deliver it.
+    Deliver,
+    /// Stamped for a user other than the one bound to this session (or the request had none).
+    Leak,
+}
+
+const SHARDS: usize = 16;
+
+impl Isolation {
+    /// Builds the stage from a validated config.
+    pub fn new(cfg: &IsolationConfig) -> Self {
+        let mut strip: Vec<HeaderName> = cfg
+            .strip_request_headers
+            .iter()
+            .filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok())
+            .collect();
+        let leak_header = cfg
+            .leak_guard_header
+            .as_ref()
+            .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok());
+        if let Some(h) = &leak_header {
+            strip.push(h.clone());
+        }
+        Isolation {
+            session_cookies: cfg.session_cookies.clone(),
+            leak_header,
+            strip,
+            bindings: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            cap_per_shard: cfg.leak_guard_sessions.div_ceil(SHARDS).max(1),
+            idle_ms: cfg.leak_guard_idle.0.as_millis() as u64,
+        }
+    }
+
+    /// A stable hash of the request's credentials (session cookies and `Authorization`), or
+    /// `None` for an anonymous request.
+    pub fn session_key(&self, h: &HeaderMap) -> Option<u64> {
+        let mut found = false;
+        let mut acc: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut mix = |bytes: &[u8]| {
+            for &b in bytes {
+                acc ^= u64::from(b);
+                acc = acc.wrapping_mul(0x0100_0000_01b3);
+            }
+            acc ^= 0xff;
+            acc = acc.wrapping_mul(0x0100_0000_01b3);
+        };
+        for name in &self.session_cookies {
+            if let Some(v) = cookie_value(h, name) {
+                mix(name.as_bytes());
+                mix(v.as_bytes());
+                found = true;
+            }
+        }
+        if let Some(a) = h.get(AUTHORIZATION) {
+            mix(a.as_bytes());
+            found = true;
+        }
+        found.then(|| crate::ratelimit::hash_bytes(&acc.to_le_bytes()))
+    }
+
+    /// Removes identity headers a client may not set (and anticamera's own).
+    pub fn strip_request(&self, h: &mut HeaderMap) {
+        for n in &self.strip {
+            h.remove(n);
+        }
+        let own: Vec<HeaderName> = h
+            .keys()
+            .filter(|k| k.as_str().starts_with("x-anticamera-"))
+            .cloned()
+            .collect();
+        for n in own {
+            h.remove(n);
+        }
+    }
+
+    /// The leak guard: checks (and strips) the user stamp of a response for `session`.
+    pub fn check_response(&self, session: Option<u64>, h: &mut HeaderMap, now_ms: u64) -> Verdict {
+        let Some(name) = &self.leak_header else {
+            return Verdict::Deliver;
+        };
+        let stamps: Vec<HeaderValue> = h.get_all(name).iter().cloned().collect();
+        if stamps.is_empty() {
+            return Verdict::Deliver;
+        }
+        h.remove(name);
+        if stamps.len() > 1 && stamps.windows(2).any(|w| w[0] != w[1]) {
+            return Verdict::Leak;
+        }
+        let Some(session) = session else {
+            // A personal response to a request without credentials: someone else's page.
+            return Verdict::Leak;
+        };
+        let user = crate::ratelimit::hash_bytes(stamps[0].as_bytes());
+        let shard = &self.bindings[(session as usize) % SHARDS];
+        let Ok(mut map) = shard.lock() else {
+            return Verdict::Leak;
+        };
+        match map.get_mut(&session) {
+            Some((bound, seen)) if now_ms.saturating_sub(*seen) <= self.idle_ms => {
+                if *bound != user {
+                    return Verdict::Leak;
+                }
+                *seen = now_ms;
+            }
+            _ => {
+                if map.len() >= self.cap_per_shard {
+                    evict_oldest_quarter(&mut map);
+                }
+                map.insert(session, (user, now_ms));
+            }
+        }
+        Verdict::Deliver
+    }
+
+    /// Marks a personal response uncacheable by shared caches (unless the portal said `public`).
+    /// `personal_request`: the request carried credentials or a pass.
+    pub fn mark_private(&self, personal_request: bool, h: &mut HeaderMap) {
+        let sets_cookie = h.contains_key(SET_COOKIE);
+        if !(personal_request || sets_cookie) {
+            return;
+        }
+        let explicit_public = h
+            .get_all(CACHE_CONTROL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|d| d.trim().eq_ignore_ascii_case("public"));
+        if explicit_public && !sets_cookie {
+            return;
+        }
+        metrics::counter!(MARKED_PRIVATE).increment(1);
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
+    }
+
+    /// Sessions currently bound (for tests and metrics).
+    pub fn bound_sessions(&self) -> usize {
+        self.bindings
+            .iter()
+            .map(|s| s.lock().map(|m| m.len()).unwrap_or(0))
+            .sum()
+    }
+}
+
+fn evict_oldest_quarter(map: &mut HashMap<u64, (u64, u64)>) {
+    let mut seen: Vec<u64> = map.values().map(|(_, s)| *s).collect();
+    seen.sort_unstable();
+    let cut = seen.get(seen.len() / 4).copied().unwrap_or(0);
+    map.retain(|_, (_, s)| *s > cut);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iso() -> Isolation {
+        Isolation::new(&IsolationConfig {
+            session_cookies: vec!["portal_session".into()],
+            leak_guard_header: Some("x-portal-user".into()),
+            leak_guard_sessions: 64,
+            ..Default::default()
+        })
+    }
+
+    fn with_cookie(c: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::COOKIE, c.parse().unwrap());
+        h
+    }
+
+    fn stamped(user: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("x-portal-user", user.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn sessions_are_told_apart_and_anonymous_has_none() {
+        let i = iso();
+        let a = i
+            .session_key(&with_cookie("portal_session=A; other=1"))
+            .unwrap();
+        let b = i.session_key(&with_cookie("portal_session=B")).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(i.session_key(&with_cookie("other=1")), None);
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, "Bearer x".parse().unwrap());
+        assert!(i.session_key(&h).is_some());
+    }
+
+    #[test]
+    fn a_session_bound_to_one_user_never_receives_another_users_page() {
+        let i = iso();
+        let s = Some(42);
+        let mut h = stamped("alice");
+        assert_eq!(i.check_response(s, &mut h, 1), Verdict::Deliver);
+        assert!(h.get("x-portal-user").is_none(), "stamp must be stripped");
+        assert_eq!(
+            i.check_response(s, &mut stamped("alice"), 2),
+            Verdict::Deliver
+        );
+        assert_eq!(i.check_response(s, &mut stamped("bob"), 3), Verdict::Leak);
+        // Anonymous request receiving a stamped page: a leak.
+        assert_eq!(
+            i.check_response(None, &mut stamped("bob"), 4),
+            Verdict::Leak
+        );
+        // Unstamped responses pass.
+        assert_eq!(
+            i.check_response(s, &mut HeaderMap::new(), 5),
+            Verdict::Deliver
+        );
+        // Two different stamps on one response: a leak.
+        let mut h = stamped("alice");
+        h.append("x-portal-user", "bob".parse().unwrap());
+        assert_eq!(i.check_response(s, &mut h, 6), Verdict::Leak);
+    }
+
+    #[test]
+    fn the_binding_table_is_bounded() {
+        let i = iso();
+        for s in 0..10_000u64 {
+            i.check_response(Some(s), &mut stamped("u"), s);
+        }
+        assert!(i.bound_sessions() <= 64, "{}", i.bound_sessions());
+    }
+
+    #[test]
+    fn personal_responses_are_marked_private_unless_explicitly_public() {
+        let i = iso();
+        let mut h = HeaderMap::new();
+        h.insert(CACHE_CONTROL, "max-age=600".parse().unwrap());
+        i.mark_private(true, &mut h);
+        assert_eq!(h[CACHE_CONTROL], "private, no-store");
+        let mut h = HeaderMap::new();
+        h.insert(CACHE_CONTROL, "public, max-age=60".parse().unwrap());
+        i.mark_private(true, &mut h);
+        assert_eq!(h[CACHE_CONTROL], "public, max-age=60");
+        // Setting a cookie is personal even if "public".
+        h.insert(SET_COOKIE, "s=1".parse().unwrap());
+        i.mark_private(false, &mut h);
+        assert_eq!(h[CACHE_CONTROL], "private, no-store");
+        // Anonymous, no cookie: untouched.
+        let mut h = HeaderMap::new();
+        h.insert(CACHE_CONTROL, "max-age=60".parse().unwrap());
+        i.mark_private(false, &mut h);
+        assert_eq!(h[CACHE_CONTROL], "max-age=60");
+    }
+
+    #[test]
+    fn identity_and_own_headers_are_stripped_from_requests() {
+        let i = iso();
+        let mut h = HeaderMap::new();
+        for n in [
+            "x-portal-user",
+            "x-remote-user",
+            "x-anticamera-release",
+            "x-anticamera-anything",
+            "x-kept",
+        ] {
+            h.insert(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                "v".parse().unwrap(),
+            );
+        }
+        i.strip_request(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
+    }
+}
