@@ -203,19 +203,39 @@ impl Isolation {
         if stamps.len() > 1 && stamps.windows(2).any(|w| w[0] != w[1]) {
             return Verdict::Leak;
         }
+        let user = crate::ratelimit::hash_bytes(stamps[0].as_bytes());
+        // A response that starts a session (login) binds the new session at once, so that the
+        // very first page of that session is already checked.
+        if let Some(new_session) = self.session_from_set_cookie(h) {
+            if session.is_none()
+                || session == Some(new_session)
+                || self.bind(new_session, user, now_ms)
+            {
+                self.bind(new_session, user, now_ms);
+                return Verdict::Deliver;
+            }
+        }
         let Some(session) = session else {
             // A personal response to a request without credentials: someone else's page.
             return Verdict::Leak;
         };
-        let user = crate::ratelimit::hash_bytes(stamps[0].as_bytes());
+        if self.bind(session, user, now_ms) {
+            Verdict::Deliver
+        } else {
+            Verdict::Leak
+        }
+    }
+
+    /// Binds `session` to `user` on first sight; false if it is bound to someone else.
+    fn bind(&self, session: u64, user: u64, now_ms: u64) -> bool {
         let shard = &self.bindings[(session as usize) % SHARDS];
         let Ok(mut map) = shard.lock() else {
-            return Verdict::Leak;
+            return false;
         };
         match map.get_mut(&session) {
             Some((bound, seen)) if now_ms.saturating_sub(*seen) <= self.idle_ms => {
                 if *bound != user {
-                    return Verdict::Leak;
+                    return false;
                 }
                 *seen = now_ms;
             }
@@ -226,7 +246,29 @@ impl Isolation {
                 map.insert(session, (user, now_ms));
             }
         }
-        Verdict::Deliver
+        true
+    }
+
+    /// The session a response starts, if it sets one of the session cookies.
+    fn session_from_set_cookie(&self, h: &HeaderMap) -> Option<u64> {
+        let mut pairs = Vec::new();
+        for v in h.get_all(SET_COOKIE).iter().filter_map(|v| v.to_str().ok()) {
+            let kv = v.split(';').next().unwrap_or("").trim();
+            if let Some((k, val)) = kv.split_once('=') {
+                if self.session_cookies.iter().any(|c| c == k.trim()) && !val.is_empty() {
+                    pairs.push(format!("{}={}", k.trim(), val.trim()));
+                }
+            }
+        }
+        if pairs.is_empty() {
+            return None;
+        }
+        let mut fake = HeaderMap::new();
+        fake.insert(
+            http::header::COOKIE,
+            HeaderValue::from_str(&pairs.join("; ")).ok()?,
+        );
+        self.session_key(&fake)
     }
 
     /// Marks a personal response uncacheable by shared caches (unless the portal said `public`).
@@ -330,6 +372,21 @@ mod tests {
         let mut h = stamped("alice");
         h.append("x-portal-user", "bob".parse().unwrap());
         assert_eq!(i.check_response(s, &mut h, 6), Verdict::Leak);
+    }
+
+    #[test]
+    fn a_login_response_binds_the_new_session() {
+        let i = iso();
+        let mut login = stamped("alice");
+        login.insert(SET_COOKIE, "portal_session=NEW; HttpOnly".parse().unwrap());
+        assert_eq!(i.check_response(None, &mut login, 1), Verdict::Deliver);
+        let s = i.session_key(&with_cookie("portal_session=NEW"));
+        // The first page of that session stamped for someone else is caught.
+        assert_eq!(i.check_response(s, &mut stamped("bob"), 2), Verdict::Leak);
+        assert_eq!(
+            i.check_response(s, &mut stamped("alice"), 3),
+            Verdict::Deliver
+        );
     }
 
     #[test]

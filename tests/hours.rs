@@ -35,7 +35,13 @@ fn inps_config(portal: std::net::SocketAddr, state: &Path) -> String {
             &format!("urls = [\"http://{portal}\"]"),
         )
         .replace("listen = \"127.0.0.1:9901\"", "listen = \"127.0.0.1:0\"")
-        .replace("/var/lib/anticamera/state.json", state.to_str().unwrap());
+        .replace("/var/lib/anticamera/state.json", state.to_str().unwrap())
+        // Every simulated user comes from 127.0.0.1 here.
+        .replace(
+            "per_address = { rate = \"30/s\", burst = 60 }",
+            "per_address = { rate = \"10000/s\", burst = 10000 }",
+        );
+    assert!(text.contains("10000/s"), "inps.toml layout changed");
     assert!(
         text.contains(&portal.to_string()),
         "inps.toml layout changed"

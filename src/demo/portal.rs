@@ -630,11 +630,20 @@ async fn login(sh: &Shared, req: Request<Incoming>, api: bool) -> Response<Body>
         }
     };
     let token = format!("{:032x}", rand::random::<u128>());
-    lock(&sh.sessions).insert(token.clone(), user);
+    lock(&sh.sessions).insert(token.clone(), user.clone());
+    // The login response names its user too, so a leak guard can bind the new session at once.
+    let stamp = HeaderValue::from_str(&user).ok();
     if api {
-        return json(StatusCode::OK, &serde_json::json!({ "token": token }));
+        let mut r = json(StatusCode::OK, &serde_json::json!({ "token": token }));
+        if let Some(v) = stamp {
+            r.headers_mut().insert(sh.user_header.clone(), v);
+        }
+        return r;
     }
     let mut r = text(StatusCode::SEE_OTHER, "");
+    if let Some(v) = stamp {
+        r.headers_mut().insert(sh.user_header.clone(), v);
+    }
     let cookie = format!(
         "{}={token}; Path=/; HttpOnly; SameSite=Lax",
         sh.cfg.session_cookie
