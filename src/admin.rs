@@ -85,7 +85,10 @@ pub async fn controller(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
-            _ = tick.tick() => room.tick(),
+            _ = tick.tick() => {
+                feed_back(&shared, &room);
+                room.tick();
+            }
             _ = save.tick() => {
                 let room = room.clone();
                 let r = tokio::task::spawn_blocking(move || room.save()).await;
@@ -95,6 +98,48 @@ pub async fn controller(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
             }
         }
     }
+}
+
+/// Metric: the portal concurrency limit now (fixed, or learned in adaptive mode).
+pub const UPSTREAM_LIMIT: &str = "anticamera_upstream_limit";
+/// Metric: requests waiting for a portal slot.
+pub const UPSTREAM_QUEUED: &str = "anticamera_upstream_queued";
+/// Metric: circuit breaker state (0 closed, 1 open, 2 half-open).
+pub const BREAKER_STATE: &str = "anticamera_breaker_state";
+
+/// The loop between the portal and the waiting room: when the portal slows down (its learned
+/// limit drops), requests pile up for a slot, or the breaker opens, new admissions slow down
+/// (multiplicative decrease); when it is healthy again they recover (additive increase).
+fn feed_back(shared: &Shared, room: &crate::room::Room) {
+    let mut f = room.health();
+    let mut struggling = false;
+    if let Some(b) = &shared.breaker {
+        let st = b.state();
+        metrics::gauge!(BREAKER_STATE).set(match st {
+            crate::breaker::BreakerState::Closed => 0.0,
+            crate::breaker::BreakerState::Open => 1.0,
+            crate::breaker::BreakerState::HalfOpen => 2.0,
+        });
+        if st != crate::breaker::BreakerState::Closed {
+            f *= 0.5;
+            struggling = true;
+        }
+    }
+    if let (Some(g), Some(cfg)) = (&shared.guard, &shared.config.upstream_guard) {
+        let limit = g.current_limit();
+        metrics::gauge!(UPSTREAM_LIMIT).set(limit as f64);
+        metrics::gauge!(UPSTREAM_QUEUED).set(g.queued() as f64);
+        let learned_low = (limit as f64) < 0.8 * cfg.max_in_flight as f64;
+        let piling_up = g.queued() > limit / 4;
+        if !struggling && (learned_low || piling_up) {
+            f *= 0.9;
+            struggling = true;
+        }
+    }
+    if !struggling {
+        f += 0.02;
+    }
+    room.set_health(f);
 }
 
 async fn route(

@@ -62,6 +62,8 @@ pub mod metric {
     pub const REFUSED: &str = "anticamera_waitroom_refused_total";
     /// Requests refused because the cohort's window is closed.
     pub const CLOSED: &str = "anticamera_schedule_closed_total";
+    /// Share of the configured admission given now (1 = all; lower while the portal struggles).
+    pub const ADMISSION_FACTOR: &str = "anticamera_waitroom_admission_factor";
     /// Estimated wait for a new arrival (seconds; absent when unknown).
     pub const ESTIMATED_WAIT: &str = "anticamera_waitroom_estimated_wait_seconds";
 }
@@ -248,6 +250,7 @@ pub struct Room {
     /// Release header name.
     pub release_header: http::HeaderName,
     cookie_prefix: String,
+    health_bits: std::sync::atomic::AtomicU64,
 }
 
 impl Room {
@@ -341,6 +344,7 @@ impl Room {
                 |e| RoomError::Config("waiting_room.release_header".into(), e.to_string()),
             )?,
             cookie_prefix: w.cookie_prefix.clone(),
+            health_bits: std::sync::atomic::AtomicU64::new(1.0f64.to_bits()),
         };
         room.restore()?;
         room.tick();
@@ -732,9 +736,27 @@ impl Room {
     pub fn tick(&self) {
         let now = self.clock.now_ms();
         let now_dt = self.clock.now();
+        let health = self.health();
+        metrics::gauge!(metric::ADMISSION_FACTOR).set(health);
         for g in &self.gates {
-            let total = g.capacity.load(Ordering::Relaxed);
+            let active_total: u32 = g.lanes.iter().map(|l| l.gate.active()).sum();
+            let configured = g.capacity.load(Ordering::Relaxed);
             let apm = g.admit_per_minute.load(Ordering::Relaxed);
+            // The loop closed with the portal: a struggling portal means fewer new admissions
+            // (a lower rate when one is set, else less room); users inside keep their slot.
+            let (total, apm) = if health >= 1.0 {
+                (configured, apm)
+            } else if apm > 0 {
+                (configured, ((apm as f64 * health).ceil() as u32).max(1))
+            } else {
+                (
+                    ((configured as f64 * health) as u32)
+                        .max(active_total)
+                        .min(configured)
+                        .max(1),
+                    0,
+                )
+            };
             // Which lanes admit now.
             let states: Vec<u8> = g
                 .lanes
@@ -809,6 +831,18 @@ impl Room {
                 publish(g, l, &l.gate.stats());
             }
         }
+    }
+
+    /// How much of the configured admission the portal can take now, in (0, 1]: set by the
+    /// controller from the portal guard and the circuit breaker.
+    pub fn health(&self) -> f64 {
+        f64::from_bits(self.health_bits.load(Ordering::Relaxed))
+    }
+
+    /// Sets the admission factor (clamped to [0.01, 1]).
+    pub fn set_health(&self, f: f64) {
+        self.health_bits
+            .store(f.clamp(0.01, 1.0).to_bits(), Ordering::Relaxed);
     }
 
     fn set_shuffle(&self, l: &Lane, start: u64, end: u64, key: [u8; 32]) {

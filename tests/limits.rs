@@ -1,0 +1,286 @@
+//! Rate limits, load shedding and the circuit breaker, over real sockets.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use http::Request;
+
+async fn get_with(
+    addr: std::net::SocketAddr,
+    path: &str,
+    cookie: Option<&str>,
+    json: bool,
+) -> (u16, http::HeaderMap, String) {
+    let mut b = Request::get(format!("http://{addr}{path}"));
+    if let Some(c) = cookie {
+        b = b.header("cookie", c);
+    }
+    if json {
+        b = b.header("accept", "application/json");
+    }
+    send(b.body(full("")).unwrap()).await
+}
+
+#[tokio::test]
+async fn address_limit_burst_rate_headers_and_an_honest_retry_after() {
+    let up = echo_upstream().await;
+    let p = proxy(
+        up.addr,
+        "",
+        "[rate_limits]\nper_address = { rate = \"2/s\", burst = 4 }\n",
+    );
+    let mut ok = 0;
+    let mut limited = None;
+    for _ in 0..10 {
+        let (s, h, body) = get_with(p.addr, "/", None, true).await;
+        match s {
+            200 => ok += 1,
+            429 => limited = Some((h, body)),
+            other => panic!("{other}"),
+        }
+    }
+    assert!(
+        (4..=5).contains(&ok),
+        "burst of 4 (+1 refilled at most): {ok}"
+    );
+    let (h, body) = limited.expect("no 429");
+    let v = json(&body);
+    assert_eq!(v["error"], "rate_limited");
+    let retry: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(
+        (1..=1).contains(&retry),
+        "2/s: one token within 1 s, got {retry}"
+    );
+    assert!(h.contains_key("ratelimit-policy"), "{h:?}");
+    assert!(h.contains_key("ratelimit"), "{h:?}");
+    assert_eq!(h["cache-control"], "no-store");
+    // Waiting exactly Retry-After is enough.
+    tokio::time::sleep(Duration::from_secs(retry)).await;
+    assert_eq!(get_with(p.addr, "/", None, false).await.0, 200);
+    // Sustained: over 2 s at most ~2/s more get through.
+    let start = Instant::now();
+    let mut served = 0;
+    while start.elapsed() < Duration::from_secs(2) {
+        if get_with(p.addr, "/", None, false).await.0 == 200 {
+            served += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        (3..=6).contains(&served),
+        "2/s over 2 s (+ refill): {served}"
+    );
+    let (_, _, m) = get(p.admin, "/metrics").await;
+    assert!(
+        m.contains("anticamera_ratelimit_limited_total{kind=\"address\"}"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn sessions_have_their_own_buckets() {
+    let up = echo_upstream().await;
+    let p = proxy(
+        up.addr,
+        "",
+        "[isolation]\nsession_cookies = [\"portal_session\"]\n[rate_limits]\nper_session = { rate = \"1/s\", burst = 3 }\n",
+    );
+    let a = Some("portal_session=alice");
+    let b = Some("portal_session=bob");
+    for _ in 0..3 {
+        assert_eq!(get_with(p.addr, "/", a, false).await.0, 200);
+    }
+    let (s, _, html) = get_with(p.addr, "/", a, false).await;
+    assert_eq!(s, 429);
+    assert!(
+        html.contains("<h1>Too Many Requests</h1>"),
+        "HTML for browsers: {html}"
+    );
+    // Bob is not affected by Alice.
+    assert_eq!(get_with(p.addr, "/", b, false).await.0, 200);
+}
+
+#[tokio::test]
+async fn users_inside_are_shed_last_and_new_arrivals_first() {
+    let up = upstream(|_req| async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        http::Response::new(full("done"))
+    })
+    .await;
+    let p = proxy(
+        up.addr,
+        "",
+        "[isolation]\nsession_cookies = [\"portal_session\"]\n\
+         [upstream_guard]\nmax_in_flight = 4\nreserve_for_inside = 0.5\nqueue_size = 4\nqueue_timeout = \"3s\"\n",
+    );
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let addr = p.addr;
+        tasks.push(tokio::spawn(async move {
+            let cookie = (i % 3 == 0).then(|| format!("portal_session=u{i}"));
+            let (s, h, _) = get_with(addr, "/claim", cookie.as_deref(), false).await;
+            (cookie.is_some(), s, h)
+        }));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut inside = (0, 0);
+    let mut new = (0, 0);
+    for t in tasks {
+        let (is_inside, s, h) = t.await.unwrap();
+        if s == 503 {
+            assert!(h.contains_key("retry-after"));
+        }
+        let c = if is_inside { &mut inside } else { &mut new };
+        if s == 200 {
+            c.0 += 1
+        } else {
+            c.1 += 1
+        }
+    }
+    assert_eq!(
+        inside.1, 0,
+        "a user inside was shed: inside {inside:?}, new {new:?}"
+    );
+    assert!(new.1 > 0, "nothing shed: new {new:?}");
+    let (_, _, m) = get(p.admin, "/metrics").await;
+    assert!(m.contains("anticamera_shed_total{reason="), "{m}");
+    assert!(m.contains("priority=\"new\""), "{m}");
+    assert!(!m.contains("priority=\"inside\""), "{m}");
+}
+
+#[tokio::test]
+async fn the_portal_never_sees_more_than_the_limit() {
+    let now = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (n2, p2) = (now.clone(), peak.clone());
+    let up = upstream(move |_req| {
+        let (n, p) = (n2.clone(), p2.clone());
+        async move {
+            let c = n.fetch_add(1, Ordering::SeqCst) + 1;
+            p.fetch_max(c, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            n.fetch_sub(1, Ordering::SeqCst);
+            http::Response::new(full("ok"))
+        }
+    })
+    .await;
+    let p = proxy(
+        up.addr,
+        "",
+        "[upstream_guard]\nmax_in_flight = 5\nqueue_size = 200\nqueue_timeout = \"10s\"\n",
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..60 {
+        let addr = p.addr;
+        tasks.push(tokio::spawn(async move { get(addr, "/").await.0 }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    assert!(
+        peak.load(Ordering::SeqCst) <= 5,
+        "peak {}",
+        peak.load(Ordering::SeqCst)
+    );
+    let (_, _, m) = get(p.admin, "/metrics").await;
+    assert!(
+        m.contains("anticamera_upstream_slot_wait_seconds_bucket"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn the_circuit_breaker_opens_answers_at_once_and_closes_after_recovery() {
+    let port_holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = port_holder.local_addr().unwrap();
+    drop(port_holder);
+    let p = proxy(
+        addr,
+        "",
+        "[upstream_guard]\nmax_in_flight = 10\n[upstream_guard.breaker]\nfailures = 3\nopen_for = \"500ms\"\n",
+    );
+    // The portal is down: connection failures open the breaker after 3.
+    for _ in 0..3 {
+        assert_eq!(get(p.addr, "/").await.0, 502);
+    }
+    let started = Instant::now();
+    let (s, h, body) = get_with(p.addr, "/", None, true).await;
+    assert_eq!(s, 503, "{body}");
+    assert_eq!(json(&body)["error"], "portal_unavailable");
+    assert!(h.contains_key("retry-after"));
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "should answer at once"
+    );
+    // The portal comes back; after open_for a probe goes through and closes the breaker.
+    let l = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let back = tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_r| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(full("back")))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut ok = false;
+    for _ in 0..20 {
+        if get(p.addr, "/").await.0 == 200 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "breaker never closed");
+    for _ in 0..5 {
+        assert_eq!(get(p.addr, "/").await.0, 200);
+    }
+    back.abort();
+}
+
+#[tokio::test]
+async fn a_struggling_portal_slows_admissions_down() {
+    // The portal is down: the breaker opens and the waiting room's admission factor drops.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [upstream]\nurls = [\"http://{dead}\"]\n\
+         [upstream_guard]\n[upstream_guard.breaker]\nfailures = 2\nopen_for = \"10s\"\n\
+         [waiting_room]\nkeys = [{{ id = 1, secret = \"limits-test-key-0123456789abcdef0123\" }}]\ntick = \"20ms\"\n\
+         [[gates]]\nname = \"claims\"\nprefix = [\"/claim\"]\ncapacity = 100\nadmit_per_minute = 600\n"
+    );
+    let p = proxy_from(&text);
+    for _ in 0..3 {
+        get(p.addr, "/info").await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, _, m) = get(p.admin, "/metrics").await;
+    let factor: f64 = m
+        .lines()
+        .find(|l| l.starts_with("anticamera_waitroom_admission_factor "))
+        .unwrap_or_else(|| panic!("{m}"))
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        factor < 0.2,
+        "admission factor {factor} with the portal down"
+    );
+    assert!(m.contains("anticamera_breaker_state 1"), "{m}");
+}
