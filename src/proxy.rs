@@ -128,7 +128,7 @@ pub struct ConnInfo {
 }
 
 /// How a request ended, for metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Outcome {
     /// The portal answered.
     Forwarded,
@@ -168,6 +168,48 @@ pub struct Proxy {
     shared: Arc<Shared>,
     upstream: Upstream,
     max_body: u64,
+    metrics: RequestMetrics,
+}
+
+/// Per-worker cache of metric handles, so the request path does not look labels up in the
+/// global registry (a hash and a lock) for every request.
+struct RequestMetrics {
+    routes: Vec<String>,
+    durations: Vec<metrics::Histogram>,
+    counters: std::sync::Mutex<std::collections::HashMap<(usize, Outcome, u16), metrics::Counter>>,
+}
+
+impl RequestMetrics {
+    fn new(shared: &Shared) -> Self {
+        let mut routes = vec!["open".to_string()];
+        if let Some(room) = &shared.room {
+            routes.extend(room.gates.iter().map(|g| g.name.clone()));
+        }
+        let durations = routes
+            .iter()
+            .map(|r| metrics::histogram!(telemetry::REQUEST_DURATION, "route" => r.clone()))
+            .collect();
+        RequestMetrics {
+            routes,
+            durations,
+            counters: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    fn record(&self, route: usize, outcome: Outcome, status: u16, took: std::time::Duration) {
+        let route = route.min(self.routes.len() - 1);
+        if let Ok(mut map) = self.counters.lock() {
+            map.entry((route, outcome, status))
+                .or_insert_with(|| {
+                    metrics::counter!(telemetry::REQUESTS_TOTAL,
+                        "route" => self.routes[route].clone(),
+                        "outcome" => outcome.label(),
+                        "status" => telemetry::status_label(status))
+                })
+                .increment(1);
+        }
+        self.durations[route].record(took.as_secs_f64());
+    }
 }
 
 impl Proxy {
@@ -176,6 +218,7 @@ impl Proxy {
         let upstream = Upstream::new(&shared.config, shared.targets.clone());
         let max_body = shared.config.server.max_body_bytes.0;
         Proxy {
+            metrics: RequestMetrics::new(&shared),
             shared,
             upstream,
             max_body,
@@ -186,27 +229,22 @@ impl Proxy {
     pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
         let started = Instant::now();
         let json = wants_json(req.headers());
-        let mut route_label: &str = "open";
-        let (resp, outcome) = match self.pipeline(req, conn, &mut route_label).await {
+        let mut route = 0usize;
+        let (resp, outcome) = match self.pipeline(req, conn, &mut route).await {
             Ok(r) => r,
             Err((synthetic, outcome)) => (synthetic.into_response(json), outcome),
         };
-        metrics::counter!(telemetry::REQUESTS_TOTAL,
-            "route" => route_label.to_string(),
-            "outcome" => outcome.label(),
-            "status" => telemetry::status_label(resp.status().as_u16()))
-        .increment(1);
-        metrics::histogram!(telemetry::REQUEST_DURATION, "route" => route_label.to_string())
-            .record(started.elapsed().as_secs_f64());
+        self.metrics
+            .record(route, outcome, resp.status().as_u16(), started.elapsed());
         resp
     }
 
     /// The request path, top to bottom.
-    async fn pipeline<'a>(
-        &'a self,
+    async fn pipeline(
+        &self,
         req: Request<Incoming>,
         conn: ConnInfo,
-        route_label: &mut &'a str,
+        route: &mut usize,
     ) -> Result<(Response<ProxyBody>, Outcome), (Synthetic, Outcome)> {
         let (mut parts, body) = req.into_parts();
         let has_body = !hyper::body::Body::is_end_stream(&body);
@@ -242,7 +280,7 @@ impl Proxy {
             cohort = c.index() as u16;
             gate = room.route(&parts.method, path).map(|g| (g, c));
             if let Some((g, _)) = gate {
-                *route_label = &room.gates[g].name;
+                *route = g + 1;
             }
         }
 

@@ -384,15 +384,40 @@ struct Timeouts {
 }
 
 /// Drives a connection and closes it when it stalls: a request head that does not complete in
-/// time, or no request and no bytes for the idle timeout.
+/// time, or no request and no bytes for the idle timeout. The I/O path only bumps counters; the
+/// watchdog reads the clock once per tick.
 async fn watchdog<F: std::future::Future>(conn: F, activity: Arc<Activity>, t: Timeouts) {
     tokio::pin!(conn);
     let tick = (t.head.min(t.idle) / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let mut last_io = activity.io.load(Ordering::Relaxed);
+    let mut idle_since = Instant::now();
+    let mut head_seen: Option<(u64, Instant)> = None;
     loop {
         tokio::select! {
             _ = &mut conn => return,
             _ = tokio::time::sleep(tick) => {
-                if let Some(reason) = activity.stalled(t) {
+                let now = Instant::now();
+                let io = activity.io.load(Ordering::Relaxed);
+                let busy = activity.in_flight.load(Ordering::Relaxed) != 0;
+                if io != last_io || busy {
+                    last_io = io;
+                    idle_since = now;
+                }
+                let head = activity.head_started.load(Ordering::Relaxed);
+                let reason = if busy || head == 0 {
+                    head_seen = None;
+                    (!busy && now - idle_since > t.idle).then_some("idle")
+                } else {
+                    let started = match head_seen {
+                        Some((h, at)) if h == head => at,
+                        _ => {
+                            head_seen = Some((head, now));
+                            now
+                        }
+                    };
+                    (now - started > t.head).then_some("head_timeout")
+                };
+                if let Some(reason) = reason {
                     metrics::counter!(telemetry::CONNECTIONS_CLOSED_TOTAL, "reason" => reason).increment(1);
                     tracing::debug!(reason, "closing stalled connection");
                     return;
@@ -402,66 +427,43 @@ async fn watchdog<F: std::future::Future>(conn: F, activity: Arc<Activity>, t: T
     }
 }
 
-/// What the watchdog needs to know about a connection, updated by its I/O and its requests.
+/// What the watchdog needs to know about a connection, updated by its I/O and its requests
+/// with plain counters (no clock reads on the I/O path).
 struct Activity {
-    epoch: Instant,
     /// Requests being answered on this connection.
     in_flight: AtomicU32,
-    /// Last byte read or written (ms since epoch).
-    last_io: AtomicU64,
-    /// First byte of a request head read while no request was in flight (ms since epoch + 1),
-    /// 0 when no head is being read.
+    /// Bumped on every read or write that moved bytes.
+    io: AtomicU64,
+    /// Non-zero while a request head is being read (a sequence number per head).
     head_started: AtomicU64,
 }
 
 impl Activity {
     fn new() -> Self {
         Activity {
-            epoch: Instant::now(),
             in_flight: AtomicU32::new(0),
-            last_io: AtomicU64::new(0),
+            io: AtomicU64::new(0),
             head_started: AtomicU64::new(0),
         }
     }
 
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64 + 1
-    }
-
     fn on_read(&self) {
-        let now = self.now_ms();
-        self.last_io.store(now, Ordering::Relaxed);
+        let n = self.io.fetch_add(1, Ordering::Relaxed) + 1;
         if self.in_flight.load(Ordering::Relaxed) == 0
             && self.head_started.load(Ordering::Relaxed) == 0
         {
-            self.head_started.store(now, Ordering::Relaxed);
+            self.head_started.store(n, Ordering::Relaxed);
         }
     }
 
     fn on_write(&self) {
-        self.last_io.store(self.now_ms(), Ordering::Relaxed);
+        self.io.fetch_add(1, Ordering::Relaxed);
     }
 
     fn begin_request(self: &Arc<Self>) -> RequestGuard {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.head_started.store(0, Ordering::Relaxed);
         RequestGuard(self.clone())
-    }
-
-    fn stalled(&self, t: Timeouts) -> Option<&'static str> {
-        if self.in_flight.load(Ordering::Relaxed) != 0 {
-            return None;
-        }
-        let now = self.now_ms();
-        let head = self.head_started.load(Ordering::Relaxed);
-        if head != 0 && now.saturating_sub(head) > t.head.as_millis() as u64 {
-            return Some("head_timeout");
-        }
-        let last = self.last_io.load(Ordering::Relaxed);
-        if now.saturating_sub(last) > t.idle.as_millis() as u64 {
-            return Some("idle");
-        }
-        None
     }
 }
 
@@ -470,7 +472,7 @@ struct RequestGuard(Arc<Activity>);
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.0.last_io.store(self.0.now_ms(), Ordering::Relaxed);
+        self.0.io.fetch_add(1, Ordering::Relaxed);
     }
 }
 

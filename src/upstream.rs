@@ -153,6 +153,8 @@ pub struct Upstream {
     client: Client<HttpConnector, LimitedBody>,
     targets: Arc<Targets>,
     response_timeout: Duration,
+    in_flight: metrics::Gauge,
+    duration: metrics::Histogram,
 }
 
 impl Upstream {
@@ -172,6 +174,8 @@ impl Upstream {
             client,
             targets,
             response_timeout: cfg.upstream.response_timeout.0,
+            in_flight: metrics::gauge!(telemetry::UPSTREAM_IN_FLIGHT),
+            duration: metrics::histogram!(telemetry::UPSTREAM_DURATION),
         }
     }
 
@@ -200,11 +204,10 @@ impl Upstream {
         *req.version_mut() = http::Version::HTTP_11;
 
         let started = Instant::now();
-        let in_flight = metrics::gauge!(telemetry::UPSTREAM_IN_FLIGHT);
-        in_flight.increment(1.0);
+        self.in_flight.increment(1.0);
         let result = tokio::time::timeout(self.response_timeout, self.client.request(req)).await;
-        in_flight.decrement(1.0);
-        metrics::histogram!(telemetry::UPSTREAM_DURATION).record(started.elapsed().as_secs_f64());
+        self.in_flight.decrement(1.0);
+        self.duration.record(started.elapsed().as_secs_f64());
         match result {
             Ok(Ok(resp)) => {
                 self.targets.record(target, true);
