@@ -13,6 +13,7 @@ pub mod cohort;
 pub mod config;
 pub mod demo;
 pub mod forwarded;
+pub mod framing;
 pub mod guard;
 pub mod isolation;
 pub mod microcache;

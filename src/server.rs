@@ -32,6 +32,7 @@ use tokio::sync::watch;
 
 use crate::admin;
 use crate::config::Config;
+use crate::framing::{FramingError, FramingValidator};
 use crate::proxy::{ConnInfo, Proxy, Shared};
 use crate::telemetry;
 
@@ -304,6 +305,7 @@ async fn worker(
         idle: cfg.server.idle_timeout.0,
     };
     let open = metrics::gauge!(telemetry::OPEN_CONNECTIONS);
+    let max_head = cfg.server.max_header_bytes.0 as usize * 2;
 
     loop {
         let (stream, peer) = tokio::select! {
@@ -340,6 +342,9 @@ async fn worker(
         let io = TokioIo::new(ActivityIo {
             inner: stream,
             activity: activity.clone(),
+            // Twice hyper's limit: an oversized head gets hyper's own 431 first.
+            framing: Some(FramingValidator::new(max_head)),
+            rejected: false,
         });
         let info = ConnInfo {
             peer,
@@ -476,11 +481,23 @@ impl Drop for RequestGuard {
     }
 }
 
-/// A client socket that reports its activity to the watchdog.
+/// A client socket that reports its activity to the watchdog and validates request framing
+/// before hyper parses a byte (see `framing.rs`). Bytes of a request whose framing is
+/// ambiguous never reach hyper: the client gets a 400 (when no earlier response is pending)
+/// and the connection ends.
 struct ActivityIo {
     inner: TcpStream,
     activity: Arc<Activity>,
+    framing: Option<FramingValidator>,
+    rejected: bool,
 }
+
+const BAD_REQUEST: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\n\
+cache-control: no-store\r\nconnection: close\r\ncontent-length: 41\r\n\r\n\
+Malformed or ambiguous request framing.\r\n";
+const HEAD_TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\n\
+content-type: text/plain\r\ncache-control: no-store\r\nconnection: close\r\n\
+content-length: 28\r\n\r\nRequest header too large.\r\n\r\n";
 
 impl AsyncRead for ActivityIo {
     fn poll_read(
@@ -488,10 +505,40 @@ impl AsyncRead for ActivityIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.rejected {
+            // End of stream for hyper: the connection closes.
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
             self.activity.on_read();
+            let this = &mut *self;
+            if let Some(v) = &mut this.framing {
+                match v.feed(&buf.filled()[before..]) {
+                    Ok(()) => {
+                        if v.is_passthrough() {
+                            this.framing = None;
+                        }
+                    }
+                    Err(e) => {
+                        buf.set_filled(before);
+                        this.rejected = true;
+                        metrics::counter!(telemetry::FRAMING_REJECTED, "reason" => e.reason())
+                            .increment(1);
+                        tracing::debug!(error = %e, "request framing refused");
+                        if this.activity.in_flight.load(Ordering::Relaxed) == 0 {
+                            let answer = if e == FramingError::HeadTooLarge {
+                                HEAD_TOO_LARGE
+                            } else {
+                                BAD_REQUEST
+                            };
+                            let _ = this.inner.try_write(answer);
+                        }
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+            }
         }
         r
     }

@@ -24,6 +24,8 @@ pub const OPEN_CONNECTIONS: &str = "anticamera_open_connections";
 pub const CONNECTIONS_TOTAL: &str = "anticamera_connections_total";
 /// Client connections closed by anticamera, by `reason` (`idle`, `head_timeout`).
 pub const CONNECTIONS_CLOSED_TOTAL: &str = "anticamera_connections_closed_total";
+/// Client connections closed because their request framing was ambiguous, by `reason`.
+pub const FRAMING_REJECTED: &str = "anticamera_framing_rejected_total";
 /// Portal addresses by `upstream` and health (1 = in rotation, 0 = skipped).
 pub const UPSTREAM_HEALTHY: &str = "anticamera_upstream_healthy";
 
