@@ -15,9 +15,10 @@
 //!
 //! Each virtual user (VU) is a task with its own cookie jar and `User-Agent: surge-vu-N`:
 //! `GET /` → `POST /login user=vuN` → `GET /account` (even VUs, HTML) or `GET /api/account`
-//! (odd VUs, JSON) → [waiting room: poll `/.anticamera/status?gate=G` every
-//! `retry_after_seconds` until admitted, then retry] → isolation check → `GET /claim` →
-//! `POST /claim amount=600` → done. 5xx answers, timeouts and transport errors are retried up to
+//! (odd VUs, JSON) → isolation check → `GET /claim` → `POST /claim amount=600` → done. Whenever a
+//! step meets the waiting room (normally `/account` first), the VU polls
+//! `/.anticamera/status?gate=G` every `retry_after_seconds` (+0–20% jitter) until admitted, then
+//! retries the step. 5xx answers, timeouts and transport errors are retried up to
 //! `--retries` times with exponential backoff; then the journey fails at that step.
 //!
 //! ```text
@@ -496,6 +497,7 @@ struct Recorder {
     /// Failed journeys by `step:reason`.
     failures: BTreeMap<String, u64>,
     iso_checked: u64,
+    iso_checked_by_path: BTreeMap<&'static str, u64>,
     iso_ok: u64,
     iso_incomplete: u64,
     iso_unverifiable: u64,
@@ -843,6 +845,7 @@ impl<'a> Vu<'a> {
         let iso = check_isolation(&self.user, owner, &resp.body);
         let mut rec = lock(&self.ctx.rec);
         rec.iso_checked += 1;
+        *rec.iso_checked_by_path.entry(path).or_default() += 1;
         match iso {
             Isolation::Ok => rec.iso_ok += 1,
             Isolation::Incomplete => rec.iso_incomplete += 1,
@@ -878,17 +881,18 @@ impl<'a> Vu<'a> {
         let ok = |r: &Resp| (200..400).contains(&r.status);
         let fail = |step: Step, r: &Resp| Stop::Failed(step, r.status.to_string());
 
-        // 1. The information page (open path).
-        match self.step(Step::Home, Method::GET, "/", html, None).await? {
-            Ok((r, _)) if ok(&r) => {}
-            Ok((r, _)) => return Ok(Err(fail(Step::Home, &r))),
+        // 1. The information page (open path; any step may meet a waiting room if the
+        //    operator gates it, so every step goes through `gated`).
+        match self.gated(Step::Home, Method::GET, "/", html, None).await? {
+            Ok(r) if ok(&r) => {}
+            Ok(r) => return Ok(Err(fail(Step::Home, &r))),
             Err(s) => return Ok(Err(s)),
         }
         self.pause().await;
 
-        // 2. Login (open path): the portal sets its session cookie.
+        // 2. Login: the portal sets its session cookie.
         match self
-            .step(
+            .gated(
                 Step::Login,
                 Method::POST,
                 "/login",
@@ -897,8 +901,8 @@ impl<'a> Vu<'a> {
             )
             .await?
         {
-            Ok((r, _)) if ok(&r) && self.jar.get("portal_session").is_some() => {}
-            Ok((r, _)) => return Ok(Err(fail(Step::Login, &r))),
+            Ok(r) if ok(&r) && self.jar.get("portal_session").is_some() => {}
+            Ok(r) => return Ok(Err(fail(Step::Login, &r))),
             Err(s) => return Ok(Err(s)),
         }
         self.pause().await;
@@ -1387,6 +1391,7 @@ fn build_report(
         },
         "isolation": {
             "checked": rec.iso_checked,
+            "checked_by_path": rec.iso_checked_by_path,
             "ok": rec.iso_ok,
             "leaks": rec.leaks,
             "leaks_by_path": rec.leaks_by_path,

@@ -22,6 +22,10 @@ MAX_WAIT=${MAX_WAIT:-60s}              # a user gives up after waiting this long
 FAULT_MODE=${FAULT_MODE:-0}            # 1 = the portal's 2020 cross-user cache under load
 BASE_LATENCY=${BASE_LATENCY:-20ms}     # portal latency at or under capacity
 COLUMNS_TO_RUN=${COLUMNS_TO_RUN:-"proxy direct"}
+THINK=${THINK:-0ms}                    # pause between the steps of a journey
+# Paths behind anticamera's waiting room. The home page and the login stay open by default;
+# GATE_PREFIXES="/login /account /claim /api/" puts the login behind the gate too.
+GATE_PREFIXES=${GATE_PREFIXES:-"/account /claim /api/"}
 # The gate admits users, not requests: an admitted user has at most one request in flight (one
 # browser tab, HTTP/1.1), so G users put at most G requests on the portal. The open pages (/ and
 # /login) are not gated and take the rest: leave them a quarter of C.
@@ -75,12 +79,14 @@ start_portal() {
 surge() { # column target
   "$BIN/surge" --mode "$1" --target "$2" --portal "$PORTAL" --capacity "$CAPACITY" \
     --users "$USERS" --ramp "$RAMP" --duration "$DURATION" --max-wait "$MAX_WAIT" \
-    --json-out "$OUT/surge-$1.json"
+    --think "$THINK" --json-out "$OUT/surge-$1.json"
   echo
 }
 
 # (a) Through anticamera: a waiting room on the personal pages and the claim.
 run_proxy() {
+  local prefixes
+  prefixes=$(printf '"%s", ' $GATE_PREFIXES)
   cat >"$work/anticamera.toml" <<CONF
 [server]
 listen = "127.0.0.1:$AC_PORT"
@@ -106,7 +112,7 @@ tick = "100ms"
 [[gates]]
 name = "services"
 label = "Domanda bonus 600 euro"
-prefix = ["/account", "/claim", "/api/"]
+prefix = [${prefixes%, }]
 capacity = $GATE_CAPACITY
 session_duration = "2m"
 CONF
@@ -115,7 +121,7 @@ CONF
   "$BIN/anticamera" run --config "$work/anticamera.toml" >"$work/logs/anticamera.log" 2>&1 &
   pids+=($!)
   wait_port "$AC_PORT"
-  echo "## through anticamera (gate capacity $GATE_CAPACITY users, portal capacity $CAPACITY)"
+  echo "## through anticamera (gate on $GATE_PREFIXES: $GATE_CAPACITY users; portal capacity $CAPACITY)"
   surge proxy "http://127.0.0.1:$AC_PORT"
   stop_all
 }
@@ -158,6 +164,8 @@ http {
   upstream portal { server 127.0.0.1:$PORTAL_PORT; keepalive 256; }
   server {
     listen 127.0.0.1:$NGINX_PORT;
+    # The limit keys must not be empty (an empty key is not limited): name the server.
+    server_name portal.surge;
     location / {
       limit_conn perserver $CAPACITY;
       limit_req zone=portal burst=$NGINX_BURST;
