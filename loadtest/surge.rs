@@ -81,7 +81,7 @@ impl Mode {
 /// Replays a claim-day surge of virtual users against the (demo) portal and reports capacity,
 /// goodput, latency, errors and session isolation.
 #[derive(Debug, Parser)]
-#[command(name = "surge", version, about, long_about = None)]
+#[command(name = "surge", version)]
 struct Args {
     /// Where users connect: anticamera, nginx, or the portal itself.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
