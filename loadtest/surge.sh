@@ -29,7 +29,8 @@ GATE_PREFIXES=${GATE_PREFIXES:-"/account /claim /api/"}
 # The gate admits users, not requests: an admitted user has at most one request in flight (one
 # browser tab, HTTP/1.1), so G users put at most G requests on the portal. The open pages (/ and
 # /login) are not gated and take the rest: leave them a quarter of C.
-GATE_CAPACITY=${GATE_CAPACITY:-$(( CAPACITY * 3 / 4 > 0 ? CAPACITY * 3 / 4 : 1 ))}
+GATE_CAPACITY=${GATE_CAPACITY:-$(( CAPACITY * 2 ))}
+GUARD_MODE=${GUARD_MODE:-fixed}
 # nginx: what an operator would derive from the portal's capacity (C requests of ~20 ms each =
 # 50*C req/s at best; allow half of that steadily, a burst of 2*C, C connections at once).
 NGINX_RATE=${NGINX_RATE:-$(( CAPACITY * 25 ))}
@@ -115,6 +116,25 @@ label = "Domanda bonus 600 euro"
 prefix = [${prefixes%, }]
 capacity = $GATE_CAPACITY
 session_duration = "2m"
+
+# The portal never sees more than its capacity: everything else waits briefly for a slot
+# (users inside first) or is shed with 503 + Retry-After.
+[upstream_guard]
+mode = "$GUARD_MODE"
+max_in_flight = $CAPACITY
+min_limit = $(( CAPACITY / 4 > 0 ? CAPACITY / 4 : 1 ))
+max_limit = $CAPACITY
+queue_size = $(( CAPACITY * 20 ))
+queue_timeout = "5s"
+reserve_for_inside = 0.3
+latency_threshold = "$(( ${BASE_LATENCY%ms} * 4 ))ms"
+
+[isolation]
+session_cookies = ["portal_session"]
+leak_guard_header = "x-portal-user"
+
+[microcache]
+enabled = true
 CONF
   "$BIN/anticamera" check-config "$work/anticamera.toml" >/dev/null
   start_portal

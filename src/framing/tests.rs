@@ -605,7 +605,7 @@ fn valid_requests_are_accepted() {
         (
             "body under CL containing a smuggled request is just body",
             req(
-                "Content-Length: 37\r\n",
+                "Content-Length: 35\r\n",
                 "\r\n\r\nGET /smuggled HTTP/1.1\r\nX: \0\n\r\n",
             ),
         ),
@@ -886,7 +886,7 @@ fn random_valid(rng: &mut Rng) -> Vec<u8> {
 
 #[test]
 fn random_valid_pipelines_are_accepted_at_any_split() {
-    let mut rng = Rng(0x5EED_0F_A11);
+    let mut rng = Rng(0x5EED_0FA1_1000);
     for _ in 0..2000 {
         let input = random_valid(&mut rng);
         assert_eq!(run_cuts(&input, &[], MAX), Ok(()), "{input:?}");
