@@ -934,9 +934,7 @@ mod tests {
 
     #[test]
     fn bad_duration_names_the_key() {
-        let i = issues(&format!(
-            "[upstream]\nurls = [\"http://a:1\"]\nconnect_timeout = \"3 parsecs\"\n"
-        ));
+        let i = issues("[upstream]\nurls = [\"http://a:1\"]\nconnect_timeout = \"3 parsecs\"\n");
         assert_eq!(i[0].key, "upstream.connect_timeout");
         assert!(i[0].reason.contains("invalid duration"));
     }

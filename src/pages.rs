@@ -526,10 +526,9 @@ fn when(lang: Lang, at: &DateTime<Tz>) -> String {
     match (lang, day_word(lang, at, &now)) {
         (Lang::It, Some(d)) => format!("alle {hm} di {d}"),
         (Lang::En, Some(d)) => format!("at {hm} {d}"),
-        (Lang::It, None) => format!(
-            "{}",
+        (Lang::It, None) => {
             format_local(at.with_timezone(&chrono::Utc), at.timezone(), lang.dates())
-        ),
+        }
         (Lang::En, None) => format!(
             "on {}",
             format_local(at.with_timezone(&chrono::Utc), at.timezone(), lang.dates())

@@ -726,7 +726,7 @@ impl<C: Clock> KindLimiter<C> {
         match self.limiter.check_key(&key) {
             Ok(snap) => {
                 let rem = snap.remaining_burst_capacity();
-                if tightest.map_or(true, |(_, r)| rem < r) {
+                if tightest.is_none_or(|(_, r)| rem < r) {
                     *tightest = Some((self.policy, rem));
                 }
                 Ok(())

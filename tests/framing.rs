@@ -107,7 +107,7 @@ fn cases() -> Vec<(&'static str, String)> {
         ),
         (
             "absolute-form target disagreeing with Host",
-            format!("GET http://other.example/ HTTP/1.1\r\nHost: portal.example\r\n\r\n"),
+            "GET http://other.example/ HTTP/1.1\r\nHost: portal.example\r\n\r\n".to_string(),
         ),
     ]
 }

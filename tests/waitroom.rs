@@ -202,8 +202,8 @@ async fn fifo_order_release_header_and_rate() {
         .await;
         let (s, _, _) = waiting[i].get(p.addr, "/claim", false).await;
         assert_eq!(s, 200, "user {i} should be next");
-        for j in i + 1..waiting.len() {
-            let (s, _, body) = waiting[j].get(p.addr, "/claim", true).await;
+        for (j, later) in waiting.iter_mut().enumerate().skip(i + 1) {
+            let (s, _, body) = later.get(p.addr, "/claim", true).await;
             assert_eq!(s, 503, "user {j} jumped the queue");
             assert_eq!(json(&body)["position"], (j - i) as u64);
         }

@@ -744,7 +744,7 @@ impl Schedule {
                 continue;
             };
             self.for_each_interval(day, bit, |s, e| {
-                if s <= t && t < e && best.map_or(true, |b| e > b) {
+                if s <= t && t < e && best.is_none_or(|b| e > b) {
                     best = Some(e);
                 }
             });
@@ -782,7 +782,7 @@ impl Schedule {
                 break;
             };
             self.for_each_interval(d, bit, |s, _| {
-                if s > now && s <= limit && best.map_or(true, |b| s < b) {
+                if s > now && s <= limit && best.is_none_or(|b| s < b) {
                     best = Some(s);
                 }
             });

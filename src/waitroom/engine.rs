@@ -1062,11 +1062,7 @@ impl Gate {
         }
         ctl.last_tick_ms = Some(now_ms);
         ctl.last_serving = serving;
-        if ctl
-            .history
-            .back()
-            .map_or(true, |&(t, _)| now_ms >= t + 1000)
-        {
+        if ctl.history.back().is_none_or(|&(t, _)| now_ms >= t + 1000) {
             if ctl.history.len() >= 120 {
                 ctl.history.pop_front();
             }
