@@ -80,6 +80,14 @@ urls = ["http://127.0.0.1:$UP_PORT"]
 listen = "127.0.0.1:$AC_ADMIN"
 [log]
 level = "warn"
+# A paused gate: every request to /queue gets the waiting-room page (and a new ticket); the
+# status poll answers from the ticket. Neither touches the upstream.
+[waiting_room]
+keys = [{ id = 1, secret = "bench-key-0123456789abcdef0123456789abcdef" }]
+[[gates]]
+name = "q"
+prefix = ["/queue"]
+mode = "paused"
 CONF
 
 nginx -c "$work/upstream.conf" -p "$work" & pids+=($!)
@@ -106,10 +114,22 @@ to_ms() { # wrk latency like 1.23ms / 850.00us / 1.10s
 
 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$NGINX_PORT/" >/dev/null   # warm-up
 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$AC_PORT/" >/dev/null
+ticket=$(curl -s -o /dev/null -D - "http://127.0.0.1:$AC_PORT/queue" | awk -F'[ ;]' 'tolower($1)=="set-cookie:" {print $2}')
+[[ -n $ticket ]] || { echo "no ticket from the queue page" >&2; exit 1; }
+run_wrk_path() { # name port path [headers...]
+  local name=$1 port=$2 path=$3; shift 3
+  local out rps p99
+  out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$@" "http://127.0.0.1:$port$path")
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  echo "$name $rps $p99" >> "$work/results"
+}
 for r in $(seq "$ROUNDS"); do
   run_wrk upstream-direct "$UP_PORT"
   run_wrk nginx "$NGINX_PORT"
   run_wrk anticamera "$AC_PORT"
+  run_wrk_path queue-page "$AC_PORT" /queue
+  run_wrk_path status-poll "$AC_PORT" "/.anticamera/status?gate=q" -H "Cookie: $ticket" -H "Accept: application/json"
 done
 
 ac_hwm=$(awk '/VmHWM/ {print $2}' /proc/$ac_pid/status)
@@ -125,7 +145,7 @@ echo "wrk -t$THREADS -c$CONNS -d$DURATION, $ROUNDS rounds, $WORKERS proxy worker
 echo
 echo "| target | req/s (median) | p99 ms (median) | notes |"
 echo "|---|---|---|---|"
-for name in upstream-direct nginx anticamera; do
+for name in upstream-direct nginx anticamera queue-page status-poll; do
   rps=$(awk -v n="$name" '$1==n {print $2}' "$work/results" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}')
   p99=$(awk -v n="$name" '$1==n {print $3}' "$work/results" | while read -r v; do to_ms "$v"; done | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}')
   notes=$(awk -v n="$name" '$1==n && NF>3 {$1=$2=$3=""; print}' "$work/results" | head -1)
@@ -135,6 +155,8 @@ done
 echo
 awk -v a="$rps_anticamera" -v n="$rps_nginx" -v pa="$p99_anticamera" -v pn="$p99_nginx" \
   'BEGIN { printf "anticamera / nginx: throughput %.2fx, p99 %.2fx (lower is better)\n", a/n, pa/pn }'
+awk -v q="$rps_queue_page" -v s="$rps_status_poll" -v n="$rps_nginx" \
+  'BEGIN { printf "waiting room vs nginx proxying: queue page %.2fx, JSON status poll %.2fx\n", q/n, s/n }'
 echo "peak RSS: anticamera ${ac_hwm} KiB, nginx proxy workers ${nginx_hwm} KiB (sum)"
 echo
 echo "raw rounds:"; cat "$work/results"
