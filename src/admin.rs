@@ -71,6 +71,18 @@ pub async fn serve(
     }
 }
 
+/// Drains recorded histogram samples into their buckets every second, so memory stays flat
+/// whether or not Prometheus scrapes `/metrics`.
+pub async fn upkeep(prometheus: &'static PrometheusHandle, mut shutdown: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = every.tick() => prometheus.run_upkeep(),
+        }
+    }
+}
+
 /// Runs the waiting room's controller until `shutdown`: ticks every `waiting_room.tick`, saves
 /// the state every `waiting_room.snapshot_interval`.
 pub async fn controller(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {

@@ -155,6 +155,7 @@ impl BoundServer {
                 };
                 rt.block_on(async move {
                     let ctl = tokio::spawn(admin::controller(shared.clone(), arx.clone()));
+                    tokio::spawn(admin::upkeep(handle, arx.clone()));
                     admin::serve(admin, shared, handle, arx).await;
                     let _ = ctl.await;
                 });
