@@ -31,6 +31,9 @@ GATE_PREFIXES=${GATE_PREFIXES:-"/account /claim /api/"}
 # /login) are not gated and take the rest: leave them a quarter of C.
 GATE_CAPACITY=${GATE_CAPACITY:-$(( CAPACITY * 2 ))}
 GUARD_MODE=${GUARD_MODE:-fixed}
+# The portal concurrency limit anticamera enforces. Above CAPACITY the portal degrades (and, in
+# fault mode, leaks): the canary storm sets it higher on purpose to exercise the leak guard.
+GUARD_LIMIT=${GUARD_LIMIT:-$CAPACITY}
 # nginx: what an operator would derive from the portal's capacity (C requests of ~20 ms each =
 # 50*C req/s at best; allow half of that steadily, a burst of 2*C, C connections at once).
 NGINX_RATE=${NGINX_RATE:-$(( CAPACITY * 25 ))}
@@ -121,9 +124,9 @@ session_duration = "2m"
 # (users inside first) or is shed with 503 + Retry-After.
 [upstream_guard]
 mode = "$GUARD_MODE"
-max_in_flight = $CAPACITY
-min_limit = $(( CAPACITY / 4 > 0 ? CAPACITY / 4 : 1 ))
-max_limit = $CAPACITY
+max_in_flight = $GUARD_LIMIT
+min_limit = $(( GUARD_LIMIT / 4 > 0 ? GUARD_LIMIT / 4 : 1 ))
+max_limit = $GUARD_LIMIT
 queue_size = $(( CAPACITY * 20 ))
 queue_timeout = "5s"
 reserve_for_inside = 0.3
