@@ -22,7 +22,11 @@ fn rss_kib() -> u64 {
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
-    let (waiting, active) = if full { (10_000_000u64, 1_000_000u32) } else { (100_000, 10_000) };
+    let (waiting, active) = if full {
+        (10_000_000u64, 1_000_000u32)
+    } else {
+        (100_000, 10_000)
+    };
     let now = 1_800_000_000_000u64;
     let settings = GateSettings {
         capacity: active,
@@ -45,7 +49,15 @@ fn main() {
         gate.tick(t);
     }
     for ticket in 1..=u64::from(active) {
-        gate.claim(Holder { ticket, visitor: ticket * 7919, binding: 1 }, t).expect("claim");
+        gate.claim(
+            Holder {
+                ticket,
+                visitor: ticket * 7919,
+                binding: 1,
+            },
+            t,
+        )
+        .expect("claim");
     }
     let with_active = rss_kib();
     assert_eq!(gate.stats().active, active);
@@ -56,7 +68,10 @@ fn main() {
     }
     let with_waiting = rss_kib();
     let s = gate.stats();
-    println!("waiting room memory ({} active, {} waiting)", s.active, s.waiting);
+    println!(
+        "waiting room memory ({} active, {} waiting)",
+        s.active, s.waiting
+    );
     println!(
         "  gate sized for {active} active users (slot table allocated up front): {} KiB",
         empty - base

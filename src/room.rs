@@ -1067,6 +1067,81 @@ mod tests {
         assert_ne!(binding_of(&a), binding_of(&b));
     }
 
+    fn room(text: &str, clock: Arc<Clock>) -> Room {
+        let cfg = Config::parse(&format!(
+            "[upstream]\nurls = [\"http://127.0.0.1:1\"]\n\
+             [waiting_room]\nkeys = [{{ id = 1, secret = \"room-test-key-0123456789abcdef0123\" }}]\n{text}"
+        ))
+        .unwrap();
+        Room::new(&cfg, clock).unwrap()
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    const SHARED_GATE: &str = "[cohorts]\ndefault = \"citizens\"\nnames = [\"citizens\", \"intermediaries\"]\n\
+        [[gates]]\nname = \"claims\"\nprefix = [\"/claim\"]\ncapacity = 100\n\
+        shares = { citizens = 0.75, intermediaries = 0.25 }\n\
+        [gates.schedule]\ngrace = \"0s\"\n\
+        [[gates.schedule.windows]]\ncohorts = [\"intermediaries\"]\nstart = \"08:00\"\nend = \"16:00\"\n\
+        [[gates.schedule.windows]]\ncohorts = [\"citizens\"]\nstart = \"12:00\"\nend = \"08:00\"\n";
+
+    fn caps(r: &Room) -> Vec<(String, u32, Mode)> {
+        r.gates[0]
+            .lanes
+            .iter()
+            .map(|l| {
+                let s = l.gate.stats();
+                (l.cohort_name.clone(), s.capacity, s.mode)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn capacity_shares_apply_only_while_windows_overlap() {
+        let clock = Arc::new(Clock::system());
+        // 10:00 Rome: only intermediaries are open: they get the whole gate.
+        clock.freeze_at(at("2026-04-02T10:00:00+02:00"));
+        let r = room(SHARED_GATE, clock.clone());
+        r.tick();
+        let c = caps(&r);
+        assert_eq!(c[1], ("intermediaries".into(), 100, Mode::Open), "{c:?}");
+        assert_eq!(c[0].2, Mode::Paused, "{c:?}");
+        // 13:00: both open: 75 / 25.
+        clock.freeze_at(at("2026-04-02T13:00:00+02:00"));
+        r.tick();
+        let c = caps(&r);
+        assert_eq!((c[0].1, c[1].1), (75, 25), "{c:?}");
+        assert_eq!((c[0].2, c[1].2), (Mode::Open, Mode::Open));
+        // 17:00: only citizens: the whole gate again.
+        clock.freeze_at(at("2026-04-02T17:00:00+02:00"));
+        r.tick();
+        let c = caps(&r);
+        assert_eq!(c[0], ("citizens".into(), 100, Mode::Open), "{c:?}");
+        assert_eq!(c[1].2, Mode::Paused);
+    }
+
+    #[test]
+    fn a_struggling_portal_lowers_admissions() {
+        let clock = Arc::new(Clock::system());
+        let r = room(
+            "[[gates]]\nname = \"a\"\nprefix = [\"/a\"]\ncapacity = 100\nadmit_per_minute = 600\n\
+             [[gates]]\nname = \"b\"\nprefix = [\"/b\"]\ncapacity = 100\n",
+            clock,
+        );
+        r.set_health(0.1);
+        r.tick();
+        let a = r.gates[0].lanes[0].gate.settings();
+        let b = r.gates[1].lanes[0].gate.settings();
+        assert_eq!((a.capacity, a.admit_per_minute), (100, 60), "rate scaled");
+        assert_eq!(b.capacity, 10, "no rate set: room scaled");
+        r.set_health(1.0);
+        r.tick();
+        assert_eq!(r.gates[0].lanes[0].gate.settings().admit_per_minute, 600);
+        assert_eq!(r.gates[1].lanes[0].gate.settings().capacity, 100);
+    }
+
     #[test]
     fn hex_round_trip() {
         let k: [u8; 32] = rand::random();

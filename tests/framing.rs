@@ -133,3 +133,34 @@ async fn ambiguous_requests_are_refused_and_nothing_smuggled_reaches_the_portal(
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 }
+
+#[tokio::test]
+async fn a_body_anticamera_does_not_read_is_never_taken_for_a_request() {
+    let (up, seen) = recording_upstream().await;
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [upstream]\nurls = [\"http://{}\"]\n\
+         [waiting_room]\nkeys = [{{ id = 1, secret = \"framing-test-key-0123456789abcdef0123\" }}]\n\
+         [[gates]]\nname = \"claims\"\nprefix = [\"/claim\"]\nmode = \"paused\"\n",
+        up.addr
+    );
+    let p = proxy_from(&text);
+    // The gate is paused: anticamera answers the POST itself (queue page) without reading its
+    // body; the body hides a request that must never be served.
+    let req = format!(
+        "POST /claim HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{SMUGGLED}",
+        SMUGGLED.len()
+    );
+    let resp = raw(p.addr, req.as_bytes(), Duration::from_secs(3)).await;
+    assert!(resp.starts_with("HTTP/1.1 503"), "{resp}");
+    assert!(
+        resp.to_ascii_lowercase().contains("connection: close"),
+        "{resp}"
+    );
+    assert_eq!(resp.matches("HTTP/1.1 ").count(), 1, "{resp}");
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "{:?}",
+        seen.lock().unwrap()
+    );
+}
