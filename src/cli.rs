@@ -203,39 +203,25 @@ fn demo(path: &Path, args: &PortalArgs) -> anyhow::Result<()> {
         .with_context(|| format!("the demo portal needs an IP:port upstream, not {portal_addr}"))?;
     let portal_cfg = args.config();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
-        .name("demo-portal".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(anyhow::anyhow!(e)));
-                    return;
-                }
-            };
-            rt.block_on(async move {
-                let started = async {
-                    let l = tokio::net::TcpListener::bind(portal_addr).await?;
-                    crate::demo::spawn(l, portal_cfg).await
-                }
-                .await;
-                match started {
-                    Ok(handle) => {
-                        let _ = ready_tx.send(Ok(()));
-                        std::future::pending::<()>().await;
-                        drop(handle);
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(anyhow::anyhow!(
-                            "demo portal cannot listen on {portal_addr}: {e}"
-                        )));
-                    }
-                }
-            });
-        })?;
+    crate::server::spawn_on_own_runtime("demo-portal".into(), move || async move {
+        let started = async {
+            let l = tokio::net::TcpListener::bind(portal_addr).await?;
+            crate::demo::spawn(l, portal_cfg).await
+        }
+        .await;
+        match started {
+            Ok(handle) => {
+                let _ = ready_tx.send(Ok(()));
+                std::future::pending::<()>().await;
+                drop(handle);
+            }
+            Err(e) => {
+                let _ = ready_tx.send(Err(anyhow::anyhow!(
+                    "demo portal cannot listen on {portal_addr}: {e}"
+                )));
+            }
+        }
+    })?;
     ready_rx.recv().context("demo portal thread ended")??;
     let bound = BoundServer::bind(cfg).context("starting anticamera")?;
     let (addr, admin) = (bound.local_addr(), bound.admin_addr());

@@ -576,11 +576,20 @@ impl Proxy {
         admitted: bool,
     ) -> (pages::Lang, View<'a>) {
         let lang = pages::negotiate_lang(&parts.headers);
+        // Where the page sends the user back: only a path on this site (never `//host`).
         let page_url = parts
             .uri
             .path_and_query()
             .map(|p| p.as_str())
+            .filter(|p| p.starts_with('/') && !p.starts_with("//") && !p.contains('\\'))
             .unwrap_or("/");
+        let tz_of = |gate: usize| {
+            room.gates[gate]
+                .schedule
+                .as_ref()
+                .map(|s| s.time_zone())
+                .unwrap_or(chrono_tz::Europe::Rome)
+        };
         match answer {
             Answer::Queue {
                 gate,
@@ -590,11 +599,7 @@ impl Proxy {
                 prequeue_random,
             } => {
                 let g = &room.gates[*gate];
-                let tz = g
-                    .schedule
-                    .as_ref()
-                    .map(|s| s.time_zone())
-                    .unwrap_or(chrono_tz::Europe::Rome);
+                let tz = tz_of(*gate);
                 (
                     lang,
                     View::Queue {
@@ -621,11 +626,7 @@ impl Proxy {
                 opens_at,
             } => {
                 let g = &room.gates[*gate];
-                let tz = g
-                    .schedule
-                    .as_ref()
-                    .map(|s| s.time_zone())
-                    .unwrap_or(chrono_tz::Europe::Rome);
+                let tz = tz_of(*gate);
                 (
                     lang,
                     View::Closed {

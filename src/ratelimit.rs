@@ -57,24 +57,8 @@ use governor::state::{InMemoryState, NotKeyed, StateStore};
 use governor::Quota;
 use serde::Deserialize;
 
-/// One configuration error, naming the key (relative to the section) and a human reason.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{key}: {reason}")]
-pub struct FieldError {
-    /// Key path relative to the module's section, e.g. `per_session.burst`.
-    pub key: String,
-    /// Why the value is refused.
-    pub reason: String,
-}
-
-impl FieldError {
-    pub(crate) fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
-        FieldError {
-            key: key.into(),
-            reason: reason.into(),
-        }
-    }
-}
+/// A configuration error naming the offending key and a reason (shared by every section).
+pub use crate::cohort::FieldError;
 
 /// Serde helper: a duration written as a humantime string ("250ms", "10s", "5m").
 pub(crate) mod duration_str {

@@ -119,48 +119,22 @@ impl BoundServer {
             let shared = self.shared.clone();
             let rx = rx.clone();
             let conns = conns.clone();
-            let t = std::thread::Builder::new()
-                .name(format!("anticamera-w{i}"))
-                .spawn(move || {
-                    let rt = match tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                    {
-                        Ok(rt) => rt,
-                        Err(e) => {
-                            tracing::error!(error = %e, "cannot build worker runtime");
-                            return;
-                        }
-                    };
-                    rt.block_on(worker(listener, shared, rx, conns));
-                })
-                .map_err(ServerError::Worker)?;
+            let t = spawn_on_own_runtime(format!("anticamera-w{i}"), move || {
+                worker(listener, shared, rx, conns)
+            })
+            .map_err(ServerError::Worker)?;
             threads.push(t);
         }
         let shared = self.shared.clone();
         let admin = self.admin;
         let (admin_tx, arx) = watch::channel(false);
-        let admin_thread = std::thread::Builder::new()
-            .name("anticamera-admin".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot build admin runtime");
-                        return;
-                    }
-                };
-                rt.block_on(async move {
-                    let ctl = tokio::spawn(admin::controller(shared.clone(), arx.clone()));
-                    tokio::spawn(admin::upkeep(handle, arx.clone()));
-                    admin::serve(admin, shared, handle, arx).await;
-                    let _ = ctl.await;
-                });
-            })
-            .map_err(ServerError::Worker)?;
+        let admin_thread = spawn_on_own_runtime("anticamera-admin".into(), move || async move {
+            let ctl = tokio::spawn(admin::controller(shared.clone(), arx.clone()));
+            tokio::spawn(admin::upkeep(handle, arx.clone()));
+            admin::serve(admin, shared, handle, arx).await;
+            let _ = ctl.await;
+        })
+        .map_err(ServerError::Worker)?;
         tracing::info!(listen = %self.addr, admin = %self.admin_addr, "anticamera started");
         Ok(RunningServer {
             shutdown: tx,
@@ -242,6 +216,25 @@ impl ShutdownHandle {
         self.shared.draining.store(true, Ordering::Relaxed);
         let _ = self.tx.send(true);
     }
+}
+
+/// Runs a future to completion on a new named thread with its own current-thread runtime.
+pub fn spawn_on_own_runtime<F, Fut>(name: String, f: F) -> io::Result<JoinHandle<()>>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(f()),
+                Err(e) => tracing::error!(error = %e, thread = %name, "cannot build a runtime"),
+            }
+        })
 }
 
 fn reuseport_listener(
