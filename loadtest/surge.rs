@@ -17,7 +17,7 @@
 //! `GET /` → `POST /login user=vuN` → `GET /account` (even VUs, HTML) or `GET /api/account`
 //! (odd VUs, JSON) → isolation check → `GET /claim` → `POST /claim amount=600` → done. Whenever a
 //! step meets the waiting room (normally `/account` first), the VU polls
-//! `/.anticamera/status?gate=G` every `retry_after_seconds` (+0–20% jitter) until admitted, then
+//! `/.anticamera/status?gate=G&wait=N` (a long poll of `retry_after_seconds`) until admitted, then
 //! retries the step. 5xx answers, timeouts and transport errors are retried up to
 //! `--retries` times with exponential backoff; then the journey fails at that step.
 //!
@@ -777,19 +777,25 @@ impl<'a> Vu<'a> {
     async fn wait_in_queue(&mut self, first: &Resp) -> anyhow::Result<Result<(), Stop>> {
         self.set_state(vu_state::WAITING);
         let mut retry = retry_after_of(first).unwrap_or(1.0);
-        let path = format!("/.anticamera/status?gate={}", self.ctx.args.gate);
         let outcome = loop {
             if self.waited >= self.ctx.args.max_wait {
                 break Err(Stop::GaveUp);
             }
             let left = self.ctx.args.max_wait - self.waited;
-            let j = rand::thread_rng().gen_range(1.0..1.2);
-            let pause = Duration::from_secs_f64(retry.max(0.1) * j).min(left);
+            // Long poll: the proxy holds the answer up to `wait` seconds and answers as soon as
+            // the ticket is admitted; a short jittered pause between polls.
+            let wait = retry.max(1.0).ceil().min(20.0) as u64;
+            let path = format!(
+                "/.anticamera/status?gate={}&wait={wait}",
+                self.ctx.args.gate
+            );
+            let pause = Duration::from_secs_f64(rand::thread_rng().gen_range(0.05..0.2)).min(left);
             tokio::time::sleep(pause).await;
             self.waited += pause;
             let (r, lat) = self
                 .request(Method::GET, &path, "application/json", None)
                 .await?;
+            self.waited += Duration::from_secs_f64(lat.as_secs_f64());
             let status = r.as_ref().map(|r| r.status).unwrap_or(0);
             let class = match &r {
                 Ok(_) => Class::Poll,

@@ -273,7 +273,7 @@ impl Proxy {
         let mut cohort = 0u16;
         if let (Some(room), Some(path)) = (&sh.room, &path) {
             if let Some(own) = path.strip_prefix(pages::OWN_PREFIX) {
-                let resp = self.own_endpoint(room, own, &parts, client, conn);
+                let resp = self.own_endpoint(room, own, &parts, client, conn).await;
                 return Ok((close_if_unread(resp, has_body), Outcome::Queued));
             }
             let c = room.classify(&parts, client, conn.peer.ip());
@@ -519,7 +519,7 @@ impl Proxy {
     }
 
     /// `/.anticamera/status?gate=NAME` (JSON poll) and `/.anticamera/lang/{it,en}?return=PATH`.
-    fn own_endpoint(
+    async fn own_endpoint(
         &self,
         room: &Room,
         own: &str,
@@ -534,6 +534,30 @@ impl Proxy {
             let Some(gate) = gate else {
                 return Synthetic::not_found("Unknown gate.").into_response(true);
             };
+            // Long poll: `wait=N` holds the answer up to N seconds (at most 20) until the
+            // ticket is admitted, so an admitted user's place does not sit idle until their
+            // next poll.
+            let wait = query_param(query, "wait")
+                .and_then(|w| w.parse::<u64>().ok())
+                .unwrap_or(0)
+                .min(20);
+            if wait > 0 {
+                let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
+                loop {
+                    let pending = room.waiters();
+                    if room.is_admitted(gate, parts, client, conn.peer.ip())
+                        || !matches!(
+                            room.status(gate, parts, client, conn.peer.ip()),
+                            Some(Answer::Queue { .. })
+                        )
+                    {
+                        break;
+                    }
+                    if tokio::time::timeout_at(deadline, pending).await.is_err() {
+                        break;
+                    }
+                }
+            }
             return match room.status(gate, parts, client, conn.peer.ip()) {
                 Some(answer) => {
                     let admitted = room.is_admitted(gate, parts, client, conn.peer.ip());

@@ -251,6 +251,8 @@ pub struct Room {
     pub release_header: http::HeaderName,
     cookie_prefix: String,
     health_bits: std::sync::atomic::AtomicU64,
+    /// Woken whenever a controller tick admits someone (long-polling status requests wait on it).
+    advanced: tokio::sync::Notify,
 }
 
 impl Room {
@@ -345,6 +347,7 @@ impl Room {
             )?,
             cookie_prefix: w.cookie_prefix.clone(),
             health_bits: std::sync::atomic::AtomicU64::new(1.0f64.to_bits()),
+            advanced: tokio::sync::Notify::new(),
         };
         room.restore()?;
         room.tick();
@@ -827,10 +830,17 @@ impl Room {
                         }
                     }
                 }
-                l.gate.tick(now);
+                if l.gate.tick(now).admitted > 0 {
+                    self.advanced.notify_waiters();
+                }
                 publish(g, l, &l.gate.stats());
             }
         }
+    }
+
+    /// Resolves at the next tick that admits someone (for long-polling status requests).
+    pub fn waiters(&self) -> tokio::sync::futures::Notified<'_> {
+        self.advanced.notified()
     }
 
     /// How much of the configured admission the portal can take now, in (0, 1]: set by the

@@ -461,3 +461,32 @@ async fn admin_api_needs_the_token_and_changes_gates_at_runtime() {
     assert_eq!(send(post("/admin/gates/claims/queue-all", "")).await.0, 200);
     assert_eq!(Browser::new("c").get(p.addr, "/claim", false).await.0, 503);
 }
+
+#[tokio::test]
+async fn a_long_poll_answers_as_soon_as_the_ticket_is_admitted() {
+    let up = portal().await;
+    let p = proxy_from(&room_config(up.addr, "capacity = 1", ""));
+    let mut inside = Browser::new("inside");
+    assert_eq!(inside.get(p.addr, "/claim", false).await.0, 200);
+    let mut next = Browser::new("next");
+    assert_eq!(next.get(p.addr, "/claim", true).await.0, 503);
+    let addr = p.addr;
+    let mut poller = next.clone();
+    let poll = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let (_, _, body) = poller
+            .get(addr, "/.anticamera/status?gate=claims&wait=10", true)
+            .await;
+        (started.elapsed(), json(&body))
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !poll.is_finished(),
+        "the long poll answered before anything changed"
+    );
+    inside.get(p.addr, "/claim/submit", false).await;
+    let (took, v) = poll.await.unwrap();
+    assert_eq!(v["state"], "admitted", "{v}");
+    assert!(took < Duration::from_secs(2), "answered after {took:?}");
+    assert_eq!(next.get(p.addr, "/claim", false).await.0, 200);
+}
