@@ -673,11 +673,15 @@ impl Room {
         }
     }
 
-    /// The portal ended a session: free its slot now. Returns the cookie that clears the pass.
+    /// The portal ended a session: free its slot now, and let the next in line in at once.
+    /// Returns the cookie that clears the pass.
     pub fn release(&self, lane_id: u16, slot: u32, ticket: u64) -> Option<HeaderValue> {
         for g in &self.gates {
             if let Some(l) = g.lanes.iter().find(|l| l.id == lane_id) {
                 if l.gate.release(slot, ticket) {
+                    if l.gate.admit(self.clock.now_ms()) > 0 {
+                        self.advanced.notify_waiters();
+                    }
                     return HeaderValue::from_str(&format!(
                         "{}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax{}",
                         g.cookie,

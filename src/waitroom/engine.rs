@@ -889,39 +889,56 @@ impl Gate {
     /// expire idle sessions and stale reservations, then admit as many
     /// waiting tickets as room and the rate cap allow.
     pub fn tick(&self, now_ms: u64) -> TickReport {
+        let expired = self.expire_idle(now_ms);
+        let abandoned = self.expire_reservations(now_ms);
         let mut ctl = self.lock();
-        let mut rep = TickReport {
-            expired: self.expire_idle(now_ms),
-            abandoned: self.expire_reservations(now_ms),
-            ..TickReport::default()
-        };
+        let waiting = self.store.next_ticket() > self.store.serving();
+        let admitted = self.admit_locked(&mut ctl, now_ms);
+        self.update_rates(&mut ctl, waiting, now_ms);
+        TickReport {
+            admitted,
+            expired,
+            abandoned,
+        }
+    }
+
+    /// Only the admission half of [`Gate::tick`]: admits as many waiting tickets as room and
+    /// the rate cap allow, right now. Called when a place frees up (the portal's release
+    /// header), so the next in line does not wait for the next tick.
+    pub fn admit(&self, now_ms: u64) -> u64 {
+        let mut ctl = self.lock();
+        self.admit_locked(&mut ctl, now_ms)
+    }
+
+    fn admit_locked(&self, ctl: &mut Controller, now_ms: u64) -> u64 {
         let apm = self.admit_per_minute.load(Ordering::Acquire);
-        refill(&mut ctl, apm, now_ms);
+        refill(ctl, apm, now_ms);
         let serving = self.store.serving();
         let waiting = self.store.next_ticket().saturating_sub(serving);
-        if self.mode() != Mode::Paused && waiting > 0 {
-            let allowance = if apm == 0 {
-                u64::MAX
-            } else {
-                ctl.bucket_units / TOKEN
-            };
-            let want = u32::try_from(waiting.min(allowance)).unwrap_or(u32::MAX);
-            let n = self
-                .store
-                .reserve(want, self.capacity.load(Ordering::Acquire));
-            if n > 0 {
-                if self.advance_locked(&mut ctl, serving, n, now_ms) {
-                    if apm > 0 {
-                        ctl.bucket_units = ctl.bucket_units.saturating_sub(u64::from(n) * TOKEN);
-                    }
-                    rep.admitted = u64::from(n);
-                } else {
-                    self.store.unreserve(n);
-                }
-            }
+        if self.mode() == Mode::Paused || waiting == 0 {
+            return 0;
         }
-        self.update_rates(&mut ctl, waiting > 0, now_ms);
-        rep
+        let allowance = if apm == 0 {
+            u64::MAX
+        } else {
+            ctl.bucket_units / TOKEN
+        };
+        let want = u32::try_from(waiting.min(allowance)).unwrap_or(u32::MAX);
+        let n = self
+            .store
+            .reserve(want, self.capacity.load(Ordering::Acquire));
+        if n == 0 {
+            return 0;
+        }
+        if self.advance_locked(ctl, serving, n, now_ms) {
+            if apm > 0 {
+                ctl.bucket_units = ctl.bucket_units.saturating_sub(u64::from(n) * TOKEN);
+            }
+            u64::from(n)
+        } else {
+            self.store.unreserve(n);
+            0
+        }
     }
 
     /// Admits tickets `[a, a+n)`: clears their claimed bits, records the
