@@ -413,10 +413,8 @@ impl Proxy {
                 }
                 Err(shed) => {
                     metrics::counter!(SHED, "reason" => shed.reason.as_str(), "priority" => priority.as_str()).increment(1);
-                    if let (Some(b), Some(t)) = (&sh.breaker, breaker_ticket) {
-                        // Not the portal's fault: do not count as a failure.
-                        b.record(t, true, Instant::now());
-                    }
+                    // Not the portal's fault: the breaker ticket stays unrecorded (neither a
+                    // failure nor a success; an unreported probe frees itself after open_for).
                     return Err((
                         Synthetic::unavailable(
                             "overloaded",

@@ -631,14 +631,13 @@ async fn login(sh: &Shared, req: Request<Incoming>, api: bool) -> Response<Body>
     };
     let token = format!("{:032x}", rand::random::<u128>());
     lock(&sh.sessions).insert(token.clone(), user.clone());
-    // The login response names its user too, so a leak guard can bind the new session at once.
+    // The login response names its user too, so a leak guard can bind the new session (the
+    // cookie it sets) at once.
     let stamp = HeaderValue::from_str(&user).ok();
     if api {
-        let mut r = json(StatusCode::OK, &serde_json::json!({ "token": token }));
-        if let Some(v) = stamp {
-            r.headers_mut().insert(sh.user_header.clone(), v);
-        }
-        return r;
+        // The token travels in the body, not in a cookie: there is no session for a leak
+        // guard to bind here, so this answer carries no user stamp.
+        return json(StatusCode::OK, &serde_json::json!({ "token": token }));
     }
     let mut r = text(StatusCode::SEE_OTHER, "");
     if let Some(v) = stamp {
