@@ -3,7 +3,8 @@
 # machine, same run. Prints a Markdown table for BENCHMARKS.md.
 #
 #   loadtest/bench-forward.sh            # 3 rounds of 10 s per proxy, wrk -t1 -c64
-#   ROUNDS=5 DURATION=20s CONNS=128 loadtest/bench-forward.sh
+#   ROUNDS=5 DURATION=20s CONNS=128 THREADS=2 loadtest/bench-forward.sh
+#   (WORKERS sets both proxies' workers; AC_WORKERS overrides anticamera's alone)
 #
 # The upstream is nginx serving a 2 KiB file (so the upstream is never the bottleneck); both
 # proxies keep pooled keep-alive connections to it and run 2 workers. Everything shares the
@@ -73,7 +74,7 @@ CONF
 cat > "$work/anticamera.toml" <<CONF
 [server]
 listen = "127.0.0.1:$AC_PORT"
-workers = $WORKERS
+workers = ${AC_WORKERS:-$WORKERS}
 [upstream]
 urls = ["http://127.0.0.1:$UP_PORT"]
 [admin]

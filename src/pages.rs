@@ -38,7 +38,7 @@ use std::borrow::Cow;
 use std::path::Path;
 use std::time::Duration;
 
-use chrono::{DateTime, Datelike};
+use chrono::DateTime;
 use chrono_tz::Tz;
 use http::header::{HeaderMap, ACCEPT_LANGUAGE};
 
@@ -626,11 +626,6 @@ pub fn closed_json(v: &ClosedView) -> String {
         "message": closed_lead(v),
     })
     .to_string()
-}
-
-#[allow(dead_code)]
-fn _weekday_used(d: &DateTime<Tz>) -> u32 {
-    d.weekday().num_days_from_monday()
 }
 
 #[cfg(test)]

@@ -34,8 +34,8 @@ use crate::config::Config;
 use crate::route::Rules;
 use crate::schedule::{KeyedPermutation, PrequeueOrder, Schedule, WindowState};
 use crate::waitroom::{
-    Arrival, ClaimError, Gate, GateSnapshot, GateStats, Holder, Keyring, Kind, Mode, PassError,
-    Token, TouchError, VisitorId,
+    Arrival, ClaimError, Gate, GateSnapshot, GateStats, Holder, Keyring, Kind, Mode, Token,
+    TouchError, VisitorId,
 };
 
 /// Metric names of the waiting room (labels: `gate`, `cohort`).
@@ -1037,13 +1037,6 @@ fn unhex32(s: &str) -> Option<[u8; 32]> {
         *o = u8::from_str_radix(s.get(i * 2..i * 2 + 2)?, 16).ok()?;
     }
     Some(out)
-}
-
-#[allow(dead_code)]
-fn _assert_send_sync() {
-    fn f<T: Send + Sync>() {}
-    f::<Room>();
-    let _ = PassError::Malformed;
 }
 
 #[cfg(test)]
