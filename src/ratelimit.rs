@@ -418,7 +418,8 @@ impl RateLimitHeaders {
     }
 }
 
-fn ceil_secs(d: Duration) -> u64 {
+/// Whole seconds, rounded up (an honest `Retry-After`: waiting that long is always enough).
+pub fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
