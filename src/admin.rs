@@ -319,13 +319,17 @@ async fn admin_api(req: Request<Incoming>, shared: &Shared) -> Response<Full<Byt
 
 fn gate_json(g: &crate::room::GateRuntime) -> serde_json::Value {
     use std::sync::atomic::Ordering;
-    let lanes: Vec<serde_json::Value> = g
+    // One snapshot per lane, used for the lane and for the gate's totals.
+    let stats: Vec<(&str, crate::waitroom::GateStats)> = g
         .lanes
         .iter()
-        .map(|l| {
-            let s = l.gate.stats();
+        .map(|l| (l.cohort_name.as_str(), l.gate.stats()))
+        .collect();
+    let lanes: Vec<serde_json::Value> = stats
+        .iter()
+        .map(|(cohort, s)| {
             serde_json::json!({
-                "cohort": l.cohort_name,
+                "cohort": cohort,
                 "mode": s.mode.as_str(),
                 "capacity": s.capacity,
                 "waiting": s.waiting,
@@ -343,7 +347,7 @@ fn gate_json(g: &crate::room::GateRuntime) -> serde_json::Value {
         })
         .collect();
     let sum = |f: fn(&crate::waitroom::GateStats) -> u64| -> u64 {
-        g.lanes.iter().map(|l| f(&l.gate.stats())).sum()
+        stats.iter().map(|(_, s)| f(s)).sum()
     };
     serde_json::json!({
         "name": g.name,
@@ -356,7 +360,7 @@ fn gate_json(g: &crate::room::GateRuntime) -> serde_json::Value {
         "waiting": sum(|s| s.waiting),
         "active": sum(|s| u64::from(s.active)),
         "admitted_last_minute": sum(|s| s.admitted_last_minute),
-        "estimated_wait_seconds": g.lanes.iter().filter_map(|l| l.gate.stats().estimated_wait).max().map(|d| d.as_secs()),
+        "estimated_wait_seconds": stats.iter().filter_map(|(_, s)| s.estimated_wait).max().map(|d| d.as_secs()),
         "lanes": lanes,
     })
 }

@@ -14,6 +14,8 @@ pub mod config;
 pub mod demo;
 pub mod forwarded;
 pub mod framing;
+#[doc(hidden)]
+pub mod fuzz_props;
 pub mod guard;
 pub mod isolation;
 pub mod microcache;

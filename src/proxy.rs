@@ -176,6 +176,11 @@ pub struct Proxy {
 struct RequestMetrics {
     routes: Vec<String>,
     durations: Vec<metrics::Histogram>,
+    slot_wait: metrics::Histogram,
+    cache_hit: metrics::Counter,
+    cache_miss: metrics::Counter,
+    cache_stored: metrics::Counter,
+    cache_not_storable: metrics::Counter,
     counters: std::sync::Mutex<std::collections::HashMap<(usize, Outcome, u16), metrics::Counter>>,
 }
 
@@ -189,9 +194,15 @@ impl RequestMetrics {
             .iter()
             .map(|r| metrics::histogram!(telemetry::REQUEST_DURATION, "route" => r.clone()))
             .collect();
+        let cache = |r: &'static str| metrics::counter!(microcache::RESULTS, "result" => r);
         RequestMetrics {
             routes,
             durations,
+            slot_wait: metrics::histogram!(SLOT_WAIT),
+            cache_hit: cache("hit"),
+            cache_miss: cache("miss"),
+            cache_stored: cache("stored"),
+            cache_not_storable: cache("not_storable"),
             counters: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
@@ -312,7 +323,7 @@ impl Proxy {
                         Answer::Closed { .. } => Outcome::Closed,
                         Answer::Queue { .. } => Outcome::Queued,
                     };
-                    let mut resp = self.render(room, &answer, &parts);
+                    let mut resp = self.render(room, &answer, &parts, wants_json(&parts.headers));
                     if let Some(c) = d.set_cookie {
                         resp.headers_mut().append(header::SET_COOKIE, c);
                     }
@@ -361,7 +372,7 @@ impl Proxy {
         };
         if let (Some(cache), Some(key)) = (&sh.microcache, &cache_key) {
             if let Some(e) = cache.get(key, &parts.headers) {
-                metrics::counter!(microcache::RESULTS, "result" => "hit").increment(1);
+                self.metrics.cache_hit.increment(1);
                 let mut resp = Response::new(if parts.method == http::Method::HEAD {
                     ProxyBody::empty()
                 } else {
@@ -373,7 +384,7 @@ impl Proxy {
                     .insert(header::AGE, HeaderValue::from(e.age()));
                 return Ok((resp, Outcome::Cached));
             }
-            metrics::counter!(microcache::RESULTS, "result" => "miss").increment(1);
+            self.metrics.cache_miss.increment(1);
         }
         let req_headers_for_cache = cache_key.as_ref().map(|_| parts.headers.clone());
 
@@ -408,7 +419,7 @@ impl Proxy {
         let permit = match &sh.guard {
             Some(g) => match g.acquire(priority, tokio::time::Instant::now()).await {
                 Ok(p) => {
-                    metrics::histogram!(SLOT_WAIT).record(p.waited().as_secs_f64());
+                    self.metrics.slot_wait.record(p.waited().as_secs_f64());
                     Some(p)
                 }
                 Err(shed) => {
@@ -499,15 +510,13 @@ impl Proxy {
                         Err(_) => return Err((Synthetic::bad_gateway(), Outcome::UpstreamError)),
                     };
                     cache.put(key, &req_h, parts.headers.clone(), bytes.clone(), ttl, age);
-                    metrics::counter!(microcache::RESULTS, "result" => "stored").increment(1);
+                    self.metrics.cache_stored.increment(1);
                     return Ok((
                         Response::from_parts(parts, ProxyBody::full(bytes)),
                         Outcome::Forwarded,
                     ));
                 }
-                _ => {
-                    metrics::counter!(microcache::RESULTS, "result" => "not_storable").increment(1)
-                }
+                _ => self.metrics.cache_not_storable.increment(1),
             }
         }
         Ok((
@@ -543,12 +552,13 @@ impl Proxy {
                 let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
                 loop {
                     let pending = room.waiters();
-                    if room.is_admitted(gate, parts, client, conn.peer.ip())
-                        || !matches!(
-                            room.status(gate, parts, client, conn.peer.ip()),
-                            Some(Answer::Queue { .. })
-                        )
-                    {
+                    if !matches!(
+                        room.status(gate, parts, client, conn.peer.ip()),
+                        Some(Answer::Queue {
+                            admitted: false,
+                            ..
+                        })
+                    ) {
                         break;
                     }
                     if tokio::time::timeout_at(deadline, pending).await.is_err() {
@@ -557,10 +567,7 @@ impl Proxy {
                 }
             }
             return match room.status(gate, parts, client, conn.peer.ip()) {
-                Some(answer) => {
-                    let admitted = room.is_admitted(gate, parts, client, conn.peer.ip());
-                    self.render_json(room, &answer, parts, admitted)
-                }
+                Some(answer) => self.render(room, &answer, parts, true),
                 None => {
                     Synthetic::not_found("No ticket for this gate: reload the page to take one.")
                         .into_response(true)
@@ -569,7 +576,7 @@ impl Proxy {
         }
         if let Some(lang) = own.strip_prefix("/lang/").and_then(pages::Lang::parse) {
             let back = query_param(query, "return")
-                .filter(|p| p.starts_with('/') && !p.starts_with("//") && !p.contains('\\'))
+                .and_then(local_path)
                 .unwrap_or("/");
             let mut resp = Response::new(ProxyBody::empty());
             *resp.status_mut() = http::StatusCode::SEE_OTHER;
@@ -595,15 +602,13 @@ impl Proxy {
         room: &'a Room,
         answer: &Answer,
         parts: &'a http::request::Parts,
-        admitted: bool,
     ) -> (pages::Lang, View<'a>) {
         let lang = pages::negotiate_lang(&parts.headers);
-        // Where the page sends the user back: only a path on this site (never `//host`).
+        // Where the page sends the user back.
         let page_url = parts
             .uri
             .path_and_query()
-            .map(|p| p.as_str())
-            .filter(|p| p.starts_with('/') && !p.starts_with("//") && !p.contains('\\'))
+            .and_then(|p| local_path(p.as_str()))
             .unwrap_or("/");
         let tz_of = |gate: usize| {
             room.gates[gate]
@@ -619,6 +624,7 @@ impl Proxy {
                 wait,
                 opens_at,
                 prequeue_random,
+                admitted,
             } => {
                 let g = &room.gates[*gate];
                 let tz = tz_of(*gate);
@@ -627,7 +633,7 @@ impl Proxy {
                     View::Queue {
                         gate: &g.name,
                         label: &g.label,
-                        state: if admitted {
+                        state: if *admitted {
                             pages::QueueState::Admitted
                         } else if opens_at.is_some() {
                             pages::QueueState::PreQueue
@@ -663,26 +669,16 @@ impl Proxy {
         }
     }
 
+    /// The queue or closed page (or its JSON twin) for a waiting-room answer.
     fn render(
         &self,
         room: &Room,
         answer: &Answer,
         parts: &http::request::Parts,
+        json: bool,
     ) -> Response<ProxyBody> {
-        let json = wants_json(&parts.headers);
-        let (lang, view) = self.view(room, answer, parts, false);
+        let (lang, view) = self.view(room, answer, parts);
         self.render_view(room, lang, view, json)
-    }
-
-    fn render_json(
-        &self,
-        room: &Room,
-        answer: &Answer,
-        parts: &http::request::Parts,
-        admitted: bool,
-    ) -> Response<ProxyBody> {
-        let (lang, view) = self.view(room, answer, parts, admitted);
-        self.render_view(room, lang, view, true)
     }
 
     fn render_view(
@@ -818,6 +814,12 @@ fn jittered(base: std::time::Duration, ahead: u64) -> u32 {
     (base * j).round().max(1.0) as u32
 }
 
+/// A path on this site to send the user back to (never `//host` or `/\\host`, which browsers
+/// take for another site).
+fn local_path(p: &str) -> Option<&str> {
+    (p.starts_with('/') && !p.starts_with("//") && !p.contains('\\')).then_some(p)
+}
+
 fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
     query
         .split('&')
@@ -836,7 +838,10 @@ fn close_if_unread(mut resp: Response<ProxyBody>, has_body: bool) -> Response<Pr
     resp
 }
 
-/// Refuses requests whose framing two HTTP implementations could read differently.
+/// Refuses requests whose framing two HTTP implementations could read differently, on what
+/// hyper parsed. HTTP/1.x bytes were already checked by `framing.rs` before parsing; this covers
+/// HTTP/2 requests (which can carry these headers too) and the absolute-form target vs `Host`,
+/// which the byte-level validator does not interpret.
 fn check_framing(parts: &http::request::Parts) -> Result<(), &'static str> {
     let h = &parts.headers;
     let te: Vec<&HeaderValue> = h.get_all(header::TRANSFER_ENCODING).iter().collect();

@@ -91,6 +91,11 @@ pub struct Lane {
     shuffle: RwLock<Option<Shuffle>>,
     /// The schedule state seen at the last tick (0 closed, 1 prequeue, 2 open).
     last_state: AtomicU8,
+    /// `anticamera_schedule_closed_total` for this gate and cohort (a handle: no label
+    /// look-up on the request path).
+    closed_total: metrics::Counter,
+    /// `anticamera_waitroom_wait_seconds` for this gate and cohort.
+    wait_seconds: metrics::Histogram,
 }
 
 #[derive(Clone)]
@@ -177,6 +182,8 @@ pub enum Answer {
         opens_at: Option<DateTime<Utc>>,
         /// Random order at opening.
         prequeue_random: bool,
+        /// It is this user's turn (status poll only): request the page again.
+        admitted: bool,
     },
     /// Closed for this cohort now.
     Closed {
@@ -290,11 +297,15 @@ impl Room {
                 vec![None]
             };
             for c in lane_cohorts {
+                let cohort_name = c
+                    .map(|c| cohorts.name(c).to_string())
+                    .unwrap_or_else(|| "all".into());
+                let labels = [("gate", g.name.clone()), ("cohort", cohort_name.clone())];
                 lanes.push(Lane {
                     id: next_lane,
-                    cohort_name: c
-                        .map(|c| cohorts.name(c).to_string())
-                        .unwrap_or_else(|| "all".into()),
+                    closed_total: metrics::counter!(metric::CLOSED, &labels),
+                    wait_seconds: metrics::histogram!(metric::WAIT, &labels),
+                    cohort_name,
                     cohort: c,
                     gate: Gate::new(&settings, now),
                     shuffle: RwLock::new(None),
@@ -383,10 +394,6 @@ impl Room {
         let g = &self.gates[gate_idx];
         let lane = g.lane_for(cohort);
         let binding = binding_of(&parts.headers);
-        let labels = [
-            ("gate", g.name.clone()),
-            ("cohort", lane.cohort_name.clone()),
-        ];
 
         let token =
             cookie_value(&parts.headers, &g.cookie).map(|c| Token::decode(c, &self.keys, now));
@@ -449,7 +456,7 @@ impl Room {
             .unwrap_or(WindowState::Open { closes_at: None });
         let (opens_at, prequeue) = match state {
             WindowState::Closed { opens_at } => {
-                metrics::counter!(metric::CLOSED, &labels).increment(1);
+                lane.closed_total.increment(1);
                 return Decision {
                     answer: Some(Answer::Closed {
                         gate: gate_idx,
@@ -482,7 +489,7 @@ impl Room {
                 };
                 match lane.gate.claim(who, now) {
                     Ok(slot) => {
-                        metrics::histogram!(metric::WAIT, &labels)
+                        lane.wait_seconds
                             .record(now.saturating_sub(t.issued_at_ms) as f64 / 1000.0);
                         return Decision {
                             answer: None,
@@ -581,6 +588,7 @@ impl Room {
                 wait,
                 opens_at,
                 prequeue_random,
+                admitted: false,
             }),
             set_cookie,
             holder: None,
@@ -589,7 +597,8 @@ impl Room {
     }
 
     /// The status of the ticket a request carries for a gate (the JSON poll), without taking a
-    /// ticket. `None` if the request has no valid ticket or pass for this gate.
+    /// ticket: waiting (with `admitted` once it is their turn), pre-queued or closed. `None` if
+    /// the request has no valid ticket or pass for this gate.
     pub fn status(
         &self,
         gate_idx: usize,
@@ -622,6 +631,7 @@ impl Room {
                 wait: Some(Duration::ZERO),
                 opens_at: None,
                 prequeue_random,
+                admitted: true,
             });
         }
         match state {
@@ -636,6 +646,7 @@ impl Room {
                 wait: None,
                 opens_at: Some(opens_at),
                 prequeue_random,
+                admitted: false,
             }),
             WindowState::Open { .. } => {
                 let st = lane.gate.status(lane.position(t.ticket));
@@ -649,27 +660,9 @@ impl Room {
                     },
                     opens_at: None,
                     prequeue_random,
+                    admitted: st.admitted,
                 })
             }
-        }
-    }
-
-    /// Whether the status answer means "come in" (admitted or holding a pass).
-    pub fn is_admitted(
-        &self,
-        gate_idx: usize,
-        parts: &Parts,
-        client: std::net::IpAddr,
-        peer: std::net::IpAddr,
-    ) -> bool {
-        let now = self.clock.now_ms();
-        let g = &self.gates[gate_idx];
-        let lane = g.lane_for(self.cohorts.classify(parts, client, peer));
-        match cookie_value(&parts.headers, &g.cookie).map(|c| Token::decode(c, &self.keys, now)) {
-            Some(Ok(t)) if t.gate == lane.id => {
-                t.kind == Kind::Pass || lane.gate.status(lane.position(t.ticket)).admitted
-            }
-            _ => false,
         }
     }
 
@@ -682,12 +675,7 @@ impl Room {
                     if l.gate.admit(self.clock.now_ms()) > 0 {
                         self.advanced.notify_waiters();
                     }
-                    return HeaderValue::from_str(&format!(
-                        "{}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax{}",
-                        g.cookie,
-                        if self.cookie_secure { "; Secure" } else { "" }
-                    ))
-                    .ok();
+                    return Some(self.cookie(&g.cookie, "", 0));
                 }
             }
         }
@@ -871,22 +859,6 @@ impl Room {
                 perm: KeyedPermutation::new(&key, end - start),
             });
         }
-    }
-
-    /// Lane stats by gate, for the admin API.
-    pub fn stats(&self) -> Vec<(String, Vec<(String, GateStats)>)> {
-        self.gates
-            .iter()
-            .map(|g| {
-                (
-                    g.name.clone(),
-                    g.lanes
-                        .iter()
-                        .map(|l| (l.cohort_name.clone(), l.gate.stats()))
-                        .collect(),
-                )
-            })
-            .collect()
     }
 
     /// Saves queue counters, active slots and shuffles to the state file (if configured).

@@ -68,6 +68,8 @@ pub struct BoundServer {
 impl BoundServer {
     /// Binds the client listeners (one per worker) and the admin listener.
     pub fn bind(config: Config) -> Result<BoundServer, ServerError> {
+        // The recorder first: the waiting room takes metric handles when it is built.
+        telemetry::prometheus();
         let config = Arc::new(config);
         let workers = config.worker_count();
         let s = &config.server;

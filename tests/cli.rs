@@ -2,11 +2,24 @@
 
 use std::process::Command;
 
+fn anticamera() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_anticamera"))
+}
+
+/// Real configs take their secrets from the environment.
+fn with_secrets(cmd: &mut Command) -> &mut Command {
+    cmd.env(
+        "ANTICAMERA_KEY_1",
+        "ci-test-key-0123456789abcdef0123456789abcdef",
+    )
+    .env("ANTICAMERA_ADMIN_TOKEN", "ci-test-admin-token-0123")
+}
+
 fn check(text: &str) -> (bool, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, text).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_anticamera"))
+    let out = anticamera()
         .arg("check-config")
         .arg(&path)
         .output()
@@ -35,18 +48,12 @@ fn shipped_configs_are_valid() {
             continue;
         }
         let demo = path.file_name().unwrap() == "demo.toml";
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_anticamera"));
+        let mut cmd = anticamera();
         cmd.arg("check-config").arg(&path);
         if demo {
             cmd.arg("--demo");
         }
-        // Secrets come from the environment in real configs.
-        cmd.env(
-            "ANTICAMERA_KEY_1",
-            "ci-test-key-0123456789abcdef0123456789abcdef",
-        )
-        .env("ANTICAMERA_ADMIN_TOKEN", "ci-test-admin-token-0123");
-        let out = cmd.output().unwrap();
+        let out = with_secrets(&mut cmd).output().unwrap();
         assert!(
             out.status.success(),
             "{}: {}",
@@ -98,7 +105,7 @@ fn each_kind_of_bad_config_is_refused_with_file_line_and_key() {
 
 #[test]
 fn missing_file_is_an_error() {
-    let out = Command::new(env!("CARGO_BIN_EXE_anticamera"))
+    let out = anticamera()
         .args(["check-config", "/nonexistent/anticamera.toml"])
         .output()
         .unwrap();
@@ -108,10 +115,7 @@ fn missing_file_is_an_error() {
 
 #[test]
 fn help_documents_every_command() {
-    let out = Command::new(env!("CARGO_BIN_EXE_anticamera"))
-        .arg("--help")
-        .output()
-        .unwrap();
+    let out = anticamera().arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     for cmd in ["run", "check-config"] {
         assert!(help.contains(cmd), "{cmd} missing from --help:\n{help}");
@@ -120,7 +124,7 @@ fn help_documents_every_command() {
 
 #[test]
 fn fake_example_keys_are_refused_outside_demo_mode() {
-    let out = Command::new(env!("CARGO_BIN_EXE_anticamera"))
+    let out = anticamera()
         .args([
             "check-config",
             concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml"),
@@ -135,7 +139,7 @@ fn fake_example_keys_are_refused_outside_demo_mode() {
     );
     assert!(err.contains("admin.token"), "{err}");
     // `run` refuses it too, before binding anything.
-    let out = Command::new(env!("CARGO_BIN_EXE_anticamera"))
+    let out = anticamera()
         .args([
             "run",
             "--config",
@@ -148,21 +152,15 @@ fn fake_example_keys_are_refused_outside_demo_mode() {
 
 #[test]
 fn schedule_command_prints_the_bands() {
-    let out = Command::new(env!("CARGO_BIN_EXE_anticamera"))
-        .args([
-            "schedule",
-            "--config",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/config/inps.toml"),
-            "--at",
-            "2026-04-02T17:00",
-        ])
-        .env(
-            "ANTICAMERA_KEY_1",
-            "ci-test-key-0123456789abcdef0123456789abcdef",
-        )
-        .env("ANTICAMERA_ADMIN_TOKEN", "ci-test-admin-token-0123")
-        .output()
-        .unwrap();
+    let out = with_secrets(anticamera().args([
+        "schedule",
+        "--config",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/config/inps.toml"),
+        "--at",
+        "2026-04-02T17:00",
+    ]))
+    .output()
+    .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -174,21 +172,15 @@ fn schedule_command_prints_the_bands() {
         text.contains("intermediaries") && text.contains("citizens"),
         "{text}"
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_anticamera"))
-        .args([
-            "schedule",
-            "--config",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/config/inps.toml"),
-            "--cohort",
-            "nobody",
-        ])
-        .env(
-            "ANTICAMERA_KEY_1",
-            "ci-test-key-0123456789abcdef0123456789abcdef",
-        )
-        .env("ANTICAMERA_ADMIN_TOKEN", "ci-test-admin-token-0123")
-        .output()
-        .unwrap();
+    let out = with_secrets(anticamera().args([
+        "schedule",
+        "--config",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/config/inps.toml"),
+        "--cohort",
+        "nobody",
+    ]))
+    .output()
+    .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown cohort"));
 }

@@ -2,6 +2,7 @@
 //! deterministic random and mutated inputs seeded from fuzz/corpus. Every decoder of bytes from
 //! the network or from an operator must never panic.
 
+use anticamera::fuzz_props;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -83,93 +84,35 @@ fn inputs(target: &str, n: usize) -> Vec<Vec<u8>> {
 
 #[test]
 fn cookie_decoder() {
-    for data in inputs("cookie", 20_000) {
-        for name in ["anticamera_claims", "portal_session", "a", ""] {
-            if let Some(v) = anticamera::cohort::cookie_in_header(&data, name) {
-                assert!(v.len() <= data.len());
-            }
-        }
-    }
+    inputs("cookie", 20_000)
+        .iter()
+        .for_each(|d| fuzz_props::cookie(d));
 }
 
 #[test]
 fn ticket_and_pass_decoder_never_accepts_unsigned_tokens() {
-    let keys = anticamera::waitroom::Keyring::new(
-        1,
-        [(1u8, b"fuzz-key-0123456789abcdef0123456789".to_vec())],
-    )
-    .unwrap();
-    for data in inputs("pass", 20_000) {
-        if let Ok(s) = std::str::from_utf8(&data) {
-            assert!(
-                anticamera::waitroom::Token::decode(s, &keys, 1_700_000_000_000).is_err(),
-                "{s:?}"
-            );
-        }
-    }
+    inputs("pass", 20_000)
+        .iter()
+        .for_each(|d| fuzz_props::pass(d));
 }
 
 #[test]
 fn config_parser() {
-    for data in inputs("config", 3_000) {
-        if let Ok(s) = std::str::from_utf8(&data) {
-            let _ = anticamera::config::Config::parse(s);
-        }
-    }
+    inputs("config", 3_000)
+        .iter()
+        .for_each(|d| fuzz_props::config(d));
 }
 
 #[test]
 fn schedule_parser_and_evaluation() {
-    for data in inputs("schedule", 3_000) {
-        if data.len() < 8 {
-            continue;
-        }
-        let (t, rest) = data.split_at(8);
-        let Ok(text) = std::str::from_utf8(rest) else {
-            continue;
-        };
-        let Ok(cfg) = toml::from_str::<anticamera::schedule::ScheduleConfig>(text) else {
-            continue;
-        };
-        let names = ["citizens", "intermediaries"];
-        let Ok(s) = anticamera::schedule::Schedule::compile(&cfg, &names) else {
-            continue;
-        };
-        let secs = i64::from_le_bytes(t.try_into().unwrap()) % (200 * 365 * 86_400);
-        if let Some(at) = chrono::DateTime::from_timestamp(secs.abs(), 0) {
-            for c in 0..2 {
-                if let Some(id) = anticamera::cohort::CohortId::from_index(c) {
-                    let _ = s.state(id, at);
-                    let _ = s.next_opening(id, at);
-                }
-            }
-        }
-    }
+    inputs("schedule", 3_000)
+        .iter()
+        .for_each(|d| fuzz_props::schedule(d));
 }
 
 #[test]
 fn request_classification() {
-    let rules = anticamera::route::Rules::compile(&anticamera::route::RuleConfig {
-        prefix: vec!["/claim".into(), "/api/".into()],
-        glob: vec!["/servizi/*/domanda".into(), "/delega/**".into()],
-        methods: vec![],
-    })
-    .unwrap();
-    for data in inputs("route", 20_000) {
-        let Ok(s) = std::str::from_utf8(&data) else {
-            continue;
-        };
-        if let Ok(n) = anticamera::route::normalize(s) {
-            if n != "*" {
-                assert!(n.starts_with('/'));
-                for seg in n.trim_end_matches('/').split('/').skip(1) {
-                    assert!(
-                        !seg.is_empty() && seg != "." && seg != ".." && !seg.contains(';'),
-                        "{s:?} -> {n:?}"
-                    );
-                }
-            }
-            let _ = rules.matches(&http::Method::GET, &n);
-        }
-    }
+    inputs("route", 20_000)
+        .iter()
+        .for_each(|d| fuzz_props::route(d));
 }
