@@ -18,6 +18,8 @@ fn queue_view(lang: Lang) -> QueueView<'static> {
         ahead: 1841,
         estimated_wait: Some(Duration::from_secs(9 * 60 + 20)),
         refresh_secs: 5,
+        long_poll_secs: 0,
+        number: Some(4_120),
         opens_at: None,
         prequeue_random: false,
         status_url: "/.anticamera/status?gate=claims",

@@ -25,6 +25,11 @@ pub enum Command {
         /// Configuration file (TOML), e.g. config/anticamera.toml.
         #[arg(long, short)]
         config: PathBuf,
+        /// Rehearsal only: start the clock at this instant (RFC 3339, e.g.
+        /// 2026-04-01T15:59:30+02:00) and let it run from there, to rehearse an opening
+        /// with a load test. Tickets and passes are stamped with the rehearsal time.
+        #[arg(long, value_name = "RFC3339")]
+        rehearse_at: Option<String>,
     },
     /// Validate a configuration file and exit: 0 if it is good, 1 with every problem listed
     /// (file:line: key: reason) otherwise. Starts nothing.
@@ -107,7 +112,10 @@ impl PortalArgs {
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config } => run(&config),
+        Command::Run {
+            config,
+            rehearse_at,
+        } => run(&config, rehearse_at.as_deref()),
         Command::CheckConfig { file, demo } => check_config(&file, demo),
         Command::Demo { config, portal } => demo(&config, &portal),
         Command::Schedule {
@@ -155,11 +163,22 @@ pub fn init_logging(cfg: &LogConfig) {
     };
 }
 
-fn run(path: &Path) -> anyhow::Result<()> {
+fn run(path: &Path, rehearse_at: Option<&str>) -> anyhow::Result<()> {
+    let rehearse_at = rehearse_at
+        .map(|s| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .with_context(|| format!("--rehearse-at {s:?}: not an RFC 3339 instant"))
+        })
+        .transpose()?;
     let cfg = load(path)?;
     init_logging(&cfg.log);
     let bound = BoundServer::bind(cfg).context("starting anticamera")?;
     let running = bound.start()?;
+    if let Some(at) = rehearse_at {
+        let clock = running.clock();
+        clock.advance_ms(at.timestamp_millis() - clock.now_ms() as i64);
+        tracing::warn!(clock = %clock.now(), "REHEARSAL: the clock was moved (--rehearse-at)");
+    }
     wait_for_signal_then(running.shutdown_handle())?;
     running.join();
     tracing::info!("anticamera stopped");

@@ -167,6 +167,10 @@ pub struct QueueView<'a> {
     pub estimated_wait: Option<Duration>,
     /// Advised seconds before the next refresh or poll.
     pub refresh_secs: u32,
+    /// How long the next status poll may be held (0 = an ordinary poll).
+    pub long_poll_secs: u32,
+    /// The place in the admission order, when known.
+    pub number: Option<u64>,
     /// Pre-queue: when the service opens.
     pub opens_at: Option<DateTime<Tz>>,
     /// Pre-queue: the order is drawn at opening.
@@ -237,6 +241,7 @@ const QUEUE_VARS: &[&str] = &[
     "wait_text",
     "no_rush",
     "refresh",
+    "long_poll",
     "status_url",
     "page_url",
     "switch_url",
@@ -362,6 +367,7 @@ impl Templates {
             "wait_text" => wait_text(v.lang, v.estimated_wait, v.state).into(),
             "no_rush" => t.no_rush.into(),
             "refresh" => v.refresh_secs.to_string().into(),
+            "long_poll" => v.long_poll_secs.to_string().into(),
             "status_url" => v.status_url.to_string().into(),
             "page_url" => v.page_url.to_string().into(),
             "switch_url" => switch_url.clone().into(),
@@ -599,6 +605,8 @@ pub fn queue_json(v: &QueueView) -> String {
         "ahead": if admitted { None } else { Some(v.ahead) },
         "estimated_wait_seconds": if admitted { Some(0) } else { v.estimated_wait.map(|w| w.as_secs()) },
         "retry_after_seconds": v.refresh_secs,
+        "long_poll_seconds": v.long_poll_secs,
+        "number": v.number,
         "opens_at": v.opens_at.map(|t| t.to_rfc3339()),
         "order_at_opening": (v.state == QueueState::PreQueue).then_some(if v.prequeue_random { "random" } else { "arrival" }),
         "cohort": serde_json::Value::Null,
@@ -620,6 +628,8 @@ pub fn closed_json(v: &ClosedView) -> String {
         "ahead": null,
         "estimated_wait_seconds": null,
         "retry_after_seconds": v.retry_after_secs,
+        "long_poll_seconds": 0,
+        "number": null,
         "opens_at": v.opens_at.map(|t| t.to_rfc3339()),
         "order_at_opening": null,
         "cohort": v.cohort,
@@ -654,6 +664,8 @@ mod tests {
             ahead: 41,
             estimated_wait: Some(Duration::from_secs(121)),
             refresh_secs: 5,
+            long_poll_secs: 0,
+            number: Some(1041),
             opens_at: None,
             prequeue_random: false,
             status_url: "/.anticamera/status?gate=claims",

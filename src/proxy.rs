@@ -543,30 +543,25 @@ impl Proxy {
             };
             // Long poll: `wait=N` holds the answer up to N seconds (at most 20) until the
             // ticket is admitted, so an admitted user's place does not sit idle until their
-            // next poll.
+            // next poll. Only the admissions of this ticket's position wake it (room.rs).
             let wait = query_param(query, "wait")
                 .and_then(|w| w.parse::<u64>().ok())
                 .unwrap_or(0)
                 .min(20);
-            if wait > 0 {
-                let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
-                loop {
-                    let pending = room.waiters();
-                    if !matches!(
-                        room.status(gate, parts, client, conn.peer.ip()),
-                        Some(Answer::Queue {
-                            admitted: false,
-                            ..
-                        })
-                    ) {
-                        break;
+            let peer = conn.peer.ip();
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
+            let answer = loop {
+                match room.status_for_long_poll(gate, parts, client, peer) {
+                    Some((_, Some(pending))) if wait > 0 => {
+                        if tokio::time::timeout_at(deadline, pending).await.is_err() {
+                            // The deadline: answer with the latest position.
+                            break room.status(gate, parts, client, peer);
+                        }
                     }
-                    if tokio::time::timeout_at(deadline, pending).await.is_err() {
-                        break;
-                    }
+                    other => break other.map(|(a, _)| a),
                 }
-            }
-            return match room.status(gate, parts, client, conn.peer.ip()) {
+            };
+            return match answer {
                 Some(answer) => self.render(room, &answer, parts, true),
                 None => {
                     Synthetic::not_found("No ticket for this gate: reload the page to take one.")
@@ -625,6 +620,7 @@ impl Proxy {
                 opens_at,
                 prequeue_random,
                 admitted,
+                number,
             } => {
                 let g = &room.gates[*gate];
                 let tz = tz_of(*gate);
@@ -644,6 +640,7 @@ impl Proxy {
                         wait: *wait,
                         opens_at: opens_at.map(|t| t.with_timezone(&tz)),
                         prequeue_random: *prequeue_random,
+                        number: *number,
                         page_url,
                     },
                 )
@@ -698,9 +695,16 @@ impl Proxy {
                 wait,
                 opens_at,
                 prequeue_random,
+                number,
                 page_url,
             } => {
-                let refresh = jittered(room.poll_interval, ahead);
+                let until_open = opens_at.map(|o| {
+                    (o.with_timezone(&chrono::Utc) - self.shared.clock.now())
+                        .to_std()
+                        .unwrap_or_default()
+                });
+                let advice = room.poll_advice(state, ahead, wait, until_open);
+                let refresh = advice.refresh_secs;
                 let status_url = format!("{}/status?gate={gate}", pages::OWN_PREFIX);
                 let v = pages::QueueView {
                     lang,
@@ -711,6 +715,8 @@ impl Proxy {
                     ahead,
                     estimated_wait: wait,
                     refresh_secs: refresh,
+                    long_poll_secs: advice.long_poll_secs,
+                    number,
                     opens_at,
                     prequeue_random,
                     status_url: &status_url,
@@ -790,6 +796,7 @@ enum View<'a> {
         wait: Option<std::time::Duration>,
         opens_at: Option<chrono::DateTime<chrono_tz::Tz>>,
         prequeue_random: bool,
+        number: Option<u64>,
         page_url: &'a str,
     },
     Closed {
@@ -799,19 +806,6 @@ enum View<'a> {
         opens_at: Option<chrono::DateTime<chrono_tz::Tz>>,
         page_url: &'a str,
     },
-}
-
-/// The advised poll interval: shorter when the user is about to get in (their slot should not
-/// sit idle), jittered ±20% so people who arrived together do not poll together.
-fn jittered(base: std::time::Duration, ahead: u64) -> u32 {
-    let base = base.as_secs_f64().max(1.0);
-    let base = if ahead < 10 {
-        (base / 3.0).max(1.0)
-    } else {
-        base
-    };
-    let j = 0.8 + rand::random::<f64>() * 0.4;
-    (base * j).round().max(1.0) as u32
 }
 
 /// A path on this site to send the user back to (never `//host` or `/\\host`, which browsers

@@ -96,6 +96,50 @@ pub struct Lane {
     closed_total: metrics::Counter,
     /// `anticamera_waitroom_wait_seconds` for this gate and cohort.
     wait_seconds: metrics::Histogram,
+    /// Long-polling status requests, by queue position.
+    wakers: Wakers,
+}
+
+/// Long-poll wake-ups sharded by queue position: an admission wakes only the status requests
+/// of the positions it admitted (and their shard neighbours), not every waiting user. With a
+/// single `Notify`, each of hundreds of admissions per second would wake every long poll.
+struct Wakers(Box<[tokio::sync::Notify]>);
+
+/// Number of shards (a ring: position p waits on shard (p / WAKE_SPAN) % WAKE_SHARDS).
+const WAKE_SHARDS: usize = 1024;
+/// Consecutive positions per shard.
+const WAKE_SPAN: u64 = 8;
+
+impl Wakers {
+    fn new() -> Self {
+        Wakers(
+            (0..WAKE_SHARDS)
+                .map(|_| tokio::sync::Notify::new())
+                .collect(),
+        )
+    }
+
+    fn shard(&self, position: u64) -> &tokio::sync::Notify {
+        &self.0[((position / WAKE_SPAN) % WAKE_SHARDS as u64) as usize]
+    }
+
+    /// Wakes the long polls of positions in `[from, to)` (the ones just admitted).
+    fn wake(&self, from: u64, to: u64) {
+        if to <= from {
+            return;
+        }
+        let (first, last) = (from / WAKE_SPAN, (to - 1) / WAKE_SPAN);
+        let shards = (last - first + 1).min(WAKE_SHARDS as u64);
+        for i in 0..shards {
+            self.0[((first + i) % WAKE_SHARDS as u64) as usize].notify_waiters();
+        }
+    }
+
+    /// Wakes every long poll (the window opened or closed: positions were redrawn or answers
+    /// changed for everyone).
+    fn wake_all(&self) {
+        self.0.iter().for_each(tokio::sync::Notify::notify_waiters);
+    }
 }
 
 #[derive(Clone)]
@@ -182,6 +226,9 @@ pub enum Answer {
         opens_at: Option<DateTime<Utc>>,
         /// Random order at opening.
         prequeue_random: bool,
+        /// The place in the admission order ("your number"), fixed while waiting; `None` in a
+        /// pre-queue whose order is drawn at opening.
+        number: Option<u64>,
         /// It is this user's turn (status poll only): request the page again.
         admitted: bool,
     },
@@ -239,6 +286,60 @@ pub enum RoomError {
     },
 }
 
+/// How a waiting page polls: after `refresh_secs` (also the `Retry-After` and the no-script
+/// page refresh), holding the poll up to `long_poll_secs` (0 = an ordinary poll).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PollAdvice {
+    /// Seconds until the next poll.
+    pub refresh_secs: u32,
+    /// How long the next poll may be held until the ticket is admitted (`wait=` of the status
+    /// endpoint).
+    pub long_poll_secs: u32,
+}
+
+/// Longest long poll the status endpoint holds (seconds).
+pub const LONG_POLL_MAX_SECS: u32 = 20;
+/// Longest advised pause between polls (seconds).
+const POLL_MAX_SECS: f64 = 60.0;
+
+/// The polling policy, from where the user stands (`jitter` in [0.8, 1.2] spreads people who
+/// arrived together). Near the front (admission expected within a long poll, or fewer than 10
+/// ahead) the page long-polls, so a place is taken up the moment it is offered. Further back
+/// it polls at a quarter of the estimated wait (between the configured interval and 60 s), so a
+/// hundred thousand waiting users neither each hold a connection nor poll every few seconds,
+/// and the estimate they see is refreshed as it shrinks. Without an estimate (no admission
+/// measured yet, or a paused gate) the pause grows with the line (1 s more per 1000 ahead).
+/// Before opening, the page comes back at half the time left, so it is there at opening.
+pub fn poll_advice(
+    base: Duration,
+    state: crate::pages::QueueState,
+    ahead: u64,
+    wait: Option<Duration>,
+    until_open: Option<Duration>,
+    jitter: f64,
+) -> PollAdvice {
+    use crate::pages::QueueState;
+    let base = base.as_secs_f64().max(1.0);
+    let poll = |secs: f64, long: u32| PollAdvice {
+        refresh_secs: (secs.clamp(1.0, POLL_MAX_SECS) * jitter).round().max(1.0) as u32,
+        long_poll_secs: long,
+    };
+    let horizon = f64::from(LONG_POLL_MAX_SECS);
+    match state {
+        QueueState::Admitted => poll(1.0, 0),
+        QueueState::PreQueue => poll(
+            until_open.map_or(base, |u| (u.as_secs_f64() / 2.0).min(POLL_MAX_SECS)),
+            0,
+        ),
+        QueueState::Waiting => match wait.map(|w| w.as_secs_f64()) {
+            _ if ahead < 10 => poll(base / 3.0, LONG_POLL_MAX_SECS),
+            Some(w) if w <= horizon => poll(base / 3.0, LONG_POLL_MAX_SECS),
+            Some(w) => poll((w / 4.0).max(base), 0),
+            None => poll(base + ahead as f64 / 1000.0, 0),
+        },
+    }
+}
+
 /// The waiting room of all gates.
 pub struct Room {
     /// Gates in config order (first match wins).
@@ -258,8 +359,6 @@ pub struct Room {
     pub release_header: http::HeaderName,
     cookie_prefix: String,
     health_bits: std::sync::atomic::AtomicU64,
-    /// Woken whenever a controller tick admits someone (long-polling status requests wait on it).
-    advanced: tokio::sync::Notify,
 }
 
 impl Room {
@@ -310,6 +409,7 @@ impl Room {
                     gate: Gate::new(&settings, now),
                     shuffle: RwLock::new(None),
                     last_state: AtomicU8::new(u8::MAX),
+                    wakers: Wakers::new(),
                 });
                 next_lane = next_lane.checked_add(1).ok_or_else(|| {
                     RoomError::Config("gates".into(), "too many gates × cohorts".into())
@@ -358,7 +458,6 @@ impl Room {
             )?,
             cookie_prefix: w.cookie_prefix.clone(),
             health_bits: std::sync::atomic::AtomicU64::new(1.0f64.to_bits()),
-            advanced: tokio::sync::Notify::new(),
         };
         room.restore()?;
         room.tick();
@@ -503,7 +602,7 @@ impl Room {
                     Err(ClaimError::Full | ClaimError::Busy | ClaimError::NotAdmitted) => {
                         return self.queue(
                             gate_idx,
-                            lane,
+                            Some(pos),
                             0,
                             None,
                             opens_at,
@@ -520,7 +619,7 @@ impl Room {
                 let wait = lane.gate.estimate_wait(st.ahead);
                 return self.queue(
                     gate_idx,
-                    lane,
+                    (!(prequeue && prequeue_random)).then_some(pos),
                     st.ahead,
                     wait,
                     opens_at,
@@ -538,7 +637,7 @@ impl Room {
             let ahead = lane.gate.status(ticket).ahead;
             return self.queue(
                 gate_idx,
-                lane,
+                (!prequeue_random).then_some(ticket),
                 ahead,
                 None,
                 opens_at,
@@ -559,7 +658,7 @@ impl Room {
                 let wait = lane.gate.estimate_wait(st.ahead);
                 self.queue(
                     gate_idx,
-                    lane,
+                    Some(lane.position(ticket)),
                     st.ahead,
                     wait,
                     None,
@@ -574,7 +673,7 @@ impl Room {
     fn queue(
         &self,
         gate: usize,
-        _lane: &Lane,
+        number: Option<u64>,
         ahead: u64,
         wait: Option<Duration>,
         opens_at: Option<DateTime<Utc>>,
@@ -589,6 +688,7 @@ impl Room {
                 opens_at,
                 prequeue_random,
                 admitted: false,
+                number,
             }),
             set_cookie,
             holder: None,
@@ -606,6 +706,31 @@ impl Room {
         client: std::net::IpAddr,
         peer: std::net::IpAddr,
     ) -> Option<Answer> {
+        self.status_inner(gate_idx, parts, client, peer, false)
+            .map(|(a, _)| a)
+    }
+
+    /// [`Room::status`] for a long poll: while the ticket is still waiting, also a future that
+    /// resolves when its position may have been admitted (or the window opened or closed). It
+    /// is registered before the status is read, so no admission falls between the two.
+    pub fn status_for_long_poll(
+        &self,
+        gate_idx: usize,
+        parts: &Parts,
+        client: std::net::IpAddr,
+        peer: std::net::IpAddr,
+    ) -> Option<(Answer, Option<tokio::sync::futures::Notified<'_>>)> {
+        self.status_inner(gate_idx, parts, client, peer, true)
+    }
+
+    fn status_inner(
+        &self,
+        gate_idx: usize,
+        parts: &Parts,
+        client: std::net::IpAddr,
+        peer: std::net::IpAddr,
+        signal: bool,
+    ) -> Option<(Answer, Option<tokio::sync::futures::Notified<'_>>)> {
         let now = self.clock.now_ms();
         let g = &self.gates[gate_idx];
         let cohort = self.cohorts.classify(parts, client, peer);
@@ -614,43 +739,49 @@ impl Room {
         if t.gate != lane.id {
             return None;
         }
-        let state = g
-            .schedule
-            .as_ref()
-            .map(|s| s.state(cohort, self.clock.now()))
-            .unwrap_or(WindowState::Open { closes_at: None });
         let prequeue_random = g
             .schedule
             .as_ref()
             .map(|s| s.prequeue_order() == PrequeueOrder::Random)
             .unwrap_or(false);
         if t.kind == Kind::Pass {
-            return Some(Answer::Queue {
+            let a = Answer::Queue {
                 gate: gate_idx,
                 ahead: 0,
                 wait: Some(Duration::ZERO),
                 opens_at: None,
                 prequeue_random,
                 admitted: true,
-            });
+                number: Some(t.ticket),
+            };
+            return Some((a, None));
         }
-        match state {
-            WindowState::Closed { opens_at } => Some(Answer::Closed {
+        let pos = lane.position(t.ticket);
+        let pending = signal.then(|| lane.wakers.shard(pos).notified());
+        let state = g
+            .schedule
+            .as_ref()
+            .map(|s| s.state(cohort, self.clock.now()))
+            .unwrap_or(WindowState::Open { closes_at: None });
+        let answer = match state {
+            WindowState::Closed { opens_at } => Answer::Closed {
                 gate: gate_idx,
                 cohort: self.cohorts.name(cohort).to_string(),
                 opens_at,
-            }),
-            WindowState::PreQueue { opens_at } => Some(Answer::Queue {
+            },
+            WindowState::PreQueue { opens_at } => Answer::Queue {
                 gate: gate_idx,
                 ahead: lane.gate.status(t.ticket).ahead,
                 wait: None,
                 opens_at: Some(opens_at),
                 prequeue_random,
                 admitted: false,
-            }),
+                // Drawn at opening when the order is random.
+                number: (!prequeue_random).then_some(t.ticket),
+            },
             WindowState::Open { .. } => {
-                let st = lane.gate.status(lane.position(t.ticket));
-                Some(Answer::Queue {
+                let st = lane.gate.status(pos);
+                Answer::Queue {
                     gate: gate_idx,
                     ahead: if st.admitted { 0 } else { st.ahead },
                     wait: if st.admitted {
@@ -661,9 +792,18 @@ impl Room {
                     opens_at: None,
                     prequeue_random,
                     admitted: st.admitted,
-                })
+                    number: Some(pos),
+                }
             }
-        }
+        };
+        let still_waiting = matches!(
+            answer,
+            Answer::Queue {
+                admitted: false,
+                ..
+            }
+        );
+        Some((answer, pending.filter(|_| still_waiting)))
     }
 
     /// The portal ended a session: free its slot now, and let the next in line in at once.
@@ -672,8 +812,9 @@ impl Room {
         for g in &self.gates {
             if let Some(l) = g.lanes.iter().find(|l| l.id == lane_id) {
                 if l.gate.release(slot, ticket) {
+                    let before = l.gate.serving();
                     if l.gate.admit(self.clock.now_ms()) > 0 {
-                        self.advanced.notify_waiters();
+                        l.wakers.wake(before, l.gate.serving());
                     }
                     return Some(self.cookie(&g.cookie, "", 0));
                 }
@@ -810,6 +951,10 @@ impl Room {
                 }
                 // Opening after a pre-queue: shuffle everyone already waiting.
                 let prev = l.last_state.swap(st, Ordering::Relaxed);
+                if prev != st && prev != u8::MAX {
+                    // Opened or closed: every long poll has a new answer.
+                    l.wakers.wake_all();
+                }
                 if prev == 1 && st == 2 {
                     if let Some(sched) = &g.schedule {
                         if sched.prequeue_order() == PrequeueOrder::Random {
@@ -822,17 +967,26 @@ impl Room {
                         }
                     }
                 }
+                let before = l.gate.serving();
                 if l.gate.tick(now).admitted > 0 {
-                    self.advanced.notify_waiters();
+                    l.wakers.wake(before, l.gate.serving());
                 }
                 publish(g, l, &l.gate.stats());
             }
         }
     }
 
-    /// Resolves at the next tick that admits someone (for long-polling status requests).
-    pub fn waiters(&self) -> tokio::sync::futures::Notified<'_> {
-        self.advanced.notified()
+    /// When a waiting page should poll again, and whether that poll should be held (see
+    /// [`poll_advice`]).
+    pub fn poll_advice(
+        &self,
+        state: crate::pages::QueueState,
+        ahead: u64,
+        wait: Option<Duration>,
+        until_open: Option<Duration>,
+    ) -> PollAdvice {
+        let jitter = 0.8 + rand::random::<f64>() * 0.4;
+        poll_advice(self.poll_interval, state, ahead, wait, until_open, jitter)
     }
 
     /// How much of the configured admission the portal can take now, in (0, 1]: set by the
@@ -1126,5 +1280,72 @@ mod tests {
         let k: [u8; 32] = rand::random();
         assert_eq!(unhex32(&hex(&k)), Some(k));
         assert_eq!(unhex32("zz"), None);
+    }
+
+    #[test]
+    fn poll_advice_long_polls_near_the_front_and_backs_off_far_back() {
+        use crate::pages::QueueState::*;
+        let base = Duration::from_secs(5);
+        let adv = |st, ahead, wait: Option<u64>, open: Option<u64>| {
+            poll_advice(
+                base,
+                st,
+                ahead,
+                wait.map(Duration::from_secs),
+                open.map(Duration::from_secs),
+                1.0,
+            )
+        };
+        let near = adv(Waiting, 3, Some(600), None);
+        assert_eq!(
+            (near.refresh_secs, near.long_poll_secs),
+            (2, LONG_POLL_MAX_SECS)
+        );
+        assert_eq!(
+            adv(Waiting, 500, Some(15), None).long_poll_secs,
+            LONG_POLL_MAX_SECS
+        );
+        let far = adv(Waiting, 5_000, Some(100), None);
+        assert_eq!((far.refresh_secs, far.long_poll_secs), (25, 0));
+        assert_eq!(adv(Waiting, 50_000, Some(3_000), None).refresh_secs, 60);
+        assert_eq!(
+            adv(Waiting, 500, Some(21), None).refresh_secs,
+            5,
+            "never below the interval"
+        );
+        assert_eq!(adv(Waiting, 10_000, None, None).refresh_secs, 15);
+        assert_eq!(adv(PreQueue, 10, None, Some(30)).refresh_secs, 15);
+        assert_eq!(adv(PreQueue, 10, None, Some(1)).refresh_secs, 1);
+        assert_eq!(adv(PreQueue, 10, None, Some(3_600)).refresh_secs, 60);
+        assert_eq!(adv(Admitted, 0, None, None).refresh_secs, 1);
+        let j = poll_advice(
+            base,
+            Waiting,
+            5_000,
+            Some(Duration::from_secs(100)),
+            None,
+            1.2,
+        );
+        assert_eq!(j.refresh_secs, 30, "jitter applies to the pause");
+    }
+
+    #[test]
+    fn wakers_cover_the_admitted_range_only() {
+        let w = Wakers::new();
+        let futs: Vec<_> = (0..64u64).map(|p| (p, w.shard(p).notified())).collect();
+        let mut futs: Vec<_> = futs.into_iter().map(|(p, f)| (p, Box::pin(f))).collect();
+        w.wake(16, 20);
+        use std::future::Future;
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        for (p, f) in &mut futs {
+            let ready = f.as_mut().poll(&mut cx).is_ready();
+            // Shards of 8 positions: 16..24 share the woken shard.
+            assert_eq!(ready, (16..24).contains(p), "position {p}");
+        }
+        // A range wider than the ring wakes every shard once.
+        let f = w.shard(123_456).notified();
+        w.wake(0, u64::MAX / 2);
+        let mut f = Box::pin(f);
+        assert!(f.as_mut().poll(&mut cx).is_ready());
     }
 }

@@ -4,7 +4,9 @@
 //! It is a hyper 1.x HTTP/1.1 server (keep-alive on) with public pages, a login
 //! that creates sessions (cookie or `Authorization: Bearer`), a personal
 //! account page, a claim form, and test plumbing (`/echo`, `/download`,
-//! `/upload`, `/__portal/stats`, `/__portal/reset`).
+//! `/upload`, `GET /__portal/stats`, `POST /__portal/reset`, `POST /__portal/sample` (stats and
+//! a new peak window), `POST /__portal/slowdown?factor=F` (the whole portal F times slower, as
+//! when its database struggles; 1 = normal)).
 //!
 //! # Load model
 //!
@@ -205,10 +207,13 @@ pub fn load_plan(n: usize, capacity: usize, base: Duration) -> LoadPlan {
 }
 
 /// Atomic counters of the portal, shared with the handle.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PortalStats {
     in_flight: AtomicUsize,
     peak_in_flight: AtomicUsize,
+    window_peak_in_flight: AtomicUsize,
+    /// Latency multiplier in percent (100 = normal), set by `POST /__portal/slowdown`.
+    slowdown_pct: AtomicU64,
     requests_total: AtomicU64,
     responses_2xx: AtomicU64,
     responses_3xx: AtomicU64,
@@ -227,6 +232,11 @@ pub struct StatsSnapshot {
     pub in_flight: usize,
     /// Highest `in_flight` seen since start or the last reset.
     pub peak_in_flight: usize,
+    /// Highest `in_flight` seen since the last `POST /__portal/sample` (a load tool's
+    /// per-interval peak).
+    pub window_peak_in_flight: usize,
+    /// The portal's latency in percent of normal (100 = normal; `POST /__portal/slowdown`).
+    pub slowdown_pct: u64,
     /// Requests received (all routes except `/__portal/*`).
     pub requests_total: u64,
     /// Responses with a 2xx status.
@@ -247,12 +257,39 @@ pub struct StatsSnapshot {
     pub claims_submitted: u64,
 }
 
+impl Default for PortalStats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl PortalStats {
+    /// Zeroed counters, normal latency.
+    pub fn new() -> Self {
+        PortalStats {
+            in_flight: AtomicUsize::new(0),
+            peak_in_flight: AtomicUsize::new(0),
+            window_peak_in_flight: AtomicUsize::new(0),
+            slowdown_pct: AtomicU64::new(100),
+            requests_total: AtomicU64::new(0),
+            responses_2xx: AtomicU64::new(0),
+            responses_3xx: AtomicU64::new(0),
+            responses_4xx: AtomicU64::new(0),
+            responses_5xx: AtomicU64::new(0),
+            timeouts_started: AtomicU64::new(0),
+            errors_injected: AtomicU64::new(0),
+            leaks_served: AtomicU64::new(0),
+            claims_submitted: AtomicU64::new(0),
+        }
+    }
+
     /// Copies the counters.
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
             in_flight: self.in_flight.load(Relaxed),
             peak_in_flight: self.peak_in_flight.load(Relaxed),
+            window_peak_in_flight: self.window_peak_in_flight.load(Relaxed),
+            slowdown_pct: self.slowdown_pct.load(Relaxed),
             requests_total: self.requests_total.load(Relaxed),
             responses_2xx: self.responses_2xx.load(Relaxed),
             responses_3xx: self.responses_3xx.load(Relaxed),
@@ -265,10 +302,29 @@ impl PortalStats {
         }
     }
 
-    /// Zeroes the counters and sets the peak to the current in-flight count.
+    /// Copies the counters and starts a new peak window (`window_peak_in_flight`).
+    pub fn sample(&self) -> StatsSnapshot {
+        let mut s = self.snapshot();
+        s.window_peak_in_flight = self
+            .window_peak_in_flight
+            .swap(self.in_flight.load(Relaxed), Relaxed)
+            .max(s.in_flight);
+        s
+    }
+
+    /// The latency multiplier.
+    fn slowdown(&self) -> f64 {
+        self.slowdown_pct.load(Relaxed) as f64 / 100.0
+    }
+
+    /// Zeroes the counters, sets the peaks to the current in-flight count and the latency back
+    /// to normal.
     pub fn reset(&self) {
         self.peak_in_flight
             .store(self.in_flight.load(Relaxed), Relaxed);
+        self.window_peak_in_flight
+            .store(self.in_flight.load(Relaxed), Relaxed);
+        self.slowdown_pct.store(100, Relaxed);
         for c in [
             &self.requests_total,
             &self.responses_2xx,
@@ -303,6 +359,7 @@ impl<'a> InFlight<'a> {
     fn enter(stats: &'a PortalStats) -> (Self, usize) {
         let n = stats.in_flight.fetch_add(1, Relaxed) + 1;
         stats.peak_in_flight.fetch_max(n, Relaxed);
+        stats.window_peak_in_flight.fetch_max(n, Relaxed);
         (Self(stats), n)
     }
 }
@@ -414,7 +471,7 @@ pub async fn spawn(
     let release_header = HeaderName::from_bytes(cfg.release_header.as_bytes())
         .map_err(|e| invalid(e.to_string()))?;
     let addr = listener.local_addr()?;
-    let stats = Arc::new(PortalStats::default());
+    let stats = Arc::new(PortalStats::new());
     let shared = Arc::new(Shared {
         cfg,
         user_header,
@@ -463,7 +520,7 @@ async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
 async fn handle(sh: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path();
     if path.starts_with("/__portal/") {
-        return Ok(admin(&sh, req.method(), path));
+        return Ok(admin(&sh, req.method(), path, req.uri().query()));
     }
     sh.stats.requests_total.fetch_add(1, Relaxed);
     let resp = match (req.method().clone(), path) {
@@ -476,14 +533,36 @@ async fn handle(sh: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body
     Ok(resp)
 }
 
-fn admin(sh: &Shared, method: &Method, path: &str) -> Response<Body> {
+fn admin(sh: &Shared, method: &Method, path: &str, query: Option<&str>) -> Response<Body> {
     match (method, path) {
         (&Method::GET, "/__portal/stats") => json(StatusCode::OK, &sh.stats.snapshot()),
+        (&Method::POST, "/__portal/sample") => json(StatusCode::OK, &sh.stats.sample()),
         (&Method::POST, "/__portal/reset") => {
             sh.stats.reset();
             json(StatusCode::OK, &sh.stats.snapshot())
         }
-        (_, "/__portal/stats" | "/__portal/reset") => text(StatusCode::METHOD_NOT_ALLOWED, "405"),
+        (&Method::POST, "/__portal/slowdown") => {
+            let factor = query
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("factor=")))
+                .and_then(|f| f.parse::<f64>().ok())
+                .filter(|f| (0.1..=100.0).contains(f));
+            match factor {
+                Some(f) => {
+                    sh.stats
+                        .slowdown_pct
+                        .store((f * 100.0).round() as u64, Relaxed);
+                    tracing::info!(factor = f, "portal latency multiplied");
+                    json(StatusCode::OK, &sh.stats.snapshot())
+                }
+                None => text(
+                    StatusCode::BAD_REQUEST,
+                    "factor=F required, 0.1 <= F <= 100 (1 = normal latency)",
+                ),
+            }
+        }
+        (_, "/__portal/stats" | "/__portal/reset" | "/__portal/sample" | "/__portal/slowdown") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "405")
+        }
         _ => text(StatusCode::NOT_FOUND, "404"),
     }
 }
@@ -491,7 +570,11 @@ fn admin(sh: &Shared, method: &Method, path: &str) -> Response<Body> {
 /// Applies the load model, then routes.
 async fn modelled(sh: &Shared, req: Request<Incoming>) -> Response<Body> {
     let (_guard, n) = InFlight::enter(&sh.stats);
-    let plan = load_plan(n, sh.cfg.capacity, sh.cfg.base_latency);
+    let plan = load_plan(
+        n,
+        sh.cfg.capacity,
+        sh.cfg.base_latency.mul_f64(sh.stats.slowdown()),
+    );
     if plan.hang {
         sh.stats.timeouts_started.fetch_add(1, Relaxed);
         tracing::debug!(n, "portal collapsed: hanging request");
@@ -1426,6 +1509,16 @@ mod tests {
             (s.claims_submitted, s.requests_total, s.peak_in_flight),
             (0, 0, 0)
         );
+        // The load tool's per-second peak, and the slowdown event.
+        let (_, body) = send(Method::POST, "/__portal/sample", None, "").await;
+        let s: StatsSnapshot = serde_json::from_slice(&body).unwrap();
+        assert_eq!((s.window_peak_in_flight, s.slowdown_pct), (0, 100));
+        let (bad, _) = send(Method::POST, "/__portal/slowdown?factor=0", None, "").await;
+        assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+        let (ok, body) = send(Method::POST, "/__portal/slowdown?factor=4", None, "").await;
+        assert_eq!(ok.status, StatusCode::OK);
+        let s: StatsSnapshot = serde_json::from_slice(&body).unwrap();
+        assert_eq!(s.slowdown_pct, 400);
     }
 
     #[test]

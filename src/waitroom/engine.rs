@@ -589,6 +589,12 @@ impl Gate {
         })
     }
 
+    /// The serving counter: every position below it has been admitted.
+    #[inline]
+    pub fn serving(&self) -> u64 {
+        self.store.serving()
+    }
+
     /// Where a ticket stands (lock-free).
     #[inline]
     pub fn status(&self, ticket: u64) -> Position {

@@ -1,0 +1,344 @@
+//! Starts what a run needs on loopback, as child processes: the demo portal, and in front of
+//! it anticamera (from the scenario's config template) or nginx (limits an operator would
+//! set). Everything is stopped when the [`Stack`] is dropped. Logs and the generated configs
+//! go to `OUT/logs/`.
+
+use std::io::Write as _;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+
+use crate::scenario::Scenario;
+
+/// What is in front of the portal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Front {
+    /// Straight at the portal.
+    Direct,
+    /// Through nginx with limit_req / limit_conn.
+    Nginx,
+    /// Through anticamera.
+    Anticamera,
+}
+
+impl Front {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Front::Direct => "direct",
+            Front::Nginx => "nginx",
+            Front::Anticamera => "anticamera",
+        }
+    }
+}
+
+/// A child process, killed on drop.
+struct Child {
+    name: String,
+    child: std::process::Child,
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        tracing::debug!(name = %self.name, "stopped");
+    }
+}
+
+/// The processes of one run.
+pub struct Stack {
+    /// Where users connect.
+    pub target: String,
+    /// The demo portal (stats, reset, slowdown).
+    pub portal: String,
+    // Dropped in reverse order of start: the front first, then the portal.
+    children: Vec<Child>,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        while let Some(c) = self.children.pop() {
+            drop(c);
+        }
+    }
+}
+
+/// A free loopback port (bound then released: another process could take it in between, which
+/// a failed start reports).
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn wait_port(port: u16, what: &str, log: &Path) -> anyhow::Result<()> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let tail = std::fs::read_to_string(log).unwrap_or_default();
+    let tail: Vec<&str> = tail.lines().rev().take(15).collect();
+    bail!(
+        "{what} is not listening on {addr} after 15 s; last lines of {}:\n{}",
+        log.display(),
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    )
+}
+
+fn spawn(name: &str, cmd: &mut Command, log: &Path) -> anyhow::Result<Child> {
+    let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let err = out.try_clone()?;
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .with_context(|| format!("starting {name} ({cmd:?})"))?;
+    Ok(Child {
+        name: name.to_string(),
+        child,
+    })
+}
+
+/// The `anticamera` binary next to this one (`cargo build --release --bins` builds both).
+pub fn anticamera_bin() -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    let bin = me.with_file_name("anticamera");
+    if !bin.exists() {
+        bail!(
+            "{} not found: build it with `cargo build --release --bins`",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// Fills `{{name}}` placeholders; an unknown placeholder is an error.
+pub fn fill(template: &str, vars: &[(&str, String)]) -> anyhow::Result<String> {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(i) = rest.find("{{") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 2..];
+        let Some(j) = after.find("}}") else {
+            bail!("unclosed {{{{ in the template");
+        };
+        let name = after[..j].trim();
+        let Some((_, v)) = vars.iter().find(|(k, _)| *k == name) else {
+            bail!(
+                "unknown placeholder {{{{{name}}}}}; known: {}",
+                vars.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
+            );
+        };
+        out.push_str(v);
+        rest = &after[j + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Starts the demo portal and the front for one run.
+pub fn start(front: Front, sc: &Scenario, logs: &Path) -> anyhow::Result<Stack> {
+    std::fs::create_dir_all(logs)?;
+    let bin = anticamera_bin()?;
+    let label = format!("{}-{}", sc.name, front.as_str());
+    let portal_port = free_port()?;
+    let portal_log = logs.join(format!("{label}-portal.log"));
+    let mut cmd = Command::new(&bin);
+    cmd.arg("demo-portal")
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{portal_port}"))
+        .arg("--capacity")
+        .arg(sc.portal.capacity.to_string())
+        .arg("--base-latency")
+        .arg(format!("{}ms", sc.portal.base_latency.as_millis()))
+        .arg("--threads")
+        .arg(sc.portal.threads.to_string())
+        .env("RUST_LOG", "warn");
+    if sc.portal.fault_mode {
+        cmd.arg("--fault-mode");
+    }
+    let mut children = vec![spawn("demo portal", &mut cmd, &portal_log)?];
+    wait_port(portal_port, "the demo portal", &portal_log)?;
+    let portal = format!("http://127.0.0.1:{portal_port}");
+
+    let target = match front {
+        Front::Direct => portal.clone(),
+        Front::Anticamera => {
+            let (port, admin) = (free_port()?, free_port()?);
+            let tmpl_path = sc.dir.join(&sc.anticamera.config);
+            let tmpl = std::fs::read_to_string(&tmpl_path)
+                .with_context(|| format!("reading {}", tmpl_path.display()))?;
+            let c = sc.portal.capacity;
+            let limit = sc.guard_limit();
+            let prefixes = sc
+                .anticamera
+                .gate_prefixes
+                .iter()
+                .map(|p| format!("{p:?}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let vars = [
+                ("listen", format!("127.0.0.1:{port}")),
+                ("admin", format!("127.0.0.1:{admin}")),
+                ("portal", portal.clone()),
+                ("workers", sc.anticamera.workers.to_string()),
+                ("gate", sc.run.gate.clone()),
+                ("gate_prefixes", prefixes),
+                ("gate_capacity", sc.gate_capacity().to_string()),
+                ("guard_mode", sc.anticamera.guard_mode.clone()),
+                ("guard_limit", limit.to_string()),
+                ("guard_min", (limit / 4).max(1).to_string()),
+                ("guard_queue", (c * 20).to_string()),
+                (
+                    "latency_threshold",
+                    format!("{}ms", sc.portal.base_latency.as_millis() * 4),
+                ),
+                ("cohort_header", sc.run.cohort_header.clone()),
+            ];
+            let config =
+                fill(&tmpl, &vars).with_context(|| format!("filling {}", tmpl_path.display()))?;
+            let cfg_path = logs.join(format!("{label}.toml"));
+            std::fs::File::create(&cfg_path)?.write_all(config.as_bytes())?;
+            let log = logs.join(format!("{label}.log"));
+            let mut cmd = Command::new(&bin);
+            cmd.arg("run").arg("--config").arg(&cfg_path);
+            if let Some(at) = &sc.anticamera.rehearse_at {
+                cmd.arg("--rehearse-at").arg(at);
+            }
+            children.push(spawn("anticamera", &mut cmd, &log)?);
+            wait_port(port, "anticamera", &log)?;
+            format!("http://127.0.0.1:{port}")
+        }
+        Front::Nginx => {
+            let nginx = find_nginx()?;
+            let port = free_port()?;
+            let c = sc.portal.capacity;
+            let dir = logs.join(format!("{label}-nginx"));
+            std::fs::create_dir_all(dir.join("tmp"))?;
+            let conf = nginx_conf(
+                &dir,
+                port,
+                portal_port,
+                sc.nginx.rate.unwrap_or(c * 25),
+                sc.nginx.burst.unwrap_or(c * 2),
+                sc.nginx.conn.unwrap_or(c),
+            );
+            let conf_path = dir.join("nginx.conf");
+            std::fs::write(&conf_path, conf)?;
+            let log = logs.join(format!("{label}.log"));
+            let mut cmd = Command::new(nginx);
+            cmd.arg("-c")
+                .arg(&conf_path)
+                .arg("-e")
+                .arg(dir.join("error.log"));
+            children.push(spawn("nginx", &mut cmd, &log)?);
+            wait_port(port, "nginx", &log)?;
+            format!("http://127.0.0.1:{port}")
+        }
+    };
+    Ok(Stack {
+        target,
+        portal,
+        children,
+    })
+}
+
+/// nginx from PATH or /usr/sbin; installed by `scripts/setup-test-deps nginx-light` if missing.
+fn find_nginx() -> anyhow::Result<PathBuf> {
+    let look = || {
+        std::env::var_os("PATH")
+            .into_iter()
+            .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+            .chain([PathBuf::from("/usr/sbin")])
+            .map(|d| d.join("nginx"))
+            .find(|p| p.exists())
+    };
+    if let Some(p) = look() {
+        return Ok(p);
+    }
+    let setup = Path::new("scripts/setup-test-deps");
+    if setup.exists() {
+        eprintln!("surge: installing nginx with scripts/setup-test-deps nginx-light");
+        let ok = Command::new(setup).arg("nginx-light").status()?.success();
+        if ok {
+            if let Some(p) = look() {
+                return Ok(p);
+            }
+        }
+    }
+    bail!("nginx not found: run scripts/setup-test-deps nginx-light (from the repository root)")
+}
+
+/// What an operator without a waiting room would set: connections to the portal capped at C,
+/// the request rate limited with a burst; everything beyond gets 503.
+fn nginx_conf(
+    dir: &Path,
+    port: u16,
+    portal_port: u16,
+    rate: usize,
+    burst: usize,
+    conn: usize,
+) -> String {
+    let d = dir.display();
+    format!(
+        r#"worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+worker_rlimit_nofile 20000;
+events {{ worker_connections 16000; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/tmp/body;
+  proxy_temp_path {d}/tmp/proxy;
+  fastcgi_temp_path {d}/tmp/fastcgi;
+  uwsgi_temp_path {d}/tmp/uwsgi;
+  scgi_temp_path {d}/tmp/scgi;
+  keepalive_requests 1000000;
+  limit_conn_zone $server_name zone=perserver:1m;
+  limit_req_zone $server_name zone=portal:1m rate={rate}r/s;
+  limit_conn_status 503;
+  limit_req_status 503;
+  upstream portal {{ server 127.0.0.1:{portal_port}; keepalive 256; }}
+  server {{
+    listen 127.0.0.1:{port};
+    # The limit keys must not be empty (an empty key is not limited): name the server.
+    server_name portal.surge;
+    location / {{
+      limit_conn perserver {conn};
+      limit_req zone=portal burst={burst};
+      proxy_pass http://portal;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_connect_timeout 1s;
+      proxy_read_timeout 10s;
+    }}
+  }}
+}}
+"#
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_are_filled_and_unknown_placeholders_refused() {
+        let vars = [("a", "1".to_string()), ("b", "x".to_string())];
+        assert_eq!(fill("{{a}}-{{ b }}!", &vars).unwrap(), "1-x!");
+        assert!(fill("{{c}}", &vars)
+            .unwrap_err()
+            .to_string()
+            .contains("{{c}}"));
+        assert!(fill("{{a", &vars).is_err());
+    }
+}

@@ -1,0 +1,910 @@
+//! The virtual users. Each person is a task with its own cookie jar, `User-Agent: surge-vu-N`,
+//! a cohort (header) and a source address (127.1.x.y): `GET /` → `POST /login user=vuN` →
+//! `GET /account` (HTML) or `GET /api/account` (JSON) → isolation check → `GET /claim` →
+//! `POST /claim amount=600` → leaves. Whenever a step meets the waiting room, the user waits as
+//! the page does: polls `/.anticamera/status` after `retry_after_seconds`, holding the poll for
+//! `long_poll_seconds` when the answer says so; impatient users reload the page instead; some
+//! give up. Bots hammer the personal page without keeping cookies, from a few addresses.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::header::{HeaderValue, ACCEPT, CONTENT_TYPE, COOKIE, SET_COOKIE, USER_AGENT};
+use hyper::{Method, Request, Uri};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rand::Rng;
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::http::{
+    check_isolation, classify, join_url, send, Class, Isolation, Jar, NetError, Resp,
+};
+use crate::scenario::Scenario;
+use crate::verify::UserLog;
+
+/// Leak examples kept in the report.
+const MAX_LEAK_EXAMPLES: usize = 10;
+const HTML: &str = "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8";
+
+/// A journey step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Step {
+    Home,
+    Login,
+    Account,
+    Status,
+    ClaimForm,
+    ClaimSubmit,
+    Bot,
+}
+
+impl Step {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Home => "home",
+            Step::Login => "login",
+            Step::Account => "account",
+            Step::Status => "status_poll",
+            Step::ClaimForm => "claim_form",
+            Step::ClaimSubmit => "claim_submit",
+            Step::Bot => "bot",
+        }
+    }
+}
+
+/// One request as seen by a user.
+#[derive(Debug, Clone, Copy)]
+pub struct Rec {
+    /// Completion time, ms since the start of the run.
+    pub t_ms: u64,
+    pub step: Step,
+    /// HTTP status, 0 for timeouts and transport errors.
+    pub status: u16,
+    pub class: Class,
+    pub latency_us: u64,
+}
+
+/// A leak seen by a user.
+#[derive(Debug, Clone)]
+pub struct LeakExample {
+    pub vu: usize,
+    pub path: &'static str,
+    pub header: Option<String>,
+    pub body: Vec<String>,
+}
+
+/// User states (gauges over time, and the unfinished count when the run is cut).
+pub mod vu_state {
+    pub const PENDING: u8 = 0;
+    pub const ACTIVE: u8 = 1;
+    pub const WAITING: u8 = 2;
+    pub const DONE: u8 = 3;
+    pub const FAILED: u8 = 4;
+    pub const GAVE_UP: u8 = 5;
+    pub const ABANDONED: u8 = 6;
+    pub const BOT: u8 = 7;
+}
+
+/// Everything the users report, behind one mutex (a few thousand records per second).
+#[derive(Debug, Default)]
+pub struct Recorder {
+    pub recs: Vec<Rec>,
+    /// (completion time ms, journey duration us, time spent waiting in the queue us).
+    pub journeys: Vec<(u64, u64, u64)>,
+    /// Failed journeys by `step:reason`.
+    pub failures: BTreeMap<String, u64>,
+    pub iso_checked: u64,
+    pub iso_checked_by_path: BTreeMap<&'static str, u64>,
+    pub iso_ok: u64,
+    pub iso_incomplete: u64,
+    pub iso_unverifiable: u64,
+    pub leaks: u64,
+    pub leaks_by_path: BTreeMap<&'static str, u64>,
+    pub leak_examples: Vec<LeakExample>,
+    pub leak_journeys: u64,
+    pub release_header_seen: u64,
+    pub pass_cleared: u64,
+    pub queued_users: u64,
+    /// Total queue time of users admitted after waiting (us).
+    pub queue_waits: Vec<u64>,
+    pub poll_errors: u64,
+    pub reloads: u64,
+    /// Bot answers by status (0 = timeout / transport).
+    pub bot_statuses: BTreeMap<u16, u64>,
+    /// Personal pages a bot (no login) was served.
+    pub bot_personal_pages: u64,
+    /// What each user saw, for the order and estimate checks.
+    pub logs: Vec<UserLog>,
+    /// Arrival of each person (ms since the start).
+    pub arrivals: Vec<u64>,
+}
+
+/// Shared state of a run.
+pub struct Ctx {
+    pub sc: Scenario,
+    pub target: Uri,
+    /// People's clients, one per source address.
+    clients: Vec<Client<HttpConnector, Full<Bytes>>>,
+    bot_clients: Vec<Client<HttpConnector, Full<Bytes>>>,
+    /// Requests in flight from the tool (each holds a connection).
+    conns: tokio::sync::Semaphore,
+    pub start: Instant,
+    pub deadline: Instant,
+    pub rec: Mutex<Recorder>,
+    pub states: Vec<AtomicU8>,
+}
+
+fn client(local: IpAddr, max_idle: usize) -> Client<HttpConnector, Full<Bytes>> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    connector.set_local_address(Some(local));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(max_idle)
+        .build(connector)
+}
+
+impl Ctx {
+    pub fn new(sc: Scenario, target: Uri, start: Instant) -> Ctx {
+        let n = usize::from(sc.run.client_addresses);
+        let idle = (sc.run.max_connections / n).max(4);
+        let clients = (0..n)
+            .map(|i| {
+                let ip = Ipv4Addr::new(127, 1, (i / 250) as u8, (i % 250 + 1) as u8);
+                client(IpAddr::V4(ip), idle)
+            })
+            .collect();
+        let bot_clients = (0..sc.run.bot_addresses)
+            .map(|i| {
+                client(
+                    IpAddr::V4(Ipv4Addr::new(127, 2, 0, (i % 250 + 1) as u8)),
+                    64,
+                )
+            })
+            .collect();
+        let deadline = start + sc.run.duration;
+        Ctx {
+            conns: tokio::sync::Semaphore::new(sc.run.max_connections),
+            states: (0..sc.users.count)
+                .map(|_| AtomicU8::new(vu_state::PENDING))
+                .collect(),
+            sc,
+            target,
+            clients,
+            bot_clients,
+            start,
+            deadline,
+            rec: Mutex::new(Recorder::default()),
+        }
+    }
+
+    fn record(&self, r: Rec) {
+        lock(&self.rec).recs.push(r);
+    }
+
+    pub fn ms_now(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    /// One request through the connection budget.
+    async fn send(
+        &self,
+        client: &Client<HttpConnector, Full<Bytes>>,
+        req: Request<Full<Bytes>>,
+        timeout: Duration,
+    ) -> Result<Resp, NetError> {
+        let _permit = self
+            .conns
+            .acquire()
+            .await
+            .map_err(|_| NetError::Transport)?;
+        send(client, req, timeout).await
+    }
+
+    /// Counts users by state: (waiting, active).
+    pub fn gauges(&self) -> (u64, u64) {
+        let (mut w, mut a) = (0, 0);
+        for s in &self.states {
+            match s.load(Ordering::Relaxed) {
+                vu_state::WAITING => w += 1,
+                vu_state::ACTIVE => a += 1,
+                _ => {}
+            }
+        }
+        (w, a)
+    }
+}
+
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Why a journey ended early.
+#[derive(Debug)]
+enum Stop {
+    /// Failed at a step (after retries), with a reason.
+    Failed(Step, String),
+    /// Waited longer than `max_wait` in the queue.
+    GaveUp,
+    /// Left the queue on purpose (an abandoning user).
+    Abandoned,
+}
+
+/// How the last waiting-room answer said to poll.
+#[derive(Debug, Clone, Copy)]
+struct Advice {
+    refresh: Duration,
+    long_poll: u64,
+}
+
+struct Vu<'a> {
+    ctx: &'a Ctx,
+    id: usize,
+    user: String,
+    ua: HeaderValue,
+    cohort: Option<HeaderValue>,
+    jar: Jar,
+    /// HTML (`/account`) or JSON (`/api/account`) flavour.
+    json: bool,
+    impatient: bool,
+    abandon_after: Option<Duration>,
+    /// Time spent in the waiting room so far.
+    waited: Duration,
+    was_queued: bool,
+    leaked: bool,
+    log: UserLog,
+    /// The last position seen in an open queue.
+    last_position: Option<u64>,
+}
+
+impl<'a> Vu<'a> {
+    fn new(ctx: &'a Ctx, id: usize, rng: &mut impl Rng) -> Self {
+        let b = &ctx.sc.behaviour;
+        let (cohort_idx, cohort) = match ctx.sc.cohort_of(rng.gen()) {
+            Some(name) => (
+                ctx.sc.cohorts.keys().position(|k| k == name).unwrap_or(0) as u8,
+                HeaderValue::from_str(name).ok(),
+            ),
+            None => (0, None),
+        };
+        let r: f64 = rng.gen();
+        let impatient = r < b.impatient;
+        let abandon_after = (!impatient && r < b.impatient + b.abandon)
+            .then(|| b.max_wait.mul_f64(rng.gen_range(0.05..0.9)));
+        Vu {
+            ctx,
+            id,
+            user: format!("vu{id}"),
+            ua: HeaderValue::from_str(&format!("surge-vu-{id}"))
+                .unwrap_or(HeaderValue::from_static("surge-vu")),
+            cohort,
+            jar: Jar::default(),
+            json: rng.gen::<f64>() < b.json,
+            impatient,
+            abandon_after,
+            waited: Duration::ZERO,
+            was_queued: false,
+            leaked: false,
+            log: UserLog {
+                cohort: cohort_idx,
+                ..UserLog::default()
+            },
+            last_position: None,
+        }
+    }
+
+    /// Whether a path is behind the scenario's gate (the first such step takes the ticket).
+    fn behind_gate(&self, path: &str) -> bool {
+        self.ctx
+            .sc
+            .anticamera
+            .gate_prefixes
+            .iter()
+            .any(|p| path.starts_with(p.as_str()))
+    }
+
+    fn set_state(&self, s: u8) {
+        if let Some(a) = self.ctx.states.get(self.id) {
+            a.store(s, Ordering::Relaxed);
+        }
+    }
+
+    fn accept(&self) -> &'static str {
+        if self.json {
+            "application/json"
+        } else {
+            HTML
+        }
+    }
+
+    /// One request; the jar is updated from the answer. Returns the answer, its latency and
+    /// when it was sent (ms since the start).
+    async fn request(
+        &mut self,
+        method: Method,
+        path: &str,
+        accept: &str,
+        form: Option<&'static str>,
+        timeout: Duration,
+    ) -> anyhow::Result<(Result<Resp, NetError>, Duration, u64)> {
+        let uri = join_url(&self.ctx.target, path)?;
+        let mut b = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(USER_AGENT, self.ua.clone())
+            .header(ACCEPT, accept);
+        if let Some(c) = &self.cohort {
+            b = b.header(self.ctx.sc.run.cohort_header.as_str(), c.clone());
+        }
+        if let Some(c) = self.jar.header() {
+            b = b.header(COOKIE, c);
+        }
+        let body = match form {
+            Some(f) => {
+                b = b.header(CONTENT_TYPE, "application/x-www-form-urlencoded");
+                Full::new(Bytes::from(f.replace("{user}", &self.user)))
+            }
+            None => Full::new(Bytes::new()),
+        };
+        let req = b.body(body)?;
+        let sent = self.ctx.ms_now();
+        let t0 = Instant::now();
+        let client = &self.ctx.clients[self.id % self.ctx.clients.len()];
+        let r = self.ctx.send(client, req, timeout).await;
+        let lat = t0.elapsed();
+        if let Ok(resp) = &r {
+            self.jar.apply_all(&resp.headers);
+        }
+        Ok((r, lat, sent))
+    }
+
+    /// A step with retries: returns a portal answer (< 500, or a queue answer) with the time
+    /// its request was sent, or fails after `retries` retries of 5xx / refusals / timeouts /
+    /// transport errors.
+    async fn step(
+        &mut self,
+        step: Step,
+        method: Method,
+        path: &'static str,
+        accept: &str,
+        form: Option<&'static str>,
+    ) -> anyhow::Result<Result<(Resp, Class, u64), Stop>> {
+        let mut attempt = 0u32;
+        loop {
+            let timeout = self.ctx.sc.run.request_timeout;
+            let (r, lat, sent) = self
+                .request(method.clone(), path, accept, form, timeout)
+                .await?;
+            let (status, class) = match &r {
+                Ok(resp) => (
+                    resp.status,
+                    classify(
+                        resp.status,
+                        &resp.headers,
+                        &resp.body,
+                        &self.ctx.sc.run.cookie_prefix,
+                    ),
+                ),
+                Err(NetError::Timeout) => (0, Class::Timeout),
+                Err(NetError::Transport) => (0, Class::Transport),
+            };
+            self.ctx.record(Rec {
+                t_ms: self.ctx.ms_now(),
+                step,
+                status,
+                class,
+                latency_us: lat.as_micros() as u64,
+            });
+            let retry_after = r.as_ref().ok().and_then(|resp| {
+                resp.headers
+                    .get(hyper::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            });
+            if let Ok(resp) = r {
+                if class == Class::Queue || (status < 500 && class == Class::Portal) {
+                    return Ok(Ok((resp, class, sent)));
+                }
+            }
+            if attempt >= self.ctx.sc.run.retries {
+                let why = match class {
+                    Class::Timeout => "timeout".to_string(),
+                    Class::Transport => "transport".to_string(),
+                    Class::LeakGuard => "leak_guard_502".to_string(),
+                    _ => status.to_string(),
+                };
+                return Ok(Err(Stop::Failed(step, why)));
+            }
+            // Exponential backoff from 500 ms, at least a short Retry-After, ±20% jitter.
+            let base = Duration::from_millis(500 * (1u64 << attempt.min(6)));
+            let base = match retry_after {
+                Some(s) if s <= 10 => base.max(Duration::from_secs(s)),
+                _ => base,
+            };
+            let j = rand::thread_rng().gen_range(0.8..1.2);
+            tokio::time::sleep(base.mul_f64(j)).await;
+            attempt += 1;
+        }
+    }
+
+    /// A gated step: waits in the waiting room whenever the answer is a queue page, then
+    /// retries, until the portal answers or the user gives up.
+    async fn gated(
+        &mut self,
+        step: Step,
+        method: Method,
+        path: &'static str,
+        accept: &str,
+        form: Option<&'static str>,
+    ) -> anyhow::Result<Result<Resp, Stop>> {
+        loop {
+            let (resp, class, sent) =
+                match self.step(step, method.clone(), path, accept, form).await? {
+                    Ok(r) => r,
+                    Err(stop) => return Ok(Err(stop)),
+                };
+            let recv = self.ctx.ms_now();
+            let first_gated = self.log.first_gated_sent_ms.is_none() && self.behind_gate(path);
+            if first_gated {
+                self.log.first_gated_sent_ms = Some(sent);
+            }
+            if class != Class::Queue {
+                if self.behind_gate(path) && self.log.admitted_ms.is_none() {
+                    // In: after waiting (the poll said so, or this page did), or straight away.
+                    self.log.direct = !self.was_queued;
+                    self.log.admitted_ms = Some(recv);
+                }
+                return Ok(Ok(resp));
+            }
+            if !self.was_queued {
+                self.was_queued = true;
+                self.log.ticket_sent_ms = Some(sent);
+                self.log.ticket_recv_ms = Some(recv);
+                lock(&self.ctx.rec).queued_users += 1;
+            }
+            let advice = self.observe_answer(&resp, sent, recv);
+            if let Err(stop) = self.wait_in_queue(advice).await? {
+                return Ok(Err(stop));
+            }
+        }
+    }
+
+    /// Reads a waiting-room answer (JSON, or the HTML page's data attributes) and notes what
+    /// the checks need. Returns how to poll next.
+    fn observe_answer(&mut self, resp: &Resp, sent: u64, recv: u64) -> Advice {
+        let retry_header = resp
+            .headers
+            .get(hyper::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(1.0);
+        if let Ok(v) = serde_json::from_slice::<Value>(&resp.body) {
+            self.observe(&v, sent, recv);
+            return Advice {
+                refresh: Duration::from_secs_f64(
+                    v.get("retry_after_seconds")
+                        .and_then(Value::as_f64)
+                        .unwrap_or(retry_header)
+                        .max(1.0),
+                ),
+                long_poll: v
+                    .get("long_poll_seconds")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0),
+            };
+        }
+        // The HTML page: what its script reads.
+        let text = String::from_utf8_lossy(&resp.body);
+        let attr = |name: &str| -> Option<f64> {
+            let key = format!("{name}=\"");
+            let i = text.find(&key)? + key.len();
+            let j = text[i..].find('"')?;
+            text[i..i + j].parse().ok()
+        };
+        Advice {
+            refresh: Duration::from_secs_f64(attr("data-refresh").unwrap_or(retry_header).max(1.0)),
+            long_poll: attr("data-long-poll").unwrap_or(0.0) as u64,
+        }
+    }
+
+    /// Notes a JSON waiting-room answer.
+    fn observe(&mut self, v: &Value, sent: u64, recv: u64) {
+        let number = v.get("number").and_then(Value::as_u64);
+        if v.get("order_at_opening").and_then(Value::as_str) == Some("random") {
+            self.log.drawn = true;
+        }
+        match v.get("state").and_then(Value::as_str) {
+            Some("waiting") => {
+                if let Some(n) = number {
+                    self.log.waits.push((sent, n));
+                    self.log.number = Some(n);
+                }
+                if let Some(p) = v.get("position").and_then(Value::as_u64) {
+                    if self.last_position.is_some_and(|last| p > last) {
+                        self.log.position_regressions += 1;
+                    }
+                    self.last_position = Some(p);
+                }
+                if self.log.estimate.is_none() {
+                    if let Some(e) = v.get("estimated_wait_seconds").and_then(Value::as_u64) {
+                        self.log.estimate = Some((recv, e));
+                    }
+                }
+            }
+            Some("admitted") => {
+                if number.is_some() {
+                    self.log.number = number;
+                }
+                if self.log.admitted_ms.is_none() {
+                    self.log.admitted_ms = Some(recv);
+                }
+            }
+            // Positions before the opening are not the ones after it (the draw).
+            Some("prequeue") | Some("closed") => self.last_position = None,
+            _ => {}
+        }
+    }
+
+    /// Waits as the page does, until the ticket is admitted (or the status says there is no
+    /// ticket, or an impatient user reloads: the page is requested again).
+    async fn wait_in_queue(&mut self, mut advice: Advice) -> anyhow::Result<Result<(), Stop>> {
+        self.set_state(vu_state::WAITING);
+        let b = self.ctx.sc.behaviour.clone();
+        let outcome = loop {
+            if self.abandon_after.is_some_and(|a| self.waited >= a) {
+                break Err(Stop::Abandoned);
+            }
+            if self.waited >= b.max_wait {
+                break Err(Stop::GaveUp);
+            }
+            let left = b.max_wait - self.waited;
+            if self.impatient {
+                let pause = b
+                    .reload_every
+                    .mul_f64(rand::thread_rng().gen_range(0.7..1.3))
+                    .min(left);
+                tokio::time::sleep(pause).await;
+                self.waited += pause;
+                lock(&self.ctx.rec).reloads += 1;
+                break Ok(());
+            }
+            let pause = if advice.long_poll > 0 {
+                Duration::from_millis(250)
+            } else {
+                advice.refresh
+            }
+            .min(left);
+            let pause = match self.abandon_after {
+                Some(a) => pause.min(a.saturating_sub(self.waited)),
+                None => pause,
+            };
+            tokio::time::sleep(pause).await;
+            self.waited += pause;
+            let path = format!(
+                "/.anticamera/status?gate={}&wait={}",
+                self.ctx.sc.run.gate, advice.long_poll
+            );
+            let timeout = self.ctx.sc.run.request_timeout + Duration::from_secs(advice.long_poll);
+            let (r, lat, sent) = self
+                .request(Method::GET, &path, "application/json", None, timeout)
+                .await?;
+            let recv = self.ctx.ms_now();
+            self.waited += lat;
+            let status = r.as_ref().map(|r| r.status).unwrap_or(0);
+            let class = match &r {
+                Ok(_) => Class::Poll,
+                Err(NetError::Timeout) => Class::Timeout,
+                Err(NetError::Transport) => Class::Transport,
+            };
+            self.ctx.record(Rec {
+                t_ms: recv,
+                step: Step::Status,
+                status,
+                class,
+                latency_us: lat.as_micros() as u64,
+            });
+            match r {
+                Ok(resp) if resp.status == 404 => break Ok(()),
+                Ok(resp) => match serde_json::from_slice::<Value>(&resp.body) {
+                    Ok(v) if v.get("state").and_then(Value::as_str) == Some("admitted") => {
+                        self.observe(&v, sent, recv);
+                        break Ok(());
+                    }
+                    Ok(v) if v.get("state").is_some() => {
+                        advice = self.observe_answer(&resp, sent, recv);
+                    }
+                    _ => {
+                        lock(&self.ctx.rec).poll_errors += 1;
+                        advice = Advice {
+                            refresh: Duration::from_secs(2),
+                            long_poll: 0,
+                        };
+                    }
+                },
+                Err(_) => {
+                    lock(&self.ctx.rec).poll_errors += 1;
+                    advice = Advice {
+                        refresh: Duration::from_secs(2),
+                        long_poll: 0,
+                    };
+                }
+            }
+        };
+        self.set_state(vu_state::ACTIVE);
+        Ok(outcome)
+    }
+
+    /// Checks a personal response and records the result.
+    fn check(&mut self, path: &'static str, resp: &Resp) {
+        let owner = resp
+            .headers
+            .get(self.ctx.sc.run.user_header.as_str())
+            .and_then(|v| v.to_str().ok());
+        let iso = check_isolation(&self.user, owner, &resp.body);
+        let mut rec = lock(&self.ctx.rec);
+        rec.iso_checked += 1;
+        *rec.iso_checked_by_path.entry(path).or_default() += 1;
+        match iso {
+            Isolation::Ok => rec.iso_ok += 1,
+            Isolation::Incomplete => rec.iso_incomplete += 1,
+            Isolation::Unverifiable => rec.iso_unverifiable += 1,
+            Isolation::Leak { header, body } => {
+                rec.leaks += 1;
+                *rec.leaks_by_path.entry(path).or_default() += 1;
+                if rec.leak_examples.len() < MAX_LEAK_EXAMPLES {
+                    rec.leak_examples.push(LeakExample {
+                        vu: self.id,
+                        path,
+                        header,
+                        body,
+                    });
+                }
+                if !self.leaked {
+                    self.leaked = true;
+                    rec.leak_journeys += 1;
+                }
+            }
+        }
+    }
+
+    async fn pause(&self) {
+        if !self.ctx.sc.behaviour.think.is_zero() {
+            tokio::time::sleep(self.ctx.sc.behaviour.think).await;
+        }
+    }
+
+    /// The whole journey.
+    async fn journey(&mut self) -> anyhow::Result<Result<(), Stop>> {
+        let ok = |r: &Resp| (200..400).contains(&r.status);
+        let fail = |step: Step, r: &Resp| Stop::Failed(step, r.status.to_string());
+
+        // 1. The information page (open path; any step may meet a waiting room if the
+        //    operator gates it, so every step goes through `gated`).
+        match self.gated(Step::Home, Method::GET, "/", HTML, None).await? {
+            Ok(r) if ok(&r) => {}
+            Ok(r) => return Ok(Err(fail(Step::Home, &r))),
+            Err(s) => return Ok(Err(s)),
+        }
+        self.pause().await;
+
+        // 2. Login: the portal sets its session cookie.
+        match self
+            .gated(
+                Step::Login,
+                Method::POST,
+                "/login",
+                HTML,
+                Some("user={user}"),
+            )
+            .await?
+        {
+            Ok(r) if ok(&r) && self.jar.get("portal_session").is_some() => {}
+            Ok(r) => return Ok(Err(fail(Step::Login, &r))),
+            Err(s) => return Ok(Err(s)),
+        }
+        self.pause().await;
+
+        // 3. The personal page, through the waiting room.
+        let (path, accept) = if self.json {
+            ("/api/account", "application/json")
+        } else {
+            ("/account", HTML)
+        };
+        let r = match self
+            .gated(Step::Account, Method::GET, path, accept, None)
+            .await?
+        {
+            Ok(r) => r,
+            Err(s) => return Ok(Err(s)),
+        };
+        if r.status != 200 {
+            return Ok(Err(fail(Step::Account, &r)));
+        }
+        self.check(path, &r);
+        self.pause().await;
+
+        // 4. The claim form.
+        let accept = self.accept();
+        let r = match self
+            .gated(Step::ClaimForm, Method::GET, "/claim", accept, None)
+            .await?
+        {
+            Ok(r) => r,
+            Err(s) => return Ok(Err(s)),
+        };
+        if r.status != 200 {
+            return Ok(Err(fail(Step::ClaimForm, &r)));
+        }
+        self.check("/claim", &r);
+        self.pause().await;
+
+        // 5. Submit: the portal answers with the release header (anticamera consumes it).
+        let r = match self
+            .gated(
+                Step::ClaimSubmit,
+                Method::POST,
+                "/claim",
+                accept,
+                Some("amount=600"),
+            )
+            .await?
+        {
+            Ok(r) => r,
+            Err(s) => return Ok(Err(s)),
+        };
+        if r.status != 200 {
+            return Ok(Err(fail(Step::ClaimSubmit, &r)));
+        }
+        self.check("/claim (POST)", &r);
+        let released_header = r
+            .headers
+            .contains_key(self.ctx.sc.run.release_header.as_str());
+        let cleared = r
+            .headers
+            .get_all(SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.starts_with(&self.ctx.sc.run.cookie_prefix)
+                    && v.to_ascii_lowercase().contains("max-age=0")
+            });
+        let mut rec = lock(&self.ctx.rec);
+        rec.release_header_seen += u64::from(released_header);
+        rec.pass_cleared += u64::from(cleared);
+        Ok(Ok(()))
+    }
+}
+
+/// One person, from arrival to leaving.
+pub async fn run_vu(ctx: Arc<Ctx>, id: usize, at: Duration, seed: u64) {
+    tokio::time::sleep_until(ctx.start + at).await;
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
+    let mut vu = Vu::new(&ctx, id, &mut rng);
+    vu.set_state(vu_state::ACTIVE);
+    lock(&ctx.rec).arrivals.push(ctx.ms_now());
+    let t0 = Instant::now();
+    let outcome = vu.journey().await;
+    let failure = |rec: &mut Recorder, key: String| *rec.failures.entry(key).or_default() += 1;
+    let state = {
+        let mut rec = lock(&ctx.rec);
+        let state = match outcome {
+            Ok(Ok(())) => {
+                let q = if vu.was_queued {
+                    vu.waited.as_micros() as u64
+                } else {
+                    0
+                };
+                rec.journeys
+                    .push((ctx.ms_now(), t0.elapsed().as_micros() as u64, q));
+                if vu.was_queued {
+                    rec.queue_waits.push(q);
+                }
+                vu_state::DONE
+            }
+            Ok(Err(Stop::GaveUp)) => {
+                failure(&mut rec, "gave_up_waiting".into());
+                vu_state::GAVE_UP
+            }
+            Ok(Err(Stop::Abandoned)) => vu_state::ABANDONED,
+            Ok(Err(Stop::Failed(step, why))) => {
+                failure(&mut rec, format!("{}:{why}", step.as_str()));
+                vu_state::FAILED
+            }
+            Err(e) => {
+                failure(&mut rec, format!("internal:{e}"));
+                vu_state::FAILED
+            }
+        };
+        rec.logs.push(std::mem::take(&mut vu.log));
+        state
+    };
+    vu.set_state(state);
+}
+
+/// A bot: asks for the personal page again and again without keeping cookies (so without a
+/// ticket or a session), from one of a few addresses.
+pub async fn run_bot(ctx: Arc<Ctx>, id: usize, at: Duration) {
+    tokio::time::sleep_until(ctx.start + at).await;
+    if let Some(s) = ctx.states.get(id) {
+        s.store(vu_state::BOT, Ordering::Relaxed);
+    }
+    let b = &ctx.sc.behaviour;
+    let client = &ctx.bot_clients[id % ctx.bot_clients.len()];
+    for _ in 0..b.bot_requests {
+        let Ok(uri) = join_url(&ctx.target, "/account") else {
+            return;
+        };
+        let Ok(req) = Request::builder()
+            .uri(uri)
+            .header(USER_AGENT, "surge-bot")
+            .header(ACCEPT, HTML)
+            .body(Full::new(Bytes::new()))
+        else {
+            return;
+        };
+        let t0 = Instant::now();
+        let r = ctx.send(client, req, ctx.sc.run.request_timeout).await;
+        let (status, class) = match &r {
+            Ok(resp) => (
+                resp.status,
+                classify(
+                    resp.status,
+                    &resp.headers,
+                    &resp.body,
+                    &ctx.sc.run.cookie_prefix,
+                ),
+            ),
+            Err(NetError::Timeout) => (0, Class::Timeout),
+            Err(NetError::Transport) => (0, Class::Transport),
+        };
+        ctx.record(Rec {
+            t_ms: ctx.ms_now(),
+            step: Step::Bot,
+            status,
+            class,
+            latency_us: t0.elapsed().as_micros() as u64,
+        });
+        {
+            let mut rec = lock(&ctx.rec);
+            *rec.bot_statuses.entry(status).or_default() += 1;
+            // A bot never logged in: any page naming a user is someone else's data.
+            if let Ok(resp) = &r {
+                let names_someone = !matches!(
+                    check_isolation("", None, &resp.body),
+                    Isolation::Unverifiable
+                );
+                if resp.status == 200 && names_someone {
+                    rec.bot_personal_pages += 1;
+                }
+            }
+        }
+        let pause = b
+            .bot_interval
+            .mul_f64(rand::thread_rng().gen_range(0.5..1.5));
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Calls the demo portal's admin endpoints.
+pub async fn portal_call(portal: &Uri, method: Method, path: &str) -> anyhow::Result<Value> {
+    let c = client(IpAddr::V4(Ipv4Addr::LOCALHOST), 2);
+    let req = Request::builder()
+        .method(method)
+        .uri(join_url(portal, path)?)
+        .body(Full::new(Bytes::new()))?;
+    let r = send(&c, req, Duration::from_secs(5))
+        .await
+        .map_err(|e| anyhow::anyhow!("portal {path}: {e:?}"))?;
+    if r.status != 200 {
+        anyhow::bail!("portal {path}: status {}", r.status);
+    }
+    Ok(serde_json::from_slice(&r.body)?)
+}

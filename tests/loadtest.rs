@@ -1,0 +1,151 @@
+//! The load-test kit end to end: `surge run` starts the demo portal and anticamera itself,
+//! replays a small scenario (mixed JSON/HTML users, impatient reloaders, abandoning users, a
+//! bot, two cohorts), and its checks come out clean; the same scenario straight at a portal in
+//! fault mode shows the leaks. Release-sized runs are in BENCHMARKS.md.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+fn scenario(dir: &Path, extra: &str) -> std::path::PathBuf {
+    let tmpl =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("loadtest/scenarios/anticamera.toml.tmpl");
+    let text = format!(
+        r#"name = "smoke"
+[users]
+count = 300
+arrival = "spike"
+over = "2s"
+[behaviour]
+json = 0.5
+impatient = 0.1
+abandon = 0.05
+bots = 0.01
+bot_requests = 5
+max_wait = "30s"
+[cohorts]
+citizens = 0.7
+intermediaries = 0.3
+[run]
+duration = "40s"
+client_addresses = 300
+[portal]
+capacity = 10
+[anticamera]
+config = "{}"
+gate_prefixes = ["/login", "/account", "/claim", "/api/"]
+{extra}"#,
+        tmpl.display()
+    );
+    let p = dir.join("smoke.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn run(args: &[&str], out: &Path) -> (bool, Value) {
+    let o = Command::new(env!("CARGO_BIN_EXE_surge"))
+        .args(args)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let report = std::fs::read(out.join("report.json"))
+        .unwrap_or_else(|e| panic!("no report ({e}):\n{stdout}\n{stderr}"));
+    (o.status.success(), serde_json::from_slice(&report).unwrap())
+}
+
+#[test]
+fn a_scenario_through_anticamera_passes_every_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let sc = scenario(dir.path(), "");
+    let out = dir.path().join("out");
+    let (ok, report) = run(&["run", sc.to_str().unwrap(), "--strict"], &out);
+    let r = &report["runs"][0];
+    assert!(ok, "strict run failed: {:#}", r["summary"]);
+    assert_eq!(r["label"], "anticamera");
+    let s = &r["summary"];
+    assert_eq!(s["leaks"], 0);
+    assert!(s["portal_peak_in_flight"].as_u64().unwrap() <= 10, "{s:#}");
+    assert_eq!(s["admission_inversions"], 0);
+    assert_eq!(s["position_regressions"], 0);
+    // People got through the waiting room and were checked.
+    let done = r["journeys"]["completed"].as_u64().unwrap();
+    assert!(
+        done >= 200,
+        "only {done} journeys of 300 users: {:#}",
+        r["journeys"]
+    );
+    assert!(r["queue"]["users_queued"].as_u64().unwrap() > 50);
+    assert!(
+        r["verification"]["waiting_answers_checked"]
+            .as_u64()
+            .unwrap()
+            > 50
+    );
+    assert!(r["isolation"]["checked"].as_u64().unwrap() >= 3 * done);
+    assert!(r["bots"]["count"].as_u64().unwrap() >= 1);
+    assert_eq!(r["isolation"]["bot_personal_pages"], 0);
+    // The timeline and the plots.
+    assert!(r["timeline"]["t_s"].as_array().unwrap().len() >= 3);
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("<svg") && html.contains("anticamera"));
+    let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(
+        md.contains("| admission inversions / arrival overtakes | 0 / 0 |"),
+        "{md}"
+    );
+}
+
+#[test]
+fn the_same_scenario_straight_at_a_faulty_portal_shows_the_leaks() {
+    let dir = tempfile::tempdir().unwrap();
+    let sc = scenario(dir.path(), "");
+    let out = dir.path().join("out");
+    let (ok, report) = run(
+        &[
+            "run",
+            sc.to_str().unwrap(),
+            "--against",
+            "direct",
+            "--fault-mode",
+            "--duration",
+            "15s",
+            "--strict",
+        ],
+        &out,
+    );
+    // --strict judges anticamera runs only.
+    assert!(ok);
+    let r = &report["runs"][0];
+    assert_eq!(r["label"], "direct");
+    let peak = r["summary"]["portal_peak_in_flight"].as_u64().unwrap();
+    assert!(peak > 10, "the portal was not overloaded: {peak}");
+    let leaks = r["isolation"]["leaks"].as_u64().unwrap()
+        + r["portal"]["after"]["leaks_served"].as_u64().unwrap();
+    assert!(
+        leaks > 0,
+        "fault mode under overload should leak: {:#}",
+        r["isolation"]
+    );
+}
+
+#[test]
+fn a_bad_scenario_is_refused_with_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.toml");
+    std::fs::write(
+        &p,
+        "name = \"x\"\n[users]\ncount = 10\nover = \"1s\"\n[portal]\ncapacty = 5\n",
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_surge"))
+        .args(["run", p.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("bad.toml") && err.contains("portal"), "{err}");
+}
