@@ -550,9 +550,15 @@ impl Proxy {
                 .min(20);
             let peer = conn.peer.ip();
             let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
+            let mut seen_ahead = None;
             let answer = loop {
                 match room.status_for_long_poll(gate, parts, client, peer) {
-                    Some((_, Some(pending))) if wait > 0 => {
+                    // Held until admitted, until the place moves (those near the front see
+                    // it move), or until the deadline.
+                    Some((Answer::Queue { ahead, .. }, Some(pending)))
+                        if wait > 0 && seen_ahead.is_none_or(|a| a == ahead) =>
+                    {
+                        seen_ahead = Some(ahead);
                         if tokio::time::timeout_at(deadline, pending).await.is_err() {
                             // The deadline: answer with the latest position.
                             break room.status(gate, parts, client, peer);
