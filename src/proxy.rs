@@ -543,7 +543,7 @@ impl Proxy {
             };
             // Long poll: `wait=N` holds the answer up to N seconds (at most 20) until the
             // ticket is admitted, so an admitted user's place does not sit idle until their
-            // next poll. Only the admissions of this ticket's position wake it (room.rs).
+            // next poll. Only admissions at or just ahead of this position wake it (room.rs).
             let wait = query_param(query, "wait")
                 .and_then(|w| w.parse::<u64>().ok())
                 .unwrap_or(0)

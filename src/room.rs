@@ -125,7 +125,8 @@ impl Wakers {
         &self.0[((position / WAKE_SPAN) % WAKE_SHARDS as u64) as usize]
     }
 
-    /// Wakes the long polls of positions in `[from, to)` (the ones just admitted).
+    /// Wakes the long polls of positions in `[from, to)` (the ones just admitted) and of the
+    /// `WAKE_FOLLOWERS` shards behind them (their place moved: the page shows it).
     fn wake(&self, from: u64, to: u64) {
         if to <= from {
             return;

@@ -40,7 +40,7 @@ use tokio::time::Instant;
 use crate::orchestra::Front;
 use crate::report::Samples;
 use crate::scenario::Scenario;
-use crate::vu::{lock, portal_call, run_bot, run_vu, Ctx};
+use crate::vu::{lock, run_bot, run_vu, Ctx, PortalAdmin};
 
 /// Claim-day load tests: scenarios against the demo portal, straight, through nginx and
 /// through anticamera, with isolation, capacity, order and estimate checks.
@@ -208,7 +208,7 @@ fn run_all(args: RunArgs) -> anyhow::Result<i32> {
             ""
         }
     );
-    std::fs::write(out.join("summary.md"), format!("## {title}\n\n{table}"))?;
+    std::fs::write(out.join("summary.md"), format!("**{title}**\n\n{table}"))?;
     std::fs::write(
         out.join("report.json"),
         serde_json::to_vec_pretty(&json!({ "scenario": sc.name, "runs": runs }))?,
@@ -241,16 +241,18 @@ async fn run_one(
     seed: u64,
 ) -> anyhow::Result<Value> {
     let target_uri: Uri = target.parse().with_context(|| format!("target {target}"))?;
-    let portal: Option<Uri> = match portal {
-        Some(p) => Some(p.parse().with_context(|| format!("portal {p}"))?),
+    let portal = match portal {
+        Some(p) => Some(PortalAdmin::new(
+            p.parse().with_context(|| format!("portal {p}"))?,
+        )),
         None => None,
     };
     let before = match &portal {
         Some(p) => {
-            portal_call(p, Method::POST, "/__portal/reset")
+            p.call(Method::POST, "/__portal/reset")
                 .await
                 .context("resetting the portal stats (is --portal the demo portal?)")?;
-            Some(portal_call(p, Method::GET, "/__portal/stats").await?)
+            Some(p.call(Method::GET, "/__portal/stats").await?)
         }
         None => None,
     };
@@ -260,15 +262,10 @@ async fn run_one(
     let watcher = tokio::spawn(watch(ctx.clone(), portal.clone(), samples.clone()));
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let bots = (sc.users.count as f64 * sc.behaviour.bots).round() as usize;
     let mut set = tokio::task::JoinSet::new();
     for id in 0..sc.users.count {
         let at = sc.arrival_of(id, rng.gen());
-        // Bots are spread among the people.
-        if bots > 0
-            && id % (sc.users.count / bots).max(1) == 0
-            && id / (sc.users.count / bots).max(1) < bots
-        {
+        if sc.is_bot(id) {
             set.spawn(run_bot(ctx.clone(), id, at));
         } else {
             set.spawn(run_vu(ctx.clone(), id, at, rng.gen()));
@@ -285,7 +282,7 @@ async fn run_one(
     let _ = watcher.await;
     eprintln!();
     let after = match &portal {
-        Some(p) => portal_call(p, Method::GET, "/__portal/stats").await.ok(),
+        Some(p) => p.call(Method::GET, "/__portal/stats").await.ok(),
         None => None,
     };
     let samples = std::mem::take(&mut *lock(&samples));
@@ -296,7 +293,11 @@ async fn run_one(
 
 /// Every second: the portal's peak in flight, the users' gauges, the live progress line; and
 /// the scenario's events on time.
-async fn watch(ctx: Arc<Ctx>, portal: Option<Uri>, samples: Arc<std::sync::Mutex<Samples>>) {
+async fn watch(
+    ctx: Arc<Ctx>,
+    portal: Option<PortalAdmin>,
+    samples: Arc<std::sync::Mutex<Samples>>,
+) {
     tokio::time::sleep_until(ctx.start).await;
     let mut events: Vec<_> = ctx.sc.events.clone();
     events.sort_by_key(|e| e.at);
@@ -311,14 +312,15 @@ async fn watch(ctx: Arc<Ctx>, portal: Option<Uri>, samples: Arc<std::sync::Mutex
         while let Some(e) = events.next_if(|e| e.at <= now) {
             if let (Some(p), Some(f)) = (&portal, e.slowdown) {
                 let path = format!("/__portal/slowdown?factor={f}");
-                match portal_call(p, Method::POST, &path).await {
+                match p.call(Method::POST, &path).await {
                     Ok(_) => eprintln!("\nsurge: at {s} s the portal is {f}x slower"),
                     Err(e) => eprintln!("\nsurge: slowdown event failed: {e}"),
                 }
             }
         }
         let peak = match &portal {
-            Some(p) => portal_call(p, Method::POST, "/__portal/sample")
+            Some(p) => p
+                .call(Method::POST, "/__portal/sample")
                 .await
                 .ok()
                 .and_then(|v| v.get("window_peak_in_flight").and_then(Value::as_u64)),

@@ -36,7 +36,6 @@ impl Front {
 
 /// A child process, killed on drop.
 struct Child {
-    name: String,
     child: std::process::Child,
 }
 
@@ -44,7 +43,6 @@ impl Drop for Child {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        tracing::debug!(name = %self.name, "stopped");
     }
 }
 
@@ -99,10 +97,7 @@ fn spawn(name: &str, cmd: &mut Command, log: &Path) -> anyhow::Result<Child> {
         .stderr(err)
         .spawn()
         .with_context(|| format!("starting {name} ({cmd:?})"))?;
-    Ok(Child {
-        name: name.to_string(),
-        child,
-    })
+    Ok(Child { child })
 }
 
 /// The `anticamera` binary next to this one (`cargo build --release --bins` builds both).

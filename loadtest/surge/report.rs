@@ -219,7 +219,7 @@ pub fn build_report(
         })
         .collect();
     let hdr = hdr_summary(admitted.iter().copied());
-    let bots = (sc.users.count as f64 * sc.behaviour.bots).round() as usize;
+    let bots = sc.bots();
     let people = sc.users.count - bots;
 
     json!({
@@ -239,7 +239,7 @@ pub fn build_report(
             "admission_inversions": inv.answers,
             "position_regressions": regressions,
             "wait_estimate_median_abs_error_pct": est.median_abs_error_pct.map(round2),
-            "latency_ms": hdr,
+            "latency_ms": hdr.clone(),
             "status_mix": status_mix,
         },
         "portal": {
@@ -288,9 +288,8 @@ pub fn build_report(
             "portal_ok_responses": portal_ok,
         },
         "latency_ms": {
-            "admitted": summary_ms(admitted),
-            "admitted_hdr": hdr_summary(admitted_ok.iter().copied()),
-            "admitted_ok": summary_ms(admitted_ok),
+            "admitted": hdr,
+            "admitted_ok": hdr_summary(admitted_ok.iter().copied()),
             "by_step": step_lat.into_iter().map(|(k, v)| (k.to_string(), summary_ms(v))).collect::<serde_json::Map<_, _>>(),
             "status_poll": summary_ms(polls),
         },

@@ -10,14 +10,13 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use serde::Deserialize;
 
-/// `"250ms"`, `"60s"`, `"2m"` in a scenario file.
+/// `"250ms"`, `"60s"`, `"2m"` in a scenario file: parsed as anticamera's config parses them.
 mod dur {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
 
     pub fn de<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
+        anticamera::config::Dur::deserialize(d).map(|d| d.0)
     }
 }
 
@@ -370,6 +369,21 @@ impl Scenario {
         None
     }
 
+    /// How many of the users are bots.
+    pub fn bots(&self) -> usize {
+        ((self.users.count as f64 * self.behaviour.bots).round() as usize).min(self.users.count)
+    }
+
+    /// Whether user `id` is a bot: bots are spread evenly among the people.
+    pub fn is_bot(&self, id: usize) -> bool {
+        let bots = self.bots();
+        if bots == 0 {
+            return false;
+        }
+        let stride = self.users.count / bots;
+        id % stride == 0 && id / stride < bots
+    }
+
     /// Users admitted at once by anticamera's gate.
     pub fn gate_capacity(&self) -> usize {
         self.anticamera
@@ -421,6 +435,9 @@ mod tests {
         // Half of the users arrive in the last 30% of the window.
         assert!(s.arrival_of(5, 0.0) > Duration::from_secs(7));
         s.cohorts = [("a".to_string(), 0.25), ("b".to_string(), 0.75)].into();
+        s.behaviour.bots = 0.2;
+        let bots: Vec<usize> = (0..10).filter(|&i| s.is_bot(i)).collect();
+        assert_eq!((s.bots(), bots), (2, vec![0, 5]));
         assert_eq!(s.cohort_of(0.1), Some("a"));
         assert_eq!(s.cohort_of(0.9), Some("b"));
     }

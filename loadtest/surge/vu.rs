@@ -681,6 +681,28 @@ impl<'a> Vu<'a> {
         }
     }
 
+    /// A personal page through the waiting room: it must be a 200 naming this user (checked
+    /// and counted under `label`).
+    async fn personal(
+        &mut self,
+        step: Step,
+        method: Method,
+        path: &'static str,
+        accept: &'static str,
+        form: Option<&'static str>,
+        label: &'static str,
+    ) -> anyhow::Result<Result<Resp, Stop>> {
+        let r = match self.gated(step, method, path, accept, form).await? {
+            Ok(r) => r,
+            Err(s) => return Ok(Err(s)),
+        };
+        if r.status != 200 {
+            return Ok(Err(Stop::Failed(step, r.status.to_string())));
+        }
+        self.check(label, &r);
+        Ok(Ok(r))
+    }
+
     /// The whole journey.
     async fn journey(&mut self) -> anyhow::Result<Result<(), Stop>> {
         let ok = |r: &Resp| (200..400).contains(&r.status);
@@ -718,52 +740,46 @@ impl<'a> Vu<'a> {
         } else {
             ("/account", HTML)
         };
-        let r = match self
-            .gated(Step::Account, Method::GET, path, accept, None)
+        if let Err(s) = self
+            .personal(Step::Account, Method::GET, path, accept, None, path)
             .await?
         {
-            Ok(r) => r,
-            Err(s) => return Ok(Err(s)),
-        };
-        if r.status != 200 {
-            return Ok(Err(fail(Step::Account, &r)));
+            return Ok(Err(s));
         }
-        self.check(path, &r);
         self.pause().await;
 
         // 4. The claim form.
         let accept = self.accept();
-        let r = match self
-            .gated(Step::ClaimForm, Method::GET, "/claim", accept, None)
+        if let Err(s) = self
+            .personal(
+                Step::ClaimForm,
+                Method::GET,
+                "/claim",
+                accept,
+                None,
+                "/claim",
+            )
             .await?
         {
-            Ok(r) => r,
-            Err(s) => return Ok(Err(s)),
-        };
-        if r.status != 200 {
-            return Ok(Err(fail(Step::ClaimForm, &r)));
+            return Ok(Err(s));
         }
-        self.check("/claim", &r);
         self.pause().await;
 
         // 5. Submit: the portal answers with the release header (anticamera consumes it).
         let r = match self
-            .gated(
+            .personal(
                 Step::ClaimSubmit,
                 Method::POST,
                 "/claim",
                 accept,
                 Some("amount=600"),
+                "/claim (POST)",
             )
             .await?
         {
             Ok(r) => r,
             Err(s) => return Ok(Err(s)),
         };
-        if r.status != 200 {
-            return Ok(Err(fail(Step::ClaimSubmit, &r)));
-        }
-        self.check("/claim (POST)", &r);
         let released_header = r
             .headers
             .contains_key(self.ctx.sc.run.release_header.as_str());
@@ -893,18 +909,34 @@ pub async fn run_bot(ctx: Arc<Ctx>, id: usize, at: Duration) {
     }
 }
 
-/// Calls the demo portal's admin endpoints.
-pub async fn portal_call(portal: &Uri, method: Method, path: &str) -> anyhow::Result<Value> {
-    let c = client(IpAddr::V4(Ipv4Addr::LOCALHOST), 2);
-    let req = Request::builder()
-        .method(method)
-        .uri(join_url(portal, path)?)
-        .body(Full::new(Bytes::new()))?;
-    let r = send(&c, req, Duration::from_secs(5))
-        .await
-        .map_err(|e| anyhow::anyhow!("portal {path}: {e:?}"))?;
-    if r.status != 200 {
-        anyhow::bail!("portal {path}: status {}", r.status);
+/// The demo portal's admin endpoints (stats, reset, per-second sample, slowdown), over one
+/// kept-alive connection.
+#[derive(Clone)]
+pub struct PortalAdmin {
+    uri: Uri,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl PortalAdmin {
+    pub fn new(uri: Uri) -> Self {
+        PortalAdmin {
+            uri,
+            client: client(IpAddr::V4(Ipv4Addr::LOCALHOST), 2),
+        }
     }
-    Ok(serde_json::from_slice(&r.body)?)
+
+    /// One call; the JSON answer.
+    pub async fn call(&self, method: Method, path: &str) -> anyhow::Result<Value> {
+        let req = Request::builder()
+            .method(method)
+            .uri(join_url(&self.uri, path)?)
+            .body(Full::new(Bytes::new()))?;
+        let r = send(&self.client, req, Duration::from_secs(5))
+            .await
+            .map_err(|e| anyhow::anyhow!("portal {path}: {e:?}"))?;
+        if r.status != 200 {
+            anyhow::bail!("portal {path}: status {}", r.status);
+        }
+        Ok(serde_json::from_slice(&r.body)?)
+    }
 }
