@@ -242,6 +242,18 @@ pub enum NetError {
     Transport,
 }
 
+/// Status (0 for no response) and class of a request's outcome.
+pub fn classify_result(r: &Result<Resp, NetError>, cookie_prefix: &str) -> (u16, Class) {
+    match r {
+        Ok(resp) => (
+            resp.status,
+            classify(resp.status, &resp.headers, &resp.body, cookie_prefix),
+        ),
+        Err(NetError::Timeout) => (0, Class::Timeout),
+        Err(NetError::Transport) => (0, Class::Transport),
+    }
+}
+
 pub fn join_url(base: &Uri, path: &str) -> anyhow::Result<Uri> {
     let s = format!("{}{path}", base.to_string().trim_end_matches('/'));
     s.parse().with_context(|| format!("bad URL {s}"))

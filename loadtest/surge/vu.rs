@@ -24,7 +24,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::http::{
-    check_isolation, classify, join_url, send, Class, Isolation, Jar, NetError, Resp,
+    check_isolation, classify_result, join_url, send, Class, Isolation, Jar, NetError, Resp,
 };
 use crate::scenario::Scenario;
 use crate::verify::UserLog;
@@ -383,19 +383,7 @@ impl<'a> Vu<'a> {
             let (r, lat, sent) = self
                 .request(method.clone(), path, accept, form, timeout)
                 .await?;
-            let (status, class) = match &r {
-                Ok(resp) => (
-                    resp.status,
-                    classify(
-                        resp.status,
-                        &resp.headers,
-                        &resp.body,
-                        &self.ctx.sc.run.cookie_prefix,
-                    ),
-                ),
-                Err(NetError::Timeout) => (0, Class::Timeout),
-                Err(NetError::Transport) => (0, Class::Transport),
-            };
+            let (status, class) = classify_result(&r, &self.ctx.sc.run.cookie_prefix);
             self.ctx.record(Rec {
                 t_ms: self.ctx.ms_now(),
                 step,
@@ -868,19 +856,7 @@ pub async fn run_bot(ctx: Arc<Ctx>, id: usize, at: Duration) {
         };
         let t0 = Instant::now();
         let r = ctx.send(client, req, ctx.sc.run.request_timeout).await;
-        let (status, class) = match &r {
-            Ok(resp) => (
-                resp.status,
-                classify(
-                    resp.status,
-                    &resp.headers,
-                    &resp.body,
-                    &ctx.sc.run.cookie_prefix,
-                ),
-            ),
-            Err(NetError::Timeout) => (0, Class::Timeout),
-            Err(NetError::Transport) => (0, Class::Transport),
-        };
+        let (status, class) = classify_result(&r, &ctx.sc.run.cookie_prefix);
         ctx.record(Rec {
             t_ms: ctx.ms_now(),
             step: Step::Bot,
