@@ -120,7 +120,7 @@ pub const UPSTREAM_QUEUED: &str = "anticamera_upstream_queued";
 pub const BREAKER_STATE: &str = "anticamera_breaker_state";
 
 /// The loop between the portal and the waiting room: when the portal slows down (its learned
-/// limit drops), requests pile up for a slot, or the breaker opens, new admissions slow down
+/// limit drops), requests of people let in pile up for a slot, or the breaker opens, new admissions slow down
 /// (multiplicative decrease); when it is healthy again they recover (additive increase).
 fn feed_back(shared: &Shared, room: &crate::room::Room) {
     let mut f = room.health();
@@ -142,7 +142,10 @@ fn feed_back(shared: &Shared, room: &crate::room::Room) {
         metrics::gauge!(UPSTREAM_LIMIT).set(limit as f64);
         metrics::gauge!(UPSTREAM_QUEUED).set(g.queued() as f64);
         let learned_low = (limit as f64) < 0.8 * cfg.max_in_flight as f64;
-        let piling_up = g.queued() > limit / 4;
+        // Only the requests of people let in count: they are what admission adds. New
+        // arrivals' open pages queueing for their share is a surge at the door, and admitting
+        // fewer would leave the portal's other slots idle without taking one of them away.
+        let piling_up = g.queued_inside() > limit / 4;
         if !struggling && (learned_low || piling_up) {
             f *= 0.9;
             struggling = true;

@@ -204,7 +204,8 @@ impl ShedReason {
 pub struct Shed {
     /// Why.
     pub reason: ShedReason,
-    /// A hint for `Retry-After`: the queue timeout (at least one second).
+    /// A hint for `Retry-After`: how long the queue needs to drain at the measured latency,
+    /// between one second and the queue timeout.
     pub retry_after: Duration,
 }
 
@@ -503,6 +504,12 @@ impl Guard {
     pub fn queued(&self) -> usize {
         self.inner.queued.load(Ordering::Relaxed)
     }
+
+    /// Requests of users already inside waiting in the queue (takes the queue's lock: for the
+    /// controller, not the request path).
+    pub fn queued_inside(&self) -> usize {
+        self.inner.lock().inside.len()
+    }
 }
 
 impl Inner {
@@ -510,10 +517,22 @@ impl Inner {
         self.waiters.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A refusal, with `Retry-After` the time the queue needs to drain (its length times the
+    /// latency EWMA over the limit), between 1 s and the queue timeout; the queue timeout
+    /// before any latency is known.
     fn shed(&self, reason: ShedReason) -> Shed {
+        let most = self.queue_timeout.max(Duration::from_secs(1));
+        let ewma = f64::from_bits(self.ewma_ns.load(Ordering::Relaxed));
+        let limit = self.limit.load(Ordering::Relaxed).max(1) as f64;
+        let queued = self.queued.load(Ordering::Relaxed) as f64 + 1.0;
+        let drain = if ewma > 0.0 {
+            Duration::from_secs_f64((queued * ewma / limit / 1e9).min(most.as_secs_f64()))
+        } else {
+            most
+        };
         Shed {
             reason,
-            retry_after: self.queue_timeout.max(Duration::from_secs(1)),
+            retry_after: drain.clamp(Duration::from_secs(1), most),
         }
     }
 
@@ -582,6 +601,17 @@ impl Inner {
     }
 
     fn on_outcome(&self, latency: Duration, outcome: Outcome, epoch: u64, in_flight_then: usize) {
+        // The latency EWMA also dates `Retry-After` in fixed mode.
+        let ewma = (outcome == Outcome::Success).then(|| {
+            let sample = latency.as_nanos() as f64;
+            update_f64(&self.ewma_ns, |e| {
+                if e == 0.0 {
+                    sample
+                } else {
+                    e + EWMA_WEIGHT * (sample - e)
+                }
+            })
+        });
         if self.mode != GuardMode::Adaptive {
             return;
         }
@@ -589,14 +619,7 @@ impl Inner {
             Outcome::Ignore => {}
             Outcome::Overload => self.decrease(epoch),
             Outcome::Success => {
-                let sample = latency.as_nanos() as f64;
-                let ewma = update_f64(&self.ewma_ns, |e| {
-                    if e == 0.0 {
-                        sample
-                    } else {
-                        e + EWMA_WEIGHT * (sample - e)
-                    }
-                });
+                let ewma = ewma.unwrap_or(0.0);
                 if ewma > self.latency_threshold_ns {
                     self.decrease(epoch);
                 } else if in_flight_then.saturating_mul(2) >= self.limit.load(Ordering::Relaxed) {
@@ -814,6 +837,37 @@ mod tests {
         drop(held);
         assert_eq!(waiter.await.unwrap(), Duration::from_millis(300));
         assert_eq!((g.in_flight(), g.queued()), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_is_the_time_the_queue_needs() {
+        let g = Guard::new(&cfg(
+            "max_in_flight = 2\nreserve_for_inside = 0.0\nqueue_size = 200\nqueue_timeout = \"30s\"",
+        ));
+        // The portal answers in 200 ms, 2 at a time: a queue of n drains in n / 10 seconds.
+        for _ in 0..4 {
+            let p = g.acquire(Priority::Inside, Instant::now()).await.unwrap();
+            p.done(Duration::from_millis(200), Outcome::Success);
+        }
+        let _held: Vec<_> = futures_util::future::join_all(
+            (0..2).map(|_| g.acquire(Priority::Inside, Instant::now())),
+        )
+        .await;
+        let queued: Vec<_> = (0..100)
+            .map(|_| {
+                let g = g.clone();
+                tokio::spawn(
+                    async move { g.acquire(Priority::New, Instant::now()).await.map(|_| ()) },
+                )
+            })
+            .collect();
+        settle().await;
+        assert_eq!(g.queued(), 100);
+        // New arrivals may fill half the queue: the next is refused, told the queue's drain.
+        let shed = g.acquire(Priority::New, Instant::now()).await.unwrap_err();
+        assert_eq!(shed.reason, ShedReason::QueueFull);
+        assert_eq!(shed.retry_after_secs(), 11, "101 × 0.2 s / 2, rounded up");
+        drop(queued);
     }
 
     #[tokio::test(start_paused = true)]

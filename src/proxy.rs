@@ -77,6 +77,10 @@ pub const SHED: &str = "anticamera_shed_total";
 /// Metric: time spent waiting for a portal slot (seconds).
 pub const SLOT_WAIT: &str = "anticamera_upstream_slot_wait_seconds";
 
+/// A long poll reports a place that moved only after being held this long (admission is
+/// reported at once).
+const LONG_POLL_MOVE_HOLD: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Shared {
     /// Derives the shared state from a validated config (restoring saved queue state).
     pub fn new(config: Arc<Config>) -> Result<Arc<Self>, RoomError> {
@@ -544,23 +548,32 @@ impl Proxy {
             // Long poll: `wait=N` holds the answer up to N seconds (at most 20) until the
             // ticket is admitted, so an admitted user's place does not sit idle until their
             // next poll. Only admissions at or just ahead of this position wake it (room.rs).
+            // A place that moved is reported too, but only once the poll has been held for
+            // `LONG_POLL_MOVE_HOLD`: near the front the place moves with every admission, and
+            // answering each move would keep those pollers between two polls, out of reach of
+            // their own admission, most of the time.
             let wait = query_param(query, "wait")
                 .and_then(|w| w.parse::<u64>().ok())
                 .unwrap_or(0)
                 .min(20);
             let peer = conn.peer.ip();
-            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
+            let start = tokio::time::Instant::now();
+            let deadline = start + std::time::Duration::from_secs(wait);
+            let moved_deadline = (start + LONG_POLL_MOVE_HOLD).min(deadline);
             let mut seen_ahead = None;
             let answer = loop {
                 match room.status_for_long_poll(gate, parts, client, peer) {
-                    // Held until admitted, until the place moves (those near the front see
-                    // it move), or until the deadline.
-                    Some((Answer::Queue { ahead, .. }, Some(pending)))
-                        if wait > 0 && seen_ahead.is_none_or(|a| a == ahead) =>
-                    {
-                        seen_ahead = Some(ahead);
-                        if tokio::time::timeout_at(deadline, pending).await.is_err() {
-                            // The deadline: answer with the latest position.
+                    Some((answer @ Answer::Queue { ahead, .. }, Some(pending))) if wait > 0 => {
+                        let until = if *seen_ahead.get_or_insert(ahead) == ahead {
+                            deadline
+                        } else {
+                            moved_deadline
+                        };
+                        if tokio::time::Instant::now() >= until {
+                            break Some(answer);
+                        }
+                        if tokio::time::timeout_at(until, pending).await.is_err() {
+                            // Held long enough: answer with the latest position.
                             break room.status(gate, parts, client, peer);
                         }
                     }

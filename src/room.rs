@@ -302,6 +302,8 @@ pub struct PollAdvice {
 
 /// Longest long poll the status endpoint holds (seconds).
 pub const LONG_POLL_MAX_SECS: u32 = 20;
+/// Without a measured pace, this many people at the front of the line long-poll.
+const UNKNOWN_PACE_LONG_POLL_AHEAD: u64 = 1000;
 /// Longest advised pause between polls (seconds).
 const POLL_MAX_SECS: f64 = 60.0;
 
@@ -310,8 +312,10 @@ const POLL_MAX_SECS: f64 = 60.0;
 /// ahead) the page long-polls, so a place is taken up the moment it is offered. Further back
 /// it polls at a quarter of the estimated wait (between the configured interval and 60 s), so a
 /// hundred thousand waiting users neither each hold a connection nor poll every few seconds,
-/// and the estimate they see is refreshed as it shrinks. Without an estimate (no admission
-/// measured yet, or a paused gate) the pause grows with the line (1 s more per 1000 ahead).
+/// and the estimate they see is refreshed as it shrinks. Without an estimate (the queue's pace
+/// not measured yet, or a paused gate) the first thousand in line long-poll (they may be
+/// admitted any moment), the others poll at a pause that grows with the line (1 s more per
+/// 1000 ahead).
 /// Before opening, the page comes back at half the time left, so it is there at opening.
 pub fn poll_advice(
     base: Duration,
@@ -337,6 +341,7 @@ pub fn poll_advice(
         QueueState::Waiting => match wait.map(|w| w.as_secs_f64()) {
             _ if ahead < 10 => poll(base / 3.0, LONG_POLL_MAX_SECS),
             Some(w) if w <= horizon => poll(base / 3.0, LONG_POLL_MAX_SECS),
+            None if ahead < UNKNOWN_PACE_LONG_POLL_AHEAD => poll(base / 3.0, LONG_POLL_MAX_SECS),
             Some(w) => poll((w / 4.0).max(base), 0),
             None => poll(base + ahead as f64 / 1000.0, 0),
         },
@@ -1317,6 +1322,12 @@ mod tests {
             "never below the interval"
         );
         assert_eq!(adv(Waiting, 10_000, None, None).refresh_secs, 15);
+        assert_eq!(
+            adv(Waiting, 999, None, None).long_poll_secs,
+            LONG_POLL_MAX_SECS,
+            "pace unknown, near enough to be admitted any moment"
+        );
+        assert_eq!(adv(Waiting, 1_000, None, None).long_poll_secs, 0);
         assert_eq!(adv(PreQueue, 10, None, Some(30)).refresh_secs, 15);
         assert_eq!(adv(PreQueue, 10, None, Some(1)).refresh_secs, 1);
         assert_eq!(adv(PreQueue, 10, None, Some(3_600)).refresh_secs, 60);

@@ -490,3 +490,50 @@ async fn a_long_poll_answers_as_soon_as_the_ticket_is_admitted() {
     assert!(took < Duration::from_secs(2), "answered after {took:?}");
     assert_eq!(next.get(p.addr, "/claim", false).await.0, 200);
 }
+
+#[tokio::test]
+async fn a_long_poll_reports_a_moved_place_after_holding_and_an_admission_at_once() {
+    let up = portal().await;
+    let p = proxy_from(&room_config(up.addr, "capacity = 1", ""));
+    let mut inside = Browser::new("inside");
+    assert_eq!(inside.get(p.addr, "/claim", false).await.0, 200);
+    let mut first = Browser::new("first");
+    assert_eq!(first.get(p.addr, "/claim", true).await.0, 503);
+    let mut second = Browser::new("second");
+    assert_eq!(second.get(p.addr, "/claim", true).await.0, 503);
+    let addr = p.addr;
+    let long_poll = |mut b: Browser| async move {
+        let started = std::time::Instant::now();
+        let (_, _, body) = b
+            .get(addr, "/.anticamera/status?gate=claims&wait=10", true)
+            .await;
+        (started.elapsed(), json(&body))
+    };
+    // The second in line is held while the first is admitted, and told its new place only
+    // after the poll has been held a second (not at once, not at the deadline).
+    let poll = tokio::spawn(long_poll(second.clone()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    inside.get(p.addr, "/claim/submit", false).await;
+    let (took, v) = poll.await.unwrap();
+    assert_eq!(
+        (v["state"].as_str(), v["position"].as_u64()),
+        (Some("waiting"), Some(1)),
+        "{v}"
+    );
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "moved place answered after {took:?}"
+    );
+    // Now first in line: its own admission is answered at once.
+    let poll = tokio::spawn(long_poll(second.clone()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(first.get(p.addr, "/claim", false).await.0, 200);
+    first.get(p.addr, "/claim/submit", false).await;
+    let (took, v) = poll.await.unwrap();
+    assert_eq!(v["state"], "admitted", "{v}");
+    assert!(
+        took < Duration::from_millis(900),
+        "admission answered after {took:?}"
+    );
+    assert_eq!(second.get(p.addr, "/claim", false).await.0, 200);
+}

@@ -318,14 +318,20 @@ async fn watch(
                 }
             }
         }
-        let peak = match &portal {
-            Some(p) => p
-                .call(Method::POST, "/__portal/sample")
-                .await
-                .ok()
-                .and_then(|v| v.get("window_peak_in_flight").and_then(Value::as_u64)),
+        let sample = match &portal {
+            Some(p) => p.call(Method::POST, "/__portal/sample").await.ok(),
             None => None,
         };
+        let field = |k: &str| {
+            sample
+                .as_ref()
+                .and_then(|v| v.get(k).and_then(Value::as_u64))
+        };
+        let (peak, work, busy) = (
+            field("window_peak_in_flight"),
+            field("work_us"),
+            field("busy_us"),
+        );
         let (waiting, active) = ctx.gauges();
         let (arrived, done, leaks, recs) = {
             let r = lock(&ctx.rec);
@@ -336,6 +342,10 @@ async fn watch(
             sm.gauges.push((s, waiting, active));
             if let Some(p) = peak {
                 sm.portal_peak.push((s, p));
+            }
+            if let (Some(w), Some(b)) = (work, busy) {
+                sm.portal_work.push((now.as_secs_f64(), w));
+                sm.portal_busy.push((now.as_secs_f64(), b));
             }
         }
         let line = format!(

@@ -18,6 +18,50 @@ pub struct Samples {
     pub portal_peak: Vec<(u64, u64)>,
     /// Per second: users waiting, users active.
     pub gauges: Vec<(u64, u64, u64)>,
+    /// Per second: (seconds since the start, the portal's useful work so far in µs).
+    pub portal_work: Vec<(f64, u64)>,
+    /// Per second: (seconds since the start, the portal's time in requests so far in µs).
+    pub portal_busy: Vec<(f64, u64)>,
+}
+
+/// A portal time counter (useful work or time in requests) per sampling interval, in percent
+/// of its capacity: for each pair of consecutive samples, (second, percent). `capacity`
+/// requests in flight all the time make 100%.
+pub fn useful_pct(work: &[(f64, u64)], capacity: usize) -> Vec<(u64, f64)> {
+    work.windows(2)
+        .filter_map(|w| {
+            let ((t0, w0), (t1, w1)) = (w[0], w[1]);
+            let dt = t1 - t0;
+            (dt > 0.0 && capacity > 0).then(|| {
+                (
+                    t1.floor() as u64,
+                    w1.saturating_sub(w0) as f64 / 1e6 / dt / capacity as f64 * 100.0,
+                )
+            })
+        })
+        .collect()
+}
+
+/// Mean of `useful` over the seconds when at least `capacity` people were in the run (waiting
+/// or active, at both ends of the second): the portal's goodput while demand exceeded its
+/// capacity. None when there was no such second.
+pub fn saturated_goodput(
+    useful: &[(u64, f64)],
+    gauges: &[(u64, u64, u64)],
+    capacity: usize,
+) -> Option<(f64, usize)> {
+    let busy = |s: u64| {
+        gauges
+            .iter()
+            .find(|g| g.0 == s)
+            .is_some_and(|g| g.1 + g.2 >= capacity as u64)
+    };
+    let v: Vec<f64> = useful
+        .iter()
+        .filter(|&&(s, _)| s > 0 && busy(s - 1) && busy(s))
+        .map(|&(_, p)| p)
+        .collect();
+    (!v.is_empty()).then(|| (v.iter().sum::<f64>() / v.len() as f64, v.len()))
 }
 
 /// An HDR histogram of microsecond latencies, summarised in milliseconds.
@@ -80,6 +124,8 @@ pub fn build_report(
     let mut step_lat: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
     let mut admitted = Vec::new();
     let mut admitted_ok = Vec::new();
+    // The pages of people let in (behind the gate in every scenario).
+    let mut inside = Vec::new();
     let mut portal_ok = 0u64;
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     let n_buckets = (elapsed.as_millis() as u64 / 1000 + 1) as usize;
@@ -121,6 +167,9 @@ pub fn build_report(
             )
         {
             admitted.push(r.latency_us);
+            if matches!(r.step, Step::Account | Step::ClaimForm | Step::ClaimSubmit) {
+                inside.push(r.latency_us);
+            }
             lat_by_s[bucket(r.t_ms)].push(r.latency_us);
             step_lat
                 .entry(r.step.as_str())
@@ -177,6 +226,16 @@ pub fn build_report(
             in_flight[i] = json!(p);
         }
     }
+    let useful = useful_pct(&samples.portal_work, sc.portal.capacity);
+    let mut useful_s = vec![Value::Null; n_buckets];
+    for &(s, p) in &useful {
+        if let Some(i) = usize::try_from(s).ok().filter(|&i| i < n_buckets) {
+            useful_s[i] = json!(round2(p));
+        }
+    }
+    let saturated = saturated_goodput(&useful, &samples.gauges, sc.portal.capacity);
+    let busy = useful_pct(&samples.portal_busy, sc.portal.capacity);
+    let saturated_busy = saturated_goodput(&busy, &samples.gauges, sc.portal.capacity);
     let pct = |q: f64| -> Vec<Value> {
         lat_by_s
             .iter()
@@ -197,6 +256,7 @@ pub fn build_report(
         "admitted": admitted_s,
         "done": done,
         "portal_in_flight": in_flight,
+        "portal_useful_pct": useful_s,
         "portal_capacity": sc.portal.capacity,
         "latency_p50_ms": pct(50.0),
         "latency_p90_ms": pct(90.0),
@@ -286,10 +346,14 @@ pub fn build_report(
             "journeys_per_s": round2(completed as f64 / secs),
             "portal_ok_per_s": round2(portal_ok as f64 / secs),
             "portal_ok_responses": portal_ok,
+            "portal_useful_pct_saturated": saturated.map(|s| round2(s.0)),
+            "portal_busy_pct_saturated": saturated_busy.map(|s| round2(s.0)),
+            "saturated_seconds": saturated.map_or(0, |s| s.1),
         },
         "latency_ms": {
             "admitted": hdr,
             "admitted_ok": hdr_summary(admitted_ok.iter().copied()),
+            "inside": hdr_summary(inside.iter().copied()),
             "by_step": step_lat.into_iter().map(|(k, v)| (k.to_string(), summary_ms(v))).collect::<serde_json::Map<_, _>>(),
             "status_poll": summary_ms(polls),
         },
@@ -431,9 +495,12 @@ pub fn print_summary(r: &Value) {
         println!("  failures     {}", list.join(", "));
     }
     println!(
-        "  goodput      {} journeys/s, {} portal OK responses/s",
+        "  goodput      {} journeys/s, {} portal OK responses/s; while saturated ({} s) the portal did {} % of its capacity in useful work, and was {} % busy",
         s(&r["goodput"]["journeys_per_s"]),
-        s(&r["goodput"]["portal_ok_per_s"])
+        s(&r["goodput"]["portal_ok_per_s"]),
+        s(&r["goodput"]["saturated_seconds"]),
+        s(&r["goodput"]["portal_useful_pct_saturated"]),
+        s(&r["goodput"]["portal_busy_pct_saturated"])
     );
     println!("  admitted     {}", lat(&r["latency_ms"]["admitted"]));
     println!("  journey      {}", lat(&j["duration_ms"]));
@@ -547,7 +614,7 @@ pub fn cell(v: &Value) -> String {
 pub fn markdown_table(reports: &[Value]) -> String {
     let s = cell;
     type Row = (&'static str, fn(&Value) -> Vec<Value>);
-    let rows: [Row; 19] = [
+    let rows: [Row; 21] = [
         ("users", |r| vec![r["users"].clone()]),
         ("arrival (users/s over s)", |r| {
             vec![
@@ -571,12 +638,31 @@ pub fn markdown_table(reports: &[Value]) -> String {
         ("portal OK responses/s", |r| {
             vec![r["goodput"]["portal_ok_per_s"].clone()]
         }),
+        (
+            "while saturated: portal useful work % / busy % of C / seconds",
+            |r| {
+                vec![
+                    r["goodput"]["portal_useful_pct_saturated"].clone(),
+                    r["goodput"]["portal_busy_pct_saturated"].clone(),
+                    r["goodput"]["saturated_seconds"].clone(),
+                ]
+            },
+        ),
         ("admitted requests p50 / p99 (ms)", |r| {
             vec![
                 r["latency_ms"]["admitted"]["p50"].clone(),
                 r["latency_ms"]["admitted"]["p99"].clone(),
             ]
         }),
+        (
+            "people let in: account, claim form, submit p50 / p99 (ms)",
+            |r| {
+                vec![
+                    r["latency_ms"]["inside"]["p50"].clone(),
+                    r["latency_ms"]["inside"]["p99"].clone(),
+                ]
+            },
+        ),
         ("journey p50 / p99 (ms, incl. queue)", |r| {
             vec![
                 r["journeys"]["duration_ms"]["p50"].clone(),
@@ -692,6 +778,24 @@ mod tests {
             t.contains("| LEAKS seen by users / served by portal | 0 / - | 5 / - |"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn goodput_counts_only_seconds_when_demand_exceeded_capacity() {
+        // 20 seconds of work in one second is a capacity of 20 fully used.
+        let work = [
+            (0.0, 0),
+            (1.0, 20_000_000),
+            (2.0, 30_000_000),
+            (3.0, 30_000_000),
+        ];
+        let useful = useful_pct(&work, 20);
+        assert_eq!(useful, vec![(1, 100.0), (2, 50.0), (3, 0.0)]);
+        // Second 3 had 5 people in the run: not saturated, not counted.
+        let gauges = [(0, 30, 10), (1, 15, 5), (2, 0, 20), (3, 0, 5)];
+        assert_eq!(saturated_goodput(&useful, &gauges, 20), Some((75.0, 2)));
+        assert_eq!(saturated_goodput(&useful, &gauges[3..], 20), None);
+        assert!(useful_pct(&work, 0).is_empty());
     }
 
     #[test]

@@ -214,7 +214,7 @@ pub struct AnticameraCfg {
     /// (listen, admin, portal, gate, gate_prefixes, gate_capacity, guard_mode, guard_limit,
     /// guard_min, guard_queue, latency_threshold, workers, cohort_header).
     pub config: String,
-    /// Users admitted at once (default: the portal's capacity).
+    /// Users admitted at once (default: the portal's capacity and a quarter).
     pub gate_capacity: Option<usize>,
     /// Requests in flight to the portal (default: the portal's capacity).
     pub guard_limit: Option<usize>,
@@ -236,7 +236,12 @@ impl Default for AnticameraCfg {
             guard_limit: None,
             guard_mode: "fixed".into(),
             workers: 2,
-            gate_prefixes: vec!["/account".into(), "/claim".into(), "/api/".into()],
+            gate_prefixes: vec![
+                "/login".into(),
+                "/account".into(),
+                "/claim".into(),
+                "/api/".into(),
+            ],
             rehearse_at: None,
         }
     }
@@ -384,11 +389,14 @@ impl Scenario {
         id % stride == 0 && id / stride < bots
     }
 
-    /// Users admitted at once by anticamera's gate.
+    /// Users admitted at once by anticamera's gate: by default a quarter more than the
+    /// portal's capacity. People let in are not in a request all the time (between two pages,
+    /// between one person leaving and the next arriving), so a gate of exactly C leaves portal
+    /// slots idle; the guard still keeps the portal at C, the few extra wait for a slot.
     pub fn gate_capacity(&self) -> usize {
         self.anticamera
             .gate_capacity
-            .unwrap_or(self.portal.capacity)
+            .unwrap_or(self.portal.capacity + self.portal.capacity.div_ceil(4))
     }
 
     /// anticamera's cap on requests in flight to the portal.
@@ -409,7 +417,7 @@ mod tests {
         assert_eq!(s.users.count, 10);
         assert_eq!(s.users.arrival, Arrival::Even);
         assert_eq!(s.portal.capacity, 50);
-        assert_eq!(s.gate_capacity(), 50);
+        assert_eq!(s.gate_capacity(), 63);
         assert_eq!(s.arrival_of(5, 0.0), Duration::from_secs(5));
     }
 

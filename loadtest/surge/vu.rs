@@ -546,6 +546,7 @@ impl<'a> Vu<'a> {
     async fn wait_in_queue(&mut self, mut advice: Advice) -> anyhow::Result<Result<(), Stop>> {
         self.set_state(vu_state::WAITING);
         let b = self.ctx.sc.behaviour.clone();
+        let mut last_poll = Duration::ZERO;
         let outcome = loop {
             if self.abandon_after.is_some_and(|a| self.waited >= a) {
                 break Err(Stop::Abandoned);
@@ -564,8 +565,10 @@ impl<'a> Vu<'a> {
                 lock(&self.ctx.rec).reloads += 1;
                 break Ok(());
             }
+            // As the page does: long polls start at least 250 ms apart, so one held for a
+            // while is followed at once.
             let pause = if advice.long_poll > 0 {
-                Duration::from_millis(250)
+                Duration::from_millis(250).saturating_sub(last_poll)
             } else {
                 advice.refresh
             }
@@ -586,6 +589,7 @@ impl<'a> Vu<'a> {
                 .await?;
             let recv = self.ctx.ms_now();
             self.waited += lat;
+            last_poll = lat;
             let status = r.as_ref().map(|r| r.status).unwrap_or(0);
             let class = match &r {
                 Ok(_) => Class::Poll,

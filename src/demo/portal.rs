@@ -221,6 +221,8 @@ pub struct PortalStats {
     responses_5xx: AtomicU64,
     timeouts_started: AtomicU64,
     errors_injected: AtomicU64,
+    work_us: AtomicU64,
+    busy_us: AtomicU64,
     leaks_served: AtomicU64,
     claims_submitted: AtomicU64,
 }
@@ -251,6 +253,18 @@ pub struct StatsSnapshot {
     pub timeouts_started: u64,
     /// 503/500 answers injected by the load model.
     pub errors_injected: u64,
+    /// Useful work done, in microseconds: the time spent on every request answered without a
+    /// 5xx, counting a request that came in above capacity only for its normal-load latency
+    /// (base latency, slowdown and jitter; the overload's extra is waste). Its growth over an
+    /// interval, divided by the interval and the capacity, is how much of the portal's
+    /// capacity served users (a load tool's goodput).
+    #[serde(default)]
+    pub work_us: u64,
+    /// Time requests spent in the portal, in microseconds, summed over every request (its
+    /// in-flight count integrated over time). Above `work_us` when requests took longer than
+    /// their normal latency: overload, or a machine too busy to wake the portal on time.
+    #[serde(default)]
+    pub busy_us: u64,
     /// Personal pages served to a user other than their owner (fault mode).
     pub leaks_served: u64,
     /// Claims recorded by `POST /claim`.
@@ -278,6 +292,8 @@ impl PortalStats {
             responses_5xx: AtomicU64::new(0),
             timeouts_started: AtomicU64::new(0),
             errors_injected: AtomicU64::new(0),
+            work_us: AtomicU64::new(0),
+            busy_us: AtomicU64::new(0),
             leaks_served: AtomicU64::new(0),
             claims_submitted: AtomicU64::new(0),
         }
@@ -297,6 +313,8 @@ impl PortalStats {
             responses_5xx: self.responses_5xx.load(Relaxed),
             timeouts_started: self.timeouts_started.load(Relaxed),
             errors_injected: self.errors_injected.load(Relaxed),
+            work_us: self.work_us.load(Relaxed),
+            busy_us: self.busy_us.load(Relaxed),
             leaks_served: self.leaks_served.load(Relaxed),
             claims_submitted: self.claims_submitted.load(Relaxed),
         }
@@ -333,6 +351,8 @@ impl PortalStats {
             &self.responses_5xx,
             &self.timeouts_started,
             &self.errors_injected,
+            &self.work_us,
+            &self.busy_us,
             &self.leaks_served,
             &self.claims_submitted,
         ] {
@@ -353,20 +373,23 @@ impl PortalStats {
 }
 
 /// RAII in-flight counter for portal routes.
-struct InFlight<'a>(&'a PortalStats);
+struct InFlight<'a>(&'a PortalStats, std::time::Instant);
 
 impl<'a> InFlight<'a> {
     fn enter(stats: &'a PortalStats) -> (Self, usize) {
         let n = stats.in_flight.fetch_add(1, Relaxed) + 1;
         stats.peak_in_flight.fetch_max(n, Relaxed);
         stats.window_peak_in_flight.fetch_max(n, Relaxed);
-        (Self(stats), n)
+        (Self(stats, std::time::Instant::now()), n)
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Relaxed);
+        self.0
+            .busy_us
+            .fetch_add(self.1.elapsed().as_micros() as u64, Relaxed);
     }
 }
 
@@ -570,11 +593,9 @@ fn admin(sh: &Shared, method: &Method, path: &str, query: Option<&str>) -> Respo
 /// Applies the load model, then routes.
 async fn modelled(sh: &Shared, req: Request<Incoming>) -> Response<Body> {
     let (_guard, n) = InFlight::enter(&sh.stats);
-    let plan = load_plan(
-        n,
-        sh.cfg.capacity,
-        sh.cfg.base_latency.mul_f64(sh.stats.slowdown()),
-    );
+    let started = std::time::Instant::now();
+    let normal = sh.cfg.base_latency.mul_f64(sh.stats.slowdown());
+    let plan = load_plan(n, sh.cfg.capacity, normal);
     if plan.hang {
         sh.stats.timeouts_started.fetch_add(1, Relaxed);
         tracing::debug!(n, "portal collapsed: hanging request");
@@ -585,12 +606,12 @@ async fn modelled(sh: &Shared, req: Request<Incoming>) -> Response<Body> {
             "<p>Il servizio non ha risposto in tempo.</p>",
         );
     }
-    let (latency, fail) = {
+    let (latency, work, fail) = {
         let mut rng = rand::thread_rng();
         let jitter = rng.gen_range(1.0 - JITTER..=1.0 + JITTER);
         let fail = (plan.error_probability > 0.0 && rng.gen_bool(plan.error_probability))
             .then(|| rng.gen_bool(2.0 / 3.0));
-        (plan.latency.mul_f64(jitter), fail)
+        (plan.latency.mul_f64(jitter), normal.mul_f64(jitter), fail)
     };
     tokio::time::sleep(latency).await;
     match fail {
@@ -610,7 +631,20 @@ async fn modelled(sh: &Shared, req: Request<Incoming>) -> Response<Body> {
                 )
             }
         }
-        None => route(sh, req, n).await,
+        None => {
+            let resp = route(sh, req, n).await;
+            if !resp.status().is_server_error() {
+                let useful = if n <= sh.cfg.capacity {
+                    started.elapsed()
+                } else {
+                    work
+                };
+                sh.stats
+                    .work_us
+                    .fetch_add(useful.as_micros() as u64, Relaxed);
+            }
+            resp
+        }
     }
 }
 
@@ -1503,6 +1537,10 @@ mod tests {
             ),
             (1, 3, 2, 1)
         );
+        // Three answers without error at 1 ms (± 10%) each, within capacity: about 3 ms of
+        // useful work (the time they took).
+        assert!((2_700..=30_000).contains(&s.work_us), "{}", s.work_us);
+        assert!(s.busy_us >= s.work_us, "{s:?}");
         let (_, body) = send(Method::POST, "/__portal/reset", None, "").await;
         let s: StatsSnapshot = serde_json::from_slice(&body).unwrap();
         assert_eq!(

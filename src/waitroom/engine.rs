@@ -43,8 +43,10 @@ pub const CLAIM_WINDOW: u64 = 1 << 20;
 const BATCH_RING: usize = 128;
 /// Slot ticket marker while a claim is filling the slot.
 const CLAIMING: u64 = 1 << 63;
-/// Time constant of the admission-rate EWMA.
-const RATE_TAU_SECS: f64 = 20.0;
+/// The queue's pace is measured over this much of the most recent time people waited.
+const RATE_WINDOW_MS: u64 = 20_000;
+/// The pace is not published before this much waiting time has been seen.
+const RATE_MIN_SPAN_MS: u64 = 500;
 
 /// How a gate admits people.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -371,7 +373,14 @@ struct Controller {
     bucket_units: u64,
     last_refill_ms: u64,
     last_tick_ms: Option<u64>,
-    last_serving: u64,
+    /// Places given up so far (`serving - occupied` at the last tick).
+    last_departed: u64,
+    /// Total time with people waiting, and places given up during that time.
+    queue_ms: u64,
+    queue_departed: u64,
+    /// (queue_ms, queue_departed) samples about one per second of waiting time, over the
+    /// last [`RATE_WINDOW_MS`]: the queue's pace.
+    pace: std::collections::VecDeque<(u64, u64)>,
     /// Index of the most recent batch in the ring.
     head: usize,
     head_first_ms: u64,
@@ -461,7 +470,10 @@ impl Gate {
                 bucket_units: TOKEN,
                 last_refill_ms: now_ms,
                 last_tick_ms: None,
-                last_serving: 1,
+                last_departed: 0,
+                queue_ms: 0,
+                queue_departed: 0,
+                pace: std::collections::VecDeque::with_capacity(32),
                 head: 0,
                 head_first_ms: 0,
                 history: std::collections::VecDeque::with_capacity(128),
@@ -1067,24 +1079,43 @@ impl Gate {
         n
     }
 
+    /// Measures the queue's pace: places given up (sessions ended, expired, reservations
+    /// abandoned) per second of time with people waiting, over the last [`RATE_WINDOW_MS`].
+    /// Places given up, not admissions: filling empty room is a one-off burst, not a pace
+    /// the next in line can count on (admitted = given up + newly occupied).
     fn update_rates(&self, ctl: &mut Controller, had_waiters: bool, now_ms: u64) {
         let serving = self.store.serving();
+        let departed = serving.saturating_sub(u64::from(self.store.occupied()));
         if let Some(last) = ctl.last_tick_ms {
-            let dt = now_ms.saturating_sub(last) as f64 / 1000.0;
-            if dt > 0.0 && had_waiters {
-                let inst = serving.saturating_sub(ctl.last_serving) as f64 / dt;
-                let alpha = 1.0 - (-dt / RATE_TAU_SECS).exp();
-                let old = f64::from_bits(self.rate_bits.load(Ordering::Relaxed));
-                let new = if old == 0.0 {
-                    inst
-                } else {
-                    old + alpha * (inst - old)
+            if had_waiters && now_ms > last {
+                ctl.queue_ms += now_ms - last;
+                ctl.queue_departed += departed.saturating_sub(ctl.last_departed);
+                let sample = (ctl.queue_ms, ctl.queue_departed);
+                if ctl.pace.back().is_none_or(|&(q, _)| sample.0 >= q + 1000) {
+                    ctl.pace.push_back(sample);
+                }
+                while ctl.pace.len() > 1
+                    && ctl
+                        .pace
+                        .front()
+                        .is_some_and(|&(q, _)| q + RATE_WINDOW_MS < sample.0)
+                {
+                    ctl.pace.pop_front();
+                }
+                // The oldest sample (or the queue's start) to now.
+                let (q0, d0) = match ctl.pace.front() {
+                    Some(&f) if f.0 < sample.0 => f,
+                    _ => (0, 0),
                 };
-                self.rate_bits.store(new.to_bits(), Ordering::Relaxed);
+                let span = sample.0 - q0;
+                if span >= RATE_MIN_SPAN_MS {
+                    let rate = (sample.1 - d0) as f64 * 1000.0 / span as f64;
+                    self.rate_bits.store(rate.to_bits(), Ordering::Relaxed);
+                }
             }
         }
         ctl.last_tick_ms = Some(now_ms);
-        ctl.last_serving = serving;
+        ctl.last_departed = departed;
         if ctl.history.back().is_none_or(|&(t, _)| now_ms >= t + 1000) {
             if ctl.history.len() >= 120 {
                 ctl.history.pop_front();
@@ -1281,8 +1312,8 @@ impl Gate {
         self.reclaim_until_ms.store(now_ms, Ordering::Release);
         ctl.head = head;
         ctl.head_first_ms = 0;
-        ctl.last_serving = snap.serving;
         ctl.last_tick_ms = None;
+        ctl.pace.clear();
         ctl.history.clear();
         Ok(())
     }
@@ -1429,6 +1460,45 @@ mod tests {
         // ~1/s measured: someone with 59 ahead waits about a minute.
         let w = g.estimate_wait(59).unwrap().as_secs_f64();
         assert!((54.0..=66.0).contains(&w), "wait {w}");
+    }
+
+    #[test]
+    fn pace_is_places_given_up_not_the_first_fill() {
+        // 10 places, each person stays 1 s: the line moves at 10 people a second, although
+        // the first tick lets 10 in at once.
+        let g = Gate::new(&settings(10), T0);
+        for _ in 0..1000 {
+            g.take_ticket();
+        }
+        let mut now = T0;
+        let mut inside: std::collections::VecDeque<(u64, u32, u64)> = Default::default();
+        let mut next = 1u64;
+        let mut rates = Vec::new();
+        for _ in 0..100 {
+            now += 100;
+            while inside
+                .front()
+                .is_some_and(|&(since, _, _)| since + 1000 <= now)
+            {
+                if let Some((_, slot, t)) = inside.pop_front() {
+                    assert!(g.release(slot, t));
+                }
+            }
+            g.tick(now);
+            while g.status(next).admitted {
+                inside.push_back((now, g.claim(who(next), now).unwrap(), next));
+                next += 1;
+            }
+            rates.push(g.stats().admission_rate);
+        }
+        // Nothing published before half a second of waiting; never the fill's 100/s.
+        assert_eq!(rates[3], 0.0);
+        assert!(rates.iter().all(|&r| r <= 20.0), "{rates:?}");
+        let last = *rates.last().unwrap();
+        assert!((9.0..=11.0).contains(&last), "{rates:?}");
+        // 99 ahead: about ten seconds.
+        let w = g.estimate_wait(99).unwrap().as_secs_f64();
+        assert!((9.0..=11.2).contains(&w), "wait {w}");
     }
 
     #[test]
