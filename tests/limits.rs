@@ -284,3 +284,61 @@ async fn a_struggling_portal_slows_admissions_down() {
     );
     assert!(m.contains("anticamera_breaker_state 1"), "{m}");
 }
+
+/// The waiting room's admission factor, from the metrics.
+async fn admission_factor(p: &Proxy) -> f64 {
+    let (_, _, m) = get(p.admin, "/metrics").await;
+    m.lines()
+        .find(|l| l.starts_with("anticamera_waitroom_admission_factor "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no admission factor in {m}"))
+}
+
+#[tokio::test]
+async fn only_people_let_in_piling_up_at_the_portal_slow_admissions() {
+    // 200 ms a request; new arrivals get 1 of the 2 slots (the default reserve for inside):
+    // the crowd below takes 20 × 200 ms = 4 s, within the 5 s queue timeout.
+    let up = upstream(|_req| async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        http::Response::new(full("ok"))
+    })
+    .await;
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 2\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [upstream]\nurls = [\"http://{}\"]\n\
+         [upstream_guard]\nmax_in_flight = 2\nqueue_size = 100\nqueue_timeout = \"5s\"\n\
+         [waiting_room]\nkeys = [{{ id = 1, secret = \"limits-test-key-0123456789abcdef0123\" }}]\ntick = \"20ms\"\n\
+         [[gates]]\nname = \"claims\"\nprefix = [\"/claim\"]\ncapacity = 100\n",
+        up.addr
+    );
+    let p = proxy_from(&text);
+    // Twenty new arrivals queue for the portal's 2 slots on an open page: a crowd at the door,
+    // which admitting fewer would not help. Admission goes on at full speed.
+    let crowd: Vec<_> = (0..20)
+        .map(|_| tokio::spawn(get(p.addr, "/info")))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let factor = admission_factor(&p).await;
+    assert!(
+        factor > 0.99,
+        "admission factor {factor} with only new arrivals queued"
+    );
+    for c in crowd {
+        assert_eq!(c.await.unwrap().0, 200);
+    }
+    // Twenty people let in (the gate has room: each is admitted on the spot) queue the same
+    // way: the portal is behind on people already inside, so admission slows down.
+    let inside: Vec<_> = (0..20)
+        .map(|_| tokio::spawn(get(p.addr, "/claim")))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let factor = admission_factor(&p).await;
+    assert!(
+        factor < 0.9,
+        "admission factor {factor} with people inside queued"
+    );
+    for c in inside {
+        assert_eq!(c.await.unwrap().0, 200);
+    }
+}

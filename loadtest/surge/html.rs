@@ -395,19 +395,23 @@ fn run_section(html: &mut String, index: usize, run: &Value) -> anyhow::Result<(
         ),
     );
 
+    // Goodput in the same unit: useful work per second, as requests in flight on average.
+    let useful: Vec<(f64, Option<f64>)> = series("portal_useful_pct")
+        .into_iter()
+        .map(|(t, v)| (t, v.zip(capacity).map(|(p, c)| p * c / 100.0)))
+        .collect();
     let portal = TimePlot {
         title: "Portal requests in flight",
         y_desc: "requests in flight",
-        lines: vec![Line::new(
-            "peak in flight",
-            BLUE,
-            series("portal_in_flight"),
-        )],
+        lines: vec![
+            Line::new("peak in flight", BLUE, series("portal_in_flight")),
+            Line::new("useful work (average in flight)", GREEN, useful),
+        ],
         capacity,
     };
     let portal_caption = match capacity {
         Some(cap) => format!(
-            "{label}: the portal's peak requests in flight in each second; the dashed red line is its capacity ({}).",
+            "{label}: the portal's peak requests in flight in each second, and in green the useful work it did (answers without an error, as an average number in flight: the goodput); the dashed red line is its capacity ({}).",
             tick_label(&cap)
         ),
         None => format!("{label}: the portal's peak requests in flight in each second (capacity unknown)."),

@@ -300,7 +300,9 @@ pub struct GateStats {
     pub expired: u64,
     /// Tickets admitted during the last minute (approximate, per tick).
     pub admitted_last_minute: u64,
-    /// Measured admission rate while people wait (EWMA, per second).
+    /// The line's pace while people wait: places given up per second over the last 20 s of
+    /// waiting (in a steady state, the admission rate). The admin API's
+    /// `admission_rate_per_second`.
     pub admission_rate: f64,
     /// Estimated wait for a new arrival (None when unknown, e.g. paused).
     pub estimated_wait: Option<Duration>,
