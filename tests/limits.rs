@@ -268,20 +268,12 @@ async fn a_struggling_portal_slows_admissions_down() {
         get(p.addr, "/info").await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (_, _, m) = get(p.admin, "/metrics").await;
-    let factor: f64 = m
-        .lines()
-        .find(|l| l.starts_with("anticamera_waitroom_admission_factor "))
-        .unwrap_or_else(|| panic!("{m}"))
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
+    let factor = admission_factor(&p).await;
     assert!(
         factor < 0.2,
         "admission factor {factor} with the portal down"
     );
+    let (_, _, m) = get(p.admin, "/metrics").await;
     assert!(m.contains("anticamera_breaker_state 1"), "{m}");
 }
 
