@@ -601,29 +601,28 @@ impl Inner {
     }
 
     fn on_outcome(&self, latency: Duration, outcome: Outcome, epoch: u64, in_flight_then: usize) {
-        // The latency EWMA also dates `Retry-After` in fixed mode.
-        let ewma = (outcome == Outcome::Success).then(|| {
-            let sample = latency.as_nanos() as f64;
-            update_f64(&self.ewma_ns, |e| {
-                if e == 0.0 {
-                    sample
-                } else {
-                    e + EWMA_WEIGHT * (sample - e)
-                }
-            })
-        });
-        if self.mode != GuardMode::Adaptive {
-            return;
-        }
+        let adaptive = self.mode == GuardMode::Adaptive;
         match outcome {
             Outcome::Ignore => {}
-            Outcome::Overload => self.decrease(epoch),
+            Outcome::Overload if adaptive => self.decrease(epoch),
+            Outcome::Overload => {}
             Outcome::Success => {
-                let ewma = ewma.unwrap_or(0.0);
-                if ewma > self.latency_threshold_ns {
-                    self.decrease(epoch);
-                } else if in_flight_then.saturating_mul(2) >= self.limit.load(Ordering::Relaxed) {
-                    self.increase();
+                // The latency EWMA also dates `Retry-After`, in fixed mode too.
+                let sample = latency.as_nanos() as f64;
+                let ewma = update_f64(&self.ewma_ns, |e| {
+                    if e == 0.0 {
+                        sample
+                    } else {
+                        e + EWMA_WEIGHT * (sample - e)
+                    }
+                });
+                if adaptive {
+                    if ewma > self.latency_threshold_ns {
+                        self.decrease(epoch);
+                    } else if in_flight_then.saturating_mul(2) >= self.limit.load(Ordering::Relaxed)
+                    {
+                        self.increase();
+                    }
                 }
             }
         }
