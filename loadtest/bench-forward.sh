@@ -91,24 +91,33 @@ prefix = ["/queue"]
 mode = "paused"
 CONF
 
-nginx -c "$work/upstream.conf" -p "$work" & pids+=($!)
-nginx -c "$work/proxy.conf" -p "$work" & pids+=($!)
+nginx -c "$work/upstream.conf" -p "$work" & up_pid=$!; pids+=($up_pid)
+nginx -c "$work/proxy.conf" -p "$work" & ng_pid=$!; pids+=($ng_pid)
 "$BIN" run --config "$work/anticamera.toml" & ac_pid=$!; pids+=($ac_pid)
 sleep 1
 curl -fsS "http://127.0.0.1:$NGINX_PORT/" >/dev/null
 curl -fsS "http://127.0.0.1:$AC_PORT/" >/dev/null
+up_pids="$up_pid $(pgrep -P "$up_pid" | tr '\n' ' ')"
+ng_pids="$ng_pid $(pgrep -P "$ng_pid" | tr '\n' ' ')"
 
 # wrk's --latency output: "Requests/sec: N" and the 99% line of the distribution. The waiting
 # room's pages answer 503 by design: wrk reports them as non-2xx in the notes column.
-run_wrk() { # name port [path [wrk options...]]
-  local name=$1 port=$2 path=${3:-/}
-  shift $(( $# < 3 ? $# : 3 ))
-  local out rps p99 errs
+# CPU time (user + system, clock ticks) of a set of processes: the proxy's own cost per request,
+# which the shared cores blur in req/s but not here.
+cpu_ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' /proc/$p/stat))); done; echo $t; }
+run_wrk() { # name port pids [path [wrk options...]]
+  local name=$1 port=$2 pids=$3 path=${4:-/}
+  shift $(( $# < 4 ? $# : 4 ))
+  local out rps p99 errs reqs c0 c1 us
+  c0=$(cpu_ticks $pids)
   out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$@" "http://127.0.0.1:$port$path")
+  c1=$(cpu_ticks $pids)
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+  us=$(awk -v c=$((c1 - c0)) -v r="$reqs" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", c * 1e6 / hz / r }')
   errs=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
-  echo "$name $rps $p99 ${errs:-}" >> "$work/results"
+  echo "$name $rps $p99 $us ${errs:-}" >> "$work/results"
 }
 
 to_ms() { # wrk latency like 1.23ms / 850.00us / 1.10s
@@ -120,11 +129,11 @@ wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$AC_PORT/" >/dev/null
 ticket=$(curl -s -o /dev/null -D - "http://127.0.0.1:$AC_PORT/queue" | awk -F'[ ;]' 'tolower($1)=="set-cookie:" {print $2}')
 [[ -n $ticket ]] || { echo "no ticket from the queue page" >&2; exit 1; }
 for r in $(seq "$ROUNDS"); do
-  run_wrk upstream-direct "$UP_PORT"
-  run_wrk nginx "$NGINX_PORT"
-  run_wrk anticamera "$AC_PORT"
-  run_wrk queue-page "$AC_PORT" /queue
-  run_wrk status-poll "$AC_PORT" "/.anticamera/status?gate=q" -H "Cookie: $ticket" -H "Accept: application/json"
+  run_wrk upstream-direct "$UP_PORT" "$up_pids"
+  run_wrk nginx "$NGINX_PORT" "$ng_pids"
+  run_wrk anticamera "$AC_PORT" "$ac_pid"
+  run_wrk queue-page "$AC_PORT" "$ac_pid" /queue
+  run_wrk status-poll "$AC_PORT" "$ac_pid" "/.anticamera/status?gate=q" -H "Cookie: $ticket" -H "Accept: application/json"
 done
 
 ac_hwm=$(awk '/VmHWM/ {print $2}' /proc/$ac_pid/status)
@@ -138,18 +147,21 @@ done
 echo
 echo "wrk -t$THREADS -c$CONNS -d$DURATION, $ROUNDS rounds, $WORKERS proxy workers, $(nproc) cores, $(date -u +%F)"
 echo
-echo "| target | req/s (median) | p99 ms (median) | notes |"
-echo "|---|---|---|---|"
+echo "| target | req/s (median) | p99 ms (median) | CPU µs/request (median) | notes |"
+echo "|---|---|---|---|---|"
 for name in upstream-direct nginx anticamera queue-page status-poll; do
   rps=$(awk -v n="$name" '$1==n {print $2}' "$work/results" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}')
   p99=$(awk -v n="$name" '$1==n {print $3}' "$work/results" | while read -r v; do to_ms "$v"; done | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}')
-  notes=$(awk -v n="$name" '$1==n && NF>3 {$1=$2=$3=""; print}' "$work/results" | head -1)
-  echo "| $name | $rps | $p99 | ${notes:-} |"
-  eval "rps_${name//-/_}=$rps; p99_${name//-/_}=$p99"
+  cpu=$(awk -v n="$name" '$1==n {print $4}' "$work/results" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}')
+  notes=$(awk -v n="$name" '$1==n && NF>4 {$1=$2=$3=$4=""; print}' "$work/results" | head -1)
+  echo "| $name | $rps | $p99 | $cpu | ${notes:-} |"
+  eval "rps_${name//-/_}=$rps; p99_${name//-/_}=$p99; cpu_${name//-/_}=$cpu"
 done
 echo
 awk -v a="$rps_anticamera" -v n="$rps_nginx" -v pa="$p99_anticamera" -v pn="$p99_nginx" \
   'BEGIN { printf "anticamera / nginx: throughput %.2fx, p99 %.2fx (lower is better)\n", a/n, pa/pn }'
+awk -v a="$cpu_anticamera" -v n="$cpu_nginx" \
+  'BEGIN { printf "anticamera / nginx: proxy CPU per forwarded request %.2fx (lower is better)\n", a/n }'
 awk -v q="$rps_queue_page" -v s="$rps_status_poll" -v n="$rps_nginx" \
   'BEGIN { printf "waiting room vs nginx proxying: queue page %.2fx, JSON status poll %.2fx\n", q/n, s/n }'
 echo "peak RSS: anticamera ${ac_hwm} KiB, nginx proxy workers ${nginx_hwm} KiB (sum)"
