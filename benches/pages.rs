@@ -20,6 +20,7 @@ fn queue_view(lang: Lang) -> QueueView<'static> {
         refresh_secs: 5,
         long_poll_secs: 0,
         number: Some(4_120),
+        missed_turn: false,
         opens_at: None,
         prequeue_random: false,
         status_url: "/.anticamera/status?gate=claims",

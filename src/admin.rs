@@ -338,6 +338,7 @@ fn gate_json(g: &crate::room::GateRuntime) -> serde_json::Value {
                 "waiting": s.waiting,
                 "active": s.active,
                 "pending": s.pending,
+                "late": s.late,
                 "issued": s.issued,
                 "admitted": s.admitted,
                 "released": s.released,

@@ -26,6 +26,7 @@
 //! | `wait_text` | ✓ | | "Estimated wait: about 3 minutes" |
 //! | `no_rush` | ✓ | | there is no advantage in rushing; the place is kept on reload |
 //! | `refresh` | ✓ | ✓ | seconds between refreshes (meta refresh and polling) |
+//! | `order_at_opening` | ✓ | | before opening: `random` or `arrival` (how the line is ordered at opening); empty otherwise |
 //! | `status_url` | ✓ | | the JSON status endpoint |
 //! | `page_url` | ✓ | ✓ | the page the user asked for (entered when admitted) |
 //! | `switch_url` | ✓ | ✓ | the language switch link |
@@ -171,6 +172,9 @@ pub struct QueueView<'a> {
     pub long_poll_secs: u32,
     /// The place in the admission order, when known.
     pub number: Option<u64>,
+    /// Their turn came while they were away: waiting in the late line for the next free place
+    /// (`ahead` counts other late arrivals).
+    pub missed_turn: bool,
     /// Pre-queue: when the service opens.
     pub opens_at: Option<DateTime<Tz>>,
     /// Pre-queue: the order is drawn at opening.
@@ -242,6 +246,7 @@ const QUEUE_VARS: &[&str] = &[
     "no_rush",
     "refresh",
     "long_poll",
+    "order_at_opening",
     "status_url",
     "page_url",
     "switch_url",
@@ -368,6 +373,7 @@ impl Templates {
             "no_rush" => t.no_rush.into(),
             "refresh" => v.refresh_secs.to_string().into(),
             "long_poll" => v.long_poll_secs.to_string().into(),
+            "order_at_opening" => order_at_opening(v).unwrap_or("").into(),
             "status_url" => v.status_url.to_string().into(),
             "page_url" => v.page_url.to_string().into(),
             "switch_url" => switch_url.clone().into(),
@@ -558,6 +564,8 @@ fn queue_lead(v: &QueueView) -> String {
         }
         (QueueState::Admitted, Lang::It) => texts(Lang::It).entering.into(),
         (QueueState::Admitted, Lang::En) => texts(Lang::En).entering.into(),
+        (QueueState::Waiting, Lang::It) if v.missed_turn => "Il tuo turno è arrivato mentre non eri collegato. Non perdi il posto: entri al prossimo posto che si libera, prima di chi non è ancora stato chiamato.".into(),
+        (QueueState::Waiting, Lang::En) if v.missed_turn => "Your turn came while you were away. You keep your place: you will be let in at the next place that frees up, before anyone not yet called.".into(),
         (QueueState::Waiting, Lang::It) => "Il servizio è molto richiesto in questo momento. Ti faremo entrare appena si libera un posto, nell'ordine in cui siete arrivati.".into(),
         (QueueState::Waiting, Lang::En) => "The service is in high demand right now. You will be let in as soon as a place frees up, in the order people arrived.".into(),
     }
@@ -593,6 +601,15 @@ fn cohort_label(lang: Lang, cohort: &str) -> String {
     }
 }
 
+/// Before opening: how those already waiting are ordered at opening.
+fn order_at_opening(v: &QueueView) -> Option<&'static str> {
+    (v.state == QueueState::PreQueue).then_some(if v.prequeue_random {
+        "random"
+    } else {
+        "arrival"
+    })
+}
+
 /// The queue answer as JSON (schema: `docs/queue-status.schema.json`).
 pub fn queue_json(v: &QueueView) -> String {
     let admitted = v.state == QueueState::Admitted;
@@ -607,8 +624,9 @@ pub fn queue_json(v: &QueueView) -> String {
         "retry_after_seconds": v.refresh_secs,
         "long_poll_seconds": v.long_poll_secs,
         "number": v.number,
+        "missed_turn": v.missed_turn,
         "opens_at": v.opens_at.map(|t| t.to_rfc3339()),
-        "order_at_opening": (v.state == QueueState::PreQueue).then_some(if v.prequeue_random { "random" } else { "arrival" }),
+        "order_at_opening": order_at_opening(v),
         "cohort": serde_json::Value::Null,
         "message": queue_lead(v),
         "ahead_text": ahead_text(v.lang, v.ahead),
@@ -666,6 +684,7 @@ mod tests {
             refresh_secs: 5,
             long_poll_secs: 0,
             number: Some(1041),
+            missed_turn: false,
             opens_at: None,
             prequeue_random: false,
             status_url: "/.anticamera/status?gate=claims",

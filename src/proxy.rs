@@ -640,6 +640,7 @@ impl Proxy {
                 prequeue_random,
                 admitted,
                 number,
+                missed_turn,
             } => {
                 let g = &room.gates[*gate];
                 let tz = tz_of(*gate);
@@ -660,6 +661,7 @@ impl Proxy {
                         opens_at: opens_at.map(|t| t.with_timezone(&tz)),
                         prequeue_random: *prequeue_random,
                         number: *number,
+                        missed_turn: *missed_turn,
                         page_url,
                     },
                 )
@@ -715,6 +717,7 @@ impl Proxy {
                 opens_at,
                 prequeue_random,
                 number,
+                missed_turn,
                 page_url,
             } => {
                 let until_open = opens_at.map(|o| {
@@ -736,6 +739,7 @@ impl Proxy {
                     refresh_secs: refresh,
                     long_poll_secs: advice.long_poll_secs,
                     number,
+                    missed_turn,
                     opens_at,
                     prequeue_random,
                     status_url: &status_url,
@@ -816,6 +820,7 @@ enum View<'a> {
         opens_at: Option<chrono::DateTime<chrono_tz::Tz>>,
         prequeue_random: bool,
         number: Option<u64>,
+        missed_turn: bool,
         page_url: &'a str,
     },
     Closed {

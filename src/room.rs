@@ -35,7 +35,7 @@ use crate::route::Rules;
 use crate::schedule::{KeyedPermutation, PrequeueOrder, Schedule, WindowState};
 use crate::waitroom::{
     Arrival, ClaimError, Gate, GateSnapshot, GateStats, Holder, Keyring, Kind, Mode, Token,
-    TouchError, VisitorId,
+    TouchError, Turn, VisitorId,
 };
 
 /// Metric names of the waiting room (labels: `gate`, `cohort`).
@@ -44,6 +44,10 @@ pub mod metric {
     pub const WAITING: &str = "anticamera_waitroom_waiting";
     /// Active users (holding a slot).
     pub const ACTIVE: &str = "anticamera_waitroom_active";
+    /// Admitted people whose place is held until they arrive (reservations).
+    pub const PENDING: &str = "anticamera_waitroom_pending";
+    /// Admitted people who came back after their held place lapsed, waiting in the late line.
+    pub const LATE: &str = "anticamera_waitroom_late";
     /// Capacity currently given to the lane.
     pub const CAPACITY: &str = "anticamera_waitroom_capacity";
     /// Tickets issued.
@@ -138,6 +142,13 @@ impl Wakers {
         }
     }
 
+    /// Wakes the long polls of these positions only (late arrivals granted a place).
+    fn wake_each(&self, positions: &[u64]) {
+        for &p in positions {
+            self.shard(p).notify_waiters();
+        }
+    }
+
     /// Wakes every long poll (the window opened or closed: positions were redrawn or answers
     /// changed for everyone).
     fn wake_all(&self) {
@@ -154,6 +165,13 @@ struct Shuffle {
 }
 
 impl Lane {
+    /// After the controller let people in: wakes the long polls of the positions admitted
+    /// since `serving` was `before`, and of the late arrivals granted a place.
+    fn wake_admitted(&self, before: u64) {
+        self.wakers.wake(before, self.gate.serving());
+        self.wakers.wake_each(&self.gate.take_late_granted());
+    }
+
     /// Queue position of a ticket (arrival order, shuffled for those who pre-queued).
     pub fn position(&self, ticket: u64) -> u64 {
         if let Ok(guard) = self.shuffle.read() {
@@ -234,6 +252,9 @@ pub enum Answer {
         number: Option<u64>,
         /// It is this user's turn (status poll only): request the page again.
         admitted: bool,
+        /// Their turn came while they were away (the held place lapsed): they wait in the
+        /// late line for the next free place, `ahead` counting other late arrivals.
+        missed_turn: bool,
     },
     /// Closed for this cohort now.
     Closed {
@@ -302,21 +323,24 @@ pub struct PollAdvice {
 
 /// Longest long poll the status endpoint holds (seconds).
 pub const LONG_POLL_MAX_SECS: u32 = 20;
-/// Without a measured pace, this many people at the front of the line long-poll.
-const UNKNOWN_PACE_LONG_POLL_AHEAD: u64 = 1000;
+/// This many people at the front of the line long-poll whatever the estimate says: an estimate
+/// can be wrong (a window just opened), and someone polling every few seconds is not there
+/// when their turn comes. A held poll costs a parked connection, and is only woken early by
+/// admissions near its own position.
+const LONG_POLL_AHEAD: u64 = 1000;
 /// Longest advised pause between polls (seconds).
 const POLL_MAX_SECS: f64 = 60.0;
 
 /// The polling policy, from where the user stands (`jitter` in [0.8, 1.2] spreads people who
-/// arrived together). Near the front (admission expected within a long poll, or fewer than 10
-/// ahead) the page long-polls, so a place is taken up the moment it is offered. Further back
-/// it polls at a quarter of the estimated wait (between the configured interval and 60 s), so a
-/// hundred thousand waiting users neither each hold a connection nor poll every few seconds,
-/// and the estimate they see is refreshed as it shrinks. Without an estimate (the queue's pace
-/// not measured yet, or a paused gate) the first thousand in line long-poll (they may be
-/// admitted any moment), the others poll at a pause that grows with the line (1 s more per
-/// 1000 ahead).
-/// Before opening, the page comes back at half the time left, so it is there at opening.
+/// arrived together). Near the front (fewer than 1 000 ahead, or admission expected within a
+/// long poll) the page long-polls, so a place is taken up the moment it is offered, even when
+/// the estimate is wrong. Further back it polls at a quarter of the estimated wait (between the
+/// configured interval and 60 s), so a hundred thousand waiting users neither each hold a
+/// connection nor poll every few seconds, and the estimate they see is refreshed as it shrinks.
+/// Without an estimate (the queue's pace not measured yet, or a paused gate) they poll at a
+/// pause that grows with the line (1 s more per 1000 ahead).
+/// Before opening, the page comes back at half the time left, and holds its poll in the last
+/// 20 s, so it is there at opening.
 pub fn poll_advice(
     base: Duration,
     state: crate::pages::QueueState,
@@ -334,14 +358,19 @@ pub fn poll_advice(
     let horizon = f64::from(LONG_POLL_MAX_SECS);
     match state {
         QueueState::Admitted => poll(1.0, 0),
+        // In the last seconds before opening, hold the poll: the opening answers every held
+        // poll at once, so the first people let in are there at once (and the line's pace is
+        // measured from people who came, not from people between two polls).
+        QueueState::PreQueue if until_open.is_some_and(|u| u.as_secs_f64() <= horizon) => {
+            poll(1.0, LONG_POLL_MAX_SECS)
+        }
         QueueState::PreQueue => poll(
             until_open.map_or(base, |u| (u.as_secs_f64() / 2.0).min(POLL_MAX_SECS)),
             0,
         ),
         QueueState::Waiting => match wait.map(|w| w.as_secs_f64()) {
-            _ if ahead < 10 => poll(base / 3.0, LONG_POLL_MAX_SECS),
+            _ if ahead < LONG_POLL_AHEAD => poll(base / 3.0, LONG_POLL_MAX_SECS),
             Some(w) if w <= horizon => poll(base / 3.0, LONG_POLL_MAX_SECS),
-            None if ahead < UNKNOWN_PACE_LONG_POLL_AHEAD => poll(base / 3.0, LONG_POLL_MAX_SECS),
             Some(w) => poll((w / 4.0).max(base), 0),
             None => poll(base + ahead as f64 / 1000.0, 0),
         },
@@ -494,6 +523,30 @@ impl Room {
         name.starts_with(&self.cookie_prefix) || name == "anticamera_lang"
     }
 
+    /// The lane's window now, as requests must see it: the schedule's, except that an opening
+    /// after a pre-queue is seen only once the controller has drawn the order and let the first
+    /// in (within one tick). Before that, a request answered "open" would get a place that the
+    /// draw is about to change, and advice to poll that fits the wrong place.
+    fn window_state(
+        &self,
+        g: &GateRuntime,
+        lane: &Lane,
+        cohort: CohortId,
+        now: DateTime<Utc>,
+    ) -> WindowState {
+        let state = g
+            .schedule
+            .as_ref()
+            .map(|s| s.state(cohort, now))
+            .unwrap_or(WindowState::Open { closes_at: None });
+        match state {
+            WindowState::Open { .. } if lane.last_state.load(Ordering::Relaxed) == 1 => {
+                WindowState::PreQueue { opens_at: now }
+            }
+            s => s,
+        }
+    }
+
     /// The waiting-room decision for a gated request. See the module docs for the order.
     pub fn decide(&self, gate_idx: usize, cohort: CohortId, parts: &Parts) -> Decision {
         let now = self.clock.now_ms();
@@ -556,11 +609,7 @@ impl Room {
         }
 
         // 2. Opening hours for new admissions.
-        let state = g
-            .schedule
-            .as_ref()
-            .map(|s| s.state(cohort, now_dt))
-            .unwrap_or(WindowState::Open { closes_at: None });
+        let state = self.window_state(g, lane, cohort, now_dt);
         let (opens_at, prequeue) = match state {
             WindowState::Closed { opens_at } => {
                 lane.closed_total.increment(1);
@@ -608,15 +657,25 @@ impl Room {
                         };
                     }
                     Err(ClaimError::Full | ClaimError::Busy | ClaimError::NotAdmitted) => {
-                        return self.queue(
+                        // Came back after the held place lapsed: next in the late line.
+                        let late = match lane.gate.turn(pos, now) {
+                            Turn::Late { ahead } => Some(ahead),
+                            Turn::Ready => None,
+                        };
+                        let ahead = late.unwrap_or(0);
+                        let mut d = self.queue(
                             gate_idx,
                             Some(pos),
-                            0,
-                            None,
+                            ahead,
+                            lane.gate.estimate_wait(ahead),
                             opens_at,
                             prequeue_random,
                             None,
                         );
+                        if let Some(Answer::Queue { missed_turn, .. }) = &mut d.answer {
+                            *missed_turn = late.is_some();
+                        }
+                        return d;
                     }
                     Err(e @ ClaimError::BoundElsewhere) => {
                         self.refused(g, e.reason());
@@ -697,6 +756,7 @@ impl Room {
                 prequeue_random,
                 admitted: false,
                 number,
+                missed_turn: false,
             }),
             set_cookie,
             holder: None,
@@ -761,16 +821,13 @@ impl Room {
                 prequeue_random,
                 admitted: true,
                 number: Some(t.ticket),
+                missed_turn: false,
             };
             return Some((a, None));
         }
         let pos = lane.position(t.ticket);
         let pending = signal.then(|| lane.wakers.shard(pos).notified());
-        let state = g
-            .schedule
-            .as_ref()
-            .map(|s| s.state(cohort, self.clock.now()))
-            .unwrap_or(WindowState::Open { closes_at: None });
+        let state = self.window_state(g, lane, cohort, self.clock.now());
         let answer = match state {
             WindowState::Closed { opens_at } => Answer::Closed {
                 gate: gate_idx,
@@ -786,21 +843,30 @@ impl Room {
                 admitted: false,
                 // Drawn at opening when the order is random.
                 number: (!prequeue_random).then_some(t.ticket),
+                missed_turn: false,
             },
             WindowState::Open { .. } => {
                 let st = lane.gate.status(pos);
+                // Admitted means a claim at the gate would succeed now: someone whose held
+                // place lapsed waits in the late line instead (else the page would loop
+                // between this answer and the gate's queue page).
+                let ahead = match (st.admitted, st.admitted.then(|| lane.gate.turn(pos, now))) {
+                    (true, Some(Turn::Late { ahead })) => Some(ahead),
+                    (true, _) => None,
+                    (false, _) => Some(st.ahead),
+                };
                 Answer::Queue {
                     gate: gate_idx,
-                    ahead: if st.admitted { 0 } else { st.ahead },
-                    wait: if st.admitted {
-                        Some(Duration::ZERO)
-                    } else {
-                        lane.gate.estimate_wait(st.ahead)
+                    ahead: ahead.unwrap_or(0),
+                    wait: match ahead {
+                        None => Some(Duration::ZERO),
+                        Some(a) => lane.gate.estimate_wait(a),
                     },
                     opens_at: None,
                     prequeue_random,
-                    admitted: st.admitted,
+                    admitted: ahead.is_none(),
                     number: Some(pos),
+                    missed_turn: st.admitted && ahead.is_some(),
                 }
             }
         };
@@ -821,9 +887,8 @@ impl Room {
             if let Some(l) = g.lanes.iter().find(|l| l.id == lane_id) {
                 if l.gate.release(slot, ticket) {
                     let before = l.gate.serving();
-                    if l.gate.admit(self.clock.now_ms()) > 0 {
-                        l.wakers.wake(before, l.gate.serving());
-                    }
+                    l.gate.admit(self.clock.now_ms());
+                    l.wake_admitted(before);
                     return Some(self.cookie(&g.cookie, "", 0));
                 }
             }
@@ -957,12 +1022,11 @@ impl Room {
                 if l.gate.settings() != s {
                     l.gate.apply(&s);
                 }
-                // Opening after a pre-queue: shuffle everyone already waiting.
-                let prev = l.last_state.swap(st, Ordering::Relaxed);
-                if prev != st && prev != u8::MAX {
-                    // Opened or closed: every long poll has a new answer.
-                    l.wakers.wake_all();
-                }
+                // Opening after a pre-queue: shuffle everyone already waiting and let the
+                // first in, then wake every held poll, so each learns its drawn place (or
+                // that it is in) from its first answer. Until then requests see the pre-queue
+                // (`Room::window_state`).
+                let prev = l.last_state.load(Ordering::Relaxed);
                 if prev == 1 && st == 2 {
                     if let Some(sched) = &g.schedule {
                         if sched.prequeue_order() == PrequeueOrder::Random {
@@ -976,9 +1040,13 @@ impl Room {
                     }
                 }
                 let before = l.gate.serving();
-                if l.gate.tick(now).admitted > 0 {
-                    l.wakers.wake(before, l.gate.serving());
+                l.gate.tick(now);
+                l.last_state.store(st, Ordering::Relaxed);
+                if prev != st && prev != u8::MAX {
+                    // Opened or closed: every long poll has a new answer.
+                    l.wakers.wake_all();
                 }
+                l.wake_admitted(before);
                 publish(g, l, &l.gate.stats());
             }
         }
@@ -1101,6 +1169,8 @@ fn publish(g: &GateRuntime, l: &Lane, s: &GateStats) {
     let labels = [("gate", g.name.clone()), ("cohort", l.cohort_name.clone())];
     metrics::gauge!(metric::WAITING, &labels).set(s.waiting as f64);
     metrics::gauge!(metric::ACTIVE, &labels).set(s.active as f64);
+    metrics::gauge!(metric::PENDING, &labels).set(s.pending as f64);
+    metrics::gauge!(metric::LATE, &labels).set(s.late as f64);
     metrics::gauge!(metric::CAPACITY, &labels).set(s.capacity as f64);
     metrics::counter!(metric::ISSUED, &labels).absolute(s.issued);
     metrics::counter!(metric::ADMITTED, &labels).absolute(s.admitted);
@@ -1317,9 +1387,14 @@ mod tests {
         assert_eq!((far.refresh_secs, far.long_poll_secs), (25, 0));
         assert_eq!(adv(Waiting, 50_000, Some(3_000), None).refresh_secs, 60);
         assert_eq!(
-            adv(Waiting, 500, Some(21), None).refresh_secs,
+            adv(Waiting, 1_500, Some(21), None).refresh_secs,
             5,
             "never below the interval"
+        );
+        assert_eq!(
+            adv(Waiting, 999, Some(600), None).long_poll_secs,
+            LONG_POLL_MAX_SECS,
+            "the first thousand long-poll whatever the estimate says"
         );
         assert_eq!(adv(Waiting, 10_000, None, None).refresh_secs, 15);
         assert_eq!(
@@ -1327,9 +1402,16 @@ mod tests {
             LONG_POLL_MAX_SECS,
             "pace unknown, near enough to be admitted any moment"
         );
+        assert_eq!(adv(Waiting, 1_000, Some(600), None).long_poll_secs, 0);
         assert_eq!(adv(Waiting, 1_000, None, None).long_poll_secs, 0);
         assert_eq!(adv(PreQueue, 10, None, Some(30)).refresh_secs, 15);
-        assert_eq!(adv(PreQueue, 10, None, Some(1)).refresh_secs, 1);
+        assert_eq!(adv(PreQueue, 10, None, Some(30)).long_poll_secs, 0);
+        let last = adv(PreQueue, 10, None, Some(20));
+        assert_eq!(
+            (last.refresh_secs, last.long_poll_secs),
+            (1, LONG_POLL_MAX_SECS),
+            "held through the opening"
+        );
         assert_eq!(adv(PreQueue, 10, None, Some(3_600)).refresh_secs, 60);
         assert_eq!(adv(Admitted, 0, None, None).refresh_secs, 1);
         let j = poll_advice(

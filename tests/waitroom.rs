@@ -537,3 +537,75 @@ async fn a_long_poll_reports_a_moved_place_after_holding_and_an_admission_at_onc
     );
     assert_eq!(second.get(p.addr, "/claim", false).await.0, 200);
 }
+
+/// Someone admitted who comes back after their held place lapsed, to a full room, is told
+/// they are next (not "admitted", which would send their page into a loop between the status
+/// and the gate), and the next free place is theirs, before anyone new.
+#[tokio::test]
+async fn a_late_arrival_is_told_it_is_next_and_gets_the_next_free_place() {
+    let up = portal().await;
+    let p = proxy_from(&room_config(
+        up.addr,
+        "capacity = 1\narrival_timeout = \"1s\"",
+        "",
+    ));
+    let mut a = Browser::new("a");
+    assert_eq!(a.get(p.addr, "/claim", false).await.0, 200);
+    let mut late = Browser::new("late");
+    assert_eq!(late.get(p.addr, "/claim", true).await.0, 503);
+    let mut c = Browser::new("c");
+    assert_eq!(c.get(p.addr, "/claim", true).await.0, 503);
+    let mut d = Browser::new("d");
+    assert_eq!(d.get(p.addr, "/claim", true).await.0, 503);
+    // a finishes; "late" is admitted but does not come within 1 s: its place goes to c.
+    a.get(p.addr, "/claim/submit", false).await;
+    wait_for(&p, |g| g["lanes"][0]["abandoned"].as_u64().unwrap() >= 1).await;
+    wait_for(&p, |g| g["lanes"][0]["pending"].as_u64().unwrap() >= 1).await;
+    assert_eq!(c.get(p.addr, "/claim", false).await.0, 200);
+
+    // "late" comes back to a full room: the status and the gate agree, it is next.
+    let (_, _, body) = late
+        .get(p.addr, "/.anticamera/status?gate=claims", true)
+        .await;
+    let v = json(&body);
+    assert_eq!(
+        (&v["state"], &v["missed_turn"], &v["position"]),
+        (&"waiting".into(), &true.into(), &1.into()),
+        "{v}"
+    );
+    let (s, _, body) = late.get(p.addr, "/claim", true).await;
+    assert_eq!(s, 503);
+    let v = json(&body);
+    assert_eq!(
+        (&v["state"], &v["missed_turn"]),
+        (&"waiting".into(), &true.into()),
+        "{v}"
+    );
+    let (_, _, body) = d.get(p.addr, "/claim", true).await;
+    assert_eq!(
+        json(&body)["missed_turn"],
+        false,
+        "d is waiting for its turn"
+    );
+    assert_eq!(admin_gate(&p).await["lanes"][0]["late"], 1);
+
+    // c finishes: the freed place goes to "late", whose held poll is answered at once, not
+    // to d, who was waiting in the line.
+    let addr = p.addr;
+    let mut poller = late.clone();
+    let poll = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let (_, _, body) = poller
+            .get(addr, "/.anticamera/status?gate=claims&wait=10", true)
+            .await;
+        (started.elapsed(), json(&body))
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    c.get(p.addr, "/claim/submit", false).await;
+    let (took, v) = poll.await.unwrap();
+    assert_eq!(v["state"], "admitted", "{v}");
+    assert!(took < Duration::from_secs(1), "answered after {took:?}");
+    assert_eq!(d.get(p.addr, "/claim", true).await.0, 503, "d overtook");
+    assert_eq!(late.get(p.addr, "/claim", false).await.0, 200);
+    assert_eq!(admin_gate(&p).await["lanes"][0]["late"], 0);
+}

@@ -13,6 +13,10 @@
 //!   each advance of `serving` is recorded as a batch `[a, b)` with a pending
 //!   count; claims decrement it, and batches older than `arrival_timeout` give
 //!   their remaining pending room back (counted as abandoned).
+//! * An admitted ticket that comes back after that joins the late line
+//!   ([`super::late`]): it gets the next free places, before anyone new is
+//!   admitted, and [`Gate::turn`] tells it the truth meanwhile (the status
+//!   says "admitted" only when a claim would succeed).
 //! * A bitmap over the last [`CLAIM_WINDOW`] admitted tickets (128 KiB per
 //!   gate, fixed) makes each ticket claimable once, so a replayed ticket
 //!   cookie cannot take several slots.
@@ -23,6 +27,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::late::{LateLine, LateTurn};
 use super::pass::Token;
 use super::store::{
     AdmissionStore, GateSnapshot, MemoryStore, ReservationState, SlotState, SnapshotCounters,
@@ -47,6 +52,9 @@ const CLAIMING: u64 = 1 << 63;
 const RATE_WINDOW_MS: u64 = 20_000;
 /// The pace is not published before this much waiting time has been seen.
 const RATE_MIN_SPAN_MS: u64 = 500;
+/// Places given up needed in the window before the pace is published (unless the window is
+/// full): one or two departures say little about a line's pace.
+const RATE_MIN_DEPARTED: u64 = 10;
 
 /// How a gate admits people.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -188,6 +196,20 @@ pub struct Position {
     pub admitted: bool,
 }
 
+/// Whether an admitted ticket can take its place now ([`Gate::turn`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Turn {
+    /// A claim would find a place (its reservation, a place granted to it, free room), or
+    /// the ticket has claimed already: let it through to the gate.
+    Ready,
+    /// It came back after its reserved place lapsed and the room is full: it waits in the
+    /// late line, behind `ahead` other late arrivals, for the next free place.
+    Late {
+        /// Late arrivals ahead.
+        ahead: u64,
+    },
+}
+
 /// Result of [`Gate::arrive`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arrival {
@@ -286,8 +308,11 @@ pub struct GateStats {
     pub waiting: u64,
     /// Sessions holding a slot.
     pub active: u32,
-    /// Admitted tickets that have not arrived yet (reserved room).
+    /// Admitted tickets that have not arrived yet (reserved room, including places granted
+    /// to late arrivals).
     pub pending: u32,
+    /// Admitted tickets that came back late and wait for the next free place.
+    pub late: u32,
     /// Tickets issued since the gate started (`next_ticket - 1`).
     pub issued: u64,
     /// Tickets admitted since the gate started (`serving - 1`).
@@ -388,6 +413,8 @@ struct Controller {
     head_first_ms: u64,
     /// (time, serving) samples at most one per second, ~the last minute.
     history: std::collections::VecDeque<(u64, u64)>,
+    /// Admitted tickets that came back after their reservation lapsed.
+    late: LateLine,
 }
 
 /// One gate: queue counters, slot table and controller.
@@ -404,6 +431,11 @@ pub struct Gate {
     batches: Box<[Batch]>,
     active: AtomicU32,
     pending: AtomicU32,
+    /// `ctl.late.waiting()`, readable without the lock (0 on the fast paths).
+    late_waiting: AtomicU32,
+    /// Late-line entries, waiting or granted a place (0: a lapsed ticket may take free room
+    /// without the lock, as it cannot hold a grant).
+    late_entries: AtomicU32,
     released: AtomicU64,
     expired: AtomicU64,
     abandoned: AtomicU64,
@@ -461,6 +493,8 @@ impl Gate {
             batches: (0..BATCH_RING).map(|_| Batch::default()).collect(),
             active: AtomicU32::new(0),
             pending: AtomicU32::new(0),
+            late_waiting: AtomicU32::new(0),
+            late_entries: AtomicU32::new(0),
             released: AtomicU64::new(0),
             expired: AtomicU64::new(0),
             abandoned: AtomicU64::new(0),
@@ -479,6 +513,7 @@ impl Gate {
                 head: 0,
                 head_first_ms: 0,
                 history: std::collections::VecDeque::with_capacity(128),
+                late: LateLine::default(),
             }),
         };
         gate.apply(settings);
@@ -563,6 +598,7 @@ impl Gate {
     pub fn try_admit_now(&self, visitor: u64, binding: u32, now_ms: u64) -> Option<Arrival> {
         if self.mode() != Mode::Open
             || self.store.serving() != self.store.next_ticket()
+            || self.late_waiting.load(Ordering::Acquire) > 0
             || self.store.occupied() >= self.capacity.load(Ordering::Acquire)
         {
             return None;
@@ -660,8 +696,7 @@ impl Gate {
         if prev & mask != 0 {
             return self.find_claimed(who);
         }
-        let reserved = self.take_reservation(t);
-        if !reserved && self.store.reserve(1, self.capacity.load(Ordering::Acquire)) == 0 {
+        if !self.take_reservation(t) && !self.take_late_place(t, now_ms) {
             self.claimed[word].fetch_and(!mask, Ordering::AcqRel);
             return Err(ClaimError::Full);
         }
@@ -678,6 +713,114 @@ impl Gate {
                 Err(ClaimError::Full)
             }
         }
+    }
+
+    /// Whether admitted ticket `t` can take its place now. `Ready` when a claim would find
+    /// one: its batch still holds its reservation, a place was granted to it in the late line,
+    /// there is free room and no late arrival before it, or it has claimed already. Otherwise
+    /// it has come back after its reservation lapsed to a full room: it joins (or stays in)
+    /// the late line and gets the next free place before anyone new. Call it for tickets
+    /// below `serving` only; it records the visit (a late arrival not seen for a while
+    /// leaves the late line).
+    pub fn turn(&self, t: u64, now_ms: u64) -> Turn {
+        let serving = self.store.serving();
+        if t == 0 || t >= serving || serving - t > CLAIM_WINDOW {
+            // Not admitted, or too old to claim: the claim gives the answer.
+            return Turn::Ready;
+        }
+        let (w, m) = bit_of(t);
+        if self.claimed[w].load(Ordering::Acquire) & m != 0 || self.holds_reservation(t) {
+            return Turn::Ready;
+        }
+        if self.late_waiting.load(Ordering::Acquire) == 0
+            && self.store.occupied() < self.capacity.load(Ordering::Acquire)
+        {
+            return Turn::Ready;
+        }
+        let mut ctl = self.lock();
+        match self.late_arrive_locked(&mut ctl, t, now_ms) {
+            LateTurn::Granted => Turn::Ready,
+            LateTurn::Waiting { ahead } => Turn::Late { ahead },
+        }
+    }
+
+    /// Whether `t`'s admission batch still holds a reservation for it (not yet lapsed).
+    fn holds_reservation(&self, t: u64) -> bool {
+        self.batches.iter().any(|b| {
+            b.start.load(Ordering::Acquire) <= t
+                && t < b.end.load(Ordering::Acquire)
+                && b.pending.load(Ordering::Acquire) > 0
+        })
+    }
+
+    /// A place for a ticket whose reservation lapsed: free room if nobody is in the late
+    /// line, else the place granted to it there (joining the line if it was not in it).
+    fn take_late_place(&self, t: u64, now_ms: u64) -> bool {
+        let cap = self.capacity.load(Ordering::Acquire);
+        if self.late_entries.load(Ordering::Acquire) == 0 && self.store.reserve(1, cap) == 1 {
+            return true;
+        }
+        let mut ctl = self.lock();
+        let taken =
+            self.late_arrive_locked(&mut ctl, t, now_ms) == LateTurn::Granted && ctl.late.take(t);
+        if taken {
+            // The granted place moves from pending to this claim.
+            let _ = self
+                .pending
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
+                    Some(p.saturating_sub(1))
+                });
+        }
+        self.publish_late(&ctl);
+        taken
+    }
+
+    /// Mirrors the late line's counts in atomics for the lock-free paths.
+    fn publish_late(&self, ctl: &Controller) {
+        self.late_waiting
+            .store(ctl.late.waiting(), Ordering::Release);
+        self.late_entries.store(
+            ctl.late
+                .waiting()
+                .saturating_add(ctl.late.granted_unclaimed()),
+            Ordering::Release,
+        );
+    }
+
+    /// `t` is here: joins or refreshes its late-line entry, then free room goes to the line.
+    fn late_arrive_locked(&self, ctl: &mut Controller, t: u64, now_ms: u64) -> LateTurn {
+        if ctl.late.arrive(t, now_ms) == LateTurn::Granted {
+            return LateTurn::Granted;
+        }
+        self.grant_late_locked(ctl, now_ms);
+        ctl.late.turn(t).unwrap_or(LateTurn::Waiting {
+            ahead: u64::from(ctl.late.waiting()),
+        })
+    }
+
+    /// Gives free room to the late line, first come back first served. Returns whether
+    /// anyone is still waiting in it.
+    fn grant_late_locked(&self, ctl: &mut Controller, now_ms: u64) -> bool {
+        let want = ctl.late.waiting();
+        if want > 0 {
+            let n = self
+                .store
+                .reserve(want, self.capacity.load(Ordering::Acquire));
+            let granted = ctl.late.grant(n, now_ms);
+            if granted < n {
+                self.store.unreserve(n - granted);
+            }
+            self.pending.fetch_add(granted, Ordering::AcqRel);
+        }
+        self.publish_late(ctl);
+        ctl.late.waiting() > 0
+    }
+
+    /// Late arrivals granted a place since the last call: their held status polls are to be
+    /// woken (the positions, as passed to [`Gate::claim`]).
+    pub fn take_late_granted(&self) -> Vec<u64> {
+        let mut ctl = self.lock();
+        ctl.late.take_granted()
     }
 
     /// Moves one pending reservation of `t`'s batch to active; false if the
@@ -912,6 +1055,7 @@ impl Gate {
         let expired = self.expire_idle(now_ms);
         let abandoned = self.expire_reservations(now_ms);
         let mut ctl = self.lock();
+        let abandoned = abandoned + self.expire_late_locked(&mut ctl, now_ms);
         let waiting = self.store.next_ticket() > self.store.serving();
         let admitted = self.admit_locked(&mut ctl, now_ms);
         self.update_rates(&mut ctl, waiting, now_ms);
@@ -933,6 +1077,10 @@ impl Gate {
     fn admit_locked(&self, ctl: &mut Controller, now_ms: u64) -> u64 {
         let apm = self.admit_per_minute.load(Ordering::Acquire);
         refill(ctl, apm, now_ms);
+        // Late arrivals were admitted once: they take free room first.
+        if self.grant_late_locked(ctl, now_ms) {
+            return 0;
+        }
         let serving = self.store.serving();
         let waiting = self.store.next_ticket().saturating_sub(serving);
         if self.mode() == Mode::Paused || waiting == 0 {
@@ -1037,6 +1185,18 @@ impl Gate {
         self.abandoned.fetch_add(u64::from(n), Ordering::Relaxed);
     }
 
+    /// Gives back places granted to late arrivals who did not take them within
+    /// `arrival_timeout` (abandoned), and forgets late arrivals who stopped coming.
+    fn expire_late_locked(&self, ctl: &mut Controller, now_ms: u64) -> u64 {
+        let timeout = self.arrival_timeout_ms.load(Ordering::Acquire);
+        let e = ctl.late.expire(timeout, now_ms);
+        if e.lapsed_grants > 0 {
+            self.abandon(e.lapsed_grants);
+        }
+        self.publish_late(ctl);
+        u64::from(e.lapsed_grants)
+    }
+
     fn expire_reservations(&self, now_ms: u64) -> u64 {
         let timeout = self.arrival_timeout_ms.load(Ordering::Acquire);
         let mut total = 0u64;
@@ -1093,7 +1253,14 @@ impl Gate {
                 ctl.queue_ms += now_ms - last;
                 ctl.queue_departed += departed.saturating_sub(ctl.last_departed);
                 let sample = (ctl.queue_ms, ctl.queue_departed);
-                if ctl.pace.back().is_none_or(|&(q, _)| sample.0 >= q + 1000) {
+                if ctl.queue_departed == 0 {
+                    // Nobody has left yet (the first people let in are still inside): the
+                    // pace is measured from the last moment before the first departure, not
+                    // from the queue's start, or a window opening would count the first
+                    // people's whole stay as a slow pace.
+                    ctl.pace.clear();
+                    ctl.pace.push_back(sample);
+                } else if ctl.pace.back().is_none_or(|&(q, _)| sample.0 >= q + 1000) {
                     ctl.pace.push_back(sample);
                 }
                 while ctl.pace.len() > 1
@@ -1110,7 +1277,11 @@ impl Gate {
                     _ => (0, 0),
                 };
                 let span = sample.0 - q0;
-                if span >= RATE_MIN_SPAN_MS {
+                // A few departures are noise: wait for RATE_MIN_DEPARTED of them, or for a
+                // whole window of waiting (a slow line).
+                if span >= RATE_MIN_SPAN_MS
+                    && (sample.1 - d0 >= RATE_MIN_DEPARTED || span >= RATE_WINDOW_MS)
+                {
                     let rate = (sample.1 - d0) as f64 * 1000.0 / span as f64;
                     self.rate_bits.store(rate.to_bits(), Ordering::Relaxed);
                 }
@@ -1155,6 +1326,7 @@ impl Gate {
             waiting,
             active: self.active(),
             pending: self.pending.load(Ordering::Acquire),
+            late: self.late_waiting.load(Ordering::Acquire),
             issued: c.next_ticket.saturating_sub(1),
             admitted: c.serving.saturating_sub(1),
             released: self.released.load(Ordering::Relaxed),
@@ -1231,6 +1403,8 @@ impl Gate {
         }
         let mut ctl = self.lock();
         // Clear current state.
+        ctl.late.clear();
+        self.publish_late(&ctl);
         for i in 0..self.slots.len() {
             if let Some(s) = self.slots.get(i) {
                 s.ticket.store(0, Ordering::Release);
@@ -1503,6 +1677,47 @@ mod tests {
         assert!((9.0..=11.2).contains(&w), "wait {w}");
     }
 
+    /// A window opening: everyone starts waiting at once, and the first people let in stay a
+    /// while before anyone leaves. The pace published must not count that first stay as a
+    /// slow line (it once told the line a wait 40 times too long, so people polled too
+    /// rarely to be there when their turn came).
+    #[test]
+    fn the_first_stay_after_an_opening_is_not_a_slow_pace() {
+        // 10 places; person i stays 1.0–2.8 s (mean 1.9 s): about 5.3 people a second.
+        let g = Gate::new(&settings(10), T0);
+        for _ in 0..2000 {
+            g.take_ticket();
+        }
+        let stay = |t: u64| 1000 + (t % 10) * 200;
+        let mut now = T0;
+        let mut inside: Vec<(u64, u32, u64)> = Vec::new();
+        let mut next = 1u64;
+        let mut rates = Vec::new();
+        for _ in 0..300 {
+            now += 100;
+            inside.retain(|&(until, slot, t)| {
+                if until <= now {
+                    assert!(g.release(slot, t));
+                    false
+                } else {
+                    true
+                }
+            });
+            g.tick(now);
+            while g.status(next).admitted {
+                inside.push((now + stay(next), g.claim(who(next), now).unwrap(), next));
+                next += 1;
+            }
+            rates.push(g.stats().admission_rate);
+        }
+        let published: Vec<f64> = rates.iter().copied().filter(|&r| r > 0.0).collect();
+        assert!(rates[40] > 0.0, "published within 4 s: {rates:?}");
+        assert!(
+            published.iter().all(|&r| (2.6..=10.6).contains(&r)),
+            "{published:?}"
+        );
+    }
+
     #[test]
     fn unlimited_rate_fills_capacity_in_one_tick() {
         let g = Gate::new(&settings(50), T0);
@@ -1685,6 +1900,108 @@ mod tests {
         assert_eq!(g.stats().abandoned, 1);
         assert!(g.claim(who(t), T0 + 12_000).is_ok());
         assert_eq!(g.store.occupied(), 1);
+    }
+
+    /// The window-opening defect: people admitted at the opening who came back after
+    /// `arrival_timeout` were told "admitted" by the status while the claim failed (a loop
+    /// between the status and the gate), and every freed place went to a new admission.
+    #[test]
+    fn late_arrivals_are_told_the_truth_and_get_the_next_free_places() {
+        let s = GateSettings {
+            capacity: 2,
+            arrival_timeout: Duration::from_secs(2),
+            ..GateSettings::default()
+        };
+        let g = Gate::new(&s, T0);
+        for _ in 0..6 {
+            g.take_ticket();
+        }
+        g.tick(T0);
+        // 1 and 2 admitted; neither comes within 2 s: 3 and 4 get their places and claim.
+        g.tick(T0 + 2_000);
+        assert_eq!(g.stats().abandoned, 2);
+        assert!(g.status(4).admitted);
+        g.claim(who(3), T0 + 2_100).unwrap();
+        let s4 = g.claim(who(4), T0 + 2_100).unwrap();
+        // 2 and then 1 come back: the room is full. The status does not say "admitted"
+        // (the claim would fail); they are first and second in the late line.
+        assert_eq!(g.turn(2, T0 + 3_000), Turn::Late { ahead: 0 });
+        assert_eq!(g.claim(who(2), T0 + 3_000), Err(ClaimError::Full));
+        assert_eq!(g.claim(who(1), T0 + 3_100), Err(ClaimError::Full));
+        assert_eq!(g.turn(1, T0 + 3_200), Turn::Late { ahead: 1 });
+        assert_eq!(g.stats().late, 2);
+        // A place frees: it goes to 2 (came back first), not to ticket 5.
+        assert!(g.release(s4, 4));
+        assert_eq!(g.admit(T0 + 4_000), 0);
+        assert!(!g.status(5).admitted);
+        assert_eq!(g.take_late_granted(), vec![2]);
+        assert_eq!(g.turn(2, T0 + 4_100), Turn::Ready);
+        assert_eq!(g.turn(1, T0 + 4_100), Turn::Late { ahead: 0 });
+        let st = g.stats();
+        assert_eq!((st.active, st.pending, st.late), (1, 1, 1));
+        assert_eq!(g.store.occupied(), st.active + st.pending);
+        g.claim(who(2), T0 + 4_200).unwrap();
+        assert_eq!((g.stats().pending, g.store.occupied()), (0, 2));
+        // 1 is granted the next place and does not take it: it is held 5 s (a late arrival
+        // gets longer than the 2 s arrival_timeout), then goes back to the line.
+        let s3 = g.claim(who(3), T0 + 4_300).unwrap();
+        assert!(g.release(s3, 3));
+        g.tick(T0 + 5_000);
+        assert_eq!(g.take_late_granted(), vec![1]);
+        assert!(!g.status(5).admitted);
+        assert_eq!(g.tick(T0 + 9_900).abandoned, 0);
+        assert_eq!(g.turn(1, T0 + 9_900), Turn::Ready);
+        let r = g.tick(T0 + 10_000);
+        assert_eq!((r.abandoned, r.admitted), (1, 1));
+        assert!(g.status(5).admitted && !g.status(6).admitted);
+        let st = g.stats();
+        assert_eq!((st.late, st.pending, st.active), (0, 1, 1));
+        assert_eq!(g.store.occupied(), st.active + st.pending);
+    }
+
+    /// A place granted in the late line is the one its holder takes, even when more room has
+    /// freed up since (else the grant would sit reserved until it lapsed).
+    #[test]
+    fn a_late_arrival_takes_its_granted_place_not_more_room() {
+        let s = GateSettings {
+            capacity: 2,
+            arrival_timeout: Duration::from_secs(2),
+            ..GateSettings::default()
+        };
+        let g = Gate::new(&s, T0);
+        for _ in 0..4 {
+            g.take_ticket();
+        }
+        g.tick(T0);
+        g.tick(T0 + 2_000);
+        let s3 = g.claim(who(3), T0 + 2_100).unwrap();
+        assert_eq!(g.turn(1, T0 + 2_200), Turn::Late { ahead: 0 });
+        assert!(g.release(s3, 3));
+        g.admit(T0 + 2_300);
+        assert_eq!(g.turn(1, T0 + 2_300), Turn::Ready);
+        let s4 = g.claim(who(4), T0 + 2_400).unwrap();
+        assert!(g.release(s4, 4));
+        // Room is free and nobody waits in the late line: 1 still takes its grant.
+        g.claim(who(1), T0 + 2_500).unwrap();
+        let st = g.stats();
+        assert_eq!((st.active, st.pending, g.store.occupied()), (1, 0, 1));
+        assert_eq!(g.tick(T0 + 20_000).abandoned, 0);
+    }
+
+    #[test]
+    fn a_late_arrival_with_free_room_and_nobody_late_walks_in() {
+        let s = GateSettings {
+            capacity: 3,
+            arrival_timeout: Duration::from_secs(2),
+            ..GateSettings::default()
+        };
+        let g = Gate::new(&s, T0);
+        let t = g.take_ticket();
+        g.tick(T0);
+        g.tick(T0 + 3_000);
+        assert_eq!(g.turn(t, T0 + 3_000), Turn::Ready);
+        assert_eq!(g.stats().late, 0, "free room: no late line");
+        assert!(g.claim(who(t), T0 + 3_000).is_ok());
     }
 
     #[test]

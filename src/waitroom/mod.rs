@@ -7,12 +7,13 @@
 //! task.
 
 pub mod engine;
+pub mod late;
 pub mod pass;
 pub mod store;
 
 pub use engine::{
     Arrival, ClaimError, Gate, GateSettings, GateStats, Holder, Mode, Position, RestoreError,
-    TickReport, TouchError,
+    TickReport, TouchError, Turn,
 };
 pub use pass::{Keyring, Kind, PassError, Token, VisitorId};
 pub use store::{AdmissionStore, GateSnapshot, MemoryStore};
