@@ -196,6 +196,7 @@ pub fn build_report(
     let est = verify::estimate_errors(logs);
     let regressions: u64 = logs.iter().map(|l| u64::from(l.position_regressions)).sum();
     let regressed_users = logs.iter().filter(|l| l.position_regressions > 0).count();
+    let missed_turn = logs.iter().filter(|l| l.missed_turn).count();
 
     // Timeline, one entry per second.
     let mut arrivals = vec![0u64; n_buckets];
@@ -380,6 +381,7 @@ pub fn build_report(
             "arrival_overtakes": overtakes,
             "position_regressions": regressions,
             "users_with_position_regression": regressed_users,
+            "users_who_missed_their_turn": missed_turn,
             "wait_estimate": {
                 "compared_users": est.compared,
                 "min_wait_s": verify::MIN_WAIT_S,
@@ -566,11 +568,12 @@ pub fn print_summary(r: &Value) {
     }
     let v = &r["verification"];
     println!(
-        "  order        {} admission inversions ({} waiting answers checked), {} arrival overtakes, {} position regressions",
+        "  order        {} admission inversions ({} waiting answers checked), {} arrival overtakes, {} position regressions, {} users missed their turn",
         s(&v["admission_inversions"]),
         s(&v["waiting_answers_checked"]),
         s(&v["arrival_overtakes"]),
-        s(&v["position_regressions"])
+        s(&v["position_regressions"]),
+        s(&v["users_who_missed_their_turn"])
     );
     let e = &v["wait_estimate"];
     println!(
@@ -614,7 +617,7 @@ pub fn cell(v: &Value) -> String {
 pub fn markdown_table(reports: &[Value]) -> String {
     let s = cell;
     type Row = (&'static str, fn(&Value) -> Vec<Value>);
-    let rows: [Row; 21] = [
+    let rows: [Row; 22] = [
         ("users", |r| vec![r["users"].clone()]),
         ("arrival (users/s over s)", |r| {
             vec![
@@ -709,6 +712,9 @@ pub fn markdown_table(reports: &[Value]) -> String {
         }),
         ("queue position regressions", |r| {
             vec![r["verification"]["position_regressions"].clone()]
+        }),
+        ("missed their turn (came back late, let in next)", |r| {
+            vec![r["verification"]["users_who_missed_their_turn"].clone()]
         }),
         ("wait estimate: median abs. error % (users)", |r| {
             vec![

@@ -7,6 +7,11 @@
 //!   yet got an earlier number (tickets not handed out in arrival order). Users whose order was
 //!   drawn at opening (random pre-queue) are left out: their order is meant to be random.
 //! * **Estimate error**: the first wait estimate a user saw against the wait they then had.
+//!
+//! A user told `missed_turn` (their turn came while they were away, and they now wait for the
+//! next free place) is out of the inversion and estimate checks from then on: later numbers
+//! let in meanwhile were not let in ahead of their turn, and their wait includes their own
+//! absence. They are counted apart (`missed_turn`).
 
 /// What one user saw (times in ms since the start of the run).
 #[derive(Debug, Clone, Default)]
@@ -32,6 +37,8 @@ pub struct UserLog {
     pub estimate: Option<(u64, u64)>,
     /// Answers whose position was worse than the one before (same queue, same ticket).
     pub position_regressions: u32,
+    /// Told their turn came while they were away (the waiting room's late line).
+    pub missed_turn: bool,
 }
 
 /// Result of the inversion check.
@@ -163,6 +170,9 @@ pub fn estimate_errors(users: &[UserLog]) -> EstimateStats {
     let pairs: Vec<(f64, f64)> = users
         .iter()
         .filter_map(|u| {
+            if u.missed_turn {
+                return None;
+            }
             let (at, est) = u.estimate?;
             let actual = u.admitted_ms?.checked_sub(at)? as f64 / 1000.0;
             (actual >= MIN_WAIT_S).then_some((est as f64, actual))
@@ -276,5 +286,11 @@ mod tests {
         assert_eq!(s.median_abs_error_pct, Some(20.0));
         assert_eq!(s.median_abs_error_s, Some(2.0));
         assert_eq!(s.points.len(), 4);
+        // Someone who missed their turn waited for their own absence too: left out.
+        let mut away = u(10, 0, 60_000);
+        away.missed_turn = true;
+        let mut with_away = users.clone();
+        with_away.push(away);
+        assert_eq!(estimate_errors(&with_away).compared, 4);
     }
 }

@@ -497,6 +497,9 @@ impl<'a> Vu<'a> {
             let j = text[i..].find('"')?;
             text[i..i + j].parse().ok()
         };
+        if text.contains("data-order=\"random\"") {
+            self.log.drawn = true;
+        }
         Advice {
             refresh: Duration::from_secs_f64(attr("data-refresh").unwrap_or(retry_header).max(1.0)),
             long_poll: attr("data-long-poll").unwrap_or(0.0) as u64,
@@ -509,7 +512,21 @@ impl<'a> Vu<'a> {
         if v.get("order_at_opening").and_then(Value::as_str) == Some("random") {
             self.log.drawn = true;
         }
+        let missed_turn = v.get("missed_turn").and_then(Value::as_bool) == Some(true);
+        if missed_turn && !self.log.missed_turn {
+            // From now on the place is in the late line: not comparable with the one before.
+            self.log.missed_turn = true;
+            self.last_position = None;
+        }
         match v.get("state").and_then(Value::as_str) {
+            Some("waiting") if missed_turn => {
+                if let Some(p) = v.get("position").and_then(Value::as_u64) {
+                    if self.last_position.is_some_and(|last| p > last) {
+                        self.log.position_regressions += 1;
+                    }
+                    self.last_position = Some(p);
+                }
+            }
             Some("waiting") => {
                 if let Some(n) = number {
                     self.log.waits.push((sent, n));
