@@ -142,7 +142,7 @@ impl Wakers {
         }
     }
 
-    /// Wakes the long polls of these positions only (late arrivals granted a place).
+    /// Wakes the long polls of these positions only (late arrivals, when room is free).
     fn wake_each(&self, positions: &[u64]) {
         for &p in positions {
             self.shard(p).notify_waiters();
@@ -166,10 +166,10 @@ struct Shuffle {
 
 impl Lane {
     /// After the controller let people in: wakes the long polls of the positions admitted
-    /// since `serving` was `before`, and of the late arrivals granted a place.
+    /// since `serving` was `before`, and of the first late arrivals if room is kept for them.
     fn wake_admitted(&self, before: u64) {
         self.wakers.wake(before, self.gate.serving());
-        self.wakers.wake_each(&self.gate.take_late_granted());
+        self.wakers.wake_each(&self.gate.late_to_wake());
     }
 
     /// Queue position of a ticket (arrival order, shuffled for those who pre-queued).

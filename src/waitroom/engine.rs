@@ -13,10 +13,10 @@
 //!   each advance of `serving` is recorded as a batch `[a, b)` with a pending
 //!   count; claims decrement it, and batches older than `arrival_timeout` give
 //!   their remaining pending room back (counted as abandoned).
-//! * An admitted ticket that comes back after that joins the late line
-//!   ([`super::late`]): it gets the next free places, before anyone new is
-//!   admitted, and [`Gate::turn`] tells it the truth meanwhile (the status
-//!   says "admitted" only when a claim would succeed).
+//! * An admitted ticket that comes back after that to a full room joins the
+//!   late line ([`super::late`]): free room is kept for the late line before
+//!   anyone new is admitted, and [`Gate::turn`] tells it the truth meanwhile
+//!   (the status says "admitted" only when a claim would succeed).
 //! * A bitmap over the last [`CLAIM_WINDOW`] admitted tickets (128 KiB per
 //!   gate, fixed) makes each ticket claimable once, so a replayed ticket
 //!   cookie cannot take several slots.
@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::late::{LateLine, LateTurn};
+use super::late::LateLine;
 use super::pass::Token;
 use super::store::{
     AdmissionStore, GateSnapshot, MemoryStore, ReservationState, SlotState, SnapshotCounters,
@@ -199,7 +199,7 @@ pub struct Position {
 /// Whether an admitted ticket can take its place now ([`Gate::turn`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Turn {
-    /// A claim would find a place (its reservation, a place granted to it, free room), or
+    /// A claim would find a place (its reservation, free room), or
     /// the ticket has claimed already: let it through to the gate.
     Ready,
     /// It came back after its reserved place lapsed and the room is full: it waits in the
@@ -308,10 +308,10 @@ pub struct GateStats {
     pub waiting: u64,
     /// Sessions holding a slot.
     pub active: u32,
-    /// Admitted tickets that have not arrived yet (reserved room, including places granted
-    /// to late arrivals).
+    /// Admitted tickets that have not arrived yet (reserved room).
     pub pending: u32,
-    /// Admitted tickets that came back late and wait for the next free place.
+    /// Admitted tickets that came back late and wait for a free place (as much free room is
+    /// kept for them before anyone new is admitted).
     pub late: u32,
     /// Tickets issued since the gate started (`next_ticket - 1`).
     pub issued: u64,
@@ -431,11 +431,9 @@ pub struct Gate {
     batches: Box<[Batch]>,
     active: AtomicU32,
     pending: AtomicU32,
-    /// `ctl.late.waiting()`, readable without the lock (0 on the fast paths).
+    /// `ctl.late.len()`, readable without the lock: this much free room is kept for late
+    /// arrivals (0 on the fast paths).
     late_waiting: AtomicU32,
-    /// Late-line entries, waiting or granted a place (0: a lapsed ticket may take free room
-    /// without the lock, as it cannot hold a grant).
-    late_entries: AtomicU32,
     released: AtomicU64,
     expired: AtomicU64,
     abandoned: AtomicU64,
@@ -494,7 +492,6 @@ impl Gate {
             active: AtomicU32::new(0),
             pending: AtomicU32::new(0),
             late_waiting: AtomicU32::new(0),
-            late_entries: AtomicU32::new(0),
             released: AtomicU64::new(0),
             expired: AtomicU64::new(0),
             abandoned: AtomicU64::new(0),
@@ -716,12 +713,12 @@ impl Gate {
     }
 
     /// Whether admitted ticket `t` can take its place now. `Ready` when a claim would find
-    /// one: its batch still holds its reservation, a place was granted to it in the late line,
-    /// there is free room and no late arrival before it, or it has claimed already. Otherwise
-    /// it has come back after its reservation lapsed to a full room: it joins (or stays in)
-    /// the late line and gets the next free place before anyone new. Call it for tickets
-    /// below `serving` only; it records the visit (a late arrival not seen for a while
-    /// leaves the late line).
+    /// one: its batch still holds its reservation, there is free room (room is kept free for
+    /// late arrivals ahead of anyone new), or it has claimed already. Otherwise it has come
+    /// back after its reservation lapsed to a full room: it joins (or stays in) the late line,
+    /// `ahead` counting the late arrivals who came back before it. Call it for tickets below
+    /// `serving` only; it records the visit (a late arrival not seen for a while leaves the
+    /// late line).
     pub fn turn(&self, t: u64, now_ms: u64) -> Turn {
         let serving = self.store.serving();
         if t == 0 || t >= serving || serving - t > CLAIM_WINDOW {
@@ -729,19 +726,16 @@ impl Gate {
             return Turn::Ready;
         }
         let (w, m) = bit_of(t);
-        if self.claimed[w].load(Ordering::Acquire) & m != 0 || self.holds_reservation(t) {
-            return Turn::Ready;
-        }
-        if self.late_waiting.load(Ordering::Acquire) == 0
-            && self.store.occupied() < self.capacity.load(Ordering::Acquire)
+        if self.claimed[w].load(Ordering::Acquire) & m != 0
+            || self.holds_reservation(t)
+            || self.store.occupied() < self.capacity.load(Ordering::Acquire)
         {
             return Turn::Ready;
         }
         let mut ctl = self.lock();
-        match self.late_arrive_locked(&mut ctl, t, now_ms) {
-            LateTurn::Granted => Turn::Ready,
-            LateTurn::Waiting { ahead } => Turn::Late { ahead },
-        }
+        let ahead = ctl.late.arrive(t, now_ms);
+        self.publish_late(&ctl);
+        Turn::Late { ahead }
     }
 
     /// Whether `t`'s admission batch still holds a reservation for it (not yet lapsed).
@@ -753,74 +747,43 @@ impl Gate {
         })
     }
 
-    /// A place for a ticket whose reservation lapsed: free room if nobody is in the late
-    /// line, else the place granted to it there (joining the line if it was not in it).
+    /// A place for a ticket whose reservation lapsed: any free room (including the room kept
+    /// for late arrivals: the first of them to come takes it). Without room it joins the late
+    /// line.
     fn take_late_place(&self, t: u64, now_ms: u64) -> bool {
-        let cap = self.capacity.load(Ordering::Acquire);
-        if self.late_entries.load(Ordering::Acquire) == 0 && self.store.reserve(1, cap) == 1 {
+        if self.store.reserve(1, self.capacity.load(Ordering::Acquire)) == 1 {
+            if self.late_waiting.load(Ordering::Acquire) > 0 {
+                let mut ctl = self.lock();
+                if ctl.late.leave(t) {
+                    self.publish_late(&ctl);
+                }
+            }
             return true;
         }
         let mut ctl = self.lock();
-        let taken =
-            self.late_arrive_locked(&mut ctl, t, now_ms) == LateTurn::Granted && ctl.late.take(t);
-        if taken {
-            // The granted place moves from pending to this claim.
-            let _ = self
-                .pending
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
-                    Some(p.saturating_sub(1))
-                });
-        }
+        ctl.late.arrive(t, now_ms);
         self.publish_late(&ctl);
-        taken
+        false
     }
 
-    /// Mirrors the late line's counts in atomics for the lock-free paths.
+    /// Mirrors the late line's length for the lock-free paths.
     fn publish_late(&self, ctl: &Controller) {
-        self.late_waiting
-            .store(ctl.late.waiting(), Ordering::Release);
-        self.late_entries.store(
-            ctl.late
-                .waiting()
-                .saturating_add(ctl.late.granted_unclaimed()),
-            Ordering::Release,
-        );
+        self.late_waiting.store(ctl.late.len(), Ordering::Release);
     }
 
-    /// `t` is here: joins or refreshes its late-line entry, then free room goes to the line.
-    fn late_arrive_locked(&self, ctl: &mut Controller, t: u64, now_ms: u64) -> LateTurn {
-        if ctl.late.arrive(t, now_ms) == LateTurn::Granted {
-            return LateTurn::Granted;
+    /// When room is free and late arrivals wait: the first of them, one per free place, whose
+    /// held status polls are to be woken (the positions, as passed to [`Gate::claim`]).
+    pub fn late_to_wake(&self) -> Vec<u64> {
+        let late = self.late_waiting.load(Ordering::Acquire);
+        let free = self
+            .capacity
+            .load(Ordering::Acquire)
+            .saturating_sub(self.store.occupied());
+        if late == 0 || free == 0 {
+            return Vec::new();
         }
-        self.grant_late_locked(ctl, now_ms);
-        ctl.late.turn(t).unwrap_or(LateTurn::Waiting {
-            ahead: u64::from(ctl.late.waiting()),
-        })
-    }
-
-    /// Gives free room to the late line, first come back first served. Returns whether
-    /// anyone is still waiting in it.
-    fn grant_late_locked(&self, ctl: &mut Controller, now_ms: u64) -> bool {
-        let want = ctl.late.waiting();
-        if want > 0 {
-            let n = self
-                .store
-                .reserve(want, self.capacity.load(Ordering::Acquire));
-            let granted = ctl.late.grant(n, now_ms);
-            if granted < n {
-                self.store.unreserve(n - granted);
-            }
-            self.pending.fetch_add(granted, Ordering::AcqRel);
-        }
-        self.publish_late(ctl);
-        ctl.late.waiting() > 0
-    }
-
-    /// Late arrivals granted a place since the last call: their held status polls are to be
-    /// woken (the positions, as passed to [`Gate::claim`]).
-    pub fn take_late_granted(&self) -> Vec<u64> {
-        let mut ctl = self.lock();
-        ctl.late.take_granted()
+        let ctl = self.lock();
+        ctl.late.first(free.min(late) as usize)
     }
 
     /// Moves one pending reservation of `t`'s batch to active; false if the
@@ -1055,7 +1018,10 @@ impl Gate {
         let expired = self.expire_idle(now_ms);
         let abandoned = self.expire_reservations(now_ms);
         let mut ctl = self.lock();
-        let abandoned = abandoned + self.expire_late_locked(&mut ctl, now_ms);
+        if !ctl.late.is_empty() {
+            ctl.late.expire(now_ms);
+            self.publish_late(&ctl);
+        }
         let waiting = self.store.next_ticket() > self.store.serving();
         let admitted = self.admit_locked(&mut ctl, now_ms);
         self.update_rates(&mut ctl, waiting, now_ms);
@@ -1077,10 +1043,6 @@ impl Gate {
     fn admit_locked(&self, ctl: &mut Controller, now_ms: u64) -> u64 {
         let apm = self.admit_per_minute.load(Ordering::Acquire);
         refill(ctl, apm, now_ms);
-        // Late arrivals were admitted once: they take free room first.
-        if self.grant_late_locked(ctl, now_ms) {
-            return 0;
-        }
         let serving = self.store.serving();
         let waiting = self.store.next_ticket().saturating_sub(serving);
         if self.mode() == Mode::Paused || waiting == 0 {
@@ -1092,9 +1054,13 @@ impl Gate {
             ctl.bucket_units / TOKEN
         };
         let want = u32::try_from(waiting.min(allowance)).unwrap_or(u32::MAX);
-        let n = self
-            .store
-            .reserve(want, self.capacity.load(Ordering::Acquire));
+        // Late arrivals were admitted once: as much free room as there are of them is kept
+        // for them.
+        let room = self
+            .capacity
+            .load(Ordering::Acquire)
+            .saturating_sub(self.late_waiting.load(Ordering::Acquire));
+        let n = self.store.reserve(want, room);
         if n == 0 {
             return 0;
         }
@@ -1183,18 +1149,6 @@ impl Gate {
             });
         self.store.unreserve(n);
         self.abandoned.fetch_add(u64::from(n), Ordering::Relaxed);
-    }
-
-    /// Gives back places granted to late arrivals who did not take them within
-    /// `arrival_timeout` (abandoned), and forgets late arrivals who stopped coming.
-    fn expire_late_locked(&self, ctl: &mut Controller, now_ms: u64) -> u64 {
-        let timeout = self.arrival_timeout_ms.load(Ordering::Acquire);
-        let e = ctl.late.expire(timeout, now_ms);
-        if e.lapsed_grants > 0 {
-            self.abandon(e.lapsed_grants);
-        }
-        self.publish_late(ctl);
-        u64::from(e.lapsed_grants)
     }
 
     fn expire_reservations(&self, now_ms: u64) -> u64 {
@@ -1906,7 +1860,7 @@ mod tests {
     /// `arrival_timeout` were told "admitted" by the status while the claim failed (a loop
     /// between the status and the gate), and every freed place went to a new admission.
     #[test]
-    fn late_arrivals_are_told_the_truth_and_get_the_next_free_places() {
+    fn late_arrivals_are_told_the_truth_and_free_room_is_theirs_first() {
         let s = GateSettings {
             capacity: 2,
             arrival_timeout: Duration::from_secs(2),
@@ -1930,62 +1884,54 @@ mod tests {
         assert_eq!(g.claim(who(1), T0 + 3_100), Err(ClaimError::Full));
         assert_eq!(g.turn(1, T0 + 3_200), Turn::Late { ahead: 1 });
         assert_eq!(g.stats().late, 2);
-        // A place frees: it goes to 2 (came back first), not to ticket 5.
+        // A place frees: it is kept for them, not given to ticket 5, and the first in the
+        // late line is woken.
         assert!(g.release(s4, 4));
         assert_eq!(g.admit(T0 + 4_000), 0);
         assert!(!g.status(5).admitted);
-        assert_eq!(g.take_late_granted(), vec![2]);
-        assert_eq!(g.turn(2, T0 + 4_100), Turn::Ready);
-        assert_eq!(g.turn(1, T0 + 4_100), Turn::Late { ahead: 0 });
+        assert_eq!(g.late_to_wake(), vec![2]);
+        // Whichever of them comes first takes it: here 1.
+        assert_eq!(g.turn(1, T0 + 4_100), Turn::Ready);
+        g.claim(who(1), T0 + 4_100).unwrap();
+        assert_eq!(g.turn(2, T0 + 4_200), Turn::Late { ahead: 0 });
         let st = g.stats();
-        assert_eq!((st.active, st.pending, st.late), (1, 1, 1));
-        assert_eq!(g.store.occupied(), st.active + st.pending);
-        g.claim(who(2), T0 + 4_200).unwrap();
-        assert_eq!((g.stats().pending, g.store.occupied()), (0, 2));
-        // 1 is granted the next place and does not take it: it is held 5 s (a late arrival
-        // gets longer than the 2 s arrival_timeout), then goes back to the line.
+        assert_eq!((st.active, st.pending, st.late), (2, 0, 1));
+        // The next free place goes to 2; then new admissions resume.
         let s3 = g.claim(who(3), T0 + 4_300).unwrap();
         assert!(g.release(s3, 3));
-        g.tick(T0 + 5_000);
-        assert_eq!(g.take_late_granted(), vec![1]);
-        assert!(!g.status(5).admitted);
-        assert_eq!(g.tick(T0 + 9_900).abandoned, 0);
-        assert_eq!(g.turn(1, T0 + 9_900), Turn::Ready);
-        let r = g.tick(T0 + 10_000);
-        assert_eq!((r.abandoned, r.admitted), (1, 1));
+        assert_eq!(g.admit(T0 + 4_400), 0);
+        g.claim(who(2), T0 + 4_500).unwrap();
+        assert_eq!((g.stats().late, g.store.occupied()), (0, 2));
+        let s1 = g.claim(who(1), T0 + 4_600).unwrap();
+        assert!(g.release(s1, 1));
+        assert_eq!(g.admit(T0 + 4_700), 1);
         assert!(g.status(5).admitted && !g.status(6).admitted);
         let st = g.stats();
-        assert_eq!((st.late, st.pending, st.active), (0, 1, 1));
         assert_eq!(g.store.occupied(), st.active + st.pending);
     }
 
-    /// A place granted in the late line is the one its holder takes, even when more room has
-    /// freed up since (else the grant would sit reserved until it lapsed).
+    /// Someone in the late line who stops coming stops holding room.
     #[test]
-    fn a_late_arrival_takes_its_granted_place_not_more_room() {
+    fn a_late_arrival_who_left_stops_holding_room() {
         let s = GateSettings {
-            capacity: 2,
+            capacity: 1,
             arrival_timeout: Duration::from_secs(2),
             ..GateSettings::default()
         };
         let g = Gate::new(&s, T0);
-        for _ in 0..4 {
+        for _ in 0..3 {
             g.take_ticket();
         }
         g.tick(T0);
         g.tick(T0 + 2_000);
-        let s3 = g.claim(who(3), T0 + 2_100).unwrap();
+        let s2 = g.claim(who(2), T0 + 2_100).unwrap();
         assert_eq!(g.turn(1, T0 + 2_200), Turn::Late { ahead: 0 });
-        assert!(g.release(s3, 3));
-        g.admit(T0 + 2_300);
-        assert_eq!(g.turn(1, T0 + 2_300), Turn::Ready);
-        let s4 = g.claim(who(4), T0 + 2_400).unwrap();
-        assert!(g.release(s4, 4));
-        // Room is free and nobody waits in the late line: 1 still takes its grant.
-        g.claim(who(1), T0 + 2_500).unwrap();
-        let st = g.stats();
-        assert_eq!((st.active, st.pending, g.store.occupied()), (1, 0, 1));
-        assert_eq!(g.tick(T0 + 20_000).abandoned, 0);
+        assert!(g.release(s2, 2));
+        assert_eq!(g.admit(T0 + 3_000), 0, "kept for 1");
+        // 1 never comes back: after LATE_IDLE_MS the place goes to 3.
+        assert_eq!(g.tick(T0 + 2_200 + 25_000).admitted, 1);
+        assert!(g.status(3).admitted);
+        assert_eq!(g.stats().late, 0);
     }
 
     #[test]
