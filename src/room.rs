@@ -35,7 +35,7 @@ use crate::route::Rules;
 use crate::schedule::{KeyedPermutation, PrequeueOrder, Schedule, WindowState};
 use crate::waitroom::{
     Arrival, ClaimError, Gate, GateSnapshot, GateStats, Holder, Keyring, Kind, Mode, Token,
-    TouchError, Turn, VisitorId,
+    TouchError, VisitorId,
 };
 
 /// Metric names of the waiting room (labels: `gate`, `cohort`).
@@ -658,10 +658,7 @@ impl Room {
                     }
                     Err(ClaimError::Full | ClaimError::Busy | ClaimError::NotAdmitted) => {
                         // Came back after the held place lapsed: next in the late line.
-                        let late = match lane.gate.turn(pos, now) {
-                            Turn::Late { ahead } => Some(ahead),
-                            Turn::Ready => None,
-                        };
+                        let late = lane.gate.turn(pos, now).late_ahead();
                         let ahead = late.unwrap_or(0);
                         let mut d = self.queue(
                             gate_idx,
@@ -850,23 +847,25 @@ impl Room {
                 // Admitted means a claim at the gate would succeed now: someone whose held
                 // place lapsed waits in the late line instead (else the page would loop
                 // between this answer and the gate's queue page).
-                let ahead = match (st.admitted, st.admitted.then(|| lane.gate.turn(pos, now))) {
-                    (true, Some(Turn::Late { ahead })) => Some(ahead),
-                    (true, _) => None,
-                    (false, _) => Some(st.ahead),
-                };
+                let late = st
+                    .admitted
+                    .then(|| lane.gate.turn(pos, now).late_ahead())
+                    .flatten();
+                let admitted = st.admitted && late.is_none();
+                let ahead = late.unwrap_or(if admitted { 0 } else { st.ahead });
                 Answer::Queue {
                     gate: gate_idx,
-                    ahead: ahead.unwrap_or(0),
-                    wait: match ahead {
-                        None => Some(Duration::ZERO),
-                        Some(a) => lane.gate.estimate_wait(a),
+                    ahead,
+                    wait: if admitted {
+                        Some(Duration::ZERO)
+                    } else {
+                        lane.gate.estimate_wait(ahead)
                     },
                     opens_at: None,
                     prequeue_random,
-                    admitted: ahead.is_none(),
+                    admitted,
                     number: Some(pos),
-                    missed_turn: st.admitted && ahead.is_some(),
+                    missed_turn: late.is_some(),
                 }
             }
         };

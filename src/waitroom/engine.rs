@@ -210,6 +210,16 @@ pub enum Turn {
     },
 }
 
+impl Turn {
+    /// Late arrivals ahead, when in the late line.
+    pub fn late_ahead(self) -> Option<u64> {
+        match self {
+            Turn::Ready => None,
+            Turn::Late { ahead } => Some(ahead),
+        }
+    }
+}
+
 /// Result of [`Gate::arrive`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arrival {
@@ -1592,35 +1602,43 @@ mod tests {
         assert!((54.0..=66.0).contains(&w), "wait {w}");
     }
 
+    /// `people` wait from T0; every 100 ms (`steps` times) those whose stay (ms, by ticket)
+    /// is over leave through the release header, the controller ticks, and everyone admitted
+    /// comes at once. Returns the pace published after each step.
+    fn run_line(g: &Gate, people: u64, steps: usize, stay: impl Fn(u64) -> u64) -> Vec<f64> {
+        for _ in 0..people {
+            g.take_ticket();
+        }
+        let mut now = T0;
+        let mut inside: Vec<(u64, u32, u64)> = Vec::new();
+        let mut next = 1u64;
+        let mut rates = Vec::new();
+        for _ in 0..steps {
+            now += 100;
+            inside.retain(|&(until, slot, t)| {
+                if until <= now {
+                    assert!(g.release(slot, t));
+                    false
+                } else {
+                    true
+                }
+            });
+            g.tick(now);
+            while g.status(next).admitted {
+                inside.push((now + stay(next), g.claim(who(next), now).unwrap(), next));
+                next += 1;
+            }
+            rates.push(g.stats().admission_rate);
+        }
+        rates
+    }
+
     #[test]
     fn pace_is_places_given_up_not_the_first_fill() {
         // 10 places, each person stays 1 s: the line moves at 10 people a second, although
         // the first tick lets 10 in at once.
         let g = Gate::new(&settings(10), T0);
-        for _ in 0..1000 {
-            g.take_ticket();
-        }
-        let mut now = T0;
-        let mut inside: std::collections::VecDeque<(u64, u32, u64)> = Default::default();
-        let mut next = 1u64;
-        let mut rates = Vec::new();
-        for _ in 0..100 {
-            now += 100;
-            while inside
-                .front()
-                .is_some_and(|&(since, _, _)| since + 1000 <= now)
-            {
-                if let Some((_, slot, t)) = inside.pop_front() {
-                    assert!(g.release(slot, t));
-                }
-            }
-            g.tick(now);
-            while g.status(next).admitted {
-                inside.push_back((now, g.claim(who(next), now).unwrap(), next));
-                next += 1;
-            }
-            rates.push(g.stats().admission_rate);
-        }
+        let rates = run_line(&g, 1000, 100, |_| 1000);
         // Nothing published before half a second of waiting; never the fill's 100/s.
         assert_eq!(rates[3], 0.0);
         assert!(rates.iter().all(|&r| r <= 20.0), "{rates:?}");
@@ -1639,31 +1657,7 @@ mod tests {
     fn the_first_stay_after_an_opening_is_not_a_slow_pace() {
         // 10 places; person i stays 1.0–2.8 s (mean 1.9 s): about 5.3 people a second.
         let g = Gate::new(&settings(10), T0);
-        for _ in 0..2000 {
-            g.take_ticket();
-        }
-        let stay = |t: u64| 1000 + (t % 10) * 200;
-        let mut now = T0;
-        let mut inside: Vec<(u64, u32, u64)> = Vec::new();
-        let mut next = 1u64;
-        let mut rates = Vec::new();
-        for _ in 0..300 {
-            now += 100;
-            inside.retain(|&(until, slot, t)| {
-                if until <= now {
-                    assert!(g.release(slot, t));
-                    false
-                } else {
-                    true
-                }
-            });
-            g.tick(now);
-            while g.status(next).admitted {
-                inside.push((now + stay(next), g.claim(who(next), now).unwrap(), next));
-                next += 1;
-            }
-            rates.push(g.stats().admission_rate);
-        }
+        let rates = run_line(&g, 2000, 300, |t| 1000 + (t % 10) * 200);
         let published: Vec<f64> = rates.iter().copied().filter(|&r| r > 0.0).collect();
         assert!(rates[40] > 0.0, "published within 4 s: {rates:?}");
         assert!(
