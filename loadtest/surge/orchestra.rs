@@ -34,13 +34,30 @@ impl Front {
     }
 }
 
-/// A child process, killed on drop.
+/// A child process, stopped on drop.
 struct Child {
     child: std::process::Child,
+    /// Ask it to stop first (SIGTERM, up to 3 s), then kill it. nginx's master needs this:
+    /// killed outright, it leaves its workers running.
+    graceful: bool,
 }
 
 impl Drop for Child {
     fn drop(&mut self) {
+        if self.graceful {
+            let asked = Command::new("kill")
+                .arg("-TERM")
+                .arg(self.child.id().to_string())
+                .status()
+                .is_ok_and(|s| s.success());
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while asked && Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -97,7 +114,10 @@ fn spawn(name: &str, cmd: &mut Command, log: &Path) -> anyhow::Result<Child> {
         .stderr(err)
         .spawn()
         .with_context(|| format!("starting {name} ({cmd:?})"))?;
-    Ok(Child { child })
+    Ok(Child {
+        child,
+        graceful: false,
+    })
 }
 
 /// The `anticamera` binary next to this one (`cargo build --release --bins` builds both).
@@ -232,7 +252,9 @@ pub fn start(front: Front, sc: &Scenario, logs: &Path) -> anyhow::Result<Stack> 
                 .arg(&conf_path)
                 .arg("-e")
                 .arg(dir.join("error.log"));
-            children.push(spawn("nginx", &mut cmd, &log)?);
+            let mut nginx = spawn("nginx", &mut cmd, &log)?;
+            nginx.graceful = true;
+            children.push(nginx);
             wait_port(port, "nginx", &log)?;
             format!("http://127.0.0.1:{port}")
         }
