@@ -114,6 +114,21 @@ async fn wait_for<F: Fn(&serde_json::Value) -> bool>(p: &Proxy, f: F) -> serde_j
     panic!("condition not reached: {}", admin_gate(p).await);
 }
 
+/// Starts a long poll of the status (held up to 10 s) for this browser; resolves to how long it
+/// was held and the answer.
+fn long_poll(
+    mut b: Browser,
+    addr: std::net::SocketAddr,
+) -> tokio::task::JoinHandle<(Duration, serde_json::Value)> {
+    tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let (_, _, body) = b
+            .get(addr, "/.anticamera/status?gate=claims&wait=10", true)
+            .await;
+        (started.elapsed(), json(&body))
+    })
+}
+
 #[tokio::test]
 async fn open_paths_are_never_queued_and_own_cookies_never_reach_the_portal() {
     let up = portal().await;
@@ -442,15 +457,7 @@ async fn a_long_poll_answers_as_soon_as_the_ticket_is_admitted() {
     assert_eq!(inside.get(p.addr, "/claim", false).await.0, 200);
     let mut next = Browser::new("next");
     assert_eq!(next.get(p.addr, "/claim", true).await.0, 503);
-    let addr = p.addr;
-    let mut poller = next.clone();
-    let poll = tokio::spawn(async move {
-        let started = std::time::Instant::now();
-        let (_, _, body) = poller
-            .get(addr, "/.anticamera/status?gate=claims&wait=10", true)
-            .await;
-        (started.elapsed(), json(&body))
-    });
+    let poll = long_poll(next.clone(), p.addr);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         !poll.is_finished(),
@@ -473,17 +480,9 @@ async fn a_long_poll_reports_a_moved_place_after_holding_and_an_admission_at_onc
     assert_eq!(first.get(p.addr, "/claim", true).await.0, 503);
     let mut second = Browser::new("second");
     assert_eq!(second.get(p.addr, "/claim", true).await.0, 503);
-    let addr = p.addr;
-    let long_poll = |mut b: Browser| async move {
-        let started = std::time::Instant::now();
-        let (_, _, body) = b
-            .get(addr, "/.anticamera/status?gate=claims&wait=10", true)
-            .await;
-        (started.elapsed(), json(&body))
-    };
     // The second in line is held while the first is admitted, and told its new place only
     // after the poll has been held a second (not at once, not at the deadline).
-    let poll = tokio::spawn(long_poll(second.clone()));
+    let poll = long_poll(second.clone(), p.addr);
     tokio::time::sleep(Duration::from_millis(100)).await;
     inside.get(p.addr, "/claim/submit", false).await;
     let (took, v) = poll.await.unwrap();
@@ -497,7 +496,7 @@ async fn a_long_poll_reports_a_moved_place_after_holding_and_an_admission_at_onc
         "moved place answered after {took:?}"
     );
     // Now first in line: its own admission is answered at once.
-    let poll = tokio::spawn(long_poll(second.clone()));
+    let poll = long_poll(second.clone(), p.addr);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(first.get(p.addr, "/claim", false).await.0, 200);
     first.get(p.addr, "/claim/submit", false).await;
@@ -566,15 +565,7 @@ async fn abandoned_tickets_are_skipped_and_a_late_arrival_gets_the_next_free_pla
 
     // c finishes: the freed place goes to "late", whose held poll is answered at once, not
     // to d, who was waiting in the line.
-    let addr = p.addr;
-    let mut poller = late.clone();
-    let poll = tokio::spawn(async move {
-        let started = std::time::Instant::now();
-        let (_, _, body) = poller
-            .get(addr, "/.anticamera/status?gate=claims&wait=10", true)
-            .await;
-        (started.elapsed(), json(&body))
-    });
+    let poll = long_poll(late.clone(), p.addr);
     tokio::time::sleep(Duration::from_millis(200)).await;
     c.get(p.addr, "/claim/submit", false).await;
     let (took, v) = poll.await.unwrap();

@@ -1850,23 +1850,31 @@ mod tests {
         assert_eq!(g.store.occupied(), 1);
     }
 
+    /// A gate of `capacity` with a 2 s `arrival_timeout` and `people` waiting from T0: the
+    /// first `capacity` are admitted at T0 and do not come; at T0 + 2 s their places lapse
+    /// and go to the next ones.
+    fn first_ones_lapsed(capacity: u32, people: u64) -> Gate {
+        let s = GateSettings {
+            capacity,
+            arrival_timeout: Duration::from_secs(2),
+            ..GateSettings::default()
+        };
+        let g = Gate::new(&s, T0);
+        for _ in 0..people {
+            g.take_ticket();
+        }
+        g.tick(T0);
+        g.tick(T0 + 2_000);
+        g
+    }
+
     /// The window-opening defect: people admitted at the opening who came back after
     /// `arrival_timeout` were told "admitted" by the status while the claim failed (a loop
     /// between the status and the gate), and every freed place went to a new admission.
     #[test]
     fn late_arrivals_are_told_the_truth_and_free_room_is_theirs_first() {
-        let s = GateSettings {
-            capacity: 2,
-            arrival_timeout: Duration::from_secs(2),
-            ..GateSettings::default()
-        };
-        let g = Gate::new(&s, T0);
-        for _ in 0..6 {
-            g.take_ticket();
-        }
-        g.tick(T0);
         // 1 and 2 admitted; neither comes within 2 s: 3 and 4 get their places and claim.
-        g.tick(T0 + 2_000);
+        let g = first_ones_lapsed(2, 6);
         assert_eq!(g.stats().abandoned, 2);
         assert!(g.status(4).admitted);
         g.claim(who(3), T0 + 2_100).unwrap();
@@ -1907,17 +1915,7 @@ mod tests {
     /// Someone in the late line who stops coming stops holding room.
     #[test]
     fn a_late_arrival_who_left_stops_holding_room() {
-        let s = GateSettings {
-            capacity: 1,
-            arrival_timeout: Duration::from_secs(2),
-            ..GateSettings::default()
-        };
-        let g = Gate::new(&s, T0);
-        for _ in 0..3 {
-            g.take_ticket();
-        }
-        g.tick(T0);
-        g.tick(T0 + 2_000);
+        let g = first_ones_lapsed(1, 3);
         let s2 = g.claim(who(2), T0 + 2_100).unwrap();
         assert_eq!(g.turn(1, T0 + 2_200), Turn::Late { ahead: 0 });
         assert!(g.release(s2, 2));
