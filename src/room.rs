@@ -656,9 +656,17 @@ impl Room {
                             outcome: "admitted",
                         };
                     }
-                    Err(ClaimError::Full | ClaimError::Busy | ClaimError::NotAdmitted) => {
-                        // Came back after the held place lapsed: next in the late line.
-                        let late = lane.gate.turn(pos, now).late_ahead();
+                    Err(
+                        e @ (ClaimError::Late { .. }
+                        | ClaimError::Full
+                        | ClaimError::Busy
+                        | ClaimError::NotAdmitted),
+                    ) => {
+                        // Came back after the held place lapsed: in the late line.
+                        let late = match e {
+                            ClaimError::Late { ahead } => Some(ahead),
+                            _ => None,
+                        };
                         let ahead = late.unwrap_or(0);
                         let mut d = self.queue(
                             gate_idx,

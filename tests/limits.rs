@@ -106,11 +106,7 @@ async fn sessions_have_their_own_buckets() {
 
 #[tokio::test]
 async fn users_inside_are_shed_last_and_new_arrivals_first() {
-    let up = upstream(|_req| async {
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        http::Response::new(full("done"))
-    })
-    .await;
+    let up = slow_upstream(Duration::from_millis(400), "done").await;
     let p = proxy(
         up.addr,
         "",
@@ -291,11 +287,7 @@ async fn admission_factor(p: &Proxy) -> f64 {
 async fn only_people_let_in_piling_up_at_the_portal_slow_admissions() {
     // 200 ms a request; new arrivals get 1 of the 2 slots (the default reserve for inside):
     // the crowd below takes 20 × 200 ms = 4 s, within the 5 s queue timeout.
-    let up = upstream(|_req| async {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        http::Response::new(full("ok"))
-    })
-    .await;
+    let up = slow_upstream(Duration::from_millis(200), "ok").await;
     let text = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 2\n[admin]\nlisten = \"127.0.0.1:0\"\n\
          [upstream]\nurls = [\"http://{}\"]\n\

@@ -257,11 +257,7 @@ async fn slowloris_head_is_cut_off() {
 
 #[tokio::test]
 async fn idle_keepalive_connection_is_closed_but_a_busy_one_is_not() {
-    let up = upstream(|_req| async {
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        http::Response::new(full("slow"))
-    })
-    .await;
+    let up = slow_upstream(Duration::from_millis(700), "slow").await;
     let p = proxy(
         up.addr,
         "idle_timeout = \"300ms\"\nrequest_head_timeout = \"5s\"",
@@ -376,11 +372,7 @@ async fn connections_beyond_the_limit_get_503() {
 
 #[tokio::test]
 async fn graceful_shutdown_finishes_in_flight_requests() {
-    let up = upstream(|_req| async {
-        tokio::time::sleep(Duration::from_millis(800)).await;
-        http::Response::new(full("finished"))
-    })
-    .await;
+    let up = slow_upstream(Duration::from_millis(800), "finished").await;
     let p = proxy(up.addr, "shutdown_grace = \"5s\"", "");
     let addr = p.addr;
     let in_flight = tokio::spawn(async move { get(addr, "/").await });

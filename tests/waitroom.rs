@@ -44,6 +44,14 @@ impl Browser {
             .join("; ")
     }
 
+    /// A browser that asks for the gated page `/claim` (HTML, or JSON) and expects `status`:
+    /// 200 let in, 503 queued.
+    async fn at_gate(addr: std::net::SocketAddr, ua: &str, json: bool, status: u16) -> Self {
+        let mut b = Browser::new(ua);
+        assert_eq!(b.get(addr, "/claim", json).await.0, status, "{ua}");
+        b
+    }
+
     async fn get(
         &mut self,
         addr: std::net::SocketAddr,
@@ -133,8 +141,7 @@ fn long_poll(
 async fn open_paths_are_never_queued_and_own_cookies_never_reach_the_portal() {
     let up = portal().await;
     let p = proxy_from(&room_config(up.addr, "capacity = 1", ""));
-    let mut a = Browser::new("A");
-    assert_eq!(a.get(p.addr, "/claim", false).await.0, 200);
+    let mut a = Browser::at_gate(p.addr, "A", false, 200).await;
     let mut b = Browser::new("B");
     // The gate is full, but informational pages are not gated.
     let (s, _, body) = b.get(p.addr, "/info/bonus", false).await;
@@ -190,8 +197,7 @@ async fn capacity_holds_under_a_concurrent_surge() {
 async fn fifo_order_release_header_and_rate() {
     let up = portal().await;
     let p = proxy_from(&room_config(up.addr, "capacity = 1", ""));
-    let mut first = Browser::new("first");
-    assert_eq!(first.get(p.addr, "/claim", false).await.0, 200);
+    let first = Browser::at_gate(p.addr, "first", false, 200).await;
     let mut waiting: Vec<Browser> = Vec::new();
     for i in 0..4 {
         let mut b = Browser::new(&format!("w{i}"));
@@ -230,8 +236,7 @@ async fn fifo_order_release_header_and_rate() {
 async fn forged_tampered_expired_wrong_gate_and_wrong_key_tokens_are_refused_and_counted() {
     let up = portal().await;
     let p = proxy_from(&room_config(up.addr, "capacity = 1", ""));
-    let mut holder = Browser::new("holder");
-    assert_eq!(holder.get(p.addr, "/claim", false).await.0, 200);
+    let holder = Browser::at_gate(p.addr, "holder", false, 200).await;
     let pass = holder.jar["anticamera_claims"].clone();
 
     // Tampered: flip one character of the real pass.
@@ -302,8 +307,7 @@ async fn a_restart_keeps_places_and_passes() {
         &format!("state_file = {:?}", state.to_str().unwrap()),
     );
     let p = proxy_from(&cfg);
-    let mut inside = Browser::new("inside");
-    assert_eq!(inside.get(p.addr, "/claim", false).await.0, 200);
+    let mut inside = Browser::at_gate(p.addr, "inside", false, 200).await;
     let mut waiting = Vec::new();
     for i in 0..3 {
         let mut b = Browser::new(&format!("w{i}"));
@@ -453,10 +457,8 @@ async fn admin_api_needs_the_token_and_changes_gates_at_runtime() {
 async fn a_long_poll_answers_as_soon_as_the_ticket_is_admitted() {
     let up = portal().await;
     let p = proxy_from(&room_config(up.addr, "capacity = 1", ""));
-    let mut inside = Browser::new("inside");
-    assert_eq!(inside.get(p.addr, "/claim", false).await.0, 200);
-    let mut next = Browser::new("next");
-    assert_eq!(next.get(p.addr, "/claim", true).await.0, 503);
+    let mut inside = Browser::at_gate(p.addr, "inside", false, 200).await;
+    let mut next = Browser::at_gate(p.addr, "next", true, 503).await;
     let poll = long_poll(next.clone(), p.addr);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
@@ -474,12 +476,9 @@ async fn a_long_poll_answers_as_soon_as_the_ticket_is_admitted() {
 async fn a_long_poll_reports_a_moved_place_after_holding_and_an_admission_at_once() {
     let up = portal().await;
     let p = proxy_from(&room_config(up.addr, "capacity = 1", ""));
-    let mut inside = Browser::new("inside");
-    assert_eq!(inside.get(p.addr, "/claim", false).await.0, 200);
-    let mut first = Browser::new("first");
-    assert_eq!(first.get(p.addr, "/claim", true).await.0, 503);
-    let mut second = Browser::new("second");
-    assert_eq!(second.get(p.addr, "/claim", true).await.0, 503);
+    let mut inside = Browser::at_gate(p.addr, "inside", false, 200).await;
+    let mut first = Browser::at_gate(p.addr, "first", true, 503).await;
+    let mut second = Browser::at_gate(p.addr, "second", true, 503).await;
     // The second in line is held while the first is admitted, and told its new place only
     // after the poll has been held a second (not at once, not at the deadline).
     let poll = long_poll(second.clone(), p.addr);
@@ -521,15 +520,12 @@ async fn abandoned_tickets_are_skipped_and_a_late_arrival_gets_the_next_free_pla
         "capacity = 1\narrival_timeout = \"1s\"",
         "",
     ));
-    let mut a = Browser::new("a");
-    assert_eq!(a.get(p.addr, "/claim", false).await.0, 200);
-    let mut late = Browser::new("late");
-    assert_eq!(late.get(p.addr, "/claim", true).await.0, 503);
+    let mut a = Browser::at_gate(p.addr, "a", false, 200).await;
+    let mut late = Browser::at_gate(p.addr, "late", true, 503).await;
     let mut c = Browser::new("c");
     let (_, _, body) = c.get(p.addr, "/claim", true).await;
     assert_eq!(json(&body)["position"], 2);
-    let mut d = Browser::new("d");
-    assert_eq!(d.get(p.addr, "/claim", true).await.0, 503);
+    let mut d = Browser::at_gate(p.addr, "d", true, 503).await;
     // a finishes; "late" is admitted but does not come within 1 s: its place goes to c.
     a.get(p.addr, "/claim/submit", false).await;
     let g = wait_for(&p, |g| g["lanes"][0]["abandoned"].as_u64().unwrap() >= 1).await;

@@ -519,28 +519,23 @@ impl<'a> Vu<'a> {
             self.last_position = None;
         }
         match v.get("state").and_then(Value::as_str) {
-            Some("waiting") if missed_turn => {
-                if let Some(p) = v.get("position").and_then(Value::as_u64) {
-                    if self.last_position.is_some_and(|last| p > last) {
-                        self.log.position_regressions += 1;
-                    }
-                    self.last_position = Some(p);
-                }
-            }
             Some("waiting") => {
-                if let Some(n) = number {
-                    self.log.waits.push((sent, n));
-                    self.log.number = Some(n);
-                }
                 if let Some(p) = v.get("position").and_then(Value::as_u64) {
                     if self.last_position.is_some_and(|last| p > last) {
                         self.log.position_regressions += 1;
                     }
                     self.last_position = Some(p);
                 }
-                if self.log.estimate.is_none() {
-                    if let Some(e) = v.get("estimated_wait_seconds").and_then(Value::as_u64) {
-                        self.log.estimate = Some((recv, e));
+                // A late arrival's answers are not waits for their turn: it came and went.
+                if !missed_turn {
+                    if let Some(n) = number {
+                        self.log.waits.push((sent, n));
+                        self.log.number = Some(n);
+                    }
+                    if self.log.estimate.is_none() {
+                        if let Some(e) = v.get("estimated_wait_seconds").and_then(Value::as_u64) {
+                            self.log.estimate = Some((recv, e));
+                        }
                     }
                 }
             }

@@ -243,10 +243,17 @@ pub enum ClaimError {
     /// The ticket has not been admitted yet (keep waiting).
     #[error("ticket not admitted yet")]
     NotAdmitted,
-    /// Admitted but its reservation lapsed and there is no room right now
-    /// (show "you are next" and retry).
+    /// No room right now for a claim that should have had one (a concurrent
+    /// claim took it): retry.
     #[error("no room right now")]
     Full,
+    /// Admitted, but its reservation lapsed and the room is full: it waits in
+    /// the late line behind `ahead` other late arrivals (see [`Gate::turn`]).
+    #[error("came back after the held place lapsed; the room is full")]
+    Late {
+        /// Late arrivals ahead.
+        ahead: u64,
+    },
     /// The ticket already had a session that has ended (take a new ticket).
     #[error("ticket already used")]
     AlreadyUsed,
@@ -267,6 +274,7 @@ impl ClaimError {
         match self {
             ClaimError::NotAdmitted => "not_admitted",
             ClaimError::Full => "full",
+            ClaimError::Late { .. } => "late",
             ClaimError::AlreadyUsed => "already_used",
             ClaimError::BoundElsewhere => "bound_elsewhere",
             ClaimError::TooOld => "too_old",
@@ -605,8 +613,7 @@ impl Gate {
     pub fn try_admit_now(&self, visitor: u64, binding: u32, now_ms: u64) -> Option<Arrival> {
         if self.mode() != Mode::Open
             || self.store.serving() != self.store.next_ticket()
-            || self.late_waiting.load(Ordering::Acquire) > 0
-            || self.store.occupied() >= self.capacity.load(Ordering::Acquire)
+            || self.store.occupied() >= self.room_for_new()
         {
             return None;
         }
@@ -620,7 +627,7 @@ impl Gate {
         if serving != self.store.next_ticket() {
             return None;
         }
-        if self.store.reserve(1, self.capacity.load(Ordering::Acquire)) == 0 {
+        if self.store.reserve(1, self.room_for_new()) == 0 {
             return None;
         }
         let t = self.store.take_ticket();
@@ -644,6 +651,14 @@ impl Gate {
             // on its next request.
             Err(_) => Arrival::Queued { ticket: t },
         })
+    }
+
+    /// The capacity new admissions may fill: late arrivals were admitted once, so as much
+    /// room as there are of them is kept for them (taken by whichever comes first).
+    fn room_for_new(&self) -> u32 {
+        self.capacity
+            .load(Ordering::Acquire)
+            .saturating_sub(self.late_waiting.load(Ordering::Acquire))
     }
 
     /// The serving counter: every position below it has been admitted.
@@ -703,9 +718,11 @@ impl Gate {
         if prev & mask != 0 {
             return self.find_claimed(who);
         }
-        if !self.take_reservation(t) && !self.take_late_place(t, now_ms) {
-            self.claimed[word].fetch_and(!mask, Ordering::AcqRel);
-            return Err(ClaimError::Full);
+        if !self.take_reservation(t) {
+            if let Err(ahead) = self.take_late_place(t, now_ms) {
+                self.claimed[word].fetch_and(!mask, Ordering::AcqRel);
+                return Err(ClaimError::Late { ahead });
+            }
         }
         // One unit of room is ours (moved from pending, or reserved now).
         match self.grab_slot(who, now_ms) {
@@ -742,10 +759,9 @@ impl Gate {
         {
             return Turn::Ready;
         }
-        let mut ctl = self.lock();
-        let ahead = ctl.late.arrive(t, now_ms);
-        self.publish_late(&ctl);
-        Turn::Late { ahead }
+        Turn::Late {
+            ahead: self.join_late(t, now_ms),
+        }
     }
 
     /// Whether `t`'s admission batch still holds a reservation for it (not yet lapsed).
@@ -759,8 +775,8 @@ impl Gate {
 
     /// A place for a ticket whose reservation lapsed: any free room (including the room kept
     /// for late arrivals: the first of them to come takes it). Without room it joins the late
-    /// line.
-    fn take_late_place(&self, t: u64, now_ms: u64) -> bool {
+    /// line: `Err(late arrivals ahead)`.
+    fn take_late_place(&self, t: u64, now_ms: u64) -> Result<(), u64> {
         if self.store.reserve(1, self.capacity.load(Ordering::Acquire)) == 1 {
             if self.late_waiting.load(Ordering::Acquire) > 0 {
                 let mut ctl = self.lock();
@@ -768,12 +784,18 @@ impl Gate {
                     self.publish_late(&ctl);
                 }
             }
-            return true;
+            return Ok(());
         }
+        Err(self.join_late(t, now_ms))
+    }
+
+    /// `t` came back to a full room: joins (or stays in) the late line. Returns the late
+    /// arrivals ahead of it.
+    fn join_late(&self, t: u64, now_ms: u64) -> u64 {
         let mut ctl = self.lock();
-        ctl.late.arrive(t, now_ms);
+        let ahead = ctl.late.arrive(t, now_ms);
         self.publish_late(&ctl);
-        false
+        ahead
     }
 
     /// Mirrors the late line's length for the lock-free paths.
@@ -1064,13 +1086,7 @@ impl Gate {
             ctl.bucket_units / TOKEN
         };
         let want = u32::try_from(waiting.min(allowance)).unwrap_or(u32::MAX);
-        // Late arrivals were admitted once: as much free room as there are of them is kept
-        // for them.
-        let room = self
-            .capacity
-            .load(Ordering::Acquire)
-            .saturating_sub(self.late_waiting.load(Ordering::Acquire));
-        let n = self.store.reserve(want, room);
+        let n = self.store.reserve(want, self.room_for_new());
         if n == 0 {
             return 0;
         }
@@ -1804,15 +1820,7 @@ mod tests {
 
     #[test]
     fn abandoned_tickets_are_skipped_after_arrival_timeout() {
-        let s = GateSettings {
-            capacity: 2,
-            arrival_timeout: Duration::from_secs(60),
-            ..GateSettings::default()
-        };
-        let g = Gate::new(&s, T0);
-        for _ in 0..4 {
-            g.take_ticket();
-        }
+        let g = waiting_gate(2, 60, 4);
         g.tick(T0);
         assert!(g.status(2).admitted && !g.status(3).admitted);
         g.claim(who(1), T0 + 1000).unwrap();
@@ -1827,7 +1835,10 @@ mod tests {
         let st = g.stats();
         assert_eq!((st.abandoned, st.pending, st.active), (1, 1, 1));
         // Ticket 2 arrives late: no room (1 active + 1 pending for ticket 3).
-        assert_eq!(g.claim(who(2), T0 + 61_000), Err(ClaimError::Full));
+        assert_eq!(
+            g.claim(who(2), T0 + 61_000),
+            Err(ClaimError::Late { ahead: 0 })
+        );
         // Ticket 3 claims its reservation.
         assert!(g.claim(who(3), T0 + 61_000).is_ok());
         assert_eq!(g.stats().pending, 0);
@@ -1850,19 +1861,26 @@ mod tests {
         assert_eq!(g.store.occupied(), 1);
     }
 
-    /// A gate of `capacity` with a 2 s `arrival_timeout` and `people` waiting from T0: the
-    /// first `capacity` are admitted at T0 and do not come; at T0 + 2 s their places lapse
-    /// and go to the next ones.
-    fn first_ones_lapsed(capacity: u32, people: u64) -> Gate {
+    /// A gate of `capacity` with `arrival_timeout` of `arrival_s` seconds and `people` waiting
+    /// from T0 (tickets 1..=people), before any tick.
+    fn waiting_gate(capacity: u32, arrival_s: u64, people: u64) -> Gate {
         let s = GateSettings {
             capacity,
-            arrival_timeout: Duration::from_secs(2),
+            arrival_timeout: Duration::from_secs(arrival_s),
             ..GateSettings::default()
         };
         let g = Gate::new(&s, T0);
         for _ in 0..people {
             g.take_ticket();
         }
+        g
+    }
+
+    /// A gate of `capacity` with a 2 s `arrival_timeout` and `people` waiting from T0: the
+    /// first `capacity` are admitted at T0 and do not come; at T0 + 2 s their places lapse
+    /// and go to the next ones.
+    fn first_ones_lapsed(capacity: u32, people: u64) -> Gate {
+        let g = waiting_gate(capacity, 2, people);
         g.tick(T0);
         g.tick(T0 + 2_000);
         g
@@ -1882,8 +1900,14 @@ mod tests {
         // 2 and then 1 come back: the room is full. The status does not say "admitted"
         // (the claim would fail); they are first and second in the late line.
         assert_eq!(g.turn(2, T0 + 3_000), Turn::Late { ahead: 0 });
-        assert_eq!(g.claim(who(2), T0 + 3_000), Err(ClaimError::Full));
-        assert_eq!(g.claim(who(1), T0 + 3_100), Err(ClaimError::Full));
+        assert_eq!(
+            g.claim(who(2), T0 + 3_000),
+            Err(ClaimError::Late { ahead: 0 })
+        );
+        assert_eq!(
+            g.claim(who(1), T0 + 3_100),
+            Err(ClaimError::Late { ahead: 1 })
+        );
         assert_eq!(g.turn(1, T0 + 3_200), Turn::Late { ahead: 1 });
         assert_eq!(g.stats().late, 2);
         // A place frees: it is kept for them, not given to ticket 5, and the first in the
@@ -1928,13 +1952,8 @@ mod tests {
 
     #[test]
     fn a_late_arrival_with_free_room_and_nobody_late_walks_in() {
-        let s = GateSettings {
-            capacity: 3,
-            arrival_timeout: Duration::from_secs(2),
-            ..GateSettings::default()
-        };
-        let g = Gate::new(&s, T0);
-        let t = g.take_ticket();
+        let g = waiting_gate(3, 2, 1);
+        let t = 1;
         g.tick(T0);
         g.tick(T0 + 3_000);
         assert_eq!(g.turn(t, T0 + 3_000), Turn::Ready);

@@ -67,6 +67,15 @@ where
     Upstream { addr, task }
 }
 
+/// An upstream that answers every request with `body` after `delay`.
+pub async fn slow_upstream(delay: Duration, body: &'static str) -> Upstream {
+    upstream(move |_req| async move {
+        tokio::time::sleep(delay).await;
+        Response::new(full(body))
+    })
+    .await
+}
+
 /// An upstream that answers with a JSON description of what it received (method, uri,
 /// headers, body length).
 pub async fn echo_upstream() -> Upstream {
