@@ -14,7 +14,7 @@
 //! loads; transitions take a small mutex. Time is passed in (`now`), never read.
 //!
 //! Failures to record: connect errors, timeouts and 5xx answers that mean overload (502/503/504).
-//! Each [`Ticket`] carries the breaker's generation: outcomes of requests let through before a
+//! Each [`Permission`] carries the breaker's generation: outcomes of requests let through before a
 //! transition are ignored after it (a late failure cannot re-open a freshly closed breaker, a late
 //! success of a pre-open request cannot close it).
 
@@ -155,12 +155,12 @@ impl Open {
 /// Dropping it without recording is fine (a probe slot frees itself after `open_for`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use = "record the outcome with Breaker::record"]
-pub struct Ticket {
+pub struct Permission {
     generation: u64,
     probe: bool,
 }
 
-impl Ticket {
+impl Permission {
     /// True if this request is a half-open probe.
     pub fn is_probe(&self) -> bool {
         self.probe
@@ -221,10 +221,10 @@ impl Breaker {
     }
 
     /// May a request go to the upstream now?
-    pub fn allow(&self, now: Instant) -> Result<Ticket, Open> {
+    pub fn allow(&self, now: Instant) -> Result<Permission, Open> {
         let (generation, state) = self.load();
         match state {
-            BreakerState::Closed => Ok(Ticket {
+            BreakerState::Closed => Ok(Permission {
                 generation,
                 probe: false,
             }),
@@ -250,7 +250,7 @@ impl Breaker {
             BreakerState::HalfOpen => {
                 let t = self.at(now);
                 if self.probes_issued.fetch_add(1, Ordering::AcqRel) < self.cfg.probes {
-                    return Ok(Ticket {
+                    return Ok(Permission {
                         generation,
                         probe: true,
                     });
@@ -278,7 +278,7 @@ impl Breaker {
     }
 
     /// Reports the outcome of a request let through by `ticket`.
-    pub fn record(&self, ticket: Ticket, success: bool, now: Instant) {
+    pub fn record(&self, ticket: Permission, success: bool, now: Instant) {
         let (generation, state) = self.load();
         if ticket.generation != generation {
             return; // from before the last transition

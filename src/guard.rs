@@ -18,12 +18,12 @@
 //!
 //! # Adaptive limit (`mode = "adaptive"`): AIMD with a latency threshold
 //!
-//! Each completed permit reports its latency and [`Outcome`]. The guard keeps an EWMA of latency
+//! Each completed permit reports its latency and [`Signal`]. The guard keeps an EWMA of latency
 //! (weight 0.1 per sample).
 //! - Additive increase: on a success while the EWMA is at or under `latency_threshold`, and the
 //!   request was sent while the limit was actually being used (in flight ≥ half the limit), the
 //!   limit grows by `1 / limit` (≈ +1 per round of `limit` requests).
-//! - Multiplicative decrease: on an [`Outcome::Overload`] (5xx meaning overload, timeout, connect
+//! - Multiplicative decrease: on a [`Signal::Overload`] (5xx meaning overload, timeout, connect
 //!   error), or a success while the EWMA is above `latency_threshold`, the limit is multiplied by
 //!   `backoff`. At most once per "round": only requests that were started after the previous
 //!   decrease can trigger the next one, so a burst of failures from one round does not collapse
@@ -218,7 +218,7 @@ impl Shed {
 
 /// How an upstream request ended, for the adaptive limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Signal {
     /// A normal answer (including 4xx and non-overload 5xx).
     Success,
     /// The upstream showed overload: 502/503/504, timeout, connect error.
@@ -325,8 +325,8 @@ impl Permit {
     }
 
     /// Reports how the upstream request went (feeds the adaptive limit) and releases the slot.
-    /// Dropping a permit without calling this counts as [`Outcome::Ignore`].
-    pub fn done(self, latency: Duration, outcome: Outcome) {
+    /// Dropping a permit without calling this counts as [`Signal::Ignore`].
+    pub fn done(self, latency: Duration, outcome: Signal) {
         self.inner
             .on_outcome(latency, outcome, self.epoch, self.in_flight_at_start);
         // Drop releases the slot.
@@ -600,13 +600,13 @@ impl Inner {
         }
     }
 
-    fn on_outcome(&self, latency: Duration, outcome: Outcome, epoch: u64, in_flight_then: usize) {
+    fn on_outcome(&self, latency: Duration, outcome: Signal, epoch: u64, in_flight_then: usize) {
         let adaptive = self.mode == GuardMode::Adaptive;
         match outcome {
-            Outcome::Ignore => {}
-            Outcome::Overload if adaptive => self.decrease(epoch),
-            Outcome::Overload => {}
-            Outcome::Success => {
+            Signal::Ignore => {}
+            Signal::Overload if adaptive => self.decrease(epoch),
+            Signal::Overload => {}
+            Signal::Success => {
                 // The latency EWMA also dates `Retry-After`, in fixed mode too.
                 let sample = latency.as_nanos() as f64;
                 let ewma = update_f64(&self.ewma_ns, |e| {
@@ -846,7 +846,7 @@ mod tests {
         // The portal answers in 200 ms, 2 at a time: a queue of n drains in n / 10 seconds.
         for _ in 0..4 {
             let p = g.acquire(Priority::Inside, Instant::now()).await.unwrap();
-            p.done(Duration::from_millis(200), Outcome::Success);
+            p.done(Duration::from_millis(200), Signal::Success);
         }
         let _held: Vec<_> = futures_util::future::join_all(
             (0..2).map(|_| g.acquire(Priority::Inside, Instant::now())),
@@ -995,7 +995,7 @@ mod tests {
         let mut seen = Vec::new();
         for _ in 0..6 {
             let p = g.acquire(Priority::Inside, Instant::now()).await.unwrap();
-            p.done(Duration::from_millis(10), Outcome::Overload);
+            p.done(Duration::from_millis(10), Signal::Overload);
             seen.push(g.current_limit());
         }
         assert_eq!(seen, [10, 5, 4, 4, 4, 4]);
@@ -1007,18 +1007,18 @@ mod tests {
             round.push(g.acquire(Priority::Inside, Instant::now()).await.unwrap());
         }
         for p in round {
-            p.done(Duration::from_millis(10), Outcome::Overload);
+            p.done(Duration::from_millis(10), Signal::Overload);
         }
         assert_eq!(g.current_limit(), 10);
 
         // Slow successes count as overload; ignored outcomes and plain drops do nothing.
         let g = Guard::new(&cfg(ADAPTIVE));
         let p = g.acquire(Priority::Inside, Instant::now()).await.unwrap();
-        p.done(Duration::from_secs(1), Outcome::Ignore);
+        p.done(Duration::from_secs(1), Signal::Ignore);
         drop(g.acquire(Priority::Inside, Instant::now()).await.unwrap());
         assert_eq!(g.current_limit(), 20);
         let p = g.acquire(Priority::Inside, Instant::now()).await.unwrap();
-        p.done(Duration::from_secs(1), Outcome::Success);
+        p.done(Duration::from_secs(1), Signal::Success);
         assert_eq!(g.current_limit(), 10);
     }
 
@@ -1028,7 +1028,7 @@ mod tests {
         // Push it down with slow answers.
         for _ in 0..5 {
             let p = g.acquire(Priority::Inside, Instant::now()).await.unwrap();
-            p.done(Duration::from_secs(2), Outcome::Success);
+            p.done(Duration::from_secs(2), Signal::Success);
         }
         assert_eq!(g.current_limit(), 4);
         // Healthy rounds that use the whole limit: grows by about one per round, to max.
@@ -1040,7 +1040,7 @@ mod tests {
                 round.push(g.acquire(Priority::Inside, Instant::now()).await.unwrap());
             }
             for p in round {
-                p.done(Duration::from_millis(5), Outcome::Success);
+                p.done(Duration::from_millis(5), Signal::Success);
             }
             let now = g.current_limit();
             assert!((4..=40).contains(&now));
@@ -1054,7 +1054,7 @@ mod tests {
         let g = Guard::new(&cfg(ADAPTIVE));
         for _ in 0..500 {
             let p = g.acquire(Priority::Inside, Instant::now()).await.unwrap();
-            p.done(Duration::from_millis(5), Outcome::Success);
+            p.done(Duration::from_millis(5), Signal::Success);
         }
         assert_eq!(g.current_limit(), 20);
     }
@@ -1064,7 +1064,7 @@ mod tests {
         let g = Guard::new(&cfg("max_in_flight = 8"));
         for _ in 0..10 {
             let p = g.acquire(Priority::New, Instant::now()).await.unwrap();
-            p.done(Duration::from_secs(5), Outcome::Overload);
+            p.done(Duration::from_secs(5), Signal::Overload);
         }
         assert_eq!(g.current_limit(), 8);
     }

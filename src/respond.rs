@@ -107,6 +107,18 @@ impl Synthetic {
         }
     }
 
+    /// The request head is larger than allowed. The connection closes.
+    pub fn header_too_large() -> Self {
+        Synthetic {
+            close: true,
+            ..Self::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "header_too_large",
+                "Request header too large.",
+            )
+        }
+    }
+
     /// Nothing here.
     pub fn not_found(message: &'static str) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
@@ -145,6 +157,28 @@ impl Synthetic {
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
+    }
+}
+
+impl Synthetic {
+    /// The answer as raw HTTP/1.1 bytes in plain text, for refusals written before any request
+    /// was parsed (no `Accept` to negotiate, no hyper connection to answer through).
+    pub fn to_http1_bytes(&self) -> Bytes {
+        use std::fmt::Write as _;
+        let body = format!("{}\r\n", self.message);
+        let mut head = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncache-control: no-store\r\n",
+            self.status.as_u16(),
+            self.status.canonical_reason().unwrap_or("Error"),
+        );
+        if let Some(s) = self.retry_after {
+            let _ = write!(head, "retry-after: {s}\r\n");
+        }
+        if self.close {
+            head.push_str("connection: close\r\n");
+        }
+        let _ = write!(head, "content-length: {}\r\n\r\n{body}", body.len());
+        Bytes::from(head)
     }
 }
 
@@ -216,6 +250,22 @@ mod tests {
         assert_eq!(r.headers()["connection"], "close");
         assert!(body_of(r).await.contains("<h1>Payload Too Large</h1>"));
         assert_eq!(html_escape("<a&'\">"), "&lt;a&amp;&#39;&quot;&gt;");
+    }
+
+    #[test]
+    fn raw_http1_bytes_are_a_complete_response() {
+        let raw = Synthetic::header_too_large().to_http1_bytes();
+        let text = std::str::from_utf8(&raw).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"));
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(body.len(), len, "the body is exactly content-length long");
+        assert!(head.lines().any(|l| l == "connection: close"));
     }
 
     #[test]

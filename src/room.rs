@@ -267,6 +267,17 @@ pub enum Answer {
     },
 }
 
+/// A slot held by an admitted person's pass: which lane, which slot, which ticket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seat {
+    /// The lane (gate and cohort share) of the ticket.
+    pub lane: u16,
+    /// The slot index in the lane's table.
+    pub slot: u32,
+    /// The ticket number holding it.
+    pub ticket: u64,
+}
+
 /// The outcome of the waiting-room stage for one request.
 #[derive(Debug)]
 pub struct Decision {
@@ -274,8 +285,8 @@ pub struct Decision {
     pub answer: Option<Answer>,
     /// Cookie to set on the response (a new ticket or pass).
     pub set_cookie: Option<HeaderValue>,
-    /// Who holds a slot, so a release header from the portal can free it.
-    pub holder: Option<(u16, u32, u64)>,
+    /// The slot the request's pass holds, so a release header from the portal can free it.
+    pub seat: Option<Seat>,
     /// Metric outcome label.
     pub outcome: &'static str,
 }
@@ -597,7 +608,11 @@ impl Room {
                         return Decision {
                             answer: None,
                             set_cookie,
-                            holder: Some((lane.id, t.slot, t.ticket)),
+                            seat: Some(Seat {
+                                lane: lane.id,
+                                slot: t.slot,
+                                ticket: t.ticket,
+                            }),
                             outcome: "admitted",
                         };
                     }
@@ -620,7 +635,7 @@ impl Room {
                         opens_at,
                     }),
                     set_cookie: None,
-                    holder: None,
+                    seat: None,
                     outcome: "closed",
                 };
             }
@@ -652,7 +667,11 @@ impl Room {
                             set_cookie: Some(
                                 self.pass_cookie(g, lane, pos, t.visitor, slot, binding, now),
                             ),
-                            holder: Some((lane.id, slot, pos)),
+                            seat: Some(Seat {
+                                lane: lane.id,
+                                slot,
+                                ticket: pos,
+                            }),
                             outcome: "admitted",
                         };
                     }
@@ -721,7 +740,11 @@ impl Room {
             Arrival::Admitted { ticket, slot } => Decision {
                 answer: None,
                 set_cookie: Some(self.pass_cookie(g, lane, ticket, visitor, slot, binding, now)),
-                holder: Some((lane.id, slot, ticket)),
+                seat: Some(Seat {
+                    lane: lane.id,
+                    slot,
+                    ticket,
+                }),
                 outcome: "admitted",
             },
             Arrival::Queued { ticket } => {
@@ -764,7 +787,7 @@ impl Room {
                 missed_turn: false,
             }),
             set_cookie,
-            holder: None,
+            seat: None,
             outcome: "queued",
         }
     }
@@ -889,10 +912,10 @@ impl Room {
 
     /// The portal ended a session: free its slot now, and let the next in line in at once.
     /// Returns the cookie that clears the pass.
-    pub fn release(&self, lane_id: u16, slot: u32, ticket: u64) -> Option<HeaderValue> {
+    pub fn release(&self, seat: Seat) -> Option<HeaderValue> {
         for g in &self.gates {
-            if let Some(l) = g.lanes.iter().find(|l| l.id == lane_id) {
-                if l.gate.release(slot, ticket) {
+            if let Some(l) = g.lanes.iter().find(|l| l.id == seat.lane) {
+                if l.gate.release(seat.slot, seat.ticket) {
                     let before = l.gate.serving();
                     l.gate.admit(self.clock.now_ms());
                     l.wake_admitted(before);

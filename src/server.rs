@@ -16,11 +16,12 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -34,6 +35,7 @@ use crate::admin;
 use crate::config::Config;
 use crate::framing::{FramingError, FramingValidator};
 use crate::proxy::{ConnInfo, Proxy, Shared};
+use crate::refusal::Refusal;
 use crate::telemetry;
 
 /// Failure to start the server.
@@ -258,9 +260,11 @@ fn reuseport_listener(
     Ok(socket.into())
 }
 
-const TOO_MANY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n\
-cache-control: no-store\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 40\r\n\r\n\
-Too many connections; retry in a second.";
+/// Answers written as raw bytes before hyper parses a request, rendered once from the refusal
+/// map.
+static TOO_MANY: LazyLock<Bytes> = LazyLock::new(|| Refusal::TooManyConnections.raw_http1());
+static BAD_REQUEST: LazyLock<Bytes> = LazyLock::new(|| Refusal::FramingBytes.raw_http1());
+static HEAD_TOO_LARGE: LazyLock<Bytes> = LazyLock::new(|| Refusal::HeadTooLarge.raw_http1());
 
 async fn worker(
     std_listener: std::net::TcpListener,
@@ -324,7 +328,7 @@ async fn worker(
             tokio::spawn(async move {
                 let mut stream = stream;
                 let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                    let _ = stream.write_all(TOO_MANY).await;
+                    let _ = stream.write_all(&TOO_MANY).await;
                     let _ = stream.shutdown().await;
                 })
                 .await;
@@ -488,13 +492,6 @@ struct ActivityIo {
     rejected: bool,
 }
 
-const BAD_REQUEST: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\n\
-cache-control: no-store\r\nconnection: close\r\ncontent-length: 41\r\n\r\n\
-Malformed or ambiguous request framing.\r\n";
-const HEAD_TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\n\
-content-type: text/plain\r\ncache-control: no-store\r\nconnection: close\r\n\
-content-length: 28\r\n\r\nRequest header too large.\r\n\r\n";
-
 impl AsyncRead for ActivityIo {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -525,9 +522,9 @@ impl AsyncRead for ActivityIo {
                         tracing::debug!(error = %e, "request framing refused");
                         if this.activity.in_flight.load(Ordering::Relaxed) == 0 {
                             let answer = if e == FramingError::HeadTooLarge {
-                                HEAD_TOO_LARGE
+                                &HEAD_TOO_LARGE
                             } else {
-                                BAD_REQUEST
+                                &BAD_REQUEST
                             };
                             let _ = this.inner.try_write(answer);
                         }

@@ -1,0 +1,201 @@
+//! The request path, top to bottom.
+//!
+//! [`Proxy::pipeline`] is the life of a request as a short list of named phases (the shape of
+//! Pingora's `ProxyHttp`). Each phase is a method that reads the request head and the
+//! per-request [`RequestCtx`], and either continues or returns a [`Refusal`]; the one refusal
+//! map ([`Refusal::into_response`]) turns every refusal into its answer.
+//!
+//! ```text
+//! client ─▶ server: connection limits, deadlines, framing bytes      src/server.rs, framing.rs
+//!  1 request_filter     framing on the parsed head, client address,  phases.rs, forwarded.rs,
+//!                       session, normalized path                      isolation.rs, route.rs
+//!  2 own_endpoint       /.anticamera/status (long poll), /lang        own.rs
+//!  3 route              gate and cohort                               room/, cohort.rs
+//!  4 rate_limit         session, address, cohort, gate buckets        ratelimit.rs
+//!  5 waiting_room       hours, pass, ticket, queue or closed page     room/, waitroom/
+//!  6 upstream_request_filter  own cookies and identity headers out,   phases.rs
+//!                       declared body size, Host
+//!  7 cache_lookup       anonymous public pages (RFC 9111 strict)      forward.rs, microcache.rs
+//!  8 forward            hop-by-hop out, X-Forwarded-*, breaker and    forward.rs, protect.rs,
+//!                       guard, pooled client with deadlines           upstream.rs
+//!  9 response_filter    leak guard, release header, private marking,  forward.rs
+//!                       micro-cache store
+//! ```
+//! Every answer is counted by route, disposition and status (`metrics.rs`).
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use crate::body::ProxyBody;
+use crate::breaker::Breaker;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::forwarded::Forwarders;
+use crate::guard::Guard;
+use crate::isolation::Isolation;
+use crate::microcache::Microcache;
+use crate::pages;
+use crate::ratelimit::RateLimiter;
+use crate::refusal::Refusal;
+use crate::room::{Room, RoomError};
+use crate::upstream::{Targets, Upstream};
+
+mod context;
+mod forward;
+mod hygiene;
+mod metrics;
+mod own;
+mod phases;
+
+pub use context::{Disposition, GateRoute, RequestCtx};
+pub use hygiene::strip_hop_by_hop;
+pub use metrics::{LIMITED, SLOT_WAIT};
+
+/// State shared by every worker: the validated config and what is derived from it.
+pub struct Shared {
+    /// The configuration this process runs.
+    pub config: Arc<Config>,
+    /// Trusted forwarders.
+    pub forwarders: Forwarders,
+    /// Portal addresses and their health.
+    pub targets: Arc<Targets>,
+    /// Set when shutdown begins; `/readyz` turns 503.
+    pub draining: AtomicBool,
+    /// The clock of every time-dependent decision (settable in tests and rehearsals).
+    pub clock: Arc<Clock>,
+    /// The waiting room (gates, cohorts, hours); `None` when no gate is configured.
+    pub room: Option<Arc<Room>>,
+    /// Page templates.
+    pub templates: pages::Templates,
+    /// Admin API bearer token.
+    pub admin_token: Option<String>,
+    /// Token buckets, if configured.
+    pub limiter: Option<RateLimiter>,
+    /// Portal concurrency limit, if configured.
+    pub guard: Option<Guard>,
+    /// Circuit breaker (with the guard).
+    pub breaker: Option<Breaker>,
+    /// Session isolation.
+    pub isolation: Isolation,
+    /// Micro-cache for public pages, if enabled.
+    pub microcache: Option<Microcache>,
+}
+
+impl Shared {
+    /// Derives the shared state from a validated config (restoring saved queue state).
+    pub fn new(config: Arc<Config>) -> Result<Arc<Self>, RoomError> {
+        let clock = Arc::new(Clock::system());
+        let room = if config.gates.is_empty() {
+            None
+        } else {
+            Some(Arc::new(Room::new(&config, clock.clone())?))
+        };
+        let templates = match &config.waiting_room.templates {
+            Some(dir) => pages::Templates::load(&config.base_dir.join(dir))
+                .map_err(|e| RoomError::Config("waiting_room.templates".into(), e.to_string()))?,
+            None => pages::Templates::builtin(),
+        };
+        let admin_token = config
+            .admin_token()
+            .map_err(|(k, r)| RoomError::Config(k, r))?;
+        let guard_cfg = config.upstream_guard.clone();
+        Ok(Arc::new(Shared {
+            limiter: config.rate_limits.as_ref().map(RateLimiter::new),
+            guard: guard_cfg.as_ref().map(Guard::new),
+            breaker: guard_cfg
+                .as_ref()
+                .map(|g| Breaker::new(&g.breaker, Instant::now())),
+            isolation: Isolation::new(&config.isolation),
+            microcache: config
+                .microcache
+                .enabled
+                .then(|| Microcache::new(&config.microcache)),
+            forwarders: Forwarders::new(config.forwarding.trusted_forwarders.clone()),
+            targets: Targets::new(&config),
+            draining: AtomicBool::new(false),
+            clock,
+            room,
+            templates,
+            admin_token,
+            config,
+        }))
+    }
+}
+
+/// What the server knows about the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    /// The TCP peer.
+    pub peer: SocketAddr,
+    /// How the client reached us: `http` (or `https` once TLS terminates here).
+    pub scheme: &'static str,
+}
+
+/// One worker's proxy: shared state plus this worker's upstream pool.
+pub struct Proxy {
+    shared: Arc<Shared>,
+    upstream: Upstream,
+    max_body: u64,
+    metrics: metrics::RequestMetrics,
+}
+
+impl Proxy {
+    /// Builds a worker's proxy.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        let upstream = Upstream::new(&shared.config, shared.targets.clone());
+        let max_body = shared.config.server.max_body_bytes.0;
+        Proxy {
+            metrics: metrics::RequestMetrics::new(&shared),
+            shared,
+            upstream,
+            max_body,
+        }
+    }
+
+    /// Answers one request. Never fails: every refusal becomes its answer.
+    pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
+        let mut ctx = RequestCtx::new(req.headers(), conn);
+        let resp = match self.pipeline(req, &mut ctx).await {
+            Ok(resp) => resp,
+            Err(refusal) => {
+                ctx.disposition = refusal.disposition();
+                refusal.into_response(&self.shared, ctx.json, ctx.body_unread)
+            }
+        };
+        self.metrics.record(
+            ctx.route_index(),
+            ctx.disposition,
+            resp.status().as_u16(),
+            ctx.started.elapsed(),
+        );
+        resp
+    }
+
+    /// The request path, top to bottom: each phase continues or refuses.
+    async fn pipeline(
+        &self,
+        req: Request<Incoming>,
+        ctx: &mut RequestCtx,
+    ) -> Result<Response<ProxyBody>, Refusal> {
+        let (mut head, body) = req.into_parts();
+        ctx.body_unread = !hyper::body::Body::is_end_stream(&body);
+        self.request_filter(&head, ctx)?;
+        if let Some(answer) = self.own_endpoint(&head, ctx).await? {
+            return Ok(answer);
+        }
+        self.route(&head, ctx);
+        self.rate_limit(ctx)?;
+        self.waiting_room(&mut head, ctx)?;
+        self.upstream_request_filter(&mut head)?;
+        if let Some(hit) = self.cache_lookup(&head, ctx) {
+            return Ok(hit);
+        }
+        let resp = self.forward(head, body, ctx).await?;
+        self.response_filter(resp, ctx).await
+    }
+}
