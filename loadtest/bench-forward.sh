@@ -5,6 +5,9 @@
 #   loadtest/bench-forward.sh            # 3 rounds of 10 s per proxy, wrk -t1 -c64
 #   ROUNDS=5 DURATION=20s CONNS=128 THREADS=2 loadtest/bench-forward.sh
 #   (WORKERS sets both proxies' workers; AC_WORKERS overrides anticamera's alone)
+#   BASELINE_BIN=/path/to/older/anticamera loadtest/bench-forward.sh
+#   (also runs that build beside the current one, same config and rounds: rows "…@base", for a
+#   before/after in the same run)
 #
 # The upstream is nginx serving a 2 KiB file (so the upstream is never the bottleneck); both
 # proxies keep pooled keep-alive connections to it and run 2 workers. Everything shares the
@@ -16,7 +19,8 @@ DURATION=${DURATION:-10s}
 CONNS=${CONNS:-64}
 THREADS=${THREADS:-1}
 WORKERS=${WORKERS:-2}
-UP_PORT=18081 NGINX_PORT=18082 AC_PORT=18083 AC_ADMIN=18084
+UP_PORT=18081 NGINX_PORT=18082 AC_PORT=18083 AC_ADMIN=18084 BASE_PORT=18085 BASE_ADMIN=18086
+BASELINE_BIN=${BASELINE_BIN:-}
 
 ./scripts/setup-test-deps nginx-light wrk
 cargo build --release --quiet
@@ -91,9 +95,17 @@ prefix = ["/queue"]
 mode = "paused"
 CONF
 
+if [[ -n $BASELINE_BIN ]]; then
+  sed -e "s/127.0.0.1:$AC_PORT/127.0.0.1:$BASE_PORT/" -e "s/127.0.0.1:$AC_ADMIN/127.0.0.1:$BASE_ADMIN/" \
+    "$work/anticamera.toml" > "$work/baseline.toml"
+fi
+
 nginx -c "$work/upstream.conf" -p "$work" & up_pid=$!; pids+=($up_pid)
 nginx -c "$work/proxy.conf" -p "$work" & ng_pid=$!; pids+=($ng_pid)
 "$BIN" run --config "$work/anticamera.toml" & ac_pid=$!; pids+=($ac_pid)
+if [[ -n $BASELINE_BIN ]]; then
+  "$BASELINE_BIN" run --config "$work/baseline.toml" & base_pid=$!; pids+=($base_pid)
+fi
 sleep 1
 curl -fsS "http://127.0.0.1:$NGINX_PORT/" >/dev/null
 curl -fsS "http://127.0.0.1:$AC_PORT/" >/dev/null
@@ -126,14 +138,28 @@ to_ms() { # wrk latency like 1.23ms / 850.00us / 1.10s
 
 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$NGINX_PORT/" >/dev/null   # warm-up
 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$AC_PORT/" >/dev/null
-ticket=$(curl -s -o /dev/null -D - "http://127.0.0.1:$AC_PORT/queue" | awk -F'[ ;]' 'tolower($1)=="set-cookie:" {print $2}')
+take_ticket() { curl -s -o /dev/null -D - "http://127.0.0.1:$1/queue" | awk -F'[ ;]' 'tolower($1)=="set-cookie:" {print $2}'; }
+ticket=$(take_ticket "$AC_PORT")
 [[ -n $ticket ]] || { echo "no ticket from the queue page" >&2; exit 1; }
+names="upstream-direct nginx anticamera queue-page status-poll"
+if [[ -n $BASELINE_BIN ]]; then
+  curl -fsS "http://127.0.0.1:$BASE_PORT/" >/dev/null
+  wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$BASE_PORT/" >/dev/null
+  base_ticket=$(take_ticket "$BASE_PORT")
+  [[ -n $base_ticket ]] || { echo "no ticket from the baseline's queue page" >&2; exit 1; }
+  names="$names anticamera@base queue-page@base status-poll@base"
+fi
 for r in $(seq "$ROUNDS"); do
   run_wrk upstream-direct "$UP_PORT" "$up_pids"
   run_wrk nginx "$NGINX_PORT" "$ng_pids"
   run_wrk anticamera "$AC_PORT" "$ac_pid"
   run_wrk queue-page "$AC_PORT" "$ac_pid" /queue
   run_wrk status-poll "$AC_PORT" "$ac_pid" "/.anticamera/status?gate=q" -H "Cookie: $ticket" -H "Accept: application/json"
+  if [[ -n $BASELINE_BIN ]]; then
+    run_wrk anticamera@base "$BASE_PORT" "$base_pid"
+    run_wrk queue-page@base "$BASE_PORT" "$base_pid" /queue
+    run_wrk status-poll@base "$BASE_PORT" "$base_pid" "/.anticamera/status?gate=q" -H "Cookie: $base_ticket" -H "Accept: application/json"
+  fi
 done
 
 ac_hwm=$(awk '/VmHWM/ {print $2}' /proc/$ac_pid/status)
@@ -149,13 +175,14 @@ echo "wrk -t$THREADS -c$CONNS -d$DURATION, $ROUNDS rounds, $WORKERS proxy worker
 echo
 echo "| target | req/s (median) | p99 ms (median) | CPU µs/request (median) | notes |"
 echo "|---|---|---|---|---|"
-for name in upstream-direct nginx anticamera queue-page status-poll; do
+for name in $names; do
   rps=$(awk -v n="$name" '$1==n {print $2}' "$work/results" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}')
   p99=$(awk -v n="$name" '$1==n {print $3}' "$work/results" | while read -r v; do to_ms "$v"; done | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}')
   cpu=$(awk -v n="$name" '$1==n {print $4}' "$work/results" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}')
   notes=$(awk -v n="$name" '$1==n && NF>4 {$1=$2=$3=$4=""; print}' "$work/results" | head -1)
   echo "| $name | $rps | $p99 | $cpu | ${notes:-} |"
-  eval "rps_${name//-/_}=$rps; p99_${name//-/_}=$p99; cpu_${name//-/_}=$cpu"
+  var=${name//-/_}; var=${var//@/_}
+  eval "rps_$var=$rps; p99_$var=$p99; cpu_$var=$cpu"
 done
 echo
 awk -v a="$rps_anticamera" -v n="$rps_nginx" -v pa="$p99_anticamera" -v pn="$p99_nginx" \
@@ -164,6 +191,12 @@ awk -v a="$cpu_anticamera" -v n="$cpu_nginx" \
   'BEGIN { printf "anticamera / nginx: proxy CPU per forwarded request %.2fx (lower is better)\n", a/n }'
 awk -v q="$rps_queue_page" -v s="$rps_status_poll" -v n="$rps_nginx" \
   'BEGIN { printf "waiting room vs nginx proxying: queue page %.2fx, JSON status poll %.2fx\n", q/n, s/n }'
+if [[ -n $BASELINE_BIN ]]; then
+  awk -v a="$cpu_anticamera" -v b="$cpu_anticamera_base" -v q="$rps_queue_page" -v qb="$rps_queue_page_base" \
+    -v s="$rps_status_poll" -v sb="$rps_status_poll_base" \
+    'BEGIN { printf "this build / baseline: CPU per forwarded request %.2fx, queue page req/s %.2fx, status poll req/s %.2fx\n", a/b, q/qb, s/sb }'
+  echo "peak RSS: baseline $(awk '/VmHWM/ {print $2}' /proc/$base_pid/status) KiB"
+fi
 echo "peak RSS: anticamera ${ac_hwm} KiB, nginx proxy workers ${nginx_hwm} KiB (sum)"
 echo
 echo "raw rounds:"; cat "$work/results"
