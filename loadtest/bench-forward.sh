@@ -19,7 +19,7 @@ WORKERS=${WORKERS:-2}
 UP_PORT=18081 NGINX_PORT=18082 AC_PORT=18083 AC_ADMIN=18084
 
 ./scripts/setup-test-deps nginx-light wrk
-cargo build --release --quiet
+cargo build --release --quiet -p anticamera
 BIN=${CARGO_TARGET_DIR:-target}/release/anticamera
 
 work=$(mktemp -d)
