@@ -5,6 +5,8 @@
 //! a signed SSO cookie, then a header set by a trusted gateway, then the intermediaries' office
 //! networks; everyone else is a citizen. Matchers are tried in order, so the later a request
 //! matches the more matchers it pays for.
+// Benches are test code (they may unwrap); criterion_group! declares an undocumented `pub fn`.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::hint::black_box;
 use std::net::IpAddr;

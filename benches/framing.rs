@@ -1,5 +1,7 @@
 //! Cost of the framing validator on the hot path: a typical GET head and a 64 KiB body under
 //! Content-Length, each fed in one call.
+// Benches are test code (they may unwrap); criterion_group! declares an undocumented `pub fn`.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 use anticamera::framing::FramingValidator;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 

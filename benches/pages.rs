@@ -1,5 +1,7 @@
 //! Waiting-room pages: the queue page (Italian, English), its JSON twin for the status poll,
 //! and the closed page. These are what every queued request costs besides the ticket.
+// Benches are test code (they may unwrap); criterion_group! declares an undocumented `pub fn`.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::hint::black_box;
 use std::time::Duration;

@@ -1,4 +1,6 @@
 //! Waiting-room hot paths: pass verification, pass issue, slot touch.
+// Benches are test code (they may unwrap); criterion_group! declares an undocumented `pub fn`.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::hint::black_box;
 

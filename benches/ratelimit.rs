@@ -1,4 +1,6 @@
 //! Cost of one rate-limit check (uncontended), keyed by session and by address.
+// Benches are test code (they may unwrap); criterion_group! declares an undocumented `pub fn`.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::net::{IpAddr, Ipv6Addr};
 

@@ -1,4 +1,6 @@
 //! Hot-path costs of the schedule and cohort modules.
+// Benches are test code (they may unwrap); criterion_group! declares an undocumented `pub fn`.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 use std::net::IpAddr;
 
 use anticamera::cohort::{cookie_value, CohortConfig, Cohorts};

@@ -4,6 +4,8 @@
 //!
 //! Prints the process's resident memory before and after. (Under `cargo test` it runs a small
 //! version, to keep the suite fast.)
+// Benches are test code (they may unwrap); criterion_group! declares an undocumented `pub fn`.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::time::Duration;
 

@@ -23,7 +23,7 @@ UP_PORT=18081 NGINX_PORT=18082 AC_PORT=18083 AC_ADMIN=18084 BASE_PORT=18085 BASE
 BASELINE_BIN=${BASELINE_BIN:-}
 
 ./scripts/setup-test-deps nginx-light wrk
-cargo build --release --quiet
+cargo build --release --quiet -p anticamera
 BIN=${CARGO_TARGET_DIR:-target}/release/anticamera
 
 work=$(mktemp -d)

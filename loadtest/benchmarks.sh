@@ -13,7 +13,9 @@ OUT=${OUT:-$CARGO_TARGET_DIR/benchmarks}
 SCENARIOS=${ONLY:-"surge-20x spike ramp window-opening slowdown claim-day"}
 mkdir -p "$OUT"
 ./scripts/setup-test-deps nginx-light wrk
-cargo build --release --quiet --bins
+# The proxy alone first (the binary bench-forward.sh measures), then the load-test kit.
+cargo build --release --quiet -p anticamera
+cargo build --release --quiet -p surge
 
 splice() { # name file: replace the generated block NAME in BENCHMARKS.md with the file
   python3 - "$1" "$2" <<'PY'

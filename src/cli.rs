@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, LogConfig, LogFormat};
-use crate::server::BoundServer;
+use anticamera::config::{Config, LogConfig, LogFormat};
+use anticamera::server::BoundServer;
 
 /// anticamera: a reverse proxy that keeps a public portal standing on claim day.
 #[derive(Debug, Parser)]
@@ -98,8 +98,8 @@ pub struct PortalArgs {
 }
 
 impl PortalArgs {
-    fn config(&self) -> crate::demo::PortalConfig {
-        crate::demo::PortalConfig {
+    fn config(&self) -> anticamera_demo_portal::PortalConfig {
+        anticamera_demo_portal::PortalConfig {
             capacity: self.capacity,
             base_latency: self.base_latency,
             fault_mode: self.fault_mode,
@@ -186,7 +186,7 @@ fn run(path: &Path, rehearse_at: Option<&str>) -> anyhow::Result<()> {
 }
 
 /// Blocks until SIGTERM or SIGINT, then begins graceful shutdown.
-pub fn wait_for_signal_then(handle: crate::server::ShutdownHandle) -> anyhow::Result<()> {
+pub fn wait_for_signal_then(handle: anticamera::server::ShutdownHandle) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -222,10 +222,10 @@ fn demo(path: &Path, args: &PortalArgs) -> anyhow::Result<()> {
         .with_context(|| format!("the demo portal needs an IP:port upstream, not {portal_addr}"))?;
     let portal_cfg = args.config();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    crate::server::spawn_on_own_runtime("demo-portal".into(), move || async move {
+    anticamera::server::spawn_on_own_runtime("demo-portal".into(), move || async move {
         let started = async {
             let l = tokio::net::TcpListener::bind(portal_addr).await?;
-            crate::demo::spawn(l, portal_cfg).await
+            anticamera_demo_portal::spawn(l, portal_cfg).await
         }
         .await;
         match started {
@@ -280,7 +280,7 @@ fn demo_portal(
         let l = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
-        let handle = crate::demo::spawn(l, args.config()).await?;
+        let handle = anticamera_demo_portal::spawn(l, args.config()).await?;
         println!(
             "demo portal on http://{} (capacity {})",
             handle.addr, args.capacity
@@ -293,8 +293,8 @@ fn demo_portal(
 }
 
 fn schedule(path: &Path, at: Option<&str>, cohort: Option<&str>, lang: &str) -> anyhow::Result<()> {
-    use crate::cohort::Cohorts;
-    use crate::schedule::{report_in, Lang, Schedule};
+    use anticamera::cohort::Cohorts;
+    use anticamera::schedule::{report_in, Lang, Schedule};
     let cfg = load(path)?;
     let cohorts = Cohorts::compile(&cfg.cohorts, &cfg.base_dir)
         .map_err(|e| anyhow::anyhow!("cohorts: {e:?}"))?;

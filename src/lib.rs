@@ -1,17 +1,17 @@
 //! anticamera: a reverse proxy that keeps a public portal standing on claim day.
 //!
 //! The request path reads top to bottom in [`proxy`]; see ARCHITECTURE.md for where each stage
-//! lives.
+//! lives. The command line (`anticamera run`, `demo`, ...) lives in the binary (`src/cli.rs`),
+//! the demo portal in its own crate (`anticamera-demo-portal`).
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod admin;
 pub mod body;
 pub mod breaker;
-pub mod cli;
 pub mod clock;
 pub mod cohort;
 pub mod config;
-pub mod demo;
 pub mod forwarded;
 pub mod framing;
 #[doc(hidden)]

@@ -1,6 +1,8 @@
 //! The waiting-room page in a real headless browser (Debian's Chromium, installed by
 //! `scripts/setup-browser`): the position updates without a reload and the user gets through
 //! when admitted.
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -1,4 +1,6 @@
 //! The binary's command line: `check-config` refuses each kind of bad config, naming the key.
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
 

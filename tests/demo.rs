@@ -1,5 +1,7 @@
 //! `anticamera demo` as a newcomer runs it: the binary starts the demo portal and anticamera,
 //! prints where to go, and a login through the proxy shows the user's own page.
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

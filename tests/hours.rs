@@ -1,5 +1,7 @@
 //! Opening hours by cohort, end to end: `config/inps.toml` in front of the demo portal, with the
 //! proxy's clock set by the test (no sleeping until 16:00).
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -109,17 +111,25 @@ impl User {
     }
 }
 
-async fn start() -> (anticamera::demo::PortalHandle, Proxy, tempfile::TempDir) {
+async fn start() -> (
+    anticamera_demo_portal::PortalHandle,
+    Proxy,
+    tempfile::TempDir,
+) {
     start_with(|t| t).await
 }
 
 async fn start_with(
     edit: impl FnOnce(String) -> String,
-) -> (anticamera::demo::PortalHandle, Proxy, tempfile::TempDir) {
+) -> (
+    anticamera_demo_portal::PortalHandle,
+    Proxy,
+    tempfile::TempDir,
+) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let portal = anticamera::demo::spawn(
+    let portal = anticamera_demo_portal::spawn(
         l,
-        anticamera::demo::PortalConfig {
+        anticamera_demo_portal::PortalConfig {
             base_latency: Duration::from_millis(1),
             ..Default::default()
         },

@@ -1,5 +1,7 @@
 //! Session isolation, black-box over raw TCP with a programmable upstream: no user is ever
 //! served another user's data.
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -1,4 +1,6 @@
 //! Rate limits, load shedding and the circuit breaker, over real sockets.
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -1,4 +1,6 @@
 //! Black-box tests of the forwarding path over real sockets.
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

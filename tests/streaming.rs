@@ -1,5 +1,7 @@
 //! Large bodies stream through anticamera in both directions without being held in memory.
 //! In its own test binary so the process's peak memory belongs to this test alone.
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -1,5 +1,7 @@
 //! The waiting room end to end, over real sockets: capacity, order, passes that cannot be
 //! forged or copied, release, abandonment, restart, the JSON answer and the admin API.
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

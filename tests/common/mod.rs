@@ -1,6 +1,8 @@
 //! Shared harness for the black-box tests: a programmable upstream, anticamera started on
 //! ephemeral ports, and raw-socket helpers. Everything talks over real loopback sockets.
 #![allow(dead_code)]
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::convert::Infallible;
 use std::future::Future;

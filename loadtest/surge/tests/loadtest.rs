@@ -2,6 +2,8 @@
 //! replays a small scenario (mixed JSON/HTML users, impatient reloaders, abandoning users, a
 //! bot, two cohorts), and its checks come out clean; the same scenario straight at a portal in
 //! fault mode shows the leaks. Release-sized runs are in BENCHMARKS.md.
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 use std::process::Command;
@@ -9,8 +11,7 @@ use std::process::Command;
 use serde_json::Value;
 
 fn scenario(dir: &Path, extra: &str) -> std::path::PathBuf {
-    let tmpl =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("loadtest/scenarios/anticamera.toml.tmpl");
+    let tmpl = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/anticamera.toml.tmpl");
     let text = format!(
         r#"name = "smoke"
 [users]
@@ -43,7 +44,36 @@ gate_prefixes = ["/login", "/account", "/claim", "/api/"]
     p
 }
 
+/// surge starts the `anticamera` binary it finds next to itself, and cargo builds only this
+/// package's binaries for its tests: build anticamera's here, with the profile these tests were
+/// built with (a no-op when it is fresh), so a run never uses a stale proxy.
+fn build_anticamera() {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
+        let surge = Path::new(env!("CARGO_BIN_EXE_surge"));
+        let profile = match surge.parent().and_then(|d| d.file_name()?.to_str()) {
+            Some("debug") | None => "dev",
+            Some(p) => p,
+        };
+        let status = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "anticamera",
+                "--bin",
+                "anticamera",
+            ])
+            .args(["--profile", profile])
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+            .status()
+            .unwrap();
+        assert!(status.success(), "cargo build -p anticamera: {status}");
+    });
+}
+
 fn run(args: &[&str], out: &Path) -> (bool, Value) {
+    build_anticamera();
     let o = Command::new(env!("CARGO_BIN_EXE_surge"))
         .args(args)
         .arg("--out")

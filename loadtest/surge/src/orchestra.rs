@@ -120,13 +120,14 @@ fn spawn(name: &str, cmd: &mut Command, log: &Path) -> anyhow::Result<Child> {
     })
 }
 
-/// The `anticamera` binary next to this one (`cargo build --release --bins` builds both).
+/// The `anticamera` binary next to this one (`cargo build --release -p anticamera -p surge`
+/// builds both).
 pub fn anticamera_bin() -> anyhow::Result<PathBuf> {
     let me = std::env::current_exe()?;
     let bin = me.with_file_name("anticamera");
     if !bin.exists() {
         bail!(
-            "{} not found: build it with `cargo build --release --bins`",
+            "{} not found: build it with `cargo build --release -p anticamera`",
             bin.display()
         );
     }

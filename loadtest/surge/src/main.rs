@@ -16,6 +16,7 @@
 //! Output (`--out`, default `target/surge/SCENARIO`): one JSON report per run, `report.json`
 //! (all runs), `summary.md` (the side-by-side table) and `report.html` (plots over time).
 //! Why not goose: see `loadtest/scenarios/README.md`.
+#![forbid(unsafe_code)]
 
 mod html;
 mod http;
