@@ -1,8 +1,9 @@
 //! Hot-path costs of the schedule and cohort modules.
 use std::net::IpAddr;
 
-use anticamera::cohort::{cookie_value, CohortConfig, Cohorts};
+use anticamera::cohort::{CohortConfig, Cohorts};
 use anticamera::schedule::{KeyedPermutation, Schedule, ScheduleConfig};
+use anticamera::util::cookie::cookie_value;
 use chrono::{TimeZone, Utc};
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 

@@ -33,31 +33,15 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use http::header::{HeaderMap, HeaderName, AUTHORIZATION, COOKIE};
+use http::header::{HeaderMap, HeaderName, AUTHORIZATION};
 use ipnet::IpNet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
-/// One configuration problem: the key path (relative to the section being compiled, e.g.
-/// `matchers[2].jwt.key_file` or `windows[1].start`) and a human reason.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{key}: {reason}")]
-pub struct FieldError {
-    /// Key path relative to the section, e.g. `matchers[0].network[1]`.
-    pub key: String,
-    /// What is wrong, for a human.
-    pub reason: String,
-}
-
-impl FieldError {
-    /// Builds a [`FieldError`].
-    pub fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self {
-            key: key.into(),
-            reason: reason.into(),
-        }
-    }
-}
+use crate::util::duration;
+// Kept at their old paths for room.rs and waitroom/ (to be switched to `crate::util`).
+pub use crate::util::cookie::cookie_value;
+pub use crate::util::field_error::FieldError;
 
 /// Maximum number of distinct cohorts (schedules keep cohort sets as 64-bit masks).
 pub const MAX_COHORTS: usize = 64;
@@ -298,14 +282,6 @@ fn valid_cookie_name(name: &str) -> bool {
                         | b'}'
                 )
         })
-}
-
-fn parse_duration_secs(s: &str) -> Option<u64> {
-    let s = s.trim();
-    if s == "0" {
-        return Some(0);
-    }
-    humantime::parse_duration(s).ok().map(|d| d.as_secs())
 }
 
 impl Cohorts {
@@ -652,13 +628,15 @@ fn compile_jwt(
         ));
     }
     check_values(&j.values, &format!("{key}.values"), errors);
-    let leeway_secs = parse_duration_secs(&j.leeway).unwrap_or_else(|| {
-        errors.push(FieldError::new(
-            format!("{key}.leeway"),
-            format!("{:?} is not a duration like \"30s\"", j.leeway),
-        ));
-        0
-    });
+    let leeway_secs = duration::parse(&j.leeway)
+        .map(|d| d.as_secs())
+        .unwrap_or_else(|_| {
+            errors.push(FieldError::new(
+                format!("{key}.leeway"),
+                format!("{:?} is not a duration like \"30s\"", j.leeway),
+            ));
+            0
+        });
     let algorithm = match Algorithm::from_str(j.algorithm.trim()) {
         Ok(a) => Some(a),
         Err(_) => {
@@ -819,50 +797,6 @@ impl JwtMatcher {
             _ => false,
         }
     }
-}
-
-/// Value of the first cookie called `name` in the request's `Cookie` headers (there may be
-/// several header lines, each with `; `-separated `name=value` pairs). Surrounding double quotes
-/// are removed. Allocation-free; a value that is not UTF-8 is treated as absent.
-pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .find_map(|line| cookie_in_header(line.as_bytes(), name))
-}
-
-/// [`cookie_value`] on one raw `Cookie` header value.
-pub fn cookie_in_header<'a>(line: &'a [u8], name: &str) -> Option<&'a str> {
-    let name = name.as_bytes();
-    if name.is_empty() {
-        return None;
-    }
-    for pair in line.split(|&b| b == b';') {
-        let pair = trim_ows(pair);
-        let Some(eq) = pair.iter().position(|&b| b == b'=') else {
-            continue;
-        };
-        let (k, v) = (trim_ows(&pair[..eq]), trim_ows(&pair[eq + 1..]));
-        if k != name {
-            continue;
-        }
-        let v = match v {
-            [b'"', inner @ .., b'"'] => inner,
-            v => v,
-        };
-        return std::str::from_utf8(v).ok();
-    }
-    None
-}
-
-fn trim_ows(mut s: &[u8]) -> &[u8] {
-    while let [b' ' | b'\t', rest @ ..] = s {
-        s = rest;
-    }
-    while let [rest @ .., b' ' | b'\t'] = s {
-        s = rest;
-    }
-    s
 }
 
 #[cfg(test)]

@@ -1,6 +1,5 @@
-
 use super::*;
-use http::{HeaderValue, Request};
+use http::Request;
 use jsonwebtoken::{encode, EncodingKey, Header};
 
 const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef-test-only";
@@ -440,31 +439,4 @@ path_prefix = ["/i/"]
     assert_eq!(c.names(), ["intermediaries", "citizens", "desk"]);
     assert_eq!(c.default_id().index(), 1);
     assert_eq!(CohortConfig::default().default, "everyone");
-}
-
-#[test]
-fn cookie_lookup() {
-    let mut h = HeaderMap::new();
-    assert_eq!(cookie_value(&h, "a"), None);
-    h.append(COOKIE, HeaderValue::from_static("a=1; b=2;c=3 ;  d = 4"));
-    h.append(
-        COOKIE,
-        HeaderValue::from_static("e=\"quoted\"; a=second; f="),
-    );
-    assert_eq!(cookie_value(&h, "a"), Some("1"));
-    assert_eq!(cookie_value(&h, "b"), Some("2"));
-    assert_eq!(cookie_value(&h, "c"), Some("3"));
-    assert_eq!(cookie_value(&h, "d"), Some("4"));
-    assert_eq!(cookie_value(&h, "e"), Some("quoted"));
-    assert_eq!(cookie_value(&h, "f"), Some(""));
-    assert_eq!(cookie_value(&h, "g"), None);
-    assert_eq!(cookie_value(&h, ""), None);
-    assert_eq!(cookie_value(&h, "1"), None);
-    // a name that is a suffix/prefix of another must not match
-    assert_eq!(cookie_in_header(b"xa=1; ab=2", "a"), None);
-    assert_eq!(cookie_in_header(b"=x; a=b=c", "a"), Some("b=c"));
-    assert_eq!(cookie_in_header(b";;;", "a"), None);
-    assert_eq!(cookie_in_header(b"a=\"", "a"), Some("\""));
-    assert_eq!(cookie_in_header(b"junk\xff; a=ok", "a"), Some("ok"));
-    assert_eq!(cookie_in_header(b"a=\xff", "a"), None);
 }

@@ -12,6 +12,8 @@ use ipnet::IpNet;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
+use crate::util::duration;
+
 /// One problem found in a configuration file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigIssue {
@@ -66,7 +68,7 @@ pub struct Dur(pub Duration);
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
+        duration::parse(&s).map(Dur).map_err(|e| {
             de::Error::custom(format!(
                 "invalid duration {s:?} ({e}); write e.g. \"250ms\", \"10s\", \"5m\""
             ))
@@ -76,7 +78,7 @@ impl<'de> Deserialize<'de> for Dur {
 
 impl fmt::Display for Dur {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", humantime::format_duration(self.0))
+        write!(f, "{}", duration::format(self.0))
     }
 }
 

@@ -1,4 +1,3 @@
-
 use super::*;
 
 const MIN: &str = "[upstream]\nurls = [\"http://127.0.0.1:9000\"]\n";

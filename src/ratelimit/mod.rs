@@ -22,7 +22,7 @@
 //! [`RateLimiter::sweep_due`] tells a sweeper task that a limiter hit its cap, so it can sweep
 //! earlier than `sweep_interval`.
 //!
-//! Keys are `u64`: sessions are hashed by the caller (see [`hash_bytes`]), addresses are masked to
+//! Keys are `u64`: sessions are hashed by the caller (see [`crate::util::hash::hash_bytes`]), addresses are masked to
 //! their configured prefix and packed injectively when the prefix fits in 64 bits (IPv4, and IPv6
 //! up to /64). The map itself hashes keys with a per-process random seed (splitmix64 finaliser) so
 //! that an attacker who picks keys cannot aim them at one hash bucket.
@@ -39,7 +39,6 @@
 //! client that waits that long is served by the bucket that refused it.
 
 use std::fmt;
-use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::str::FromStr;
@@ -57,24 +56,11 @@ use governor::state::{InMemoryState, NotKeyed, StateStore};
 use governor::Quota;
 use serde::Deserialize;
 
-/// A configuration error naming the offending key and a reason (shared by every section).
-pub use crate::cohort::FieldError;
-
-/// Serde helper: a duration written as a humantime string ("250ms", "10s", "5m").
-pub(crate) mod duration_str {
-    use serde::{Deserialize, Deserializer};
-    use std::time::Duration;
-
-    /// Deserializes a humantime string into a `Duration`.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(s.trim()).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "invalid duration {s:?}: {e} (e.g. \"250ms\", \"5s\")"
-            ))
-        })
-    }
-}
+// Kept at their old paths for breaker.rs, guard.rs and waitroom/ (to be switched to `crate::util`).
+use crate::util::duration;
+pub use crate::util::duration::{ceil_secs, serde_str as duration_str};
+pub use crate::util::field_error::FieldError;
+use crate::util::hash::{mix64, SeededBuildHasher};
 
 /// A rate written as `"COUNT/UNIT"`: `"10/s"`, `"600/m"`, `"100/h"`, or `"5/10s"` (any humantime
 /// duration after the slash).
@@ -116,7 +102,7 @@ impl FromStr for Rate {
             "s" | "sec" | "second" => Duration::from_secs(1),
             "m" | "min" | "minute" => Duration::from_secs(60),
             "h" | "hour" => Duration::from_secs(3600),
-            other => humantime::parse_duration(other).map_err(|_| err("unknown unit"))?,
+            other => duration::parse(other).map_err(|_| err("unknown unit"))?,
         };
         if per.is_zero() {
             return Err(err("period must be positive"));
@@ -137,7 +123,7 @@ impl TryFrom<String> for Rate {
 
 impl fmt::Display for Rate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.count, humantime::format_duration(self.per))
+        write!(f, "{}/{}", self.count, duration::format(self.per))
     }
 }
 
@@ -290,7 +276,7 @@ impl LimitKind {
 /// The keys of one request, computed once by the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestKeys {
-    /// Hash of the session id (see [`hash_bytes`]); `None` for anonymous requests.
+    /// Hash of the session id (see [`crate::util::hash::hash_bytes`]); `None` for anonymous requests.
     pub session: Option<u64>,
     /// Client address (after trusted-forwarder resolution).
     pub addr: IpAddr,
@@ -414,90 +400,6 @@ impl RateLimitHeaders {
         }
         if let Some(s) = self.retry_after {
             headers.insert(http::header::RETRY_AFTER, http::HeaderValue::from(s));
-        }
-    }
-}
-
-/// Whole seconds, rounded up (an honest `Retry-After`: waiting that long is always enough).
-pub fn ceil_secs(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
-}
-
-/// FxHash-like hash of bytes with a fixed seed, for turning session ids into [`RequestKeys`]
-/// keys. Not keyed: use it on values the client cannot choose freely (signed/random session ids).
-pub fn hash_bytes(bytes: &[u8]) -> u64 {
-    const K: u64 = 0x517c_c1b7_2722_0a95;
-    let mut h: u64 = 0;
-    let mut chunks = bytes.chunks_exact(8);
-    for c in &mut chunks {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(c);
-        h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
-    }
-    let rest = chunks.remainder();
-    if !rest.is_empty() {
-        let mut w = [0u8; 8];
-        w[..rest.len()].copy_from_slice(rest);
-        h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
-    }
-    mix64(h ^ bytes.len() as u64)
-}
-
-/// splitmix64 finaliser: a bijective, well-avalanching mix of 64 bits.
-#[inline]
-fn mix64(mut x: u64) -> u64 {
-    x ^= x >> 30;
-    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x ^= x >> 27;
-    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
-
-/// Seeded hasher for `u64` keys in the keyed maps.
-#[derive(Clone, Copy, Debug)]
-pub struct SeededHasher {
-    seed: u64,
-    state: u64,
-}
-
-impl Hasher for SeededHasher {
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.state
-    }
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.state = mix64(self.state ^ u64::from(*b) ^ self.seed);
-        }
-    }
-    #[inline]
-    fn write_u64(&mut self, i: u64) {
-        self.state = mix64(self.state ^ i ^ self.seed);
-    }
-}
-
-/// Builds [`SeededHasher`]s with one random seed per map.
-#[derive(Clone, Copy, Debug)]
-pub struct SeededBuildHasher {
-    seed: u64,
-}
-
-impl SeededBuildHasher {
-    fn random() -> Self {
-        SeededBuildHasher {
-            seed: rand::random::<u64>() | 1,
-        }
-    }
-}
-
-impl BuildHasher for SeededBuildHasher {
-    type Hasher = SeededHasher;
-    #[inline]
-    fn build_hasher(&self) -> SeededHasher {
-        SeededHasher {
-            seed: self.seed,
-            state: self.seed.rotate_left(17),
         }
     }
 }

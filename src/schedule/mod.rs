@@ -56,8 +56,9 @@ use chrono::{DateTime, Datelike, LocalResult, NaiveDate, NaiveDateTime, TimeDelt
 use chrono_tz::{GapInfo, Tz};
 use serde::Deserialize;
 
-pub use crate::cohort::FieldError;
 use crate::cohort::{CohortId, MAX_COHORTS};
+use crate::util::duration;
+use crate::util::field_error::FieldError;
 
 /// How far [`Schedule::next_opening`] and [`Schedule::state`] look ahead.
 pub const SEARCH_HORIZON_DAYS: i64 = 400;
@@ -332,11 +333,7 @@ fn parse_date(s: &str) -> Option<NaiveDate> {
 }
 
 fn parse_delta(s: &str) -> Option<TimeDelta> {
-    let s = s.trim();
-    if s == "0" {
-        return Some(TimeDelta::zero());
-    }
-    humantime::parse_duration(s)
+    duration::parse(s)
         .ok()
         .and_then(|d| TimeDelta::from_std(d).ok())
 }
