@@ -24,30 +24,32 @@
 //!
 //! Cohort ids ([`CohortId`]) are small indexes into [`Cohorts::names`]; compile the schedules with
 //! the same list ([`crate::schedule::Schedule::compile`]) so that ids agree.
+//!
+//! This module owns the `[cohorts]` schema, the compilation of the matchers and the
+//! classification; the `jwt` matcher (token source, key, verification, claim) is in `jwt.rs`.
 
 #![warn(missing_docs)]
 
 use std::collections::HashSet;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use http::header::{HeaderMap, HeaderName, AUTHORIZATION};
+use http::header::HeaderName;
 use ipnet::IpNet;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
-use crate::util::duration;
+mod jwt;
+
+use crate::util::cookie::valid_cookie_name;
+use jwt::{compile_jwt, JwtMatcher};
 // Kept at their old paths for room.rs and waitroom/ (to be switched to `crate::util`).
 pub use crate::util::cookie::cookie_value;
 pub use crate::util::field_error::FieldError;
 
 /// Maximum number of distinct cohorts (schedules keep cohort sets as 64-bit masks).
 pub const MAX_COHORTS: usize = 64;
-
-/// Longest token (bytes) we are willing to base64-decode and verify; longer ones do not match.
-const MAX_JWT_LEN: usize = 16 * 1024;
 
 /// Small index of a cohort in [`Cohorts::names`] (and in the `known_cohorts` given to
 /// [`crate::schedule::Schedule::compile`]).
@@ -177,20 +179,6 @@ pub struct JwtMatcherConfig {
     pub leeway: String,
 }
 
-enum TokenSource {
-    Cookie(String),
-    Header(HeaderName),
-}
-
-struct JwtMatcher {
-    source: TokenSource,
-    claim_path: Vec<String>,
-    values: Vec<String>,
-    key: DecodingKey,
-    validation: Validation,
-    leeway_secs: u64,
-}
-
 enum MatcherKind {
     Jwt(Box<JwtMatcher>),
     Header {
@@ -256,32 +244,6 @@ fn canonical(ip: IpAddr) -> IpAddr {
         },
         v4 => v4,
     }
-}
-
-fn valid_cookie_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.bytes().all(|b| {
-            b.is_ascii_graphic()
-                && !matches!(
-                    b,
-                    b'(' | b')'
-                        | b'<'
-                        | b'>'
-                        | b'@'
-                        | b','
-                        | b';'
-                        | b':'
-                        | b'\\'
-                        | b'"'
-                        | b'/'
-                        | b'['
-                        | b']'
-                        | b'?'
-                        | b'='
-                        | b'{'
-                        | b'}'
-                )
-        })
 }
 
 impl Cohorts {
@@ -580,221 +542,6 @@ fn check_values(values: &[String], key: &str, errors: &mut Vec<FieldError>) {
     for (j, v) in values.iter().enumerate() {
         if v.trim().is_empty() {
             errors.push(FieldError::new(format!("{key}[{j}]"), "empty value"));
-        }
-    }
-}
-
-fn compile_jwt(
-    j: &JwtMatcherConfig,
-    key: &str,
-    base_dir: &Path,
-    errors: &mut Vec<FieldError>,
-) -> Option<JwtMatcher> {
-    let before = errors.len();
-    let source = match (&j.cookie, &j.header) {
-        (Some(_), Some(_)) => {
-            errors.push(FieldError::new(
-                key,
-                "give either cookie or header for the token, not both",
-            ));
-            None
-        }
-        (Some(c), None) => {
-            if !valid_cookie_name(c) {
-                errors.push(FieldError::new(
-                    format!("{key}.cookie"),
-                    format!("{c:?} is not a valid cookie name"),
-                ));
-            }
-            Some(TokenSource::Cookie(c.clone()))
-        }
-        (None, Some(h)) => match HeaderName::from_bytes(h.as_bytes()) {
-            Ok(n) => Some(TokenSource::Header(n)),
-            Err(_) => {
-                errors.push(FieldError::new(
-                    format!("{key}.header"),
-                    format!("{h:?} is not a valid header name"),
-                ));
-                None
-            }
-        },
-        (None, None) => Some(TokenSource::Header(AUTHORIZATION)),
-    };
-    let claim_path: Vec<String> = j.claim.split('.').map(str::to_owned).collect();
-    if claim_path.iter().any(String::is_empty) {
-        errors.push(FieldError::new(
-            format!("{key}.claim"),
-            format!("{:?} is not a claim name (or dotted path)", j.claim),
-        ));
-    }
-    check_values(&j.values, &format!("{key}.values"), errors);
-    let leeway_secs = duration::parse(&j.leeway)
-        .map(|d| d.as_secs())
-        .unwrap_or_else(|_| {
-            errors.push(FieldError::new(
-                format!("{key}.leeway"),
-                format!("{:?} is not a duration like \"30s\"", j.leeway),
-            ));
-            0
-        });
-    let algorithm = match Algorithm::from_str(j.algorithm.trim()) {
-        Ok(a) => Some(a),
-        Err(_) => {
-            errors.push(FieldError::new(
-                format!("{key}.algorithm"),
-                format!(
-                    "unknown algorithm {:?}; supported: HS256 HS384 HS512 RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 EdDSA",
-                    j.algorithm
-                ),
-            ));
-            None
-        }
-    };
-    let path: PathBuf = if Path::new(&j.key_file).is_absolute() {
-        PathBuf::from(&j.key_file)
-    } else {
-        base_dir.join(&j.key_file)
-    };
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => Some(b),
-        Err(e) => {
-            errors.push(FieldError::new(
-                format!("{key}.key_file"),
-                format!("cannot read key file {}: {e}", path.display()),
-            ));
-            None
-        }
-    };
-    let decoding_key = match (algorithm, bytes) {
-        (Some(alg), Some(bytes)) => {
-            let r = match alg {
-                Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
-                    let mut secret: &[u8] = &bytes;
-                    while let [rest @ .., b'\n' | b'\r'] = secret {
-                        secret = rest;
-                    }
-                    if secret.len() < 32 {
-                        Err(format!(
-                            "HMAC secret in {} is {} bytes, at least 32 are required",
-                            path.display(),
-                            secret.len()
-                        ))
-                    } else {
-                        Ok(DecodingKey::from_secret(secret))
-                    }
-                }
-                Algorithm::RS256
-                | Algorithm::RS384
-                | Algorithm::RS512
-                | Algorithm::PS256
-                | Algorithm::PS384
-                | Algorithm::PS512 => DecodingKey::from_rsa_pem(&bytes)
-                    .map_err(|e| format!("{} is not a PEM RSA public key: {e}", path.display())),
-                Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(&bytes)
-                    .map_err(|e| format!("{} is not a PEM EC public key: {e}", path.display())),
-                Algorithm::EdDSA => DecodingKey::from_ed_pem(&bytes).map_err(|e| {
-                    format!("{} is not a PEM Ed25519 public key: {e}", path.display())
-                }),
-            };
-            match r {
-                Ok(k) => Some((alg, k)),
-                Err(reason) => {
-                    errors.push(FieldError::new(format!("{key}.key_file"), reason));
-                    None
-                }
-            }
-        }
-        _ => None,
-    };
-    let (alg, decoding_key) = decoding_key?;
-    let source = source?;
-    if errors.len() != before {
-        return None;
-    }
-    let mut validation = Validation::new(alg);
-    // exp/nbf are checked by us against an injectable clock.
-    validation.validate_exp = false;
-    validation.validate_nbf = false;
-    validation.leeway = 0;
-    validation.set_required_spec_claims(&["exp"]);
-    if let Some(iss) = &j.issuer {
-        validation.set_issuer(&[iss]);
-        validation.required_spec_claims.insert("iss".to_owned());
-    }
-    match &j.audience {
-        Some(aud) => {
-            validation.set_audience(&[aud]);
-            validation.required_spec_claims.insert("aud".to_owned());
-        }
-        None => validation.validate_aud = false,
-    }
-    Some(JwtMatcher {
-        source,
-        claim_path,
-        values: j.values.clone(),
-        key: decoding_key,
-        validation,
-        leeway_secs,
-    })
-}
-
-impl JwtMatcher {
-    fn token<'a>(&self, headers: &'a HeaderMap) -> Option<&'a str> {
-        let raw = match &self.source {
-            TokenSource::Cookie(name) => cookie_value(headers, name)?,
-            TokenSource::Header(name) => {
-                let v = headers.get(name)?.to_str().ok()?.trim();
-                match v.get(..7) {
-                    Some(p) if p.eq_ignore_ascii_case("bearer ") => v[7..].trim_start(),
-                    _ => v,
-                }
-            }
-        };
-        (!raw.is_empty() && raw.len() <= MAX_JWT_LEN).then_some(raw)
-    }
-
-    fn matches(&self, headers: &HeaderMap, now_unix: u64) -> bool {
-        let Some(token) = self.token(headers) else {
-            return false;
-        };
-        let data =
-            match jsonwebtoken::decode::<serde_json::Value>(token, &self.key, &self.validation) {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::debug!(reason = %e, "cohort jwt rejected");
-                    return false;
-                }
-            };
-        let claims = &data.claims;
-        let now = now_unix as f64;
-        let leeway = self.leeway_secs as f64;
-        match claims.get("exp").and_then(serde_json::Value::as_f64) {
-            Some(exp) if now < exp + leeway => {}
-            _ => {
-                tracing::debug!("cohort jwt expired or without numeric exp");
-                return false;
-            }
-        }
-        if let Some(nbf) = claims.get("nbf") {
-            match nbf.as_f64() {
-                Some(nbf) if now + leeway >= nbf => {}
-                _ => return false,
-            }
-        }
-        let mut v = claims;
-        for part in &self.claim_path {
-            match v.get(part.as_str()) {
-                Some(next) => v = next,
-                None => return false,
-            }
-        }
-        match v {
-            serde_json::Value::String(s) => self.values.iter().any(|x| x == s),
-            serde_json::Value::Array(items) => items.iter().any(|item| {
-                item.as_str()
-                    .is_some_and(|s| self.values.iter().any(|x| x == s))
-            }),
-            _ => false,
         }
     }
 }

@@ -1,6 +1,6 @@
 use super::*;
 use http::Request;
-use jsonwebtoken::{encode, EncodingKey, Header};
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 
 const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef-test-only";
 const NOW: u64 = 1_775_000_000; // 2026-03-31

@@ -37,6 +37,34 @@ pub fn cookie_in_header<'a>(line: &'a [u8], name: &str) -> Option<&'a str> {
     None
 }
 
+/// Whether `name` is a cookie name RFC 6265 allows: a non-empty token (visible ASCII without
+/// separators).
+pub fn valid_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|b| {
+            b.is_ascii_graphic()
+                && !matches!(
+                    b,
+                    b'(' | b')'
+                        | b'<'
+                        | b'>'
+                        | b'@'
+                        | b','
+                        | b';'
+                        | b':'
+                        | b'\\'
+                        | b'"'
+                        | b'/'
+                        | b'['
+                        | b']'
+                        | b'?'
+                        | b'='
+                        | b'{'
+                        | b'}'
+                )
+        })
+}
+
 fn trim_ows(mut s: &[u8]) -> &[u8] {
     while let [b' ' | b'\t', rest @ ..] = s {
         s = rest;
@@ -92,5 +120,17 @@ mod tests {
         // a pair without '=' is skipped, not taken as a name with an empty value
         assert_eq!(cookie_in_header(b"a; b=2", "a"), None);
         assert_eq!(cookie_in_header(b"a; b=2", "b"), Some("2"));
+    }
+
+    #[test]
+    fn cookie_names() {
+        for ok in ["a", "portal_session", "__Host-x", "a.b~c!#$%&'*+^`|"] {
+            assert!(valid_cookie_name(ok), "{ok:?}");
+        }
+        for bad in [
+            "", "a b", "a=b", "a;b", "a,b", "\"a\"", "a/b", "a\tb", "è", "a[0]", "{a}",
+        ] {
+            assert!(!valid_cookie_name(bad), "{bad:?}");
+        }
     }
 }
