@@ -1,6 +1,6 @@
 //! Durations as operators write them in config files: `"250ms"`, `"10s"`, `"5m"`, `"1h 30m"`
 //! (humantime syntax; `"0"` alone is zero; surrounding whitespace is ignored). The one parser
-//! ([`parse`]) and formatter ([`format`]) of the crate: the config's `Dur`, duration fields of
+//! ([`parse`]) and formatter ([`format()`]) of the crate: the config's `Dur`, duration fields of
 //! every section ([`serde_str`]), the period of a rate (`"5/10s"`), the JWT leeway of a cohort
 //! matcher, a schedule's grace and pre-queue all read durations through [`parse`].
 
@@ -27,7 +27,7 @@ pub fn ceil_secs(d: Duration) -> u64 {
 }
 
 /// Serde helper for duration fields: `#[serde(with = "crate::util::duration::serde_str")]` on a
-/// `Duration` reads a string through [`parse`](super::parse).
+/// `Duration` reads a string through [`parse`].
 pub mod serde_str {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
