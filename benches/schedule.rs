@@ -3,8 +3,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 use std::net::IpAddr;
 
-use anticamera::cohort::{cookie_value, CohortConfig, Cohorts};
+use anticamera::cohort::{CohortConfig, Cohorts};
 use anticamera::schedule::{KeyedPermutation, Schedule, ScheduleConfig};
+use anticamera::util::cookie::cookie_value;
 use chrono::{TimeZone, Utc};
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 

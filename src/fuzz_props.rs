@@ -2,9 +2,10 @@
 //! libFuzzer and `tests/fuzz_smoke.rs` runs them in CI on generated inputs. Each takes arbitrary
 //! bytes and panics when a property is broken; none may panic otherwise.
 
-use crate::cohort::{cookie_in_header, CohortId};
+use crate::cohort::CohortId;
 use crate::route::{normalize, RuleConfig, Rules};
 use crate::schedule::{Schedule, ScheduleConfig};
+use crate::util::cookie::cookie_in_header;
 use crate::waitroom::{Keyring, Token};
 
 /// The `Cookie` lookup: a value found is a slice of the input.

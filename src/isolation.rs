@@ -22,8 +22,8 @@ use std::sync::Mutex;
 use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CACHE_CONTROL, SET_COOKIE};
 use serde::Deserialize;
 
-use crate::cohort::cookie_value;
 use crate::config::Dur;
+use crate::util::cookie::cookie_value;
 
 /// `[isolation]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -172,7 +172,7 @@ impl Isolation {
             mix(a.as_bytes());
             found = true;
         }
-        found.then(|| crate::ratelimit::hash_bytes(&acc.to_le_bytes()))
+        found.then(|| crate::util::hash::hash_bytes(&acc.to_le_bytes()))
     }
 
     /// Removes identity headers a client may not set (and anticamera's own).
@@ -203,7 +203,7 @@ impl Isolation {
         if stamps.len() > 1 && stamps.windows(2).any(|w| w[0] != w[1]) {
             return Verdict::Leak;
         }
-        let user = crate::ratelimit::hash_bytes(stamps[0].as_bytes());
+        let user = crate::util::hash::hash_bytes(stamps[0].as_bytes());
         // A response that starts a session (login) binds the new session at once, so that the
         // very first page of that session is already checked.
         if let Some(new_session) = self.session_from_set_cookie(h) {

@@ -31,4 +31,5 @@ pub mod schedule;
 pub mod server;
 pub mod telemetry;
 pub mod upstream;
+pub mod util;
 pub mod waitroom;

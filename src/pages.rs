@@ -43,9 +43,9 @@ use chrono::DateTime;
 use chrono_tz::Tz;
 use http::header::{HeaderMap, ACCEPT_LANGUAGE};
 
-use crate::cohort::cookie_value;
-use crate::respond::html_escape;
 use crate::schedule::{format_local, Lang as DateLang};
+use crate::util::cookie::cookie_value;
+use crate::util::escape::html_escape;
 
 /// Cookie holding the chosen language.
 pub const LANG_COOKIE: &str = "anticamera_lang";

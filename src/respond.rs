@@ -195,24 +195,7 @@ fn render_html(s: &Synthetic) -> String {
     )
 }
 
-/// Escapes text for HTML element content and attribute values.
-pub fn html_escape(s: &str) -> Cow<'_, str> {
-    if !s.contains(['<', '>', '&', '"', '\'']) {
-        return Cow::Borrowed(s);
-    }
-    let mut out = String::with_capacity(s.len() + 16);
-    for c in s.chars() {
-        match c {
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    Cow::Owned(out)
-}
+pub use crate::util::escape::html_escape;
 
 /// Whether the client prefers JSON over HTML (`Accept: application/json` without `text/html`).
 pub fn wants_json(headers: &HeaderMap) -> bool {

@@ -1,4 +1,6 @@
+use super::compile::{parse_days, parse_hhmm};
 use super::*;
+use crate::util::field_error::FieldError;
 use chrono::TimeZone;
 
 const COHORTS: [&str; 3] = ["citizens", "intermediaries", "desk"];

@@ -2,62 +2,26 @@
 //!
 //! Every error names the file, the key path (`upstream.connect_timeout`) and the reason, and the
 //! line where TOML can tell it. `anticamera check-config FILE` runs exactly this and nothing else.
+//!
+//! This module owns the schema: every section's types and defaults, [`Dur`] and [`ByteSize`], and
+//! what is derived from a valid config (signing keys, admin token, upstream targets, workers).
+//! Loading and error rendering live in `load.rs`, the semantic checks in `validate.rs`.
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
-/// One problem found in a configuration file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigIssue {
-    /// Dotted key path, e.g. `server.listen` or `upstream.urls[1]`.
-    pub key: String,
-    /// What is wrong, in words an operator can act on.
-    pub reason: String,
-    /// 1-based line in the file, when the parser could tell.
-    pub line: Option<usize>,
-}
+use crate::util::duration;
 
-/// A configuration that could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("{file}: cannot read: {source}")]
-    Read {
-        /// The file.
-        file: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// The file was read but is wrong; every issue found is listed.
-    #[error("{}", render_issues(file, issues))]
-    Invalid {
-        /// The file.
-        file: PathBuf,
-        /// What is wrong, one entry per key.
-        issues: Vec<ConfigIssue>,
-    },
-}
+mod load;
+mod validate;
 
-fn render_issues(file: &Path, issues: &[ConfigIssue]) -> String {
-    let mut out = String::new();
-    for (i, issue) in issues.iter().enumerate() {
-        if i > 0 {
-            out.push('\n');
-        }
-        out.push_str(&file.display().to_string());
-        if let Some(line) = issue.line {
-            out.push_str(&format!(":{line}"));
-        }
-        out.push_str(&format!(": {}: {}", issue.key, issue.reason));
-    }
-    out
-}
+pub use load::{ConfigError, ConfigIssue};
 
 /// A duration written as `250ms`, `10s`, `5m`, `1h` in the config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -66,7 +30,7 @@ pub struct Dur(pub Duration);
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
+        duration::parse(&s).map(Dur).map_err(|e| {
             de::Error::custom(format!(
                 "invalid duration {s:?} ({e}); write e.g. \"250ms\", \"10s\", \"5m\""
             ))
@@ -76,7 +40,7 @@ impl<'de> Deserialize<'de> for Dur {
 
 impl fmt::Display for Dur {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", humantime::format_duration(self.0))
+        write!(f, "{}", duration::format(self.0))
     }
 }
 
@@ -486,253 +450,6 @@ pub struct UpstreamTarget {
 }
 
 impl Config {
-    /// Reads, parses and validates a configuration file.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        Self::load_mode(path, false)
-    }
-
-    /// Like [`Config::load`]; `demo` allows the fake example secrets.
-    pub fn load_mode(path: &Path, demo: bool) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            file: path.to_path_buf(),
-            source,
-        })?;
-        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        Config::parse_in(&text, &base, demo).map_err(|issues| ConfigError::Invalid {
-            file: path.to_path_buf(),
-            issues,
-        })
-    }
-
-    /// Parses and validates configuration text (relative paths from the current directory).
-    pub fn parse(text: &str) -> Result<Config, Vec<ConfigIssue>> {
-        Self::parse_in(text, Path::new("."), false)
-    }
-
-    /// Parses and validates configuration text; every issue names its key.
-    pub fn parse_in(text: &str, base_dir: &Path, demo: bool) -> Result<Config, Vec<ConfigIssue>> {
-        let de = toml::Deserializer::new(text);
-        let mut cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            let line = inner.span().map(|s| line_of(text, s.start));
-            let reason = inner.message().trim().to_string();
-            let key = if path == "." || path.is_empty() {
-                "(top level)".to_string()
-            } else {
-                path
-            };
-            vec![ConfigIssue { key, reason, line }]
-        })?;
-        cfg.demo_mode = demo;
-        cfg.base_dir = base_dir.to_path_buf();
-        let issues = cfg.validate();
-        if issues.is_empty() {
-            Ok(cfg)
-        } else {
-            Err(issues
-                .into_iter()
-                .map(|(key, reason)| ConfigIssue {
-                    line: find_key_line(text, &key),
-                    key,
-                    reason,
-                })
-                .collect())
-        }
-    }
-
-    /// Cross-field checks serde cannot express. Returns (key, reason) pairs.
-    fn validate(&self) -> Vec<(String, String)> {
-        let mut v = Vec::new();
-        let s = &self.server;
-        if s.max_header_bytes.0 < 8192 {
-            v.push((
-                "server.max_header_bytes".into(),
-                "must be at least 8KiB (8192)".into(),
-            ));
-        }
-        if s.max_header_bytes.0 > 1 << 20 {
-            v.push((
-                "server.max_header_bytes".into(),
-                "must be at most 1MiB".into(),
-            ));
-        }
-        if s.max_headers == 0 {
-            v.push(("server.max_headers".into(), "must be at least 1".into()));
-        }
-        if s.max_connections == 0 {
-            v.push(("server.max_connections".into(), "must be at least 1".into()));
-        }
-        if s.http2_max_streams == 0 {
-            v.push((
-                "server.http2_max_streams".into(),
-                "must be at least 1".into(),
-            ));
-        }
-        if s.workers > 1024 {
-            v.push(("server.workers".into(), "must be at most 1024".into()));
-        }
-        for (key, d) in [
-            ("server.request_head_timeout", s.request_head_timeout),
-            ("server.idle_timeout", s.idle_timeout),
-            ("upstream.connect_timeout", self.upstream.connect_timeout),
-            ("upstream.response_timeout", self.upstream.response_timeout),
-        ] {
-            if d.0.is_zero() {
-                v.push((key.into(), "must be longer than zero".into()));
-            }
-        }
-        if self.upstream.urls.is_empty() {
-            v.push((
-                "upstream.urls".into(),
-                "list at least one portal address, e.g. [\"http://127.0.0.1:9000\"]".into(),
-            ));
-        }
-        for (i, url) in self.upstream.urls.iter().enumerate() {
-            if let Err(reason) = parse_upstream(url) {
-                v.push((format!("upstream.urls[{i}]"), reason));
-            }
-        }
-        if self.upstream.unhealthy_after == 0 {
-            v.push((
-                "upstream.unhealthy_after".into(),
-                "must be at least 1".into(),
-            ));
-        }
-        if self.admin.listen == self.server.listen && self.server.listen.port() != 0 {
-            v.push((
-                "admin.listen".into(),
-                "must differ from server.listen: the admin listener is separate".into(),
-            ));
-        }
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
-            v.push(("log.level".into(), format!("invalid filter: {e}")));
-        }
-        self.validate_waiting_room(&mut v);
-        if let Some(r) = &self.rate_limits {
-            if let Err(errs) = r.validate() {
-                v.extend(
-                    errs.into_iter()
-                        .map(|e| (format!("rate_limits.{}", e.key), e.reason)),
-                );
-            }
-        }
-        if let Some(g) = &self.upstream_guard {
-            if let Err(errs) = g.validate() {
-                v.extend(
-                    errs.into_iter()
-                        .map(|e| (format!("upstream_guard.{}", e.key), e.reason)),
-                );
-            }
-        }
-        v.extend(self.isolation.validate());
-        if self.microcache.max_entries == 0 {
-            v.push(("microcache.max_entries".into(), "must be at least 1".into()));
-        }
-        v
-    }
-
-    fn validate_waiting_room(&self, v: &mut Vec<(String, String)>) {
-        let w = &self.waiting_room;
-        for (key, d) in [
-            ("waiting_room.snapshot_interval", w.snapshot_interval),
-            ("waiting_room.tick", w.tick),
-            ("waiting_room.poll_interval", w.poll_interval),
-            ("waiting_room.ticket_ttl", w.ticket_ttl),
-            ("waiting_room.pass_refresh", w.pass_refresh),
-        ] {
-            if d.0.is_zero() {
-                v.push((key.into(), "must be longer than zero".into()));
-            }
-        }
-        if w.cookie_prefix.is_empty()
-            || !w
-                .cookie_prefix
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        {
-            v.push((
-                "waiting_room.cookie_prefix".into(),
-                "use letters, digits, _ and - only".into(),
-            ));
-        }
-        if http::HeaderName::from_bytes(w.release_header.as_bytes()).is_err() {
-            v.push((
-                "waiting_room.release_header".into(),
-                format!("{:?} is not a header name", w.release_header),
-            ));
-        }
-        if let Err(e) = self.keyring() {
-            v.push(e);
-        }
-        if let Err((key, reason)) = self.admin_token() {
-            v.push((key, reason));
-        }
-        let cohorts = match crate::cohort::Cohorts::compile(&self.cohorts, &self.base_dir) {
-            Ok(c) => Some(c),
-            Err(errs) => {
-                for e in errs {
-                    v.push((format!("cohorts.{}", e.key), e.reason));
-                }
-                None
-            }
-        };
-        let mut names = std::collections::HashSet::new();
-        for (i, g) in self.gates.iter().enumerate() {
-            let at = |k: &str| format!("gates[{i}].{k}");
-            if g.name.is_empty()
-                || g.name.len() > 32
-                || !g
-                    .name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-            {
-                v.push((at("name"), "1-32 letters, digits, _ or -".into()));
-            } else if !names.insert(g.name.clone()) {
-                v.push((at("name"), format!("gate {:?} is defined twice", g.name)));
-            }
-            if let Err(errs) = crate::route::Rules::compile(&g.rules()) {
-                for (k, r) in errs {
-                    v.push((at(&k), r));
-                }
-            }
-            if let Err(errs) = g.settings().validate() {
-                for e in errs {
-                    v.push((at(&e.key), e.reason));
-                }
-            }
-            if let Some(c) = &cohorts {
-                for (name, share) in &g.shares {
-                    if c.id(name).is_none() {
-                        v.push((
-                            at(&format!("shares.{name}")),
-                            format!(
-                                "unknown cohort {name:?}; declared: {}",
-                                c.names().join(", ")
-                            ),
-                        ));
-                    }
-                    if !(*share > 0.0 && *share <= 1.0) {
-                        v.push((at(&format!("shares.{name}")), "must be in (0, 1]".into()));
-                    }
-                }
-                if let Some(s) = &g.schedule {
-                    if let Err(errs) = crate::schedule::Schedule::compile(s, c.names()) {
-                        for e in errs {
-                            v.push((at(&format!("schedule.{}", e.key)), e.reason));
-                        }
-                    }
-                }
-            }
-        }
-        if !self.gates.is_empty() && w.keys.is_empty() {
-            v.push((
-                "waiting_room.keys".into(),
-                "gates need at least one signing key: [[waiting_room.keys]] id = 1, secret_env = \"ANTICAMERA_KEY_1\"".into(),
-            ));
-        }
-    }
-
     /// The signing keys, resolved from the config, the environment or files.
     pub fn keyring(&self) -> Result<crate::waitroom::Keyring, (String, String)> {
         let w = &self.waiting_room;
@@ -866,124 +583,5 @@ pub fn parse_upstream(url: &str) -> Result<UpstreamTarget, String> {
     Ok(UpstreamTarget { authority, scheme })
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].matches('\n').count() + 1
-}
-
-/// Best-effort line of the last segment of a dotted key path, for semantic errors.
-fn find_key_line(text: &str, key: &str) -> Option<usize> {
-    let last = key.rsplit('.').next()?;
-    let last = last.split('[').next()?;
-    let section = key.split('.').next()?;
-    let mut in_section = !key.contains('.');
-    for (i, line) in text.lines().enumerate() {
-        let t = line.trim();
-        if t.starts_with('[') {
-            let name = t.trim_matches(|c| c == '[' || c == ']').trim();
-            in_section = name == section || name.starts_with(&format!("{section}."));
-            continue;
-        }
-        if in_section {
-            if let Some((k, _)) = t.split_once('=') {
-                if k.trim() == last {
-                    return Some(i + 1);
-                }
-            }
-        }
-    }
-    None
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MIN: &str = "[upstream]\nurls = [\"http://127.0.0.1:9000\"]\n";
-
-    fn issues(text: &str) -> Vec<ConfigIssue> {
-        match Config::parse(text) {
-            Ok(_) => panic!("expected an error for:\n{text}"),
-            Err(i) => i,
-        }
-    }
-
-    #[test]
-    fn minimal_config_gets_safe_defaults() {
-        let c = Config::parse(MIN).unwrap();
-        assert_eq!(c.server.request_head_timeout.0, Duration::from_secs(10));
-        assert_eq!(c.server.max_body_bytes.0, 10 << 20);
-        assert_eq!(c.upstream_targets().len(), 1);
-    }
-
-    #[test]
-    fn unknown_key_is_named_with_its_section_and_line() {
-        let i = issues(&format!(
-            "{MIN}[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n"
-        ));
-        assert_eq!(i[0].key, "server.lisen");
-        assert!(i[0].reason.contains("unknown field `lisen`"), "{:?}", i[0]);
-        assert_eq!(i[0].line, Some(5));
-    }
-
-    #[test]
-    fn bad_address_names_the_key() {
-        let i = issues(&format!("{MIN}[server]\nlisten = \"localhost:port\"\n"));
-        assert_eq!(i[0].key, "server.listen");
-        assert_eq!(i[0].line, Some(4));
-    }
-
-    #[test]
-    fn bad_duration_names_the_key() {
-        let i = issues("[upstream]\nurls = [\"http://a:1\"]\nconnect_timeout = \"3 parsecs\"\n");
-        assert_eq!(i[0].key, "upstream.connect_timeout");
-        assert!(i[0].reason.contains("invalid duration"));
-    }
-
-    #[test]
-    fn semantic_errors_name_the_key() {
-        let i = issues(
-            "[upstream]\nurls = [\"https://a:1\", \"http://b:2/x\"]\n[server]\nmax_header_bytes = 100\n",
-        );
-        let keys: Vec<_> = i.iter().map(|i| i.key.as_str()).collect();
-        assert!(keys.contains(&"upstream.urls[0]"), "{keys:?}");
-        assert!(keys.contains(&"upstream.urls[1]"), "{keys:?}");
-        assert!(keys.contains(&"server.max_header_bytes"), "{keys:?}");
-        let mh = i
-            .iter()
-            .find(|i| i.key == "server.max_header_bytes")
-            .unwrap();
-        assert_eq!(mh.line, Some(4));
-    }
-
-    #[test]
-    fn missing_upstream_is_reported() {
-        let i = issues("[server]\nworkers = 1\n");
-        assert!(
-            i[0].reason.contains("missing field `upstream`"),
-            "{:?}",
-            i[0]
-        );
-    }
-
-    #[test]
-    fn sizes_parse_with_units() {
-        assert_eq!(ByteSize::parse("16KiB").unwrap().0, 16384);
-        assert_eq!(ByteSize::parse("1_000").unwrap().0, 1000);
-        assert_eq!(ByteSize::parse("2MB").unwrap().0, 2_000_000);
-        assert!(ByteSize::parse("2 parsecs").is_err());
-        assert!(ByteSize::parse("99999999999999GiB").is_err());
-    }
-
-    #[test]
-    fn error_display_has_file_line_key_reason() {
-        let e = ConfigError::Invalid {
-            file: "x.toml".into(),
-            issues: vec![ConfigIssue {
-                key: "server.listen".into(),
-                reason: "bad".into(),
-                line: Some(3),
-            }],
-        };
-        assert_eq!(e.to_string(), "x.toml:3: server.listen: bad");
-    }
-}
+mod tests;

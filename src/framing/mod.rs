@@ -25,8 +25,13 @@
 //! `Transfer-Encoding` line whose only coding is `chunked` (never on HTTP/1.0, never with
 //! `Content-Length`), or exactly one `Content-Length` line holding 1 to 18 digits, or neither
 //! (no body).
+//!
+//! This module owns the verdicts ([`FramingError`]), the byte classes and the state machine with
+//! its request-line and header-field scanner; the chunked-body states are in `chunked.rs`.
 
 use thiserror::Error;
+
+mod chunked;
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 pub const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -456,20 +461,6 @@ impl FramingValidator {
                         return Err(E::HeadTooLarge);
                     }
                 }
-                State::ChunkSizeStart
-                | State::ChunkSize
-                | State::ExtNameStart
-                | State::ExtName
-                | State::ExtValStart
-                | State::ExtToken
-                | State::ExtQuoted
-                | State::ExtQuotedPair
-                | State::ExtAfterQuoted => {
-                    self.chunk_line += 1;
-                    if self.chunk_line > MAX_CHUNK_LINE {
-                        return Err(E::BadChunk);
-                    }
-                }
                 _ => {}
             }
 
@@ -605,121 +596,23 @@ impl FramingValidator {
                     }
                 }
 
-                // ---- chunked body ----
-                State::ChunkSizeStart => {
-                    if is(b, HEX) {
-                        self.remaining = hex_val(b);
-                        self.count = 1;
-                        self.state = State::ChunkSize;
-                    } else {
-                        return Err(line_err(b, E::BadChunk));
-                    }
-                }
-                State::ChunkSize => {
-                    if is(b, HEX) {
-                        self.count += 1;
-                        if self.count > MAX_CHUNK_SIZE_DIGITS {
-                            return Err(E::BadChunk);
-                        }
-                        self.remaining = (self.remaining << 4) | hex_val(b);
-                    } else {
-                        self.after_chunk_item(b, false)?;
-                    }
-                }
-                State::ExtNameStart => {
-                    if is(b, TCHAR) {
-                        self.state = State::ExtName;
-                    } else {
-                        return Err(line_err(b, E::BadChunk));
-                    }
-                }
-                State::ExtName => {
-                    if !is(b, TCHAR) {
-                        self.after_chunk_item(b, true)?;
-                    }
-                }
-                State::ExtValStart => {
-                    if is(b, TCHAR) {
-                        self.state = State::ExtToken;
-                    } else if b == b'"' {
-                        self.state = State::ExtQuoted;
-                    } else {
-                        return Err(line_err(b, E::BadChunk));
-                    }
-                }
-                State::ExtToken => {
-                    if !is(b, TCHAR) {
-                        self.after_chunk_item(b, false)?;
-                    }
-                }
-                State::ExtQuoted => {
-                    if b == b'"' {
-                        self.state = State::ExtAfterQuoted;
-                    } else if b == b'\\' {
-                        self.state = State::ExtQuotedPair;
-                    } else if !is(b, QDTEXT) {
-                        return Err(line_err(b, E::BadChunk));
-                    }
-                }
-                State::ExtQuotedPair => {
-                    // quoted-pair = "\" ( HTAB / SP / VCHAR / obs-text )
-                    if is(b, VALUE) {
-                        self.state = State::ExtQuoted;
-                    } else {
-                        return Err(line_err(b, E::BadChunk));
-                    }
-                }
-                State::ExtAfterQuoted => self.after_chunk_item(b, false)?,
-                State::ChunkSizeLf => {
-                    if b != b'\n' {
-                        return Err(E::BareCr);
-                    }
-                    if self.remaining == 0 {
-                        // Last chunk: the trailer section follows.
-                        self.in_trailer = true;
-                        self.head_len = 0;
-                        self.state = State::FieldStart;
-                    } else {
-                        self.state = State::ChunkData;
-                    }
-                }
-                State::ChunkDataCr => {
-                    if b != b'\r' {
-                        return Err(E::BadChunk);
-                    }
-                    self.state = State::ChunkDataLf;
-                }
-                State::ChunkDataLf => {
-                    if b != b'\n' {
-                        return Err(E::BadChunk);
-                    }
-                    self.start_chunk_line();
-                }
+                // ---- chunked body (chunked.rs) ----
+                State::ChunkSizeStart
+                | State::ChunkSize
+                | State::ExtNameStart
+                | State::ExtName
+                | State::ExtValStart
+                | State::ExtToken
+                | State::ExtQuoted
+                | State::ExtQuotedPair
+                | State::ExtAfterQuoted
+                | State::ChunkSizeLf
+                | State::ChunkDataCr
+                | State::ChunkDataLf => self.chunk_byte(b)?,
                 State::Preface | State::Passthrough | State::Body | State::ChunkData => {
                     // Handled above; unreachable in practice.
                 }
             }
-        }
-        Ok(())
-    }
-
-    #[inline]
-    fn start_chunk_line(&mut self) {
-        self.state = State::ChunkSizeStart;
-        self.chunk_line = 0;
-        self.remaining = 0;
-        self.count = 0;
-    }
-
-    /// After a chunk size, extension name, extension value: `;` starts another extension, `=`
-    /// (only after a name) starts a value, CR ends the line.
-    #[inline]
-    fn after_chunk_item(&mut self, b: u8, after_name: bool) -> Result<(), FramingError> {
-        match b {
-            b';' => self.state = State::ExtNameStart,
-            b'=' if after_name => self.state = State::ExtValStart,
-            b'\r' => self.state = State::ChunkSizeLf,
-            _ => return Err(line_err(b, FramingError::BadChunk)),
         }
         Ok(())
     }

@@ -1,6 +1,9 @@
 //! Rate limits: GCRA token buckets (via `governor`) per session, per client address, per cohort
 //! and per gate, with bounded keyed state.
 //!
+//! This module owns the rate syntax, the `[rate_limits]` schema, address keys, the limiter and the
+//! `RateLimit` headers; the bounded keyed store is in `store.rs`.
+//!
 //! # Model
 //!
 //! Each configured kind (`per_session`, `per_address`, `per_cohort`, `per_gate`) is one keyed
@@ -22,7 +25,7 @@
 //! [`RateLimiter::sweep_due`] tells a sweeper task that a limiter hit its cap, so it can sweep
 //! earlier than `sweep_interval`.
 //!
-//! Keys are `u64`: sessions are hashed by the caller (see [`hash_bytes`]), addresses are masked to
+//! Keys are `u64`: sessions are hashed by the caller (see [`crate::util::hash::hash_bytes`]), addresses are masked to
 //! their configured prefix and packed injectively when the prefix fits in 64 bits (IPv4, and IPv6
 //! up to /64). The map itself hashes keys with a per-process random seed (splitmix64 finaliser) so
 //! that an attacker who picks keys cannot aim them at one hash bucket.
@@ -39,42 +42,26 @@
 //! client that waits that long is served by the bucket that refused it.
 
 use std::fmt;
-use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dashmap::mapref::entry::Entry;
-use dashmap::DashMap;
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::{NoOpMiddleware, StateInformationMiddleware};
-use governor::nanos::Nanos;
-use governor::state::keyed::ShrinkableKeyedStateStore;
-use governor::state::{InMemoryState, NotKeyed, StateStore};
 use governor::Quota;
 use serde::Deserialize;
 
-/// A configuration error naming the offending key and a reason (shared by every section).
-pub use crate::cohort::FieldError;
+// Kept at their old paths for breaker.rs, guard.rs and waitroom/ (to be switched to `crate::util`).
+use crate::util::duration;
+pub use crate::util::duration::{ceil_secs, serde_str as duration_str};
+pub use crate::util::field_error::FieldError;
+use crate::util::hash::mix64;
 
-/// Serde helper: a duration written as a humantime string ("250ms", "10s", "5m").
-pub(crate) mod duration_str {
-    use serde::{Deserialize, Deserializer};
-    use std::time::Duration;
+mod store;
 
-    /// Deserializes a humantime string into a `Duration`.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(s.trim()).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "invalid duration {s:?}: {e} (e.g. \"250ms\", \"5s\")"
-            ))
-        })
-    }
-}
+pub use store::{CappedStore, SharedStore};
 
 /// A rate written as `"COUNT/UNIT"`: `"10/s"`, `"600/m"`, `"100/h"`, or `"5/10s"` (any humantime
 /// duration after the slash).
@@ -116,7 +103,7 @@ impl FromStr for Rate {
             "s" | "sec" | "second" => Duration::from_secs(1),
             "m" | "min" | "minute" => Duration::from_secs(60),
             "h" | "hour" => Duration::from_secs(3600),
-            other => humantime::parse_duration(other).map_err(|_| err("unknown unit"))?,
+            other => duration::parse(other).map_err(|_| err("unknown unit"))?,
         };
         if per.is_zero() {
             return Err(err("period must be positive"));
@@ -137,7 +124,7 @@ impl TryFrom<String> for Rate {
 
 impl fmt::Display for Rate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.count, humantime::format_duration(self.per))
+        write!(f, "{}/{}", self.count, duration::format(self.per))
     }
 }
 
@@ -290,7 +277,7 @@ impl LimitKind {
 /// The keys of one request, computed once by the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestKeys {
-    /// Hash of the session id (see [`hash_bytes`]); `None` for anonymous requests.
+    /// Hash of the session id (see [`crate::util::hash::hash_bytes`]); `None` for anonymous requests.
     pub session: Option<u64>,
     /// Client address (after trusted-forwarder resolution).
     pub addr: IpAddr,
@@ -418,90 +405,6 @@ impl RateLimitHeaders {
     }
 }
 
-/// Whole seconds, rounded up (an honest `Retry-After`: waiting that long is always enough).
-pub fn ceil_secs(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
-}
-
-/// FxHash-like hash of bytes with a fixed seed, for turning session ids into [`RequestKeys`]
-/// keys. Not keyed: use it on values the client cannot choose freely (signed/random session ids).
-pub fn hash_bytes(bytes: &[u8]) -> u64 {
-    const K: u64 = 0x517c_c1b7_2722_0a95;
-    let mut h: u64 = 0;
-    let mut chunks = bytes.chunks_exact(8);
-    for c in &mut chunks {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(c);
-        h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
-    }
-    let rest = chunks.remainder();
-    if !rest.is_empty() {
-        let mut w = [0u8; 8];
-        w[..rest.len()].copy_from_slice(rest);
-        h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
-    }
-    mix64(h ^ bytes.len() as u64)
-}
-
-/// splitmix64 finaliser: a bijective, well-avalanching mix of 64 bits.
-#[inline]
-fn mix64(mut x: u64) -> u64 {
-    x ^= x >> 30;
-    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x ^= x >> 27;
-    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
-
-/// Seeded hasher for `u64` keys in the keyed maps.
-#[derive(Clone, Copy, Debug)]
-pub struct SeededHasher {
-    seed: u64,
-    state: u64,
-}
-
-impl Hasher for SeededHasher {
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.state
-    }
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.state = mix64(self.state ^ u64::from(*b) ^ self.seed);
-        }
-    }
-    #[inline]
-    fn write_u64(&mut self, i: u64) {
-        self.state = mix64(self.state ^ i ^ self.seed);
-    }
-}
-
-/// Builds [`SeededHasher`]s with one random seed per map.
-#[derive(Clone, Copy, Debug)]
-pub struct SeededBuildHasher {
-    seed: u64,
-}
-
-impl SeededBuildHasher {
-    fn random() -> Self {
-        SeededBuildHasher {
-            seed: rand::random::<u64>() | 1,
-        }
-    }
-}
-
-impl BuildHasher for SeededBuildHasher {
-    type Hasher = SeededHasher;
-    #[inline]
-    fn build_hasher(&self) -> SeededHasher {
-        SeededHasher {
-            seed: self.seed,
-            state: self.seed.rotate_left(17),
-        }
-    }
-}
-
 /// Maps client addresses to `u64` keys, aggregating by prefix.
 #[derive(Debug, Clone, Copy)]
 pub struct AddressKeyer {
@@ -546,154 +449,6 @@ impl AddressKeyer {
             // Longer prefixes do not fit: fold with a secret seed so collisions cannot be aimed.
             hi ^ mix64(lo ^ self.seed)
         }
-    }
-}
-
-/// Keyed GCRA state with a hard cap on the number of keys (see the module docs).
-#[derive(Debug)]
-pub struct CappedStore {
-    map: DashMap<u64, InMemoryState, SeededBuildHasher>,
-    overflow: InMemoryState,
-    len: AtomicUsize,
-    cap: usize,
-    overflowed: AtomicU64,
-    at_cap: AtomicBool,
-}
-
-impl CappedStore {
-    /// An empty store holding at most `cap` keys.
-    pub fn new(cap: usize) -> Self {
-        CappedStore {
-            map: DashMap::with_hasher(SeededBuildHasher::random()),
-            overflow: InMemoryState::default(),
-            len: AtomicUsize::new(0),
-            cap: cap.max(1),
-            overflowed: AtomicU64::new(0),
-            at_cap: AtomicBool::new(false),
-        }
-    }
-
-    fn tat(state: &InMemoryState) -> u64 {
-        // A read-only look at the theoretical arrival time: the closure refuses to replace.
-        match state.measure_and_replace(&NotKeyed::NonKey, Err::<((), Nanos), _>) {
-            Err(prev) => prev.map_or(0, u64::from),
-            Ok(()) => 0,
-        }
-    }
-}
-
-impl CappedStore {
-    #[cold]
-    fn overflow<T, F, E>(&self, f: F) -> Result<T, E>
-    where
-        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
-    {
-        self.at_cap.store(true, Ordering::Relaxed);
-        self.overflowed.fetch_add(1, Ordering::Relaxed);
-        self.overflow.measure_and_replace(&NotKeyed::NonKey, f)
-    }
-
-    /// How many checks used the shared overflow bucket since creation (for a counter).
-    pub fn overflowed(&self) -> u64 {
-        self.overflowed.load(Ordering::Relaxed)
-    }
-
-    /// True when the cap was hit since the last sweep.
-    pub fn at_cap(&self) -> bool {
-        self.at_cap.load(Ordering::Relaxed)
-    }
-
-    fn do_measure_and_replace<T, F, E>(&self, key: &u64, f: F) -> Result<T, E>
-    where
-        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
-    {
-        if let Some(v) = self.map.get(key) {
-            return v.measure_and_replace(&NotKeyed::NonKey, f);
-        }
-        // Reserve a slot first so that concurrent inserts can never exceed the cap.
-        if self.len.load(Ordering::Relaxed) >= self.cap {
-            return self.overflow(f);
-        }
-        if self.len.fetch_add(1, Ordering::AcqRel) >= self.cap {
-            self.len.fetch_sub(1, Ordering::AcqRel);
-            return self.overflow(f);
-        }
-        match self.map.entry(*key) {
-            Entry::Occupied(e) => {
-                self.len.fetch_sub(1, Ordering::AcqRel);
-                e.get().measure_and_replace(&NotKeyed::NonKey, f)
-            }
-            Entry::Vacant(v) => {
-                let r = v.insert(InMemoryState::default());
-                r.measure_and_replace(&NotKeyed::NonKey, f)
-            }
-        }
-    }
-}
-
-/// An `Arc` handle on a [`CappedStore`], so that we keep access to it (counters, cap flag) while
-/// governor owns the limiter.
-#[derive(Debug, Clone)]
-pub struct SharedStore(pub Arc<CappedStore>);
-
-impl StateStore for SharedStore {
-    type Key = u64;
-
-    #[inline]
-    fn measure_and_replace<T, F, E>(&self, key: &u64, f: F) -> Result<T, E>
-    where
-        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
-    {
-        self.0.do_measure_and_replace(key, f)
-    }
-}
-
-impl ShrinkableKeyedStateStore<u64> for SharedStore {
-    fn retain_recent(&self, drop_below: Nanos) {
-        self.0.retain_recent(drop_below)
-    }
-    fn shrink_to_fit(&self) {
-        self.0.shrink_to_fit()
-    }
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-    fn is_empty(&self) -> bool {
-        self.0.len() == 0
-    }
-}
-
-impl CappedStore {
-    /// Drops keys whose theoretical arrival time is at or before `drop_below` (nanoseconds since
-    /// the limiter's start): their bucket is full, so forgetting them changes nothing.
-    pub fn retain_recent(&self, drop_below: Nanos) {
-        let drop_below = u64::from(drop_below);
-        let mut removed = 0usize;
-        self.map.retain(|_, v| {
-            let keep = Self::tat(v) > drop_below;
-            removed += usize::from(!keep);
-            keep
-        });
-        self.len.fetch_sub(removed, Ordering::AcqRel);
-        self.at_cap.store(false, Ordering::Relaxed);
-    }
-
-    /// Releases table memory when most of it is empty.
-    pub fn shrink_to_fit(&self) {
-        // Only worth the rehash when most of the table is empty.
-        if self.map.len().saturating_mul(4) < self.map.capacity() {
-            self.map.shrink_to_fit();
-        }
-    }
-
-    /// Number of tracked keys (never above the cap).
-    pub fn len(&self) -> usize {
-        self.len.load(Ordering::Relaxed).min(self.cap)
-    }
-
-    /// True when no key is tracked.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -863,359 +618,4 @@ impl<C: Clock> RateLimiter<C> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use governor::clock::FakeRelativeClock;
-    use std::net::{Ipv4Addr, Ipv6Addr};
-
-    fn cfg(src: &str) -> RateLimitsConfig {
-        let c: RateLimitsConfig = toml::from_str(src).unwrap();
-        c.validate().unwrap();
-        c
-    }
-
-    fn keys(session: Option<u64>, addr: IpAddr) -> RequestKeys {
-        RequestKeys {
-            session,
-            addr,
-            cohort: 1,
-            gate: None,
-        }
-    }
-
-    fn v6(s: &str) -> IpAddr {
-        s.parse::<Ipv6Addr>().unwrap().into()
-    }
-
-    const V4: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
-
-    #[test]
-    fn rate_parsing() {
-        assert_eq!(
-            "10/s".parse::<Rate>().unwrap(),
-            Rate {
-                count: 10,
-                per: Duration::from_secs(1)
-            }
-        );
-        assert_eq!(
-            "600/m".parse::<Rate>().unwrap().per,
-            Duration::from_secs(60)
-        );
-        assert_eq!(
-            "5/10s".parse::<Rate>().unwrap().per,
-            Duration::from_secs(10)
-        );
-        assert_eq!("1_000/h".parse::<Rate>().unwrap().count, 1000);
-        for bad in ["10", "0/s", "x/s", "10/fortnight", "10/0s", ""] {
-            assert!(bad.parse::<Rate>().is_err(), "{bad} should be refused");
-        }
-        // burst defaults to the count; 600/m is one every 100 ms
-        let q = LimitConfig {
-            rate: "600/m".parse().unwrap(),
-            burst: None,
-        }
-        .quota();
-        assert_eq!(q.burst_size().get(), 600);
-        assert_eq!(q.replenish_interval(), Duration::from_millis(100));
-    }
-
-    #[test]
-    fn config_defaults_and_validation() {
-        let c: RateLimitsConfig = toml::from_str("").unwrap();
-        assert_eq!(c.max_keys, 1_000_000);
-        assert_eq!(c.sweep_interval, Duration::from_secs(10));
-        assert_eq!((c.ipv4_prefix, c.ipv6_prefix), (32, 64));
-        assert!(c.per_session.is_none());
-
-        let c: RateLimitsConfig = toml::from_str(
-            "max_keys = 0\nsweep_interval = \"0s\"\nipv6_prefix = 129\nipv4_prefix = 0\n\
-             [per_gate]\nrate = \"2/s\"\nburst = 0\n",
-        )
-        .unwrap();
-        let errs = c.validate().unwrap_err();
-        let keys: Vec<_> = errs.iter().map(|e| e.key.as_str()).collect();
-        assert_eq!(
-            keys,
-            [
-                "max_keys",
-                "sweep_interval",
-                "ipv6_prefix",
-                "ipv4_prefix",
-                "per_gate.burst"
-            ]
-        );
-        assert!(
-            toml::from_str::<RateLimitsConfig>("[per_session]\nrate = \"10/s\"\nbrust = 3\n")
-                .is_err()
-        );
-        assert!(toml::from_str::<RateLimitsConfig>("[per_session]\nrate = \"ten/s\"\n").is_err());
-    }
-
-    #[test]
-    fn burst_then_sustained_rate() {
-        let clock = FakeRelativeClock::default();
-        let rl = RateLimiter::with_clock(
-            &cfg("[per_session]\nrate = \"10/s\"\nburst = 20\n"),
-            clock.clone(),
-        );
-        let k = keys(Some(42), V4);
-        for i in 0..20 {
-            assert!(rl.check(&k).is_ok(), "burst request {i}");
-        }
-        let lim = rl.check(&k).unwrap_err();
-        assert_eq!(lim.kind(), LimitKind::Session);
-        assert_eq!(lim.retry_after, Duration::from_millis(100));
-
-        // Over 10 simulated seconds, hammering every 10 ms: 10/s sustained, +-1.
-        let mut ok = 0;
-        for _ in 0..1000 {
-            clock.advance(Duration::from_millis(10));
-            ok += u32::from(rl.check(&k).is_ok());
-        }
-        assert!((99..=101).contains(&ok), "sustained {ok} in 10 s");
-
-        // Another session is unaffected.
-        assert!(rl.check(&keys(Some(43), V4)).is_ok());
-    }
-
-    #[test]
-    fn retry_after_is_honest() {
-        let clock = FakeRelativeClock::default();
-        let rl = RateLimiter::with_clock(
-            &cfg("[per_address]\nrate = \"2/m\"\nburst = 1\n"),
-            clock.clone(),
-        );
-        let k = keys(None, V4);
-        assert!(rl.check(&k).is_ok());
-        clock.advance(Duration::from_millis(1500));
-        let lim = rl.check(&k).unwrap_err();
-        assert_eq!(lim.kind(), LimitKind::Address);
-        assert_eq!(lim.retry_after, Duration::from_millis(28_500));
-        assert_eq!(lim.retry_after_secs(), 29); // rounded up
-                                                // Just before: still refused; after exactly Retry-After seconds: served.
-        clock.advance(Duration::from_millis(28_499));
-        assert!(rl.check(&k).is_err());
-        clock.advance(Duration::from_millis(500));
-        assert!(rl.check(&k).is_ok());
-
-        // Property over many states: waiting Retry-After seconds always suffices.
-        let clock = FakeRelativeClock::default();
-        let rl = RateLimiter::with_clock(
-            &cfg("[per_session]\nrate = \"3/s\"\nburst = 2\n"),
-            clock.clone(),
-        );
-        let k = keys(Some(1), V4);
-        for step in 0..200u64 {
-            clock.advance(Duration::from_millis(37 * (step % 7)));
-            if let Err(lim) = rl.check(&k) {
-                clock.advance(Duration::from_secs(lim.retry_after_secs()));
-                assert!(rl.check(&k).is_ok(), "step {step}: {lim:?}");
-            }
-        }
-    }
-
-    #[test]
-    fn ipv6_aggregated_by_prefix() {
-        let clock = FakeRelativeClock::default();
-        let rl = RateLimiter::with_clock(
-            &cfg("[per_address]\nrate = \"1/h\"\nburst = 1\n"),
-            clock.clone(),
-        );
-        assert!(rl.check(&keys(None, v6("2001:db8:1:2::1"))).is_ok());
-        // Same /64, other interface id: shares the (now empty) bucket.
-        assert!(rl
-            .check(&keys(None, v6("2001:db8:1:2:ffff:1:2:3")))
-            .is_err());
-        // Neighbouring /64: its own bucket.
-        assert!(rl.check(&keys(None, v6("2001:db8:1:3::1"))).is_ok());
-        assert_eq!(rl.len_by_kind().address, 2);
-
-        // IPv4: /32 by default; IPv4-mapped IPv6 is the same client.
-        assert!(rl.check(&keys(None, V4)).is_ok());
-        assert!(rl.check(&keys(None, v6("::ffff:192.0.2.7"))).is_err());
-        assert!(rl
-            .check(&keys(None, IpAddr::V4(Ipv4Addr::new(192, 0, 2, 8))))
-            .is_ok());
-
-        // Configurable prefixes: /48 and /24.
-        let rl = RateLimiter::with_clock(
-            &cfg("ipv6_prefix = 48\nipv4_prefix = 24\n[per_address]\nrate = \"1/h\"\nburst = 1\n"),
-            clock.clone(),
-        );
-        assert!(rl.check(&keys(None, v6("2001:db8:1:2::1"))).is_ok());
-        assert!(rl.check(&keys(None, v6("2001:db8:1:ffff::1"))).is_err());
-        assert!(rl.check(&keys(None, v6("2001:db8:2::1"))).is_ok());
-        assert!(rl.check(&keys(None, V4)).is_ok());
-        assert!(rl
-            .check(&keys(None, IpAddr::V4(Ipv4Addr::new(192, 0, 2, 200))))
-            .is_err());
-
-        // /128: every address distinct.
-        let k = AddressKeyer::new(32, 128);
-        assert_ne!(k.key(v6("2001:db8::1")), k.key(v6("2001:db8::2")));
-        assert_eq!(k.key(v6("2001:db8::1")), k.key(v6("2001:db8::1")));
-    }
-
-    #[test]
-    fn check_order_spares_shared_buckets() {
-        let clock = FakeRelativeClock::default();
-        let rl = RateLimiter::with_clock(
-            &cfg("[per_session]\nrate = \"1/h\"\nburst = 1\n[per_cohort]\nrate = \"1/h\"\nburst = 2\n"),
-            clock,
-        );
-        let a = keys(Some(1), V4);
-        assert!(rl.check(&a).is_ok()); // cohort 1 has 1 left
-        for _ in 0..10 {
-            // refused by the session bucket: must not drain the cohort bucket
-            assert_eq!(rl.check(&a).unwrap_err().kind(), LimitKind::Session);
-        }
-        assert!(rl.check(&keys(Some(2), V4)).is_ok());
-        assert_eq!(
-            rl.check(&keys(Some(3), V4)).unwrap_err().kind(),
-            LimitKind::Cohort
-        );
-        // Anonymous requests skip the session limit; gate None skips the gate limit.
-        assert_eq!(
-            rl.check(&keys(None, V4)).unwrap_err().kind(),
-            LimitKind::Cohort
-        );
-    }
-
-    #[test]
-    fn headers_follow_draft_10() {
-        let clock = FakeRelativeClock::default();
-        let rl = RateLimiter::with_clock(
-            &cfg("[per_gate]\nrate = \"10/s\"\nburst = 20\n"),
-            clock.clone(),
-        );
-        let k = RequestKeys {
-            session: None,
-            addr: V4,
-            cohort: 0,
-            gate: Some(7),
-        };
-        let ok = rl.check(&k).unwrap();
-        let h = ok.headers().unwrap();
-        assert_eq!(h.policy, "\"gate\";q=20;w=2");
-        assert_eq!(h.ratelimit, "\"gate\";r=19;t=1");
-        assert_eq!(h.retry_after, None);
-        for _ in 0..19 {
-            rl.check(&k).unwrap();
-        }
-        clock.advance(Duration::from_millis(30));
-        let lim = rl.check(&k).unwrap_err();
-        let h = lim.headers();
-        assert_eq!(h.ratelimit, "\"gate\";r=0;t=1");
-        assert_eq!(h.retry_after, Some(1));
-        let mut map = http::HeaderMap::new();
-        h.apply(&mut map);
-        assert_eq!(map["retry-after"], "1");
-        assert_eq!(map["ratelimit-policy"], "\"gate\";q=20;w=2");
-        assert_eq!(map["ratelimit"], "\"gate\";r=0;t=1");
-
-        // No limit configured: nothing to advertise.
-        let none = RateLimiter::with_clock(&cfg(""), clock);
-        assert_eq!(none.check(&k).unwrap().headers(), None);
-    }
-
-    #[test]
-    fn sweep_drops_only_idle_keys() {
-        let clock = FakeRelativeClock::default();
-        let rl = RateLimiter::with_clock(
-            &cfg("[per_session]\nrate = \"1/s\"\nburst = 1\n"),
-            clock.clone(),
-        );
-        for s in 0..100 {
-            rl.check(&keys(Some(s), V4)).unwrap();
-        }
-        assert_eq!(rl.len_by_kind().session, 100);
-        rl.sweep();
-        // Every bucket is still empty: nothing can be forgotten.
-        assert_eq!(rl.len_by_kind().session, 100);
-        assert!(rl.check(&keys(Some(5), V4)).is_err());
-        clock.advance(Duration::from_secs(3));
-        rl.sweep();
-        assert_eq!(rl.len_by_kind().session, 0);
-    }
-
-    fn random_v6(rng: &mut impl rand::Rng) -> IpAddr {
-        IpAddr::V6(Ipv6Addr::from(rng.gen::<u128>()))
-    }
-
-    fn flood(n: usize, max_keys: usize) {
-        use rand::SeedableRng;
-        let clock = FakeRelativeClock::default();
-        let rl = RateLimiter::with_clock(
-            &cfg(&format!(
-                "max_keys = {max_keys}\n[per_address]\nrate = \"1/s\"\nburst = 2\n"
-            )),
-            clock.clone(),
-        );
-        // A well-behaved client, tracked before the flood.
-        let good = keys(None, v6("2001:db8:aaaa:1::1"));
-        rl.check(&good).unwrap();
-        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        for i in 0..n {
-            let _ = rl.check(&keys(None, random_v6(&mut rng)));
-            if i % 4096 == 0 {
-                assert!(rl.len_by_kind().address <= max_keys);
-            }
-        }
-        assert_eq!(rl.len_by_kind().address, max_keys);
-        assert!(rl.sweep_due());
-        assert!(rl.overflowed_by_kind()[1].1 >= (n - max_keys) as u64);
-        // Not evicted: the good client still has its own bucket with one unit left.
-        assert!(rl.check(&good).is_ok());
-        assert!(rl.check(&good).is_err());
-        // Once the flood's buckets are full again, a sweep frees everything.
-        clock.advance(Duration::from_secs(5));
-        rl.sweep();
-        assert_eq!(rl.len_by_kind().address, 0);
-        assert!(!rl.sweep_due());
-    }
-
-    /// One million distinct random IPv6 addresses against a 10,000-key cap (~1.5 s in debug).
-    #[test]
-    fn key_cap_holds_under_one_million_addresses() {
-        flood(1_000_000, 10_000);
-    }
-
-    /// Full size: the default cap of one million keys, flooded with three million addresses.
-    /// `cargo test --release --lib ratelimit -- --ignored`
-    #[test]
-    #[ignore]
-    fn key_cap_holds_at_full_size() {
-        flood(3_000_000, 1_000_000);
-    }
-
-    #[test]
-    fn concurrent_inserts_never_exceed_cap() {
-        let rl = std::sync::Arc::new(RateLimiter::with_clock(
-            &cfg("max_keys = 1000\n[per_session]\nrate = \"1/s\"\n"),
-            FakeRelativeClock::default(),
-        ));
-        let threads: Vec<_> = (0..4u64)
-            .map(|t| {
-                let rl = rl.clone();
-                std::thread::spawn(move || {
-                    for i in 0..5_000u64 {
-                        let _ = rl.check(&keys(Some(t << 32 | i), V4));
-                    }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
-        assert_eq!(rl.len_by_kind().session, 1000);
-    }
-
-    #[test]
-    fn hash_bytes_is_stable_and_spreads() {
-        assert_eq!(hash_bytes(b"abc"), hash_bytes(b"abc"));
-        assert_ne!(hash_bytes(b"abc"), hash_bytes(b"abd"));
-        assert_ne!(hash_bytes(b""), hash_bytes(b"\0"));
-        assert_ne!(hash_bytes(b"12345678"), hash_bytes(b"123456789"));
-    }
-}
+mod tests;
