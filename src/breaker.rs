@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use crate::ratelimit::{duration_str, FieldError};
+use crate::util::duration::serde_str as duration_str;
+use crate::util::field_error::FieldError;
 
 /// `[upstream_guard.breaker]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -147,7 +148,7 @@ pub struct Open {
 impl Open {
     /// `Retry-After` in whole seconds, rounded up, at least 1.
     pub fn retry_after_secs(&self) -> u64 {
-        crate::ratelimit::ceil_secs(self.retry_after).max(1)
+        crate::util::duration::ceil_secs(self.retry_after).max(1)
     }
 }
 

@@ -40,7 +40,8 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::breaker::BreakerConfig;
-use crate::ratelimit::{duration_str, FieldError};
+use crate::util::duration::serde_str as duration_str;
+use crate::util::field_error::FieldError;
 
 /// How the in-flight limit is set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -212,7 +213,7 @@ pub struct Shed {
 impl Shed {
     /// `Retry-After` in whole seconds, rounded up, at least 1.
     pub fn retry_after_secs(&self) -> u64 {
-        crate::ratelimit::ceil_secs(self.retry_after).max(1)
+        crate::util::duration::ceil_secs(self.retry_after).max(1)
     }
 }
 

@@ -22,11 +22,12 @@ use crate::body::ProxyBody;
 use crate::guard::Shed;
 use crate::pages::Lang;
 use crate::proxy::{Disposition, Shared};
-use crate::ratelimit::{ceil_secs, Limited};
+use crate::ratelimit::Limited;
 use crate::respond::Synthetic;
 use crate::room::Answer;
 use crate::telemetry;
 use crate::upstream::UpstreamError;
+use crate::util::duration::ceil_secs;
 
 pub mod page;
 
