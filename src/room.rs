@@ -34,7 +34,7 @@ use crate::config::Config;
 use crate::route::Rules;
 use crate::schedule::{KeyedPermutation, PrequeueOrder, Schedule, WindowState};
 use crate::waitroom::{
-    Arrival, ClaimError, Gate, GateSnapshot, GateStats, Holder, Keyring, Kind, Mode, Token,
+    Arrival, ClaimError, Gate, GateSnapshot, GateStats, Keyring, Kind, Mode, Occupant, Token,
     TouchError, VisitorId,
 };
 
@@ -579,10 +579,12 @@ impl Room {
                 .map(|s| s.may_stay(cohort, issued, now_dt))
                 .unwrap_or(true);
             if allowed {
-                match lane
-                    .gate
-                    .touch(t.slot, Holder::from_token(&t, binding), t.issued_at_ms, now)
-                {
+                match lane.gate.touch(
+                    t.slot,
+                    Occupant::from_token(&t, binding),
+                    t.issued_at_ms,
+                    now,
+                ) {
                     Ok(()) => {
                         let open_now = g
                             .schedule
@@ -638,7 +640,7 @@ impl Room {
             let pos = lane.position(t.ticket);
             let st = lane.gate.status(pos);
             if st.admitted {
-                let who = Holder {
+                let who = Occupant {
                     ticket: pos,
                     visitor: t.visitor.low64(),
                     binding,

@@ -1,11 +1,44 @@
-//! Admission state that may later be shared between proxy nodes, and the
-//! serializable gate snapshot used to survive restarts.
+//! The store boundary: admission state that may be shared between proxy nodes.
 //!
-//! The [`AdmissionStore`] holds the queue counters (next ticket, serving) and
-//! the room accounting (`occupied` = active sessions + pending reservations).
-//! The per-request hot path ([`super::engine::Gate::touch`]) never calls it:
-//! slots stay local to a node. The default [`MemoryStore`] is a handful of
-//! atomics.
+//! The [`AdmissionStore`] holds the queue counters (next ticket, serving) and the room
+//! accounting (`occupied` = active sessions + pending reservations). The gate
+//! ([`super::Gate`]) reaches them only through this trait, never through a map or an atomic of
+//! its own, so a shared store (several nodes behind one queue) plugs in with
+//! [`Gate::with_store`](super::Gate::with_store) without touching the request path. The
+//! default [`MemoryStore`] is a handful of atomics.
+//!
+//! What stays local to a node, by design:
+//! * the slot table ([`super::slots`]): the per-request hot path
+//!   ([`Gate::touch`](super::Gate::touch)) never calls the store, so an admitted user's
+//!   clicks cost no round trip. A pass names a slot of the node that issued it; the node
+//!   counts the slot's place in the shared `occupied`.
+//! * the reservation batches ([`super::reservations`]), which decide which admitted ticket
+//!   may use held room; the held room itself is counted in `occupied`.
+//! * the claimed-once bitmap ([`super::claims`]) and the late line ([`super::late`]), kept
+//!   under the gate's controller lock.
+//! * the pace ([`super::pace`]), measured from the store's `serving` and `occupied`: with a
+//!   shared store every node measures the whole line's pace.
+//!
+//! # What a shared implementation must provide
+//!
+//! * `take_ticket`: a unique, increasing number per call across all nodes (an atomic
+//!   increment, e.g. Redis `INCR`); `next_ticket` reads it without taking one.
+//! * `advance_serving(from, to)`: a compare-and-set, so two controllers never admit the same
+//!   tickets twice; a `false` makes the gate undo its reservation and try again next tick.
+//!   `serving` never moves backwards and never passes `next_ticket`.
+//! * `reserve(n, capacity)` and `unreserve(n)`: atomic read-modify-write of `occupied`
+//!   (reserve never lets it exceed `capacity`, unreserve saturates at 0). Every unit reserved
+//!   by a node is given back by that node exactly once (a session ends or expires, a
+//!   reservation is abandoned), so a node that dies leaves its places counted: a shared store
+//!   needs per-node accounting or leases to give them back.
+//! * `counters` and `restore`: a consistent read for snapshots, and a write used only before
+//!   traffic (restore from the state file).
+//! * Latency: the gate calls the store on arrivals, claims, releases and ticks, and under its
+//!   controller lock during admissions; never on a pass's request.
+//!
+//! A shared late line (admitted people who come back late to another node) and a shared
+//! claimed-once bitmap (a ticket cookie replayed on another node) would be the next things to
+//! move behind this trait; with one node they are exact as they are.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -130,69 +163,6 @@ impl AdmissionStore for MemoryStore {
             .store(c.serving.clamp(1, c.next_ticket.max(1)), Ordering::Release);
         self.occupied.store(c.occupied, Ordering::Release);
     }
-}
-
-/// Current [`GateSnapshot::format`].
-pub const SNAPSHOT_FORMAT: u32 = 1;
-
-/// Everything needed to bring a gate back after a restart: queue positions,
-/// admitted sessions and outstanding reservations. Written by the proxy to a
-/// state file on shutdown and periodically.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GateSnapshot {
-    /// Snapshot format version ([`SNAPSHOT_FORMAT`]).
-    pub format: u32,
-    /// When the snapshot was taken, ms since the UNIX epoch.
-    pub taken_at_ms: u64,
-    /// Next ticket number to hand out.
-    pub next_ticket: u64,
-    /// First ticket not yet admitted.
-    pub serving: u64,
-    /// Slots in use.
-    pub slots: Vec<SlotState>,
-    /// Admitted-but-not-yet-arrived reservations still counted as load.
-    pub reservations: Vec<ReservationState>,
-    /// Lifetime counters.
-    pub counters: SnapshotCounters,
-}
-
-/// One occupied slot in a [`GateSnapshot`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SlotState {
-    /// Slot index (passes carry it).
-    pub index: u32,
-    /// Ticket holding the slot.
-    pub ticket: u64,
-    /// Low 64 bits of the visitor id.
-    pub visitor: u64,
-    /// Client binding hash.
-    pub binding: u32,
-    /// Last request, ms since the UNIX epoch (second resolution).
-    pub last_seen_ms: u64,
-}
-
-/// One batch of admitted tickets `[start, end)` with arrivals still pending.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReservationState {
-    /// First ticket of the batch.
-    pub start: u64,
-    /// One past the last ticket of the batch.
-    pub end: u64,
-    /// When the batch was last extended, ms since the UNIX epoch.
-    pub admitted_at_ms: u64,
-    /// Tickets of the batch that have not claimed a slot yet.
-    pub pending: u32,
-}
-
-/// Lifetime event counters kept across restarts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SnapshotCounters {
-    /// Sessions ended by the portal (release).
-    pub released: u64,
-    /// Admitted tickets that never arrived within the arrival timeout.
-    pub abandoned: u64,
-    /// Sessions ended by inactivity.
-    pub expired: u64,
 }
 
 #[cfg(test)]
