@@ -317,7 +317,7 @@ impl Proxy {
         }
 
         // The waiting room (and opening hours) of the gate.
-        let mut holder = None;
+        let mut seat = None;
         let mut set_cookie = None;
         if let Some(room) = &sh.room {
             if let Some((g, c)) = gate {
@@ -333,7 +333,7 @@ impl Proxy {
                     }
                     return Ok((close_if_unread(resp, has_body), outcome));
                 }
-                holder = d.holder;
+                seat = d.seat;
                 set_cookie = d.set_cookie;
             }
             strip_own_cookies(&mut parts.headers, |n| room.is_own_cookie(n));
@@ -415,7 +415,7 @@ impl Proxy {
             },
             None => None,
         };
-        let priority = if holder.is_some() || session.is_some() {
+        let priority = if seat.is_some() || session.is_some() {
             Priority::Inside
         } else {
             Priority::New
@@ -487,8 +487,8 @@ impl Proxy {
         }
         if let Some(room) = &sh.room {
             if parts.headers.remove(&room.release_header).is_some() {
-                if let Some((lane, slot, ticket)) = holder.take() {
-                    set_cookie = room.release(lane, slot, ticket);
+                if let Some(s) = seat.take() {
+                    set_cookie = room.release(s);
                 }
             }
         }
@@ -496,7 +496,7 @@ impl Proxy {
             parts.headers.append(header::SET_COOKIE, c);
         }
         sh.isolation
-            .mark_private(session.is_some() || holder.is_some(), &mut parts.headers);
+            .mark_private(session.is_some() || seat.is_some(), &mut parts.headers);
 
         // Store in the micro-cache what RFC 9111 allows (small, declared length only).
         if let (Some(cache), Some(key), Some(req_h)) =
