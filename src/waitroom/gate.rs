@@ -4,31 +4,30 @@
 //!   their position is `ticket - serving` (the counters live in the
 //!   [`AdmissionStore`], which a shared store can implement for several nodes).
 //! * The controller ([`Gate::tick`], called every 100–250 ms) expires idle
-//!   sessions ([`super::slots`]) and stale reservations ([`super::reservations`]),
+//!   sessions ([`super::slots`]) and stale reservations (`reservations.rs`),
 //!   then advances `serving` by as many tickets as there is room for
 //!   (capacity − active − pending), limited by a token bucket refilled at
-//!   `admit_per_minute` ([`super::bucket`]), and measures the line's pace
-//!   ([`super::pace`]).
+//!   `admit_per_minute` (`bucket.rs`), and measures the line's pace
+//!   (`pace.rs`).
 //! * An admitted ticket claims a slot on its first request ([`Gate::claim`]);
 //!   every later request calls [`Gate::touch`], which is lock-free and
 //!   allocation-free: a few atomic loads and at most one store.
 //! * An admitted ticket that comes back after its reservation lapsed to a full room joins the
-//!   late line ([`super::late`]): free room is kept for the late line before
+//!   late line ([`super::late`], kept by the store): free room is kept for the late line before
 //!   anyone new is admitted, and [`Gate::turn`] tells it the truth meanwhile
 //!   (the status says "admitted" only when a claim would succeed).
-//! * Each ticket claims once ([`super::claims`]), so a replayed ticket cookie cannot take
+//! * Each ticket claims once (`claims.rs`), so a replayed ticket cookie cannot take
 //!   several slots.
 //!
 //! Pure logic, no I/O: the room drives it with the clock's `now_ms`.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::answers::{Arrival, ClaimError, GateStats, Position, TickReport, TouchError, Turn};
 use super::bucket::TokenBucket;
 use super::claims::{ClaimBits, CLAIM_WINDOW};
-use super::late::LateLine;
 use super::pace::{Pace, PaceGauge};
 use super::reservations::{Cursor, Reservations};
 use super::settings::{GateSettings, LiveSettings, Mode};
@@ -36,15 +35,13 @@ use super::slots::{Found, Occupant, SlotTable, Touched, CLAIMING, MAX_CAPACITY};
 use super::snapshot::{GateSnapshot, RestoreError, SnapshotCounters, SNAPSHOT_FORMAT};
 use super::store::{AdmissionStore, MemoryStore, StoreCounters};
 
-/// Controller state, under one lock: touched by `tick`, `admit`, a direct admission, the late
-/// line's visits, and snapshots.
+/// Controller state, under one lock: touched by `tick`, `admit`, a direct admission, and
+/// snapshots.
 struct Controller {
     bucket: TokenBucket,
     pace: Pace,
     /// The reservation ring's write position.
     cursor: Cursor,
-    /// Admitted tickets that came back after their reservation lapsed.
-    late: LateLine,
 }
 
 /// One gate: queue counters (in the store), slot table and controller.
@@ -54,9 +51,6 @@ pub struct Gate {
     slots: SlotTable,
     claims: ClaimBits,
     reservations: Reservations,
-    /// `ctl.late.len()`, readable without the lock: this much free room is kept for late
-    /// arrivals (0 on the fast paths).
-    late_waiting: AtomicU32,
     released: AtomicU64,
     expired: AtomicU64,
     pace: PaceGauge,
@@ -96,7 +90,6 @@ impl Gate {
             slots: SlotTable::new(),
             claims: ClaimBits::new(),
             reservations: Reservations::new(),
-            late_waiting: AtomicU32::new(0),
             released: AtomicU64::new(0),
             expired: AtomicU64::new(0),
             pace: PaceGauge::default(),
@@ -106,7 +99,6 @@ impl Gate {
                 bucket: TokenBucket::new(now_ms),
                 pace: Pace::default(),
                 cursor: Cursor::default(),
-                late: LateLine::default(),
             }),
         };
         gate.apply(settings);
@@ -211,7 +203,7 @@ impl Gate {
     fn room_for_new(&self) -> u32 {
         self.settings
             .capacity()
-            .saturating_sub(self.late_waiting.load(Ordering::Acquire))
+            .saturating_sub(self.store.late_len())
     }
 
     /// The serving counter: every position below it has been admitted.
@@ -306,11 +298,8 @@ impl Gate {
     /// line: `Err(late arrivals ahead)`.
     fn take_late_place(&self, t: u64, now_ms: u64) -> Result<(), u64> {
         if self.store.reserve(1, self.settings.capacity()) == 1 {
-            if self.late_waiting.load(Ordering::Acquire) > 0 {
-                let mut ctl = self.lock();
-                if ctl.late.leave(t) {
-                    self.publish_late(&ctl);
-                }
+            if self.store.late_len() > 0 {
+                self.store.late_leave(t);
             }
             return Ok(());
         }
@@ -320,21 +309,13 @@ impl Gate {
     /// `t` came back to a full room: joins (or stays in) the late line. Returns the late
     /// arrivals ahead of it.
     fn join_late(&self, t: u64, now_ms: u64) -> u64 {
-        let mut ctl = self.lock();
-        let ahead = ctl.late.arrive(t, now_ms);
-        self.publish_late(&ctl);
-        ahead
-    }
-
-    /// Mirrors the late line's length for the lock-free paths.
-    fn publish_late(&self, ctl: &Controller) {
-        self.late_waiting.store(ctl.late.len(), Ordering::Release);
+        self.store.late_arrive(t, now_ms)
     }
 
     /// When room is free and late arrivals wait: the first of them, one per free place, whose
     /// held status polls are to be woken (the positions, as passed to [`Gate::claim`]).
     pub fn late_to_wake(&self) -> Vec<u64> {
-        let late = self.late_waiting.load(Ordering::Acquire);
+        let late = self.store.late_len();
         let free = self
             .settings
             .capacity()
@@ -342,8 +323,7 @@ impl Gate {
         if late == 0 || free == 0 {
             return Vec::new();
         }
-        let ctl = self.lock();
-        ctl.late.first(free.min(late) as usize)
+        self.store.late_first(free.min(late) as usize)
     }
 
     /// The slot held by an already-claimed ticket. A concurrent first claim
@@ -457,9 +437,8 @@ impl Gate {
                 self.store.unreserve(n)
             });
         let mut ctl = self.lock();
-        if !ctl.late.is_empty() {
-            ctl.late.expire(now_ms);
-            self.publish_late(&ctl);
+        if self.store.late_len() > 0 {
+            self.store.late_expire(now_ms);
         }
         let waiting = self.store.next_ticket() > self.store.serving();
         let admitted = self.admit_locked(&mut ctl, now_ms);
@@ -550,7 +529,7 @@ impl Gate {
             waiting,
             active: self.active(),
             pending: self.reservations.pending(),
-            late: self.late_waiting.load(Ordering::Acquire),
+            late: self.store.late_len(),
             issued: c.next_ticket.saturating_sub(1),
             admitted: c.serving.saturating_sub(1),
             released: self.released.load(Ordering::Relaxed),
@@ -591,8 +570,7 @@ impl Gate {
         snap.check()?;
         let mut ctl = self.lock();
         // Clear current state.
-        ctl.late.clear();
-        self.publish_late(&ctl);
+        self.store.late_clear();
         self.slots.clear();
         self.claims.reset();
         // Reservations (most recent BATCH_RING - 1 kept): claimable again.

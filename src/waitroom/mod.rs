@@ -15,7 +15,7 @@
 //! | `pace` | the line's pace behind [`Gate::estimate_wait`] |
 //! | [`late`] | the late line: admitted tickets back after their place lapsed |
 //! | [`snapshot`] | [`GateSnapshot`] and [`RestoreError`] (restarts) |
-//! | [`store`] | the [`AdmissionStore`] boundary: counters a shared store may hold |
+//! | [`store`] | the [`AdmissionStore`] boundary: counters and the late line a shared store may hold |
 //! | [`gate`] | the [`Gate`]: arrive, claim, turn, touch, release, tick, admit, stats |
 //! | `answers` | what the gate answers: [`Position`], [`Turn`], [`Arrival`], errors, stats |
 

@@ -1,5 +1,5 @@
 //! A gate's admission settings: the config keys ([`GateSettings`], [`Mode`]), their validation,
-//! and [`LiveSettings`], the copy in force that the lock-free paths read and the controller
+//! and `LiveSettings`, the copy in force that the lock-free paths read and the controller
 //! changes at runtime.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};

@@ -1,7 +1,7 @@
 //! The slot table: one 24-byte slot per admitted person, the admitted person's hot path.
 //!
-//! An admitted ticket claims a slot on its first request ([`SlotTable::grab`]); every later
-//! request checks the slot its pass names ([`SlotTable::touch`]): lock-free and
+//! An admitted ticket claims a slot on its first request (`SlotTable::grab`); every later
+//! request checks the slot its pass names (`SlotTable::touch`): lock-free and
 //! allocation-free, a few atomic loads and at most one store. Slots live in fixed-size segments
 //! allocated on demand, so capacity can grow at runtime while passes keep their slot index.
 //!

@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::waitroom::slots::{Slot, SEGMENT_SLOTS};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU32};
 use std::sync::{Arc, OnceLock};
 
 const T0: u64 = 1_700_000_000_000;
