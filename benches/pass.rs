@@ -4,8 +4,8 @@
 
 use std::hint::black_box;
 
-use anticamera::waitroom::engine::{Gate, GateSettings, Holder};
 use anticamera::waitroom::pass::{Keyring, Kind, Token, VisitorId};
+use anticamera::waitroom::{Gate, GateSettings, Occupant};
 use criterion::{criterion_group, criterion_main, Criterion};
 
 const NOW: u64 = 1_700_000_000_000;
@@ -57,7 +57,7 @@ fn bench_pass(c: &mut Criterion) {
     );
     let t = gate.take_ticket();
     gate.tick(NOW);
-    let who = Holder {
+    let who = Occupant {
         ticket: t,
         visitor: 42,
         binding: 7,

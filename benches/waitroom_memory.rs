@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use anticamera::waitroom::{Gate, GateSettings, Holder, Mode};
+use anticamera::waitroom::{Gate, GateSettings, Mode, Occupant};
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -52,7 +52,7 @@ fn main() {
     }
     for ticket in 1..=u64::from(active) {
         gate.claim(
-            Holder {
+            Occupant {
                 ticket,
                 visitor: ticket * 7919,
                 binding: 1,

@@ -42,11 +42,9 @@ use serde::Deserialize;
 
 mod jwt;
 
-use crate::util::cookie::valid_cookie_name;
+use crate::util::cookie::{cookie_value, valid_cookie_name};
+use crate::util::field_error::FieldError;
 use jwt::{compile_jwt, JwtMatcher};
-// Kept at their old paths for room.rs and waitroom/ (to be switched to `crate::util`).
-pub use crate::util::cookie::cookie_value;
-pub use crate::util::field_error::FieldError;
 
 /// Maximum number of distinct cohorts (schedules keep cohort sets as 64-bit masks).
 pub const MAX_COHORTS: usize = 64;

@@ -53,10 +53,9 @@ use governor::middleware::{NoOpMiddleware, StateInformationMiddleware};
 use governor::Quota;
 use serde::Deserialize;
 
-// Kept at their old paths for breaker.rs, guard.rs and waitroom/ (to be switched to `crate::util`).
 use crate::util::duration;
-pub use crate::util::duration::{ceil_secs, serde_str as duration_str};
-pub use crate::util::field_error::FieldError;
+use crate::util::duration::{ceil_secs, serde_str as duration_str};
+use crate::util::field_error::FieldError;
 use crate::util::hash::mix64;
 
 mod store;

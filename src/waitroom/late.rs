@@ -23,7 +23,8 @@ pub const LATE_MAX: usize = 1 << 16;
 /// (20 s) and a pause, so a page holding one is not dropped.
 pub const LATE_IDLE_MS: u64 = 25_000;
 
-/// The late line of one gate (kept under the gate's controller lock).
+/// The late line of one gate (kept by its [`AdmissionStore`](super::store::AdmissionStore):
+/// the [`MemoryStore`](super::store::MemoryStore) holds it under a lock of its own).
 #[derive(Debug, Default)]
 pub struct LateLine {
     /// ticket → (sequence number, last seen).

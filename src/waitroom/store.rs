@@ -1,18 +1,59 @@
-//! Admission state that may later be shared between proxy nodes, and the
-//! serializable gate snapshot used to survive restarts.
+//! The store boundary: admission state that may be shared between proxy nodes.
 //!
-//! The [`AdmissionStore`] holds the queue counters (next ticket, serving) and
-//! the room accounting (`occupied` = active sessions + pending reservations).
-//! The per-request hot path ([`super::engine::Gate::touch`]) never calls it:
-//! slots stay local to a node. The default [`MemoryStore`] is a handful of
-//! atomics.
+//! The [`AdmissionStore`] holds the queue counters (next ticket, serving), the room
+//! accounting (`occupied` = active sessions + pending reservations) and the late line
+//! ([`super::late`]: admitted people back after their held place lapsed, for whom free room is
+//! kept before anyone new is admitted). The gate
+//! ([`super::Gate`]) reaches them only through this trait, never through a map or an atomic of
+//! its own, so a shared store (several nodes behind one queue) plugs in with
+//! [`Gate::with_store`](super::Gate::with_store) without touching the request path. The
+//! default [`MemoryStore`] is a handful of atomics and the late line under a lock.
+//!
+//! What stays local to a node, by design:
+//! * the slot table ([`super::slots`]): the per-request hot path
+//!   ([`Gate::touch`](super::Gate::touch)) never calls the store, so an admitted user's
+//!   clicks cost no round trip. A pass names a slot of the node that issued it; the node
+//!   counts the slot's place in the shared `occupied`.
+//! * the reservation batches (`reservations.rs`), which decide which admitted ticket
+//!   may use held room; the held room itself is counted in `occupied`.
+//! * the claimed-once bitmap (`claims.rs`).
+//! * the pace (`pace.rs`), measured from the store's `serving` and `occupied`: with a
+//!   shared store every node measures the whole line's pace.
+//!
+//! # What a shared implementation must provide
+//!
+//! * `take_ticket`: a unique, increasing number per call across all nodes (an atomic
+//!   increment, e.g. Redis `INCR`); `next_ticket` reads it without taking one.
+//! * `advance_serving(from, to)`: a compare-and-set, so two controllers never admit the same
+//!   tickets twice; a `false` makes the gate undo its reservation and try again next tick.
+//!   `serving` never moves backwards and never passes `next_ticket`.
+//! * `reserve(n, capacity)` and `unreserve(n)`: atomic read-modify-write of `occupied`
+//!   (reserve never lets it exceed `capacity`, unreserve saturates at 0). Every unit reserved
+//!   by a node is given back by that node exactly once (a session ends or expires, a
+//!   reservation is abandoned), so a node that dies leaves its places counted: a shared store
+//!   needs per-node accounting or leases to give them back.
+//! * the late line: `late_arrive` keeps each ticket's place in the order it first came back
+//!   (a late arrival may come back to another node), `late_len` is read on every arrival and
+//!   admission (cache it, as the memory store does), entries not seen for
+//!   [`LATE_IDLE_MS`](super::late::LATE_IDLE_MS) leave at `late_expire`, and the line stays
+//!   bounded.
+//! * `counters` and `restore`: a consistent read for snapshots, and a write used only before
+//!   traffic (restore from the state file).
+//! * Latency: the gate calls the store on arrivals, claims, releases and ticks, and under its
+//!   controller lock during admissions; never on a pass's request.
+//!
+//! A shared claimed-once bitmap (a ticket cookie replayed on another node) would be the next
+//! thing to move behind this trait; with one node it is exact as it is.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
-/// Queue counters and room accounting, possibly shared between nodes.
+use super::late::LateLine;
+
+/// Queue counters, room accounting and the late line, possibly shared between nodes.
 ///
 /// Ticket numbers start at 1 (0 means "no ticket"). `serving` is the first
 /// ticket *not yet* admitted: tickets `< serving` are admitted, a waiting
@@ -38,6 +79,21 @@ pub trait AdmissionStore: Send + Sync + fmt::Debug {
     fn counters(&self) -> StoreCounters;
     /// Overwrites the counters (restore from a snapshot, before traffic).
     fn restore(&self, counters: StoreCounters);
+    /// Records that late arrival `ticket` is here now: it joins the back of the late line if
+    /// new (unless the line is full), else its visit is refreshed. Returns how many late
+    /// arrivals came back before it.
+    fn late_arrive(&self, ticket: u64, now_ms: u64) -> u64;
+    /// `ticket` took a place: it leaves the late line. Returns whether it was in it.
+    fn late_leave(&self, ticket: u64) -> bool;
+    /// The first `n` in the late line (their held polls are woken when room frees up).
+    fn late_first(&self, n: usize) -> Vec<u64>;
+    /// Drops late arrivals not seen for a while. Returns how many left.
+    fn late_expire(&self, now_ms: u64) -> u32;
+    /// Late arrivals in the line: as much free room is kept for them. Read on every arrival
+    /// and admission, so it must be cheap.
+    fn late_len(&self) -> u32;
+    /// Empties the late line (restore from a snapshot, before traffic).
+    fn late_clear(&self);
 }
 
 /// The shared counters of an [`AdmissionStore`].
@@ -51,12 +107,15 @@ pub struct StoreCounters {
     pub occupied: u32,
 }
 
-/// Default in-process store: three atomics.
-#[derive(Debug)]
+/// Default in-process store: three atomics, and the late line under a lock with its length
+/// mirrored in a fourth atomic for the lock-free paths.
 pub struct MemoryStore {
     next_ticket: AtomicU64,
     serving: AtomicU64,
     occupied: AtomicU32,
+    late: Mutex<LateLine>,
+    /// `late.len()`, readable without the lock (0 on the fast paths).
+    late_len: AtomicU32,
 }
 
 impl Default for MemoryStore {
@@ -65,7 +124,32 @@ impl Default for MemoryStore {
             next_ticket: AtomicU64::new(1),
             serving: AtomicU64::new(1),
             occupied: AtomicU32::new(0),
+            late: Mutex::new(LateLine::default()),
+            late_len: AtomicU32::new(0),
         }
+    }
+}
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("next_ticket", &self.next_ticket)
+            .field("serving", &self.serving)
+            .field("occupied", &self.occupied)
+            .field("late", &self.late_len)
+            .finish()
+    }
+}
+
+impl MemoryStore {
+    /// The late line, locked; `f`'s changes are mirrored in `late_len`.
+    fn with_late<R>(&self, f: impl FnOnce(&mut LateLine) -> R) -> R {
+        // The line stays consistent even if a holder panicked.
+        let mut late: MutexGuard<'_, LateLine> =
+            self.late.lock().unwrap_or_else(|e| e.into_inner());
+        let r = f(&mut late);
+        self.late_len.store(late.len(), Ordering::Release);
+        r
     }
 }
 
@@ -130,69 +214,31 @@ impl AdmissionStore for MemoryStore {
             .store(c.serving.clamp(1, c.next_ticket.max(1)), Ordering::Release);
         self.occupied.store(c.occupied, Ordering::Release);
     }
-}
 
-/// Current [`GateSnapshot::format`].
-pub const SNAPSHOT_FORMAT: u32 = 1;
+    fn late_arrive(&self, ticket: u64, now_ms: u64) -> u64 {
+        self.with_late(|l| l.arrive(ticket, now_ms))
+    }
 
-/// Everything needed to bring a gate back after a restart: queue positions,
-/// admitted sessions and outstanding reservations. Written by the proxy to a
-/// state file on shutdown and periodically.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GateSnapshot {
-    /// Snapshot format version ([`SNAPSHOT_FORMAT`]).
-    pub format: u32,
-    /// When the snapshot was taken, ms since the UNIX epoch.
-    pub taken_at_ms: u64,
-    /// Next ticket number to hand out.
-    pub next_ticket: u64,
-    /// First ticket not yet admitted.
-    pub serving: u64,
-    /// Slots in use.
-    pub slots: Vec<SlotState>,
-    /// Admitted-but-not-yet-arrived reservations still counted as load.
-    pub reservations: Vec<ReservationState>,
-    /// Lifetime counters.
-    pub counters: SnapshotCounters,
-}
+    fn late_leave(&self, ticket: u64) -> bool {
+        self.with_late(|l| l.leave(ticket))
+    }
 
-/// One occupied slot in a [`GateSnapshot`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SlotState {
-    /// Slot index (passes carry it).
-    pub index: u32,
-    /// Ticket holding the slot.
-    pub ticket: u64,
-    /// Low 64 bits of the visitor id.
-    pub visitor: u64,
-    /// Client binding hash.
-    pub binding: u32,
-    /// Last request, ms since the UNIX epoch (second resolution).
-    pub last_seen_ms: u64,
-}
+    fn late_first(&self, n: usize) -> Vec<u64> {
+        self.with_late(|l| l.first(n))
+    }
 
-/// One batch of admitted tickets `[start, end)` with arrivals still pending.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReservationState {
-    /// First ticket of the batch.
-    pub start: u64,
-    /// One past the last ticket of the batch.
-    pub end: u64,
-    /// When the batch was last extended, ms since the UNIX epoch.
-    pub admitted_at_ms: u64,
-    /// Tickets of the batch that have not claimed a slot yet.
-    pub pending: u32,
-}
+    fn late_expire(&self, now_ms: u64) -> u32 {
+        self.with_late(|l| l.expire(now_ms))
+    }
 
-/// Lifetime event counters kept across restarts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SnapshotCounters {
-    /// Sessions ended by the portal (release).
-    pub released: u64,
-    /// Admitted tickets that never arrived within the arrival timeout.
-    pub abandoned: u64,
-    /// Sessions ended by inactivity.
-    pub expired: u64,
+    #[inline]
+    fn late_len(&self) -> u32 {
+        self.late_len.load(Ordering::Acquire)
+    }
+
+    fn late_clear(&self) {
+        self.with_late(LateLine::clear);
+    }
 }
 
 #[cfg(test)]
@@ -222,5 +268,22 @@ mod tests {
         // serving never ahead of next_ticket.
         assert_eq!(s.counters().serving, 10);
         assert_eq!(s.counters().occupied, 4);
+    }
+
+    #[test]
+    fn memory_store_late_line_and_its_length() {
+        let s = MemoryStore::default();
+        assert_eq!(s.late_len(), 0);
+        assert_eq!(s.late_arrive(7, 0), 0);
+        assert_eq!(s.late_arrive(3, 1), 1);
+        assert_eq!(s.late_len(), 2);
+        assert_eq!(s.late_first(5), vec![7, 3]);
+        assert!(s.late_leave(7));
+        assert_eq!(s.late_len(), 1);
+        assert_eq!(s.late_expire(1 + super::super::late::LATE_IDLE_MS), 1);
+        assert_eq!(s.late_len(), 0);
+        s.late_arrive(9, 0);
+        s.late_clear();
+        assert_eq!((s.late_len(), s.late_first(1)), (0, vec![]));
     }
 }

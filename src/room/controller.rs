@@ -1,0 +1,240 @@
+//! The controller ([`Room::tick`], run by the admin thread): aligns each lane's mode and
+//! capacity with the schedule, the capacity shares and the portal's health (the admission
+//! factor, [`Room::set_health`]), advances the queues, shuffles the pre-queue at opening, wakes
+//! the long polls of the people it let in, and publishes the gauges.
+
+use std::sync::atomic::Ordering;
+
+use super::lanes::{GateRuntime, Lane, Switch};
+use super::{metric, Room};
+use crate::schedule::{PrequeueOrder, WindowState};
+use crate::waitroom::{GateStats, Mode};
+
+impl Room {
+    /// The controller: aligns modes and capacities with schedules and shares, advances the
+    /// queues, shuffles pre-queues at opening, publishes metrics.
+    pub fn tick(&self) {
+        let now = self.clock.now_ms();
+        let now_dt = self.clock.now();
+        let health = self.health();
+        metrics::gauge!(metric::ADMISSION_FACTOR).set(health);
+        for g in &self.gates {
+            let active_total: u32 = g.lanes.iter().map(|l| l.gate.active()).sum();
+            let configured = g.capacity.load(Ordering::Relaxed);
+            let apm = g.admit_per_minute.load(Ordering::Relaxed);
+            // The loop closed with the portal: a struggling portal means fewer new admissions
+            // (a lower rate when one is set, else less room); users inside keep their slot.
+            let (total, apm) = if health >= 1.0 {
+                (configured, apm)
+            } else if apm > 0 {
+                (configured, ((apm as f64 * health).ceil() as u32).max(1))
+            } else {
+                (
+                    ((configured as f64 * health) as u32)
+                        .max(active_total)
+                        .min(configured)
+                        .max(1),
+                    0,
+                )
+            };
+            // Which lanes admit now.
+            let states: Vec<u8> = g
+                .lanes
+                .iter()
+                .map(|l| match (&g.schedule, l.cohort) {
+                    (Some(s), Some(c)) => match s.state(c, now_dt) {
+                        WindowState::Open { .. } => 2,
+                        WindowState::PreQueue { .. } => 1,
+                        WindowState::Closed { .. } => 0,
+                    },
+                    _ => 2,
+                })
+                .collect();
+            let share_sum: f64 = g
+                .lanes
+                .iter()
+                .zip(&states)
+                .filter(|(_, s)| **s == 2)
+                .map(|(l, _)| l.cohort.map(|c| g.shares[c.index()]).unwrap_or(1.0))
+                .sum();
+            // Users of closed lanes still inside (grace) keep their room.
+            let held_by_closed: u32 = g
+                .lanes
+                .iter()
+                .zip(&states)
+                .filter(|(_, s)| **s != 2)
+                .map(|(l, _)| l.gate.active())
+                .sum();
+            let open_total = total.saturating_sub(held_by_closed);
+            for (l, &st) in g.lanes.iter().zip(&states) {
+                let share = l.cohort.map(|c| g.shares[c.index()]).unwrap_or(1.0);
+                let (cap, rate) = if st == 2 && share_sum > 0.0 {
+                    let f = share / share_sum;
+                    (
+                        ((open_total as f64 * f).floor() as u32).max(1),
+                        if apm == 0 {
+                            0
+                        } else {
+                            ((apm as f64 * f).ceil() as u32).max(1)
+                        },
+                    )
+                } else {
+                    (l.gate.active().max(1), apm)
+                };
+                let mode = match (st, g.switch()) {
+                    (2, Switch::Configured) => g.configured_mode,
+                    (2, Switch::Forced(m)) => m,
+                    _ => Mode::Paused,
+                };
+                let mut s = g.settings.clone();
+                s.capacity = cap;
+                s.admit_per_minute = rate;
+                s.mode = mode;
+                if l.gate.settings() != s {
+                    l.gate.apply(&s);
+                }
+                // Opening after a pre-queue: shuffle everyone already waiting and let the
+                // first in, then wake every held poll, so each learns its drawn place (or
+                // that it is in) from its first answer. Until then requests see the pre-queue
+                // (`Room::window_state`).
+                let prev = l.last_state.load(Ordering::Relaxed);
+                if prev == 1 && st == 2 {
+                    if let Some(sched) = &g.schedule {
+                        if sched.prequeue_order() == PrequeueOrder::Random {
+                            let stats = l.gate.stats();
+                            let key: [u8; 32] = rand::random();
+                            l.set_shuffle(stats.serving, stats.next_ticket, key);
+                            tracing::info!(gate = %g.name, cohort = %l.cohort_name,
+                                waiting = stats.next_ticket - stats.serving,
+                                "window opened: pre-queue shuffled");
+                        }
+                    }
+                }
+                let before = l.gate.serving();
+                l.gate.tick(now);
+                l.last_state.store(st, Ordering::Relaxed);
+                if prev != st && prev != u8::MAX {
+                    // Opened or closed: every long poll has a new answer.
+                    l.wakers.wake_all();
+                }
+                l.wake_admitted(before);
+                publish(g, l, &l.gate.stats());
+            }
+        }
+    }
+
+    /// How much of the configured admission the portal can take now, in (0, 1]: set by the
+    /// controller from the portal guard and the circuit breaker.
+    pub fn health(&self) -> f64 {
+        f64::from_bits(self.health_bits.load(Ordering::Relaxed))
+    }
+
+    /// Sets the admission factor (clamped to [0.01, 1]).
+    pub fn set_health(&self, f: f64) {
+        self.health_bits
+            .store(f.clamp(0.01, 1.0).to_bits(), Ordering::Relaxed);
+    }
+}
+
+fn publish(g: &GateRuntime, l: &Lane, s: &GateStats) {
+    let labels = [("gate", g.name.clone()), ("cohort", l.cohort_name.clone())];
+    metrics::gauge!(metric::WAITING, &labels).set(s.waiting as f64);
+    metrics::gauge!(metric::ACTIVE, &labels).set(s.active as f64);
+    metrics::gauge!(metric::PENDING, &labels).set(s.pending as f64);
+    metrics::gauge!(metric::LATE, &labels).set(s.late as f64);
+    metrics::gauge!(metric::CAPACITY, &labels).set(s.capacity as f64);
+    metrics::counter!(metric::ISSUED, &labels).absolute(s.issued);
+    metrics::counter!(metric::ADMITTED, &labels).absolute(s.admitted);
+    metrics::counter!(metric::RELEASED, &labels).absolute(s.released);
+    metrics::counter!(metric::ABANDONED, &labels).absolute(s.abandoned);
+    metrics::counter!(metric::EXPIRED, &labels).absolute(s.expired);
+    if let Some(w) = s.estimated_wait {
+        metrics::gauge!(metric::ESTIMATED_WAIT, &labels).set(w.as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    use chrono::{DateTime, Utc};
+
+    use crate::clock::Clock;
+    use crate::config::Config;
+
+    fn room(text: &str, clock: Arc<Clock>) -> Room {
+        let cfg = Config::parse(&format!(
+            "[upstream]\nurls = [\"http://127.0.0.1:1\"]\n\
+             [waiting_room]\nkeys = [{{ id = 1, secret = \"room-test-key-0123456789abcdef0123\" }}]\n{text}"
+        ))
+        .unwrap();
+        Room::new(&cfg, clock).unwrap()
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    const SHARED_GATE: &str = "[cohorts]\ndefault = \"citizens\"\nnames = [\"citizens\", \"intermediaries\"]\n\
+        [[gates]]\nname = \"claims\"\nprefix = [\"/claim\"]\ncapacity = 100\n\
+        shares = { citizens = 0.75, intermediaries = 0.25 }\n\
+        [gates.schedule]\ngrace = \"0s\"\n\
+        [[gates.schedule.windows]]\ncohorts = [\"intermediaries\"]\nstart = \"08:00\"\nend = \"16:00\"\n\
+        [[gates.schedule.windows]]\ncohorts = [\"citizens\"]\nstart = \"12:00\"\nend = \"08:00\"\n";
+
+    fn caps(r: &Room) -> Vec<(String, u32, Mode)> {
+        r.gates[0]
+            .lanes
+            .iter()
+            .map(|l| {
+                let s = l.gate.stats();
+                (l.cohort_name.clone(), s.capacity, s.mode)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn capacity_shares_apply_only_while_windows_overlap() {
+        let clock = Arc::new(Clock::system());
+        // 10:00 Rome: only intermediaries are open: they get the whole gate.
+        clock.freeze_at(at("2026-04-02T10:00:00+02:00"));
+        let r = room(SHARED_GATE, clock.clone());
+        r.tick();
+        let c = caps(&r);
+        assert_eq!(c[1], ("intermediaries".into(), 100, Mode::Open), "{c:?}");
+        assert_eq!(c[0].2, Mode::Paused, "{c:?}");
+        // 13:00: both open: 75 / 25.
+        clock.freeze_at(at("2026-04-02T13:00:00+02:00"));
+        r.tick();
+        let c = caps(&r);
+        assert_eq!((c[0].1, c[1].1), (75, 25), "{c:?}");
+        assert_eq!((c[0].2, c[1].2), (Mode::Open, Mode::Open));
+        // 17:00: only citizens: the whole gate again.
+        clock.freeze_at(at("2026-04-02T17:00:00+02:00"));
+        r.tick();
+        let c = caps(&r);
+        assert_eq!(c[0], ("citizens".into(), 100, Mode::Open), "{c:?}");
+        assert_eq!(c[1].2, Mode::Paused);
+    }
+
+    #[test]
+    fn a_struggling_portal_lowers_admissions() {
+        let clock = Arc::new(Clock::system());
+        let r = room(
+            "[[gates]]\nname = \"a\"\nprefix = [\"/a\"]\ncapacity = 100\nadmit_per_minute = 600\n\
+             [[gates]]\nname = \"b\"\nprefix = [\"/b\"]\ncapacity = 100\n",
+            clock,
+        );
+        r.set_health(0.1);
+        r.tick();
+        let a = r.gates[0].lanes[0].gate.settings();
+        let b = r.gates[1].lanes[0].gate.settings();
+        assert_eq!((a.capacity, a.admit_per_minute), (100, 60), "rate scaled");
+        assert_eq!(b.capacity, 10, "no rate set: room scaled");
+        r.set_health(1.0);
+        r.tick();
+        assert_eq!(r.gates[0].lanes[0].gate.settings().admit_per_minute, 600);
+        assert_eq!(r.gates[1].lanes[0].gate.settings().capacity, 100);
+    }
+}

@@ -1,0 +1,166 @@
+//! Gates and their lanes: a gate has one lane per cohort when it has a schedule (each cohort
+//! has its own hours and its own queue), or one lane shared by everyone. A lane is a
+//! [`Gate`]; it also holds the pre-queue shuffle drawn at the last opening, its long-poll
+//! wake-ups and its metric handles. The admin switch overrides the configured mode.
+
+use std::sync::atomic::{AtomicU32, AtomicU8};
+use std::sync::RwLock;
+
+use super::metric;
+use super::status::Wakers;
+use crate::cohort::CohortId;
+use crate::route::Rules;
+use crate::schedule::{KeyedPermutation, Schedule};
+use crate::waitroom::{Gate, GateSettings, Mode};
+
+/// An admin-set switch that overrides the configured mode of every lane of a gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Switch {
+    /// As configured.
+    Configured,
+    /// Forced mode.
+    Forced(Mode),
+}
+
+/// One queue: a gate for one cohort (or for everyone).
+pub struct Lane {
+    /// Index carried in tokens.
+    pub id: u16,
+    /// The cohort this lane serves; `None` = everyone (gate without schedule).
+    pub cohort: Option<CohortId>,
+    /// Cohort name for labels (`all` when shared).
+    pub cohort_name: String,
+    /// Admission engine.
+    pub gate: Gate,
+    /// Pre-queue shuffle applied at the last opening: tickets in [start, end) are permuted.
+    pub(super) shuffle: RwLock<Option<Shuffle>>,
+    /// The schedule state seen at the last tick (0 closed, 1 prequeue, 2 open).
+    pub(super) last_state: AtomicU8,
+    /// `anticamera_schedule_closed_total` for this gate and cohort (a handle: no label
+    /// look-up on the request path).
+    pub(super) closed_total: metrics::Counter,
+    /// `anticamera_waitroom_wait_seconds` for this gate and cohort.
+    pub(super) wait_seconds: metrics::Histogram,
+    /// Long-polling status requests, by queue position.
+    pub(super) wakers: Wakers,
+}
+
+/// The pre-queue order drawn at an opening: tickets in [start, end) are permuted by a keyed
+/// permutation (the key is saved in the state file).
+#[derive(Clone)]
+pub(super) struct Shuffle {
+    pub(super) start: u64,
+    pub(super) end: u64,
+    pub(super) key: [u8; 32],
+    perm: KeyedPermutation,
+}
+
+impl Lane {
+    /// A lane of gate `gate_name` over `gate`, with its metric handles (labels `gate`,
+    /// `cohort`).
+    pub(super) fn new(
+        id: u16,
+        cohort: Option<CohortId>,
+        cohort_name: String,
+        gate_name: &str,
+        gate: Gate,
+    ) -> Lane {
+        let labels = [
+            ("gate", gate_name.to_string()),
+            ("cohort", cohort_name.clone()),
+        ];
+        Lane {
+            id,
+            closed_total: metrics::counter!(metric::CLOSED, &labels),
+            wait_seconds: metrics::histogram!(metric::WAIT, &labels),
+            cohort_name,
+            cohort,
+            gate,
+            shuffle: RwLock::new(None),
+            last_state: AtomicU8::new(u8::MAX),
+            wakers: Wakers::new(),
+        }
+    }
+
+    /// After the controller let people in: wakes the long polls of the positions admitted
+    /// since `serving` was `before`, and of the first late arrivals if room is kept for them.
+    pub(super) fn wake_admitted(&self, before: u64) {
+        self.wakers.wake(before, self.gate.serving());
+        self.wakers.wake_each(&self.gate.late_to_wake());
+    }
+
+    /// Queue position of a ticket (arrival order, shuffled for those who pre-queued).
+    pub fn position(&self, ticket: u64) -> u64 {
+        if let Ok(guard) = self.shuffle.read() {
+            if let Some(s) = guard.as_ref() {
+                if ticket >= s.start && ticket < s.end {
+                    return s.start + s.perm.apply(ticket - s.start);
+                }
+            }
+        }
+        ticket
+    }
+
+    /// Sets the pre-queue shuffle: tickets in [start, end) permuted by `key` (nothing if the
+    /// range is empty).
+    pub(super) fn set_shuffle(&self, start: u64, end: u64, key: [u8; 32]) {
+        if end <= start {
+            return;
+        }
+        if let Ok(mut s) = self.shuffle.write() {
+            *s = Some(Shuffle {
+                start,
+                end,
+                key,
+                perm: KeyedPermutation::new(&key, end - start),
+            });
+        }
+    }
+}
+
+/// One gate: path rules, schedule, lanes.
+pub struct GateRuntime {
+    /// Config name.
+    pub name: String,
+    /// Title on pages.
+    pub label: String,
+    pub(super) rules: Rules,
+    /// Cookie holding this gate's ticket or pass.
+    pub cookie: String,
+    /// Opening hours, if any.
+    pub schedule: Option<Schedule>,
+    /// Lanes: one per cohort with a schedule, else one.
+    pub lanes: Vec<Lane>,
+    /// Configured total capacity (changeable at runtime).
+    pub capacity: AtomicU32,
+    /// Configured new users per minute (per gate, split across open lanes).
+    pub admit_per_minute: AtomicU32,
+    pub(super) shares: Vec<f64>,
+    pub(super) configured_mode: Mode,
+    pub(super) switch: RwLock<Switch>,
+    pub(super) settings: GateSettings,
+}
+
+impl GateRuntime {
+    pub(super) fn lane_for(&self, cohort: CohortId) -> &Lane {
+        if self.lanes.len() == 1 {
+            return &self.lanes[0];
+        }
+        self.lanes
+            .iter()
+            .find(|l| l.cohort == Some(cohort))
+            .unwrap_or(&self.lanes[0])
+    }
+
+    /// The admin switch.
+    pub fn switch(&self) -> Switch {
+        self.switch.read().map(|s| *s).unwrap_or(Switch::Configured)
+    }
+
+    /// Sets the admin switch (applied at the next tick).
+    pub fn set_switch(&self, s: Switch) {
+        if let Ok(mut g) = self.switch.write() {
+            *g = s;
+        }
+    }
+}

@@ -1,0 +1,589 @@
+//! The waiting-room stage of the request path: gates, cohorts, opening hours and admission.
+//!
+//! A gate has one *lane* per cohort when it has a schedule (each cohort has its own hours and
+//! its own queue), or a single lane shared by everyone when it has none. A lane is a
+//! [`waitroom::Gate`](crate::waitroom::Gate): a ticket counter, a serving counter and a slot
+//! table. Tokens carry the lane's index, so a ticket taken in one lane never admits into another.
+//!
+//! For one gated request, [`Room::decide`] reads top to bottom:
+//! 1. a valid pass for this lane → the schedule still allows the user (open, or within grace
+//!    after close) → record activity on its slot (lock-free) → forward;
+//! 2. the schedule is closed for the user's cohort → the "closed, opens at …" answer;
+//! 3. a valid ticket → admitted? claim a slot, issue a pass, forward : the queue page;
+//! 4. anything else (no cookie, forged, expired, another lane, a copied pass) → a new arrival:
+//!    straight in when there is room and nobody waits, otherwise a ticket and the queue page.
+//!
+//! The controller ([`Room::tick`]) runs on its own task: it aligns each lane's mode and capacity
+//! with the schedule and the capacity shares, advances the serving counters, shuffles the
+//! pre-queue at opening, and publishes metrics.
+//!
+//! | file | owns |
+//! |---|---|
+//! | `mod.rs` | [`Room`], building it, classify/route, the request stage [`Room::decide`], [`Room::release`] |
+//! | `lanes.rs` | [`GateRuntime`], [`Lane`], the admin [`Switch`], the pre-queue shuffle |
+//! | `status.rs` | status and long polls ([`Room::status`]), the wake-up shards, [`poll_advice`] |
+//! | `controller.rs` | [`Room::tick`], the admission factor ([`Room::set_health`]), the gauges |
+//! | `persist.rs` | the state file ([`Room::save`], restore at start) |
+//! | `cookies.rs` | ticket and pass cookies, [`binding_of`], [`strip_own_cookies`] |
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use http::header::HeaderValue;
+use http::request::Parts;
+use http::Method;
+
+use crate::clock::Clock;
+use crate::cohort::{CohortId, Cohorts};
+use crate::config::Config;
+use crate::route::Rules;
+use crate::schedule::{PrequeueOrder, Schedule, WindowState};
+use crate::util::cookie::cookie_value;
+use crate::waitroom::{
+    Arrival, ClaimError, Gate, Keyring, Kind, Occupant, Token, TouchError, VisitorId,
+};
+
+mod controller;
+mod cookies;
+mod lanes;
+mod persist;
+mod status;
+
+pub use cookies::{binding_of, strip_own_cookies};
+pub use lanes::{GateRuntime, Lane, Switch};
+pub use status::{poll_advice, PollAdvice, LONG_POLL_MAX_SECS};
+
+/// Metric names of the waiting room (labels: `gate`, `cohort`).
+pub mod metric {
+    /// People waiting (tickets not yet admitted).
+    pub const WAITING: &str = "anticamera_waitroom_waiting";
+    /// Active users (holding a slot).
+    pub const ACTIVE: &str = "anticamera_waitroom_active";
+    /// Admitted people whose place is held until they arrive (reservations).
+    pub const PENDING: &str = "anticamera_waitroom_pending";
+    /// Admitted people who came back after their held place lapsed, waiting in the late line.
+    pub const LATE: &str = "anticamera_waitroom_late";
+    /// Capacity currently given to the lane.
+    pub const CAPACITY: &str = "anticamera_waitroom_capacity";
+    /// Tickets issued.
+    pub const ISSUED: &str = "anticamera_waitroom_tickets_issued_total";
+    /// Tickets admitted.
+    pub const ADMITTED: &str = "anticamera_waitroom_admitted_total";
+    /// Sessions ended by the portal (release header).
+    pub const RELEASED: &str = "anticamera_waitroom_released_total";
+    /// Admitted tickets that never arrived.
+    pub const ABANDONED: &str = "anticamera_waitroom_abandoned_total";
+    /// Sessions ended by inactivity.
+    pub const EXPIRED: &str = "anticamera_waitroom_expired_total";
+    /// Time from ticket to admission (seconds).
+    pub const WAIT: &str = "anticamera_waitroom_wait_seconds";
+    /// Tokens refused, by `reason` (forged, tampered, expired, wrong gate, copied...).
+    pub const REFUSED: &str = "anticamera_waitroom_refused_total";
+    /// Requests refused because the cohort's window is closed.
+    pub const CLOSED: &str = "anticamera_schedule_closed_total";
+    /// Share of the configured admission given now (1 = all; lower while the portal struggles).
+    pub const ADMISSION_FACTOR: &str = "anticamera_waitroom_admission_factor";
+    /// Estimated wait for a new arrival (seconds; absent when unknown).
+    pub const ESTIMATED_WAIT: &str = "anticamera_waitroom_estimated_wait_seconds";
+}
+
+/// Why the room answers instead of forwarding.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// The queue page: waiting, or pre-queued before opening.
+    Queue {
+        /// Gate index.
+        gate: usize,
+        /// People ahead.
+        ahead: u64,
+        /// Estimated wait.
+        wait: Option<Duration>,
+        /// Before opening: when it opens.
+        opens_at: Option<DateTime<Utc>>,
+        /// Random order at opening.
+        prequeue_random: bool,
+        /// The place in the admission order ("your number"), fixed while waiting; `None` in a
+        /// pre-queue whose order is drawn at opening.
+        number: Option<u64>,
+        /// It is this user's turn (status poll only): request the page again.
+        admitted: bool,
+        /// Their turn came while they were away (the held place lapsed): they wait in the
+        /// late line for the next free place, `ahead` counting other late arrivals.
+        missed_turn: bool,
+    },
+    /// Closed for this cohort now.
+    Closed {
+        /// Gate index.
+        gate: usize,
+        /// Cohort name.
+        cohort: String,
+        /// Next opening, if any.
+        opens_at: Option<DateTime<Utc>>,
+    },
+}
+
+/// The slot an admitted request holds, so a release header from the portal can free it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seat {
+    /// The lane (index carried in tokens).
+    pub lane: u16,
+    /// The slot in the lane's gate.
+    pub slot: u32,
+    /// The ticket holding the slot.
+    pub ticket: u64,
+}
+
+/// The outcome of the waiting-room stage for one request.
+#[derive(Debug)]
+pub struct Decision {
+    /// Forward (None) or answer.
+    pub answer: Option<Answer>,
+    /// Cookie to set on the response (a new ticket or pass).
+    pub set_cookie: Option<HeaderValue>,
+    /// The slot held, so a release header from the portal can free it.
+    pub seat: Option<Seat>,
+    /// Metric outcome label.
+    pub outcome: &'static str,
+}
+
+/// Why the room could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum RoomError {
+    /// A config problem (validated before, so this is unexpected).
+    #[error("{0}: {1}")]
+    Config(String, String),
+    /// The state file exists but cannot be used.
+    #[error("state file {path}: {reason}")]
+    State {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The waiting room of all gates.
+pub struct Room {
+    /// Gates in config order (first match wins).
+    pub gates: Vec<GateRuntime>,
+    /// Cohort recognition.
+    pub cohorts: Cohorts,
+    keys: Keyring,
+    /// The clock decisions use.
+    pub clock: Arc<Clock>,
+    cookie_secure: bool,
+    ticket_ttl_ms: u64,
+    pass_refresh_ms: u64,
+    /// Advised poll interval.
+    pub poll_interval: Duration,
+    state_file: Option<PathBuf>,
+    /// Release header name.
+    pub release_header: http::HeaderName,
+    cookie_prefix: String,
+    health_bits: AtomicU64,
+}
+
+impl Room {
+    /// Builds the room from a validated config, restoring saved state if there is any.
+    pub fn new(cfg: &Config, clock: Arc<Clock>) -> Result<Room, RoomError> {
+        let keys = cfg.keyring().map_err(|(k, r)| RoomError::Config(k, r))?;
+        let cohorts = Cohorts::compile(&cfg.cohorts, &cfg.base_dir).map_err(|e| {
+            let e = e.into_iter().next();
+            RoomError::Config(
+                e.as_ref()
+                    .map(|e| format!("cohorts.{}", e.key))
+                    .unwrap_or_default(),
+                e.map(|e| e.reason).unwrap_or_default(),
+            )
+        })?;
+        let now = clock.now_ms();
+        let mut gates = Vec::new();
+        let mut next_lane: u16 = 0;
+        for (i, g) in cfg.gates.iter().enumerate() {
+            let rules = Rules::compile(&g.rules())
+                .map_err(|e| RoomError::Config(format!("gates[{i}]"), format!("{e:?}")))?;
+            let schedule = match &g.schedule {
+                Some(s) => Some(Schedule::compile(s, cohorts.names()).map_err(|e| {
+                    RoomError::Config(format!("gates[{i}].schedule"), format!("{e:?}"))
+                })?),
+                None => None,
+            };
+            let settings = g.settings();
+            let mut lanes = Vec::new();
+            let lane_cohorts: Vec<Option<CohortId>> = if schedule.is_some() {
+                (0..cohorts.names().len())
+                    .map(CohortId::from_index)
+                    .collect()
+            } else {
+                vec![None]
+            };
+            for c in lane_cohorts {
+                let cohort_name = c
+                    .map(|c| cohorts.name(c).to_string())
+                    .unwrap_or_else(|| "all".into());
+                lanes.push(Lane::new(
+                    next_lane,
+                    c,
+                    cohort_name,
+                    &g.name,
+                    Gate::new(&settings, now),
+                ));
+                next_lane = next_lane.checked_add(1).ok_or_else(|| {
+                    RoomError::Config("gates".into(), "too many gates × cohorts".into())
+                })?;
+            }
+            let shares = (0..cohorts.names().len())
+                .map(|c| {
+                    g.shares
+                        .get(
+                            CohortId::from_index(c)
+                                .map(|id| cohorts.name(id))
+                                .unwrap_or_default(),
+                        )
+                        .copied()
+                        .unwrap_or(1.0)
+                })
+                .collect();
+            gates.push(GateRuntime {
+                label: g.label.clone().unwrap_or_else(|| g.name.clone()),
+                cookie: format!("{}{}", cfg.waiting_room.cookie_prefix, g.name),
+                name: g.name.clone(),
+                rules,
+                schedule,
+                lanes,
+                capacity: AtomicU32::new(g.capacity),
+                admit_per_minute: AtomicU32::new(g.admit_per_minute),
+                shares,
+                configured_mode: g.mode,
+                switch: RwLock::new(Switch::Configured),
+                settings,
+            });
+        }
+        let w = &cfg.waiting_room;
+        let room = Room {
+            gates,
+            cohorts,
+            keys,
+            clock,
+            cookie_secure: w.cookie_secure,
+            ticket_ttl_ms: w.ticket_ttl.0.as_millis() as u64,
+            pass_refresh_ms: w.pass_refresh.0.as_millis() as u64,
+            poll_interval: w.poll_interval.0,
+            state_file: w.state_file.as_ref().map(|p| cfg.base_dir.join(p)),
+            release_header: http::HeaderName::from_bytes(w.release_header.as_bytes()).map_err(
+                |e| RoomError::Config("waiting_room.release_header".into(), e.to_string()),
+            )?,
+            cookie_prefix: w.cookie_prefix.clone(),
+            health_bits: AtomicU64::new(1.0f64.to_bits()),
+        };
+        room.restore()?;
+        room.tick();
+        Ok(room)
+    }
+
+    /// The cohort of a request (matchers in config order).
+    pub fn classify(
+        &self,
+        parts: &Parts,
+        client: std::net::IpAddr,
+        peer: std::net::IpAddr,
+    ) -> CohortId {
+        self.cohorts.classify(parts, client, peer)
+    }
+
+    /// Which gate a request belongs to (normalized path), if any.
+    pub fn route(&self, method: &Method, path: &str) -> Option<usize> {
+        self.gates
+            .iter()
+            .position(|g| g.rules.matches(method, path))
+    }
+
+    /// Whether a cookie name is one of anticamera's own (never forwarded to the portal).
+    pub fn is_own_cookie(&self, name: &str) -> bool {
+        name.starts_with(&self.cookie_prefix) || name == "anticamera_lang"
+    }
+
+    /// The lane's window now, as requests must see it: the schedule's, except that an opening
+    /// after a pre-queue is seen only once the controller has drawn the order and let the first
+    /// in (within one tick). Before that, a request answered "open" would get a place that the
+    /// draw is about to change, and advice to poll that fits the wrong place.
+    pub(super) fn window_state(
+        &self,
+        g: &GateRuntime,
+        lane: &Lane,
+        cohort: CohortId,
+        now: DateTime<Utc>,
+    ) -> WindowState {
+        let state = g
+            .schedule
+            .as_ref()
+            .map(|s| s.state(cohort, now))
+            .unwrap_or(WindowState::Open { closes_at: None });
+        match state {
+            WindowState::Open { .. } if lane.last_state.load(Ordering::Relaxed) == 1 => {
+                WindowState::PreQueue { opens_at: now }
+            }
+            s => s,
+        }
+    }
+
+    /// The waiting-room decision for a gated request. See the module docs for the order.
+    pub fn decide(&self, gate_idx: usize, cohort: CohortId, parts: &Parts) -> Decision {
+        let now = self.clock.now_ms();
+        let now_dt = self.clock.now();
+        let g = &self.gates[gate_idx];
+        let lane = g.lane_for(cohort);
+        let binding = binding_of(&parts.headers);
+
+        let token =
+            cookie_value(&parts.headers, &g.cookie).map(|c| Token::decode(c, &self.keys, now));
+        let mut token = match token {
+            Some(Ok(t)) if t.gate == lane.id => Some(t),
+            Some(Ok(_)) => {
+                self.refused(g, "wrong_gate");
+                None
+            }
+            Some(Err(e)) => {
+                self.refused(g, e.reason());
+                None
+            }
+            None => None,
+        };
+
+        // 1. An admitted user with a valid pass.
+        if let Some(t) = token.filter(|t| t.kind == Kind::Pass) {
+            let issued = DateTime::from_timestamp_millis(t.issued_at_ms as i64).unwrap_or_default();
+            let allowed = g
+                .schedule
+                .as_ref()
+                .map(|s| s.may_stay(cohort, issued, now_dt))
+                .unwrap_or(true);
+            if allowed {
+                match lane.gate.touch(
+                    t.slot,
+                    Occupant::from_token(&t, binding),
+                    t.issued_at_ms,
+                    now,
+                ) {
+                    Ok(()) => {
+                        let open_now = g
+                            .schedule
+                            .as_ref()
+                            .map(|s| s.is_open(cohort, now_dt))
+                            .unwrap_or(true);
+                        let set_cookie = (open_now
+                            && now.saturating_sub(t.issued_at_ms) > self.pass_refresh_ms)
+                            .then(|| {
+                                self.pass_cookie(g, lane, t.ticket, t.visitor, t.slot, binding, now)
+                            });
+                        return Decision {
+                            answer: None,
+                            set_cookie,
+                            seat: Some(Seat {
+                                lane: lane.id,
+                                slot: t.slot,
+                                ticket: t.ticket,
+                            }),
+                            outcome: "admitted",
+                        };
+                    }
+                    Err(TouchError::BoundElsewhere) => self.refused(g, "copied_pass"),
+                    Err(TouchError::Expired) => self.refused(g, "session_ended"),
+                }
+            }
+            token = None;
+        }
+
+        // 2. Opening hours for new admissions.
+        let state = self.window_state(g, lane, cohort, now_dt);
+        let (opens_at, prequeue) = match state {
+            WindowState::Closed { opens_at } => {
+                lane.closed_total.increment(1);
+                return Decision {
+                    answer: Some(Answer::Closed {
+                        gate: gate_idx,
+                        cohort: self.cohorts.name(cohort).to_string(),
+                        opens_at,
+                    }),
+                    set_cookie: None,
+                    seat: None,
+                    outcome: "closed",
+                };
+            }
+            WindowState::PreQueue { opens_at } => (Some(opens_at), true),
+            WindowState::Open { .. } => (None, false),
+        };
+        let prequeue_random = g
+            .schedule
+            .as_ref()
+            .map(|s| s.prequeue_order() == PrequeueOrder::Random)
+            .unwrap_or(false);
+
+        // 3. A waiting user with a valid ticket.
+        if let Some(t) = token.filter(|t| t.kind == Kind::Ticket) {
+            let pos = lane.position(t.ticket);
+            let st = lane.gate.status(pos);
+            if st.admitted {
+                let who = Occupant {
+                    ticket: pos,
+                    visitor: t.visitor.low64(),
+                    binding,
+                };
+                match lane.gate.claim(who, now) {
+                    Ok(slot) => {
+                        lane.wait_seconds
+                            .record(now.saturating_sub(t.issued_at_ms) as f64 / 1000.0);
+                        return Decision {
+                            answer: None,
+                            set_cookie: Some(
+                                self.pass_cookie(g, lane, pos, t.visitor, slot, binding, now),
+                            ),
+                            seat: Some(Seat {
+                                lane: lane.id,
+                                slot,
+                                ticket: pos,
+                            }),
+                            outcome: "admitted",
+                        };
+                    }
+                    Err(
+                        e @ (ClaimError::Late { .. }
+                        | ClaimError::Full
+                        | ClaimError::Busy
+                        | ClaimError::NotAdmitted),
+                    ) => {
+                        // Came back after the held place lapsed: in the late line.
+                        let late = match e {
+                            ClaimError::Late { ahead } => Some(ahead),
+                            _ => None,
+                        };
+                        let ahead = late.unwrap_or(0);
+                        let mut d = self.queue(
+                            gate_idx,
+                            Some(pos),
+                            ahead,
+                            lane.gate.estimate_wait(ahead),
+                            opens_at,
+                            prequeue_random,
+                            None,
+                        );
+                        if let Some(Answer::Queue { missed_turn, .. }) = &mut d.answer {
+                            *missed_turn = late.is_some();
+                        }
+                        return d;
+                    }
+                    Err(e @ ClaimError::BoundElsewhere) => {
+                        self.refused(g, e.reason());
+                    }
+                    Err(e) => self.refused(g, e.reason()),
+                }
+            } else {
+                let wait = lane.gate.estimate_wait(st.ahead);
+                return self.queue(
+                    gate_idx,
+                    (!(prequeue && prequeue_random)).then_some(pos),
+                    st.ahead,
+                    wait,
+                    opens_at,
+                    prequeue_random,
+                    None,
+                );
+            }
+        }
+
+        // 4. A new arrival.
+        let visitor = VisitorId::random();
+        if prequeue {
+            let ticket = lane.gate.take_ticket();
+            let cookie = self.ticket_cookie(lane, ticket, visitor, now);
+            let ahead = lane.gate.status(ticket).ahead;
+            return self.queue(
+                gate_idx,
+                (!prequeue_random).then_some(ticket),
+                ahead,
+                None,
+                opens_at,
+                prequeue_random,
+                Some(cookie),
+            );
+        }
+        match lane.gate.arrive(visitor.low64(), binding, now) {
+            Arrival::Admitted { ticket, slot } => Decision {
+                answer: None,
+                set_cookie: Some(self.pass_cookie(g, lane, ticket, visitor, slot, binding, now)),
+                seat: Some(Seat {
+                    lane: lane.id,
+                    slot,
+                    ticket,
+                }),
+                outcome: "admitted",
+            },
+            Arrival::Queued { ticket } => {
+                let cookie = self.ticket_cookie(lane, ticket, visitor, now);
+                let st = lane.gate.status(ticket);
+                let wait = lane.gate.estimate_wait(st.ahead);
+                self.queue(
+                    gate_idx,
+                    Some(lane.position(ticket)),
+                    st.ahead,
+                    wait,
+                    None,
+                    prequeue_random,
+                    Some(cookie),
+                )
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn queue(
+        &self,
+        gate: usize,
+        number: Option<u64>,
+        ahead: u64,
+        wait: Option<Duration>,
+        opens_at: Option<DateTime<Utc>>,
+        prequeue_random: bool,
+        set_cookie: Option<HeaderValue>,
+    ) -> Decision {
+        Decision {
+            answer: Some(Answer::Queue {
+                gate,
+                ahead,
+                wait,
+                opens_at,
+                prequeue_random,
+                admitted: false,
+                number,
+                missed_turn: false,
+            }),
+            set_cookie,
+            seat: None,
+            outcome: "queued",
+        }
+    }
+
+    /// The portal ended a session: free its slot now, and let the next in line in at once.
+    /// Returns the cookie that clears the pass.
+    pub fn release(&self, seat: Seat) -> Option<HeaderValue> {
+        for g in &self.gates {
+            if let Some(l) = g.lanes.iter().find(|l| l.id == seat.lane) {
+                if l.gate.release(seat.slot, seat.ticket) {
+                    let before = l.gate.serving();
+                    l.gate.admit(self.clock.now_ms());
+                    l.wake_admitted(before);
+                    return Some(self.cookie(&g.cookie, "", 0));
+                }
+            }
+        }
+        None
+    }
+
+    fn refused(&self, g: &GateRuntime, reason: &'static str) {
+        metrics::counter!(metric::REFUSED, "gate" => g.name.clone(), "reason" => reason)
+            .increment(1);
+    }
+}

@@ -1,0 +1,618 @@
+//! One gate's admission: the [`Gate`] that composes the mechanisms of this directory.
+//!
+//! * A waiting visitor costs nothing here: they hold a signed ticket number;
+//!   their position is `ticket - serving` (the counters live in the
+//!   [`AdmissionStore`], which a shared store can implement for several nodes).
+//! * The controller ([`Gate::tick`], called every 100–250 ms) expires idle
+//!   sessions ([`super::slots`]) and stale reservations (`reservations.rs`),
+//!   then advances `serving` by as many tickets as there is room for
+//!   (capacity − active − pending), limited by a token bucket refilled at
+//!   `admit_per_minute` (`bucket.rs`), and measures the line's pace
+//!   (`pace.rs`).
+//! * An admitted ticket claims a slot on its first request ([`Gate::claim`]);
+//!   every later request calls [`Gate::touch`], which is lock-free and
+//!   allocation-free: a few atomic loads and at most one store.
+//! * An admitted ticket that comes back after its reservation lapsed to a full room joins the
+//!   late line ([`super::late`], kept by the store): free room is kept for the late line before
+//!   anyone new is admitted, and [`Gate::turn`] tells it the truth meanwhile
+//!   (the status says "admitted" only when a claim would succeed).
+//! * Each ticket claims once (`claims.rs`), so a replayed ticket cookie cannot take
+//!   several slots.
+//!
+//! Pure logic, no I/O: the room drives it with the clock's `now_ms`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use super::answers::{Arrival, ClaimError, GateStats, Position, TickReport, TouchError, Turn};
+use super::bucket::TokenBucket;
+use super::claims::{ClaimBits, CLAIM_WINDOW};
+use super::pace::{Pace, PaceGauge};
+use super::reservations::{Cursor, Reservations};
+use super::settings::{GateSettings, LiveSettings, Mode};
+use super::slots::{Found, Occupant, SlotTable, Touched, CLAIMING, MAX_CAPACITY};
+use super::snapshot::{GateSnapshot, RestoreError, SnapshotCounters, SNAPSHOT_FORMAT};
+use super::store::{AdmissionStore, MemoryStore, StoreCounters};
+
+/// Controller state, under one lock: touched by `tick`, `admit`, a direct admission, and
+/// snapshots.
+struct Controller {
+    bucket: TokenBucket,
+    pace: Pace,
+    /// The reservation ring's write position.
+    cursor: Cursor,
+}
+
+/// One gate: queue counters (in the store), slot table and controller.
+pub struct Gate {
+    store: Box<dyn AdmissionStore>,
+    settings: LiveSettings,
+    slots: SlotTable,
+    claims: ClaimBits,
+    reservations: Reservations,
+    released: AtomicU64,
+    expired: AtomicU64,
+    pace: PaceGauge,
+    /// Passes issued in `[from, until)` (between the restored snapshot and the restart) may
+    /// re-claim an empty slot.
+    reclaim_from_ms: AtomicU64,
+    reclaim_until_ms: AtomicU64,
+    ctl: Mutex<Controller>,
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gate")
+            .field("store", &self.store)
+            .field("capacity", &self.settings.capacity())
+            .field("active", &self.slots.active())
+            .field("pending", &self.reservations.pending())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gate {
+    /// A gate with the in-memory store. `now_ms` is ms since the UNIX epoch.
+    pub fn new(settings: &GateSettings, now_ms: u64) -> Self {
+        Self::with_store(settings, Box::new(MemoryStore::default()), now_ms)
+    }
+
+    /// A gate over a custom [`AdmissionStore`].
+    pub fn with_store(
+        settings: &GateSettings,
+        store: Box<dyn AdmissionStore>,
+        now_ms: u64,
+    ) -> Self {
+        let gate = Self {
+            store,
+            settings: LiveSettings::default(),
+            slots: SlotTable::new(),
+            claims: ClaimBits::new(),
+            reservations: Reservations::new(),
+            released: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
+            pace: PaceGauge::default(),
+            reclaim_from_ms: AtomicU64::new(0),
+            reclaim_until_ms: AtomicU64::new(0),
+            ctl: Mutex::new(Controller {
+                bucket: TokenBucket::new(now_ms),
+                pace: Pace::default(),
+                cursor: Cursor::default(),
+            }),
+        };
+        gate.apply(settings);
+        gate
+    }
+
+    /// Applies new settings at runtime (capacity may grow or shrink; existing
+    /// sessions are kept; slots are allocated for the new capacity).
+    pub fn apply(&self, s: &GateSettings) {
+        self.slots.ensure(s.capacity.min(MAX_CAPACITY));
+        self.settings.apply(s);
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> GateSettings {
+        self.settings.get()
+    }
+
+    /// The current mode.
+    #[inline]
+    pub fn mode(&self) -> Mode {
+        self.settings.mode()
+    }
+
+    /// Switches the mode at runtime.
+    pub fn set_mode(&self, mode: Mode) {
+        self.settings.set_mode(mode);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Controller> {
+        // The controller state stays consistent even if a holder panicked.
+        self.ctl.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    // ------------------------------------------------------------------
+    // Waiting side
+    // ------------------------------------------------------------------
+
+    /// Takes a ticket (lock-free; the visitor waits).
+    #[inline]
+    pub fn take_ticket(&self) -> u64 {
+        self.store.take_ticket()
+    }
+
+    /// A new arrival: in `open` mode with room, within the rate cap and nobody
+    /// waiting, the visitor is admitted at once and claims a slot; otherwise
+    /// they get a ticket and wait.
+    pub fn arrive(&self, visitor: u64, binding: u32, now_ms: u64) -> Arrival {
+        if let Some(a) = self.try_admit_now(visitor, binding, now_ms) {
+            return a;
+        }
+        Arrival::Queued {
+            ticket: self.take_ticket(),
+        }
+    }
+
+    /// The direct-admission half of [`Gate::arrive`]: `None` when the visitor
+    /// must queue (no ticket taken in that case).
+    pub fn try_admit_now(&self, visitor: u64, binding: u32, now_ms: u64) -> Option<Arrival> {
+        if self.mode() != Mode::Open
+            || self.store.serving() != self.store.next_ticket()
+            || self.store.occupied() >= self.room_for_new()
+        {
+            return None;
+        }
+        let mut ctl = self.lock();
+        let apm = self.settings.admit_per_minute();
+        ctl.bucket.refill(apm, now_ms);
+        if apm > 0 && ctl.bucket.allowance(apm) == 0 {
+            return None;
+        }
+        let serving = self.store.serving();
+        if serving != self.store.next_ticket() {
+            return None;
+        }
+        if self.store.reserve(1, self.room_for_new()) == 0 {
+            return None;
+        }
+        let t = self.store.take_ticket();
+        if t != serving || !self.advance_locked(&mut ctl, t, 1, now_ms) {
+            // Someone took a ticket in between: they are ahead of us.
+            self.store.unreserve(1);
+            return Some(Arrival::Queued { ticket: t });
+        }
+        ctl.bucket.spend(apm, 1);
+        drop(ctl);
+        let who = Occupant {
+            ticket: t,
+            visitor,
+            binding,
+        };
+        Some(match self.claim(who, now_ms) {
+            Ok(slot) => Arrival::Admitted { ticket: t, slot },
+            // Admitted but no slot (should not happen): the ticket can claim
+            // on its next request.
+            Err(_) => Arrival::Queued { ticket: t },
+        })
+    }
+
+    /// The capacity new admissions may fill: late arrivals were admitted once, so as much
+    /// room as there are of them is kept for them (taken by whichever comes first).
+    fn room_for_new(&self) -> u32 {
+        self.settings
+            .capacity()
+            .saturating_sub(self.store.late_len())
+    }
+
+    /// The serving counter: every position below it has been admitted.
+    #[inline]
+    pub fn serving(&self) -> u64 {
+        self.store.serving()
+    }
+
+    /// Where a ticket stands (lock-free).
+    #[inline]
+    pub fn status(&self, ticket: u64) -> Position {
+        let serving = self.store.serving();
+        Position {
+            ahead: ticket.saturating_sub(serving),
+            admitted: ticket != 0 && ticket < serving,
+        }
+    }
+
+    /// Estimated wait for someone with `ahead` people in front of them, from
+    /// the measured admission rate (or the configured rate cap before any
+    /// measurement). None when unknown (paused, no data, unlimited rate).
+    pub fn estimate_wait(&self, ahead: u64) -> Option<Duration> {
+        if self.mode() == Mode::Paused {
+            return None;
+        }
+        self.pace.wait_for(ahead, self.settings.admit_per_minute())
+    }
+
+    // ------------------------------------------------------------------
+    // Admitted side
+    // ------------------------------------------------------------------
+
+    /// First arrival of an admitted ticket: takes a slot. Idempotent for the
+    /// same visitor and binding (returns the slot already held). A ticket can
+    /// hold at most one slot, ever.
+    pub fn claim(&self, who: Occupant, now_ms: u64) -> Result<u32, ClaimError> {
+        let t = who.ticket;
+        let serving = self.store.serving();
+        if t == 0 || t >= serving || t >= CLAIMING {
+            return Err(ClaimError::NotAdmitted);
+        }
+        if serving - t > CLAIM_WINDOW {
+            return Err(ClaimError::TooOld);
+        }
+        if self.claims.mark(t) {
+            return self.find_claimed(who);
+        }
+        if !self.reservations.take(t) {
+            if let Err(ahead) = self.take_late_place(t, now_ms) {
+                self.claims.unmark(t);
+                return Err(ClaimError::Late { ahead });
+            }
+        }
+        // One unit of room is ours (moved from pending, or reserved now).
+        match self.slots.grab(who, now_ms) {
+            Some(i) => Ok(i),
+            None => {
+                self.store.unreserve(1);
+                self.claims.unmark(t);
+                tracing::warn!(ticket = t, "waitroom: no free slot despite room");
+                Err(ClaimError::Full)
+            }
+        }
+    }
+
+    /// Whether admitted ticket `t` can take its place now. `Ready` when a claim would find
+    /// one: its batch still holds its reservation, there is free room (room is kept free for
+    /// late arrivals ahead of anyone new), or it has claimed already. Otherwise it has come
+    /// back after its reservation lapsed to a full room: it joins (or stays in) the late line,
+    /// `ahead` counting the late arrivals who came back before it. Call it for tickets below
+    /// `serving` only; it records the visit (a late arrival not seen for a while leaves the
+    /// late line).
+    pub fn turn(&self, t: u64, now_ms: u64) -> Turn {
+        let serving = self.store.serving();
+        if t == 0 || t >= serving || serving - t > CLAIM_WINDOW {
+            // Not admitted, or too old to claim: the claim gives the answer.
+            return Turn::Ready;
+        }
+        if self.claims.is_marked(t)
+            || self.reservations.holds(t)
+            || self.store.occupied() < self.settings.capacity()
+        {
+            return Turn::Ready;
+        }
+        Turn::Late {
+            ahead: self.join_late(t, now_ms),
+        }
+    }
+
+    /// A place for a ticket whose reservation lapsed: any free room (including the room kept
+    /// for late arrivals: the first of them to come takes it). Without room it joins the late
+    /// line: `Err(late arrivals ahead)`.
+    fn take_late_place(&self, t: u64, now_ms: u64) -> Result<(), u64> {
+        if self.store.reserve(1, self.settings.capacity()) == 1 {
+            if self.store.late_len() > 0 {
+                self.store.late_leave(t);
+            }
+            return Ok(());
+        }
+        Err(self.join_late(t, now_ms))
+    }
+
+    /// `t` came back to a full room: joins (or stays in) the late line. Returns the late
+    /// arrivals ahead of it.
+    fn join_late(&self, t: u64, now_ms: u64) -> u64 {
+        self.store.late_arrive(t, now_ms)
+    }
+
+    /// When room is free and late arrivals wait: the first of them, one per free place, whose
+    /// held status polls are to be woken (the positions, as passed to [`Gate::claim`]).
+    pub fn late_to_wake(&self) -> Vec<u64> {
+        let late = self.store.late_len();
+        let free = self
+            .settings
+            .capacity()
+            .saturating_sub(self.store.occupied());
+        if late == 0 || free == 0 {
+            return Vec::new();
+        }
+        self.store.late_first(free.min(late) as usize)
+    }
+
+    /// The slot held by an already-claimed ticket. A concurrent first claim
+    /// of the same ticket (parallel requests) may not have published its slot
+    /// yet: rescan a few times before concluding the session has ended.
+    fn find_claimed(&self, who: Occupant) -> Result<u32, ClaimError> {
+        for attempt in 0..4 {
+            match self.slots.find(who) {
+                Some(Ok(i)) => return Ok(i),
+                Some(Err(Found::Busy)) => return Err(ClaimError::Busy),
+                Some(Err(Found::BoundElsewhere)) => return Err(ClaimError::BoundElsewhere),
+                None => {}
+            }
+            if !self.claims.is_marked(who.ticket) {
+                // The concurrent claim failed for lack of room.
+                return Err(ClaimError::Full);
+            }
+            if attempt < 3 {
+                std::thread::yield_now();
+            }
+        }
+        Err(ClaimError::AlreadyUsed)
+    }
+
+    /// Hot path, every request with a pass: checks that `slot` is still held
+    /// by this ticket, visitor and binding, and records activity. Lock-free,
+    /// no allocation.
+    ///
+    /// After a restart, a pass issued between the restored snapshot and the
+    /// restart (`pass_issued_ms`) whose slot is empty re-claims it if there
+    /// is room, so admitted users keep their session.
+    #[inline]
+    pub fn touch(
+        &self,
+        slot: u32,
+        who: Occupant,
+        pass_issued_ms: u64,
+        now_ms: u64,
+    ) -> Result<(), TouchError> {
+        match self.slots.touch(slot, who, now_ms) {
+            Touched::Held => Ok(()),
+            Touched::BoundElsewhere => Err(TouchError::BoundElsewhere),
+            Touched::Free => self.reclaim(slot, who, pass_issued_ms, now_ms),
+            Touched::Gone => Err(TouchError::Expired),
+        }
+    }
+
+    #[cold]
+    fn reclaim(
+        &self,
+        slot: u32,
+        who: Occupant,
+        pass_issued_ms: u64,
+        now_ms: u64,
+    ) -> Result<(), TouchError> {
+        let from = self.reclaim_from_ms.load(Ordering::Acquire);
+        let until = self.reclaim_until_ms.load(Ordering::Acquire);
+        let t = who.ticket;
+        if !(from <= pass_issued_ms && pass_issued_ms < until)
+            || t == 0
+            || t >= CLAIMING
+            || t >= self.store.serving()
+        {
+            return Err(TouchError::Expired);
+        }
+        if self.store.reserve(1, self.settings.capacity()) == 0 {
+            return Err(TouchError::Expired);
+        }
+        if !self.slots.take_at(slot, who, now_ms) {
+            self.store.unreserve(1);
+            return Err(TouchError::Expired);
+        }
+        if self.store.serving() - t <= CLAIM_WINDOW {
+            self.claims.mark(t);
+        }
+        tracing::debug!(
+            ticket = t,
+            "waitroom: pass re-claimed its slot after restart"
+        );
+        Ok(())
+    }
+
+    /// Ends a session now (the portal's release header). Returns false if the
+    /// slot was not held by `ticket`.
+    pub fn release(&self, slot: u32, ticket: u64) -> bool {
+        if !self.slots.release(slot, ticket) {
+            return false;
+        }
+        self.store.unreserve(1);
+        self.released.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    // ------------------------------------------------------------------
+    // Controller
+    // ------------------------------------------------------------------
+
+    /// The controller step (call every 100–250 ms from one background task):
+    /// expire idle sessions and stale reservations, then admit as many
+    /// waiting tickets as room and the rate cap allow.
+    pub fn tick(&self, now_ms: u64) -> TickReport {
+        let expired = self
+            .slots
+            .expire_idle(now_ms, self.settings.session_ms(), || {
+                self.store.unreserve(1)
+            });
+        self.expired.fetch_add(expired, Ordering::Relaxed);
+        let abandoned = self
+            .reservations
+            .expire(now_ms, self.settings.arrival_timeout_ms(), |n| {
+                self.store.unreserve(n)
+            });
+        let mut ctl = self.lock();
+        if self.store.late_len() > 0 {
+            self.store.late_expire(now_ms);
+        }
+        let waiting = self.store.next_ticket() > self.store.serving();
+        let admitted = self.admit_locked(&mut ctl, now_ms);
+        let reading = ctl
+            .pace
+            .update(self.store.serving(), self.store.occupied(), waiting, now_ms);
+        self.pace.publish(reading);
+        TickReport {
+            admitted,
+            expired,
+            abandoned,
+        }
+    }
+
+    /// Only the admission half of [`Gate::tick`]: admits as many waiting tickets as room and
+    /// the rate cap allow, right now. Called when a place frees up (the portal's release
+    /// header), so the next in line does not wait for the next tick.
+    pub fn admit(&self, now_ms: u64) -> u64 {
+        let mut ctl = self.lock();
+        self.admit_locked(&mut ctl, now_ms)
+    }
+
+    fn admit_locked(&self, ctl: &mut Controller, now_ms: u64) -> u64 {
+        let apm = self.settings.admit_per_minute();
+        ctl.bucket.refill(apm, now_ms);
+        let serving = self.store.serving();
+        let waiting = self.store.next_ticket().saturating_sub(serving);
+        if self.mode() == Mode::Paused || waiting == 0 {
+            return 0;
+        }
+        let allowance = ctl.bucket.allowance(apm);
+        let want = u32::try_from(waiting.min(allowance)).unwrap_or(u32::MAX);
+        let n = self.store.reserve(want, self.room_for_new());
+        if n == 0 {
+            return 0;
+        }
+        if self.advance_locked(ctl, serving, n, now_ms) {
+            ctl.bucket.spend(apm, u64::from(n));
+            u64::from(n)
+        } else {
+            self.store.unreserve(n);
+            0
+        }
+    }
+
+    /// Admits tickets `[a, a+n)`: makes them claimable, records the
+    /// reservation batch and moves `serving`. Caller holds the controller
+    /// lock and has reserved `n` places.
+    fn advance_locked(&self, ctl: &mut Controller, a: u64, n: u32, now_ms: u64) -> bool {
+        let b = a + u64::from(n);
+        self.claims.open(a, b);
+        let (batch, recycled) = self.reservations.admit(
+            &mut ctl.cursor,
+            a,
+            b,
+            n,
+            now_ms,
+            self.settings.arrival_timeout_ms(),
+        );
+        if recycled > 0 {
+            self.store.unreserve(recycled);
+        }
+        if self.store.advance_serving(a, b) {
+            return true;
+        }
+        // Another writer moved serving (shared store): undo the reservation.
+        self.reservations.undo(batch, n);
+        tracing::warn!(from = a, to = b, "waitroom: serving moved concurrently");
+        false
+    }
+
+    // ------------------------------------------------------------------
+    // Observability and persistence
+    // ------------------------------------------------------------------
+
+    /// Sessions holding a slot.
+    pub fn active(&self) -> u32 {
+        self.slots.active()
+    }
+
+    /// Point-in-time counters.
+    pub fn stats(&self) -> GateStats {
+        let c = self.store.counters();
+        let waiting = c.next_ticket.saturating_sub(c.serving);
+        GateStats {
+            mode: self.mode(),
+            capacity: self.settings.capacity(),
+            waiting,
+            active: self.active(),
+            pending: self.reservations.pending(),
+            late: self.store.late_len(),
+            issued: c.next_ticket.saturating_sub(1),
+            admitted: c.serving.saturating_sub(1),
+            released: self.released.load(Ordering::Relaxed),
+            abandoned: self.reservations.abandoned(),
+            expired: self.expired.load(Ordering::Relaxed),
+            admitted_last_minute: self.pace.admitted_last_minute(),
+            admission_rate: self.pace.rate(),
+            estimated_wait: self.estimate_wait(waiting),
+            next_ticket: c.next_ticket,
+            serving: c.serving,
+        }
+    }
+
+    /// A serializable snapshot of queue counters, slots and reservations.
+    pub fn snapshot(&self, now_ms: u64) -> GateSnapshot {
+        let _ctl = self.lock();
+        let c = self.store.counters();
+        GateSnapshot {
+            format: SNAPSHOT_FORMAT,
+            taken_at_ms: now_ms,
+            next_ticket: c.next_ticket,
+            serving: c.serving,
+            slots: self.slots.snapshot(),
+            reservations: self.reservations.snapshot(),
+            counters: SnapshotCounters {
+                released: self.released.load(Ordering::Relaxed),
+                abandoned: self.reservations.abandoned(),
+                expired: self.expired.load(Ordering::Relaxed),
+            },
+        }
+    }
+
+    /// Loads a snapshot into this gate (call before serving traffic).
+    /// Existing slots and reservations are discarded. Passes issued after the
+    /// snapshot was taken and before `now_ms` may re-claim their slot (see
+    /// [`Gate::touch`]).
+    pub fn restore(&self, snap: &GateSnapshot, now_ms: u64) -> Result<(), RestoreError> {
+        snap.check()?;
+        let mut ctl = self.lock();
+        // Clear current state.
+        self.store.late_clear();
+        self.slots.clear();
+        self.claims.reset();
+        // Reservations (most recent BATCH_RING - 1 kept): claimable again.
+        let pending = self.reservations.restore(
+            &mut ctl.cursor,
+            &snap.reservations,
+            snap.serving,
+            snap.counters.abandoned,
+            |start, end| {
+                if snap.serving - start <= CLAIM_WINDOW {
+                    self.claims.open(start, end);
+                }
+            },
+        );
+        // Slots.
+        let mut active = 0u32;
+        for st in &snap.slots {
+            if st.ticket == 0 || st.ticket >= snap.serving || !self.slots.restore(st) {
+                continue;
+            }
+            active += 1;
+            if snap.serving - st.ticket <= CLAIM_WINDOW {
+                self.claims.mark(st.ticket);
+            }
+        }
+        self.store.restore(StoreCounters {
+            next_ticket: snap.next_ticket,
+            serving: snap.serving,
+            occupied: active.saturating_add(pending),
+        });
+        self.slots.set_active(active);
+        self.released
+            .store(snap.counters.released, Ordering::Relaxed);
+        self.expired.store(snap.counters.expired, Ordering::Relaxed);
+        self.reclaim_from_ms
+            .store(snap.taken_at_ms, Ordering::Release);
+        self.reclaim_until_ms.store(now_ms, Ordering::Release);
+        ctl.pace.restart();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;
