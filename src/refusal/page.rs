@@ -72,6 +72,7 @@ fn body(
             missed_turn,
         } => {
             let g = &room.gates[*gate];
+            let gp = g.policy();
             let state = if *admitted {
                 QueueState::Admitted
             } else if opens_at.is_some() {
@@ -85,7 +86,7 @@ fn body(
             let v = QueueView {
                 lang,
                 gate: &g.name,
-                gate_label: &g.label,
+                gate_label: &gp.label,
                 state,
                 position: ahead + 1,
                 ahead: *ahead,
@@ -112,13 +113,14 @@ fn body(
             opens_at,
         } => {
             let g = &room.gates[*gate];
+            let gp = g.policy();
             let retry = opens_at
                 .map(|o| (o.with_timezone(&Utc) - now).num_seconds().clamp(1, 86_400) as u32)
                 .unwrap_or(3600);
             let v = ClosedView {
                 lang,
                 gate: &g.name,
-                gate_label: &g.label,
+                gate_label: &gp.label,
                 cohort,
                 opens_at: opens_at.map(|t| t.with_timezone(&time_zone(room, *gate))),
                 retry_after_secs: retry,
@@ -137,6 +139,7 @@ fn body(
 /// The gate's local time zone (Europe/Rome for a gate without hours).
 fn time_zone(room: &crate::room::Room, gate: usize) -> chrono_tz::Tz {
     room.gates[gate]
+        .policy()
         .schedule
         .as_ref()
         .map(|s| s.time_zone())

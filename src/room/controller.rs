@@ -19,6 +19,7 @@ impl Room {
         let health = self.health();
         metrics::gauge!(metric::ADMISSION_FACTOR).set(health);
         for g in &self.gates {
+            let gp = g.policy();
             let active_total: u32 = g.lanes.iter().map(|l| l.gate.active()).sum();
             let configured = g.capacity.load(Ordering::Relaxed);
             let apm = g.admit_per_minute.load(Ordering::Relaxed);
@@ -41,7 +42,7 @@ impl Room {
             let states: Vec<u8> = g
                 .lanes
                 .iter()
-                .map(|l| match (&g.schedule, l.cohort) {
+                .map(|l| match (&gp.schedule, l.cohort) {
                     (Some(s), Some(c)) => match s.state(c, now_dt) {
                         WindowState::Open { .. } => 2,
                         WindowState::PreQueue { .. } => 1,
@@ -55,7 +56,7 @@ impl Room {
                 .iter()
                 .zip(&states)
                 .filter(|(_, s)| **s == 2)
-                .map(|(l, _)| l.cohort.map(|c| g.shares[c.index()]).unwrap_or(1.0))
+                .map(|(l, _)| l.cohort.map(|c| gp.shares[c.index()]).unwrap_or(1.0))
                 .sum();
             // Users of closed lanes still inside (grace) keep their room.
             let held_by_closed: u32 = g
@@ -67,7 +68,7 @@ impl Room {
                 .sum();
             let open_total = total.saturating_sub(held_by_closed);
             for (l, &st) in g.lanes.iter().zip(&states) {
-                let share = l.cohort.map(|c| g.shares[c.index()]).unwrap_or(1.0);
+                let share = l.cohort.map(|c| gp.shares[c.index()]).unwrap_or(1.0);
                 let (cap, rate) = if st == 2 && share_sum > 0.0 {
                     let f = share / share_sum;
                     (
@@ -82,11 +83,11 @@ impl Room {
                     (l.gate.active().max(1), apm)
                 };
                 let mode = match (st, g.switch()) {
-                    (2, Switch::Configured) => g.configured_mode,
+                    (2, Switch::Configured) => gp.configured_mode,
                     (2, Switch::Forced(m)) => m,
                     _ => Mode::Paused,
                 };
-                let mut s = g.settings.clone();
+                let mut s = gp.settings.clone();
                 s.capacity = cap;
                 s.admit_per_minute = rate;
                 s.mode = mode;
@@ -99,7 +100,7 @@ impl Room {
                 // (`Room::window_state`).
                 let prev = l.last_state.load(Ordering::Relaxed);
                 if prev == 1 && st == 2 {
-                    if let Some(sched) = &g.schedule {
+                    if let Some(sched) = &gp.schedule {
                         if sched.prequeue_order() == PrequeueOrder::Random {
                             let stats = l.gate.stats();
                             let key: [u8; 32] = rand::random();

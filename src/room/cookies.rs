@@ -17,8 +17,9 @@ impl Room {
         now: u64,
     ) -> HeaderValue {
         let g = self.gate_of_lane(lane.id);
-        let t = Token::ticket(lane.id, ticket, visitor, now, self.ticket_ttl_ms);
-        self.cookie(&g.cookie, &t.encode(&self.keys), self.ticket_ttl_ms / 1000)
+        let p = self.policy();
+        let t = Token::ticket(lane.id, ticket, visitor, now, p.ticket_ttl_ms);
+        self.cookie(&g.cookie, &t.encode(&p.keys), p.ticket_ttl_ms / 1000)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -32,9 +33,10 @@ impl Room {
         binding: u32,
         now: u64,
     ) -> HeaderValue {
-        let ttl = g.settings.session_duration.as_millis() as u64 + self.pass_refresh_ms * 2;
+        let p = self.policy();
+        let ttl = g.policy().pass_ttl_ms(p.pass_refresh_ms);
         let t = Token::pass(lane.id, ticket, visitor, slot, binding, now, ttl);
-        self.cookie(&g.cookie, &t.encode(&self.keys), ttl / 1000)
+        self.cookie(&g.cookie, &t.encode(&p.keys), ttl / 1000)
     }
 
     pub(super) fn cookie(&self, name: &str, value: &str, max_age: u64) -> HeaderValue {

@@ -4,14 +4,16 @@
 //! wake-ups and its metric handles. The admin switch overrides the configured mode.
 
 use std::sync::atomic::{AtomicU32, AtomicU8};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
+
+use arc_swap::{ArcSwap, Guard};
 
 use super::metric;
+use super::policy::GatePolicy;
 use super::status::Wakers;
 use crate::cohort::CohortId;
-use crate::route::Rules;
-use crate::schedule::{KeyedPermutation, Schedule};
-use crate::waitroom::{Gate, GateSettings, Mode};
+use crate::schedule::KeyedPermutation;
+use crate::waitroom::{Gate, Mode};
 
 /// An admin-set switch that overrides the configured mode of every lane of a gate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,30 +120,30 @@ impl Lane {
     }
 }
 
-/// One gate: path rules, schedule, lanes.
+/// One gate: its lanes (state that lives as long as the process) and its policy (path rules,
+/// schedule, shares, settings: replaced whole by a reload).
 pub struct GateRuntime {
     /// Config name.
     pub name: String,
-    /// Title on pages.
-    pub label: String,
-    pub(super) rules: Rules,
     /// Cookie holding this gate's ticket or pass.
     pub cookie: String,
-    /// Opening hours, if any.
-    pub schedule: Option<Schedule>,
     /// Lanes: one per cohort with a schedule, else one.
     pub lanes: Vec<Lane>,
     /// Configured total capacity (changeable at runtime).
     pub capacity: AtomicU32,
     /// Configured new users per minute (per gate, split across open lanes).
     pub admit_per_minute: AtomicU32,
-    pub(super) shares: Vec<f64>,
-    pub(super) configured_mode: Mode,
     pub(super) switch: RwLock<Switch>,
-    pub(super) settings: GateSettings,
+    pub(super) policy: ArcSwap<GatePolicy>,
 }
 
 impl GateRuntime {
+    /// The gate's policy now (one lock-free load; a reload may replace it).
+    #[inline]
+    pub fn policy(&self) -> Guard<Arc<GatePolicy>> {
+        self.policy.load()
+    }
+
     pub(super) fn lane_for(&self, cohort: CohortId) -> &Lane {
         if self.lanes.len() == 1 {
             return &self.lanes[0];

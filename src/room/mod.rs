@@ -29,6 +29,8 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+
+use arc_swap::{ArcSwap, Guard};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -37,23 +39,22 @@ use http::request::Parts;
 use http::Method;
 
 use crate::clock::Clock;
-use crate::cohort::{CohortId, Cohorts};
+use crate::cohort::CohortId;
 use crate::config::Config;
-use crate::route::Rules;
-use crate::schedule::{PrequeueOrder, Schedule, WindowState};
+use crate::schedule::{PrequeueOrder, WindowState};
 use crate::util::cookie::cookie_value;
-use crate::waitroom::{
-    Arrival, ClaimError, Gate, Keyring, Kind, Occupant, Token, TouchError, VisitorId,
-};
+use crate::waitroom::{Arrival, ClaimError, Gate, Kind, Occupant, Token, TouchError, VisitorId};
 
 mod controller;
 mod cookies;
 mod lanes;
 mod persist;
+mod policy;
 mod status;
 
 pub use cookies::{binding_of, strip_own_cookies};
 pub use lanes::{GateRuntime, Lane, Switch};
+pub use policy::{GatePolicy, RoomPolicy};
 pub use status::{poll_advice, PollAdvice, LONG_POLL_MAX_SECS};
 
 /// Metric names of the waiting room (labels: `gate`, `cohort`).
@@ -163,22 +164,20 @@ pub enum RoomError {
         /// Why.
         reason: String,
     },
+    /// A reload changes what the lanes are built from: it needs a restart (nothing applied).
+    #[error("needs a restart (nothing was applied): {}", .0.join("; "))]
+    NeedsRestart(Vec<String>),
 }
 
 /// The waiting room of all gates.
 pub struct Room {
     /// Gates in config order (first match wins).
     pub gates: Vec<GateRuntime>,
-    /// Cohort recognition.
-    pub cohorts: Cohorts,
-    keys: Keyring,
+    /// Cohorts, keys, cookie lifetimes, poll interval: replaced whole by a reload.
+    policy: ArcSwap<RoomPolicy>,
     /// The clock decisions use.
     pub clock: Arc<Clock>,
     cookie_secure: bool,
-    ticket_ttl_ms: u64,
-    pass_refresh_ms: u64,
-    /// Advised poll interval.
-    pub poll_interval: Duration,
     state_file: Option<PathBuf>,
     /// Release header name.
     pub release_header: http::HeaderName,
@@ -189,32 +188,14 @@ pub struct Room {
 impl Room {
     /// Builds the room from a validated config, restoring saved state if there is any.
     pub fn new(cfg: &Config, clock: Arc<Clock>) -> Result<Room, RoomError> {
-        let keys = cfg.keyring().map_err(|(k, r)| RoomError::Config(k, r))?;
-        let cohorts = Cohorts::compile(&cfg.cohorts, &cfg.base_dir).map_err(|e| {
-            let e = e.into_iter().next();
-            RoomError::Config(
-                e.as_ref()
-                    .map(|e| format!("cohorts.{}", e.key))
-                    .unwrap_or_default(),
-                e.map(|e| e.reason).unwrap_or_default(),
-            )
-        })?;
+        let (policy, gate_policies) = RoomPolicy::compile(cfg)?;
         let now = clock.now_ms();
         let mut gates = Vec::new();
         let mut next_lane: u16 = 0;
-        for (i, g) in cfg.gates.iter().enumerate() {
-            let rules = Rules::compile(&g.rules())
-                .map_err(|e| RoomError::Config(format!("gates[{i}]"), format!("{e:?}")))?;
-            let schedule = match &g.schedule {
-                Some(s) => Some(Schedule::compile(s, cohorts.names()).map_err(|e| {
-                    RoomError::Config(format!("gates[{i}].schedule"), format!("{e:?}"))
-                })?),
-                None => None,
-            };
-            let settings = g.settings();
+        for (g, gp) in cfg.gates.iter().zip(gate_policies) {
             let mut lanes = Vec::new();
-            let lane_cohorts: Vec<Option<CohortId>> = if schedule.is_some() {
-                (0..cohorts.names().len())
+            let lane_cohorts: Vec<Option<CohortId>> = if gp.schedule.is_some() {
+                (0..policy.cohorts.names().len())
                     .map(CohortId::from_index)
                     .collect()
             } else {
@@ -222,56 +203,35 @@ impl Room {
             };
             for c in lane_cohorts {
                 let cohort_name = c
-                    .map(|c| cohorts.name(c).to_string())
+                    .map(|c| policy.cohorts.name(c).to_string())
                     .unwrap_or_else(|| "all".into());
                 lanes.push(Lane::new(
                     next_lane,
                     c,
                     cohort_name,
                     &g.name,
-                    Gate::new(&settings, now),
+                    Gate::new(&gp.settings, now),
                 ));
                 next_lane = next_lane.checked_add(1).ok_or_else(|| {
                     RoomError::Config("gates".into(), "too many gates × cohorts".into())
                 })?;
             }
-            let shares = (0..cohorts.names().len())
-                .map(|c| {
-                    g.shares
-                        .get(
-                            CohortId::from_index(c)
-                                .map(|id| cohorts.name(id))
-                                .unwrap_or_default(),
-                        )
-                        .copied()
-                        .unwrap_or(1.0)
-                })
-                .collect();
             gates.push(GateRuntime {
-                label: g.label.clone().unwrap_or_else(|| g.name.clone()),
                 cookie: format!("{}{}", cfg.waiting_room.cookie_prefix, g.name),
                 name: g.name.clone(),
-                rules,
-                schedule,
                 lanes,
                 capacity: AtomicU32::new(g.capacity),
                 admit_per_minute: AtomicU32::new(g.admit_per_minute),
-                shares,
-                configured_mode: g.mode,
                 switch: RwLock::new(Switch::Configured),
-                settings,
+                policy: ArcSwap::from_pointee(gp),
             });
         }
         let w = &cfg.waiting_room;
         let room = Room {
             gates,
-            cohorts,
-            keys,
+            policy: ArcSwap::from_pointee(policy),
             clock,
             cookie_secure: w.cookie_secure,
-            ticket_ttl_ms: w.ticket_ttl.0.as_millis() as u64,
-            pass_refresh_ms: w.pass_refresh.0.as_millis() as u64,
-            poll_interval: w.poll_interval.0,
             state_file: w.state_file.as_ref().map(|p| cfg.base_dir.join(p)),
             release_header: http::HeaderName::from_bytes(w.release_header.as_bytes()).map_err(
                 |e| RoomError::Config("waiting_room.release_header".into(), e.to_string()),
@@ -284,6 +244,78 @@ impl Room {
         Ok(room)
     }
 
+    /// Applies a reloaded config: compiles the new policy (any error changes nothing), checks
+    /// that the lanes stay the same (gates, their order, which have opening hours, the cohort
+    /// names; otherwise [`RoomError::NeedsRestart`], nothing applied), then swaps every gate's
+    /// policy and the room's. Capacity and admissions per minute are taken from the file only
+    /// where the file changed them (`previous` is the config applied before), so a value set
+    /// through the admin API survives a reload that does not touch it. Keys the new file drops
+    /// keep verifying the tickets and passes already handed out until those expire
+    /// ([`Keyring::retaining`](crate::waitroom::Keyring::retaining)). Waiting people keep
+    /// their numbers and admitted people their slots: the lanes are not touched. The controller
+    /// applies the new settings at its next tick.
+    pub fn reload(&self, new: &Config, previous: &Config) -> Result<(), RoomError> {
+        let (policy, gate_policies) = RoomPolicy::compile(new)?;
+        let old = self.policy();
+        let mut restart = Vec::new();
+        if policy.cohorts.names() != old.cohorts.names() {
+            restart
+                .push("cohorts.names (a gate with opening hours has one lane per cohort)".into());
+        }
+        let names_now: Vec<&str> = self.gates.iter().map(|g| g.name.as_str()).collect();
+        let names_new: Vec<&str> = new.gates.iter().map(|g| g.name.as_str()).collect();
+        if names_now != names_new {
+            restart.push(format!(
+                "gates: {names_now:?} would become {names_new:?} (adding, removing, renaming or reordering gates)"
+            ));
+        } else {
+            for (i, (g, gp)) in self.gates.iter().zip(&gate_policies).enumerate() {
+                if g.policy().schedule.is_some() != gp.schedule.is_some() {
+                    restart.push(format!("gates[{i}].schedule added or removed"));
+                }
+            }
+        }
+        if !restart.is_empty() {
+            return Err(RoomError::NeedsRestart(restart));
+        }
+        let longest_ms = self
+            .gates
+            .iter()
+            .map(|g| g.policy().pass_ttl_ms(old.pass_refresh_ms))
+            .max()
+            .unwrap_or(0)
+            .max(old.ticket_ttl_ms);
+        let keys = policy
+            .keys
+            .clone()
+            .retaining(&old.keys, self.clock.now_ms() + longest_ms);
+        let policy = RoomPolicy { keys, ..policy };
+        for (((g, gp), now_cfg), before) in self
+            .gates
+            .iter()
+            .zip(gate_policies)
+            .zip(&new.gates)
+            .zip(&previous.gates)
+        {
+            if now_cfg.capacity != before.capacity {
+                g.capacity.store(now_cfg.capacity, Ordering::Relaxed);
+            }
+            if now_cfg.admit_per_minute != before.admit_per_minute {
+                g.admit_per_minute
+                    .store(now_cfg.admit_per_minute, Ordering::Relaxed);
+            }
+            g.policy.store(Arc::new(gp));
+        }
+        self.policy.store(Arc::new(policy));
+        Ok(())
+    }
+
+    /// The room's policy now (one lock-free load; a reload may replace it).
+    #[inline]
+    pub fn policy(&self) -> Guard<Arc<RoomPolicy>> {
+        self.policy.load()
+    }
+
     /// The cohort of a request (matchers in config order).
     pub fn classify(
         &self,
@@ -291,14 +323,14 @@ impl Room {
         client: std::net::IpAddr,
         peer: std::net::IpAddr,
     ) -> CohortId {
-        self.cohorts.classify(parts, client, peer)
+        self.policy().cohorts.classify(parts, client, peer)
     }
 
     /// Which gate a request belongs to (normalized path), if any.
     pub fn route(&self, method: &Method, path: &str) -> Option<usize> {
         self.gates
             .iter()
-            .position(|g| g.rules.matches(method, path))
+            .position(|g| g.policy().rules.matches(method, path))
     }
 
     /// Whether a cookie name is one of anticamera's own (never forwarded to the portal).
@@ -318,6 +350,7 @@ impl Room {
         now: DateTime<Utc>,
     ) -> WindowState {
         let state = g
+            .policy()
             .schedule
             .as_ref()
             .map(|s| s.state(cohort, now))
@@ -335,11 +368,13 @@ impl Room {
         let now = self.clock.now_ms();
         let now_dt = self.clock.now();
         let g = &self.gates[gate_idx];
+        let gp = g.policy();
+        let rp = self.policy();
         let lane = g.lane_for(cohort);
         let binding = binding_of(&parts.headers);
 
         let token =
-            cookie_value(&parts.headers, &g.cookie).map(|c| Token::decode(c, &self.keys, now));
+            cookie_value(&parts.headers, &g.cookie).map(|c| Token::decode(c, &rp.keys, now));
         let mut token = match token {
             Some(Ok(t)) if t.gate == lane.id => Some(t),
             Some(Ok(_)) => {
@@ -356,7 +391,7 @@ impl Room {
         // 1. An admitted user with a valid pass.
         if let Some(t) = token.filter(|t| t.kind == Kind::Pass) {
             let issued = DateTime::from_timestamp_millis(t.issued_at_ms as i64).unwrap_or_default();
-            let allowed = g
+            let allowed = gp
                 .schedule
                 .as_ref()
                 .map(|s| s.may_stay(cohort, issued, now_dt))
@@ -369,13 +404,13 @@ impl Room {
                     now,
                 ) {
                     Ok(()) => {
-                        let open_now = g
+                        let open_now = gp
                             .schedule
                             .as_ref()
                             .map(|s| s.is_open(cohort, now_dt))
                             .unwrap_or(true);
                         let set_cookie = (open_now
-                            && now.saturating_sub(t.issued_at_ms) > self.pass_refresh_ms)
+                            && now.saturating_sub(t.issued_at_ms) > rp.pass_refresh_ms)
                             .then(|| {
                                 self.pass_cookie(g, lane, t.ticket, t.visitor, t.slot, binding, now)
                             });
@@ -405,7 +440,7 @@ impl Room {
                 return Decision {
                     answer: Some(Answer::Closed {
                         gate: gate_idx,
-                        cohort: self.cohorts.name(cohort).to_string(),
+                        cohort: rp.cohorts.name(cohort).to_string(),
                         opens_at,
                     }),
                     set_cookie: None,
@@ -416,7 +451,7 @@ impl Room {
             WindowState::PreQueue { opens_at } => (Some(opens_at), true),
             WindowState::Open { .. } => (None, false),
         };
-        let prequeue_random = g
+        let prequeue_random = gp
             .schedule
             .as_ref()
             .map(|s| s.prequeue_order() == PrequeueOrder::Random)

@@ -168,13 +168,15 @@ impl Room {
     ) -> Option<(Answer, Option<tokio::sync::futures::Notified<'_>>)> {
         let now = self.clock.now_ms();
         let g = &self.gates[gate_idx];
-        let cohort = self.cohorts.classify(parts, client, peer);
+        let rp = self.policy();
+        let cohort = rp.cohorts.classify(parts, client, peer);
         let lane = g.lane_for(cohort);
-        let t = Token::decode(cookie_value(&parts.headers, &g.cookie)?, &self.keys, now).ok()?;
+        let t = Token::decode(cookie_value(&parts.headers, &g.cookie)?, &rp.keys, now).ok()?;
         if t.gate != lane.id {
             return None;
         }
         let prequeue_random = g
+            .policy()
             .schedule
             .as_ref()
             .map(|s| s.prequeue_order() == PrequeueOrder::Random)
@@ -198,7 +200,7 @@ impl Room {
         let answer = match state {
             WindowState::Closed { opens_at } => Answer::Closed {
                 gate: gate_idx,
-                cohort: self.cohorts.name(cohort).to_string(),
+                cohort: rp.cohorts.name(cohort).to_string(),
                 opens_at,
             },
             WindowState::PreQueue { opens_at } => Answer::Queue {
@@ -259,7 +261,14 @@ impl Room {
         until_open: Option<Duration>,
     ) -> PollAdvice {
         let jitter = 0.8 + rand::random::<f64>() * 0.4;
-        poll_advice(self.poll_interval, state, ahead, wait, until_open, jitter)
+        poll_advice(
+            self.policy().poll_interval,
+            state,
+            ahead,
+            wait,
+            until_open,
+            jitter,
+        )
     }
 }
 

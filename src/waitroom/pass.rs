@@ -81,14 +81,20 @@ pub struct Keyring {
     current: u8,
     /// Pre-keyed HMAC states (cloned per call; no re-keying on the hot path).
     keys: Vec<(u8, HmacSha256)>,
+    /// Keys a reload removed: they still verify tokens issued before the reload, and only
+    /// tokens that expire at or before the instant kept with them (ms since the epoch), so no
+    /// token signed with a retired key outlives its natural life.
+    retired: Vec<(u8, HmacSha256, u64)>,
 }
 
 impl fmt::Debug for Keyring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kids: Vec<u8> = self.keys.iter().map(|(k, _)| *k).collect();
+        let retired: Vec<u8> = self.retired.iter().map(|(k, _, _)| *k).collect();
         f.debug_struct("Keyring")
             .field("current", &self.current)
             .field("kids", &kids)
+            .field("retired", &retired)
             .finish_non_exhaustive()
     }
 }
@@ -126,7 +132,11 @@ impl Keyring {
         }
         // Current key first: the common case is found by the first compare.
         out.sort_by_key(|(k, _)| u8::from(*k != current));
-        Ok(Self { current, keys: out })
+        Ok(Self {
+            current,
+            keys: out,
+            retired: Vec::new(),
+        })
     }
 
     /// A keyring with one random 32-byte key (tokens do not survive a restart;
@@ -142,6 +152,7 @@ impl Keyring {
         Self {
             current: kid,
             keys: vec![(kid, mac)],
+            retired: Vec::new(),
         }
     }
 
@@ -155,9 +166,40 @@ impl Keyring {
         self.keys.iter().map(|(k, _)| *k)
     }
 
+    /// This keyring, also verifying the keys of `previous` that it no longer has (a key
+    /// rotation by reload): they verify tokens expiring at or before `until_ms` (the longest a
+    /// token issued until now can live), so passes and tickets already handed out stay valid
+    /// until they expire, and nothing new is accepted under a removed key after that.
+    pub fn retaining(mut self, previous: &Keyring, until_ms: u64) -> Keyring {
+        let still = |kid: u8, ring: &Keyring| ring.keys.iter().any(|(k, _)| *k == kid);
+        for (kid, mac) in &previous.keys {
+            if !still(*kid, &self) {
+                self.retired.push((*kid, mac.clone(), until_ms));
+            }
+        }
+        for (kid, mac, until) in &previous.retired {
+            if !still(*kid, &self) && !self.retired.iter().any(|(k, _, _)| k == kid) {
+                self.retired.push((*kid, mac.clone(), *until));
+            }
+        }
+        self
+    }
+
+    /// The key ids kept only to verify tokens issued before a rotation.
+    pub fn retired_kids(&self) -> impl Iterator<Item = u8> + '_ {
+        self.retired.iter().map(|(k, _, _)| *k)
+    }
+
+    /// The key for `kid`, and for a retired key the latest expiry it may vouch for.
     #[inline]
-    fn key(&self, kid: u8) -> Option<&HmacSha256> {
-        self.keys.iter().find(|(k, _)| *k == kid).map(|(_, m)| m)
+    fn key(&self, kid: u8) -> Option<(&HmacSha256, Option<u64>)> {
+        if let Some((_, m)) = self.keys.iter().find(|(k, _)| *k == kid) {
+            return Some((m, None));
+        }
+        self.retired
+            .iter()
+            .find(|(k, _, _)| *k == kid)
+            .map(|(_, m, until)| (m, Some(*until)))
     }
 
     #[inline]
@@ -365,7 +407,7 @@ impl Token {
         if raw[0] != TOKEN_VERSION {
             return Err(PassError::Malformed);
         }
-        let key = keys.key(raw[1]).ok_or(PassError::UnknownKey)?;
+        let (key, vouches_until) = keys.key(raw[1]).ok_or(PassError::UnknownKey)?;
         let mut mac = key.clone();
         mac.update(&raw[..BODY_LEN]);
         mac.verify_truncated_left(&raw[BODY_LEN..])
@@ -383,6 +425,11 @@ impl Token {
         };
         if tok.expires_at_ms <= now_ms {
             return Err(PassError::Expired);
+        }
+        if vouches_until.is_some_and(|until| tok.expires_at_ms > until) {
+            // Signed with a retired key but claiming a life longer than any token issued
+            // before the rotation: not one of ours.
+            return Err(PassError::UnknownKey);
         }
         Ok(tok)
     }
@@ -529,6 +576,47 @@ mod tests {
         // A node that does not know key 2 yet.
         assert_eq!(Token::decode(&s_new, &old, NOW), Err(PassError::UnknownKey));
         assert_eq!(PassError::UnknownKey.reason(), "unknown_key");
+    }
+
+    #[test]
+    fn a_key_removed_by_reload_vouches_only_for_tokens_issued_before() {
+        let old = Keyring::new(1, [(1u8, [1u8; 32])]).unwrap();
+        let issued = sample_pass(); // expires at NOW + 60 s
+        let s_old = issued.encode(&old);
+        let until = NOW + 60_000;
+        let rotated = Keyring::new(2, [(2u8, [2u8; 32])])
+            .unwrap()
+            .retaining(&old, until);
+        assert_eq!(rotated.current_kid(), 2);
+        assert_eq!(rotated.retired_kids().collect::<Vec<_>>(), vec![1]);
+        assert_eq!(Token::decode(&s_old, &rotated, NOW), Ok(issued));
+        // It still expires when it would have.
+        assert_eq!(
+            Token::decode(&s_old, &rotated, until),
+            Err(PassError::Expired)
+        );
+        // A token under the retired key claiming a longer life is refused.
+        let forged = Token::pass(3, 42, VisitorId([9; 16]), 17, 0xdead_beef, NOW, 120_000);
+        assert_eq!(
+            Token::decode(&forged.encode(&old), &rotated, NOW),
+            Err(PassError::UnknownKey)
+        );
+        // New tokens are signed with the new key; a second rotation keeps the first bound.
+        assert!(Token::decode(&issued.encode(&rotated), &rotated, NOW).is_ok());
+        let again = Keyring::new(3, [(3u8, [3u8; 32])])
+            .unwrap()
+            .retaining(&rotated, until + 1_000_000);
+        assert_eq!(Token::decode(&s_old, &again, NOW), Ok(issued));
+        assert_eq!(
+            Token::decode(&forged.encode(&old), &again, NOW),
+            Err(PassError::UnknownKey),
+            "key 1 keeps the bound it was retired with"
+        );
+        // A key the new ring still has is not retired.
+        let kept = Keyring::new(1, [(1u8, [1u8; 32])])
+            .unwrap()
+            .retaining(&old, until);
+        assert_eq!(kept.retired_kids().count(), 0);
     }
 
     #[test]
