@@ -45,10 +45,6 @@ def slow_ratio(window):
 
 RECORDING = [
     (
-        "gate_cohort:anticamera_waitroom_admitted:rate1m",
-        "sum by (gate, cohort) (rate(anticamera_waitroom_admitted_total[1m]))",
-    ),
-    (
         "gate_cohort:anticamera_waitroom_wait_seconds:p50_10m",
         "histogram_quantile(0.5, sum by (gate, cohort, le) "
         "(rate(anticamera_waitroom_wait_seconds_bucket[10m])))",
