@@ -78,12 +78,17 @@ impl Targets {
         let targets = cfg
             .upstream_targets()
             .into_iter()
-            .map(|UpstreamTarget { authority, scheme }| Target {
-                label: authority.to_string(),
-                authority,
-                scheme,
-                consecutive_failures: AtomicU32::new(0),
-                down_until_ms: AtomicU64::new(0),
+            .map(|UpstreamTarget { authority, scheme }| {
+                let label = authority.to_string();
+                // Every address starts in rotation: say so, not only on its first change.
+                metrics::gauge!(telemetry::UPSTREAM_HEALTHY, "upstream" => label.clone()).set(1.0);
+                Target {
+                    label,
+                    authority,
+                    scheme,
+                    consecutive_failures: AtomicU32::new(0),
+                    down_until_ms: AtomicU64::new(0),
+                }
             })
             .collect();
         Arc::new(Targets {

@@ -144,6 +144,8 @@ fn publish(g: &GateRuntime, l: &Lane, s: &GateStats) {
     metrics::gauge!(metric::PENDING, &labels).set(s.pending as f64);
     metrics::gauge!(metric::LATE, &labels).set(s.late as f64);
     metrics::gauge!(metric::CAPACITY, &labels).set(s.capacity as f64);
+    let admitting = if s.mode == Mode::Paused { 0.0 } else { 1.0 };
+    metrics::gauge!(crate::telemetry::WAITROOM_ADMITTING, &labels).set(admitting);
     metrics::counter!(metric::ISSUED, &labels).absolute(s.issued);
     metrics::counter!(metric::ADMITTED, &labels).absolute(s.admitted);
     metrics::counter!(metric::RELEASED, &labels).absolute(s.released);
