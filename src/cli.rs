@@ -1,4 +1,4 @@
-//! The command line: `run`, `check-config`, `demo`.
+//! The command line: `run`, `check-config`, `demo` (with its crowd), `schedule`, `demo-portal`.
 
 use std::path::{Path, PathBuf};
 
@@ -41,7 +41,8 @@ pub enum Command {
         demo: bool,
     },
     /// Start, on loopback, the demo portal and anticamera in front of it (from
-    /// config/demo.toml), and print the addresses to open. Ctrl-C stops both.
+    /// config/demo.toml), and print the addresses to open. With --crowd, simulated people
+    /// fill the waiting room so your own browser lands in it. Ctrl-C stops everything.
     Demo {
         /// anticamera configuration; the demo portal listens on its first upstream address.
         #[arg(long, short, default_value = "config/demo.toml")]
@@ -49,6 +50,9 @@ pub enum Command {
         /// How the demo portal behaves.
         #[command(flatten)]
         portal: PortalArgs,
+        /// The crowd: simulated people sent through the demo's gate.
+        #[command(flatten)]
+        crowd: CrowdArgs,
     },
     /// Print which gates are open to which cohorts at a time, and when each next opens or
     /// closes (local time), so operators can check a config before the day.
@@ -97,6 +101,24 @@ pub struct PortalArgs {
     pub fault_mode: bool,
 }
 
+/// The demo's crowd of simulated people.
+#[derive(Debug, clap::Args)]
+pub struct CrowdArgs {
+    /// Send this many simulated people through anticamera to the claim form as soon as the
+    /// demo starts (300 if no number is given), so that your browser, opened meanwhile, waits
+    /// in line behind them. Each logs in, waits in the queue as the page does, reads its
+    /// account, submits the claim and leaves; the crowd stops by itself. The home page's
+    /// button sends another wave of the same size.
+    #[arg(long, value_name = "PEOPLE", num_args = 0..=1, default_missing_value = "300")]
+    pub crowd: Option<usize>,
+    /// Over how long the crowd arrives.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub crowd_over: std::time::Duration,
+    /// How long a simulated person looks at each page inside (±50%).
+    #[arg(long, default_value = "1500ms", value_parser = humantime::parse_duration)]
+    pub crowd_think: std::time::Duration,
+}
+
 impl PortalArgs {
     fn config(&self) -> anticamera_demo_portal::PortalConfig {
         anticamera_demo_portal::PortalConfig {
@@ -117,7 +139,11 @@ pub fn main() -> anyhow::Result<()> {
             rehearse_at,
         } => run(&config, rehearse_at.as_deref()),
         Command::CheckConfig { file, demo } => check_config(&file, demo),
-        Command::Demo { config, portal } => demo(&config, &portal),
+        Command::Demo {
+            config,
+            portal,
+            crowd,
+        } => demo(&config, &portal, &crowd),
         Command::Schedule {
             config,
             at,
@@ -187,6 +213,13 @@ fn run(path: &Path, rehearse_at: Option<&str>) -> anyhow::Result<()> {
 
 /// Blocks until SIGTERM or SIGINT, then begins graceful shutdown.
 pub fn wait_for_signal_then(handle: anticamera::server::ShutdownHandle) -> anyhow::Result<()> {
+    wait_for_signal()?;
+    handle.shutdown();
+    Ok(())
+}
+
+/// Blocks until SIGTERM or SIGINT.
+fn wait_for_signal() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -204,12 +237,10 @@ pub fn wait_for_signal_then(handle: anticamera::server::ShutdownHandle) -> anyho
         #[cfg(not(unix))]
         tokio::signal::ctrl_c().await?;
         anyhow::Ok(())
-    })?;
-    handle.shutdown();
-    Ok(())
+    })
 }
 
-fn demo(path: &Path, args: &PortalArgs) -> anyhow::Result<()> {
+fn demo(path: &Path, args: &PortalArgs, crowd: &CrowdArgs) -> anyhow::Result<()> {
     let cfg = Config::load_mode(path, true).map_err(|e| anyhow::anyhow!("{e}"))?;
     init_logging(&cfg.log);
     let portal_addr = cfg
@@ -220,7 +251,18 @@ fn demo(path: &Path, args: &PortalArgs) -> anyhow::Result<()> {
     let portal_addr: std::net::SocketAddr = portal_addr
         .parse()
         .with_context(|| format!("the demo portal needs an IP:port upstream, not {portal_addr}"))?;
-    let portal_cfg = args.config();
+    // The crowd goes through anticamera's listen address; only ever a loopback one.
+    let listen = cfg.server.listen;
+    let crowd_target = listen.ip().is_loopback().then_some(listen);
+    let people = crowd.crowd.unwrap_or(300);
+    let portal_cfg = anticamera_demo_portal::PortalConfig {
+        anticamera: crowd_target,
+        crowd_people: people,
+        crowd_over: crowd.crowd_over,
+        crowd_think: crowd.crowd_think,
+        crowd_max: crowd_cap(),
+        ..args.config()
+    };
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     anticamera::server::spawn_on_own_runtime("demo-portal".into(), move || async move {
         let started = async {
@@ -230,7 +272,7 @@ fn demo(path: &Path, args: &PortalArgs) -> anyhow::Result<()> {
         .await;
         match started {
             Ok(handle) => {
-                let _ = ready_tx.send(Ok(()));
+                let _ = ready_tx.send(Ok(handle.crowd.clone()));
                 std::future::pending::<()>().await;
                 drop(handle);
             }
@@ -241,10 +283,15 @@ fn demo(path: &Path, args: &PortalArgs) -> anyhow::Result<()> {
             }
         }
     })?;
-    ready_rx.recv().context("demo portal thread ended")??;
+    let crowd_ctl = ready_rx.recv().context("demo portal thread ended")??;
     let bound = BoundServer::bind(cfg).context("starting anticamera")?;
     let (addr, admin) = (bound.local_addr(), bound.admin_addr());
     let running = bound.start()?;
+    let wave = match crowd.crowd {
+        Some(n) if crowd_target.is_some() => Some(crowd_ctl.wave(n, crowd.crowd_over)?),
+        Some(_) => anyhow::bail!("--crowd needs anticamera on a loopback address, not {listen}"),
+        None => None,
+    };
     println!(
         "anticamera demo is running.\n\n  \
          The portal through anticamera   http://{addr}/\n  \
@@ -252,8 +299,9 @@ fn demo(path: &Path, args: &PortalArgs) -> anyhow::Result<()> {
          Your personal page              http://{addr}/account\n  \
          The claim form                  http://{addr}/claim\n  \
          Portal stats (peak load)        http://{portal_addr}/__portal/stats\n  \
+         The crowd (simulated people)    http://{portal_addr}/__portal/crowd\n  \
          Metrics                         http://{admin}/metrics\n\n\
-         The portal serves {} requests at once{}. Press Ctrl-C to stop.",
+         The portal serves {} requests at once{}.",
         args.capacity,
         if args.fault_mode {
             " and has the 2020 fault mode ON"
@@ -261,9 +309,46 @@ fn demo(path: &Path, args: &PortalArgs) -> anyhow::Result<()> {
             ""
         }
     );
-    wait_for_signal_then(running.shutdown_handle())?;
+    match wave {
+        Some(w) => println!(
+            "\nOpen http://{addr}/claim in your browser now: {} simulated people are ahead of \
+             you (arriving over {}). You wait in line, watch your place move, and get in. \
+             The crowd stops by itself; the home page's button sends another wave.",
+            w.started,
+            humantime::format_duration(crowd.crowd_over)
+        ),
+        None if crowd_target.is_some() => println!(
+            "\nTo see the waiting room, press \"Send {people} people to the claim form\" on \
+             http://{addr}/ (or start with --crowd), then open http://{addr}/claim."
+        ),
+        None => {}
+    }
+    println!("Press Ctrl-C to stop.");
+    wait_for_signal()?;
+    // The crowd first, so anticamera's drain does not wait for its long polls.
+    crowd_ctl.stop();
+    running.shutdown_handle().shutdown();
     running.join();
     Ok(())
+}
+
+/// Most simulated people at once: 2 000, or fewer when the process may not open enough files.
+/// Every person holds a connection, counted twice in this one process (the person's end and
+/// anticamera's), and running out of descriptors would refuse the newcomer's own browser too.
+fn crowd_cap() -> usize {
+    const MAX: usize = 2000;
+    // Linux: the soft limit on open files, read from /proc (no unsafe call needed).
+    let soft = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| {
+            l.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3)?.parse::<usize>().ok())
+        });
+    match soft {
+        Some(soft) => (soft.saturating_sub(200) / 3).clamp(1, MAX),
+        None => MAX,
+    }
 }
 
 fn demo_portal(

@@ -9,6 +9,10 @@
 //! a new peak window), `POST /__portal/slowdown?factor=F` (the whole portal F times slower, as
 //! when its database struggles; 1 = normal)).
 //!
+//! Behind `anticamera demo` it also sends simulated people through anticamera, so a newcomer's
+//! browser meets the waiting room ([`Crowd`], `crowd.rs`): the home page's button
+//! (`POST /__portal/crowd`) starts a wave, `GET /__portal/crowd` says what the crowd is doing.
+//!
 //! # Load model
 //!
 //! The portal behaves like a real overloaded backend. Every request to a
@@ -41,10 +45,12 @@
 //! server and its routes are in `server.rs`.
 #![forbid(unsafe_code)]
 
+mod crowd;
 mod server;
 #[cfg(test)]
 mod tests;
 
+pub use crowd::{Crowd, CrowdError, CrowdStatus, Wave, PERSON_DEADLINE};
 pub use server::{spawn, PortalHandle};
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -89,6 +95,20 @@ pub struct PortalConfig {
     pub user_header: String,
     /// Response header (value `1`) telling the proxy the user is done (claim confirmed).
     pub release_header: String,
+    /// anticamera's listen address in front of this portal (set by `anticamera demo`): where
+    /// the home page's button sends its simulated people (`POST /__portal/crowd`). Loopback
+    /// only. `None` (the portal alone): the button explains it needs `anticamera demo`.
+    pub anticamera: Option<std::net::SocketAddr>,
+    /// People one press of the crowd button sends.
+    pub crowd_people: usize,
+    /// Over how long they arrive.
+    #[serde(deserialize_with = "de_duration")]
+    pub crowd_over: Duration,
+    /// How long a simulated person looks at a page before the next (±50%).
+    #[serde(deserialize_with = "de_duration")]
+    pub crowd_think: Duration,
+    /// Most simulated people in the demo at once, whatever the presses.
+    pub crowd_max: usize,
 }
 
 impl Default for PortalConfig {
@@ -101,6 +121,11 @@ impl Default for PortalConfig {
             session_cookie: "portal_session".into(),
             user_header: "x-portal-user".into(),
             release_header: "x-anticamera-release".into(),
+            anticamera: None,
+            crowd_people: 300,
+            crowd_over: Duration::from_secs(10),
+            crowd_think: Duration::from_millis(1500),
+            crowd_max: 2000,
         }
     }
 }
@@ -132,6 +157,15 @@ impl PortalConfig {
         };
         if self.capacity == 0 {
             err("capacity", "must be at least 1");
+        }
+        if self.anticamera.is_some_and(|a| !a.ip().is_loopback()) {
+            err(
+                "anticamera",
+                "the crowd only goes to a loopback address (the demo's own)",
+            );
+        }
+        if self.crowd_max == 0 {
+            err("crowd_max", "must be at least 1");
         }
         for (key, v) in [
             ("user_header", &self.user_header),

@@ -22,6 +22,7 @@ use rand::Rng;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::crowd::{Crowd, CrowdError};
 use crate::{
     fake_identity, is_name_char, load_plan, InFlight, PortalConfig, PortalStats, StatsSnapshot,
     DOWNLOAD_CHUNK, JITTER, MAX_DOWNLOAD,
@@ -40,6 +41,8 @@ pub struct PortalHandle {
     pub addr: SocketAddr,
     /// Live counters.
     pub stats: Arc<PortalStats>,
+    /// The demo's crowd (people sent through anticamera); stopped when the handle is dropped.
+    pub crowd: Arc<Crowd>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -56,6 +59,7 @@ impl PortalHandle {
 impl Drop for PortalHandle {
     fn drop(&mut self) {
         self.task.abort();
+        self.crowd.stop();
     }
 }
 
@@ -64,6 +68,7 @@ struct Shared {
     user_header: HeaderName,
     release_header: HeaderName,
     stats: Arc<PortalStats>,
+    crowd: Arc<Crowd>,
     sessions: Mutex<HashMap<String, String>>,
     /// Fault-mode caches of the last rendered personal response: (owner, body).
     html_cache: Mutex<Option<(String, Bytes)>>,
@@ -90,18 +95,25 @@ pub async fn spawn(
         .map_err(|e| invalid(e.to_string()))?;
     let addr = listener.local_addr()?;
     let stats = Arc::new(PortalStats::new());
+    let crowd = Crowd::new(cfg.anticamera, cfg.crowd_max, cfg.crowd_think);
     let shared = Arc::new(Shared {
         cfg,
         user_header,
         release_header,
         stats: stats.clone(),
+        crowd: crowd.clone(),
         sessions: Mutex::new(HashMap::new()),
         html_cache: Mutex::new(None),
         json_cache: Mutex::new(None),
     });
     let task = tokio::spawn(accept_loop(listener, shared));
     tracing::info!(%addr, "demo portal listening");
-    Ok(PortalHandle { addr, stats, task })
+    Ok(PortalHandle {
+        addr,
+        stats,
+        crowd,
+        task,
+    })
 }
 
 async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
@@ -137,6 +149,9 @@ async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
 
 async fn handle(sh: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path();
+    if path == "/__portal/crowd" {
+        return Ok(crowd(&sh, req.method(), req.headers()));
+    }
     if path.starts_with("/__portal/") {
         return Ok(admin(&sh, req.method(), path, req.uri().query()));
     }
@@ -183,6 +198,103 @@ fn admin(sh: &Shared, method: &Method, path: &str, query: Option<&str>) -> Respo
         }
         _ => text(StatusCode::NOT_FOUND, "404"),
     }
+}
+
+/// `POST /__portal/crowd`: the home page's button starts a wave of simulated people (a page
+/// says how many and what to do now); `GET`: what the crowd is doing (JSON). Outside the load
+/// model: it is the demo's control, not the portal.
+fn crowd(sh: &Shared, method: &Method, headers: &HeaderMap) -> Response<Body> {
+    match *method {
+        Method::GET => json(StatusCode::OK, &sh.crowd.status()),
+        Method::POST => {
+            // A form posted from another site must not start a crowd on someone's demo.
+            let host = headers
+                .get(http::header::HOST)
+                .and_then(|v| v.to_str().ok());
+            let origin = headers
+                .get(http::header::ORIGIN)
+                .and_then(|v| v.to_str().ok());
+            if let Some(origin) = origin {
+                let same = host.is_some_and(|h| {
+                    origin
+                        .strip_prefix("http://")
+                        .or(origin.strip_prefix("https://"))
+                        == Some(h)
+                });
+                if !same {
+                    return text(StatusCode::FORBIDDEN, "cross-site request refused");
+                }
+            }
+            let mut r = match sh.crowd.wave(sh.cfg.crowd_people, sh.cfg.crowd_over) {
+                Ok(w) if w.started == 0 => page(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "Demo: crowd",
+                    &format!(
+                        "<p>{} simulated people are already in the demo: that is the most at once. \
+                         No one was added; try again when some have left.</p>\
+                         <p><a href=\"/claim\">Open the claim form</a> &middot; <a href=\"/\">Home</a></p>",
+                        w.active
+                    ),
+                ),
+                Ok(w) => page(
+                    StatusCode::OK,
+                    "Demo: crowd",
+                    &format!(
+                        "<section class=\"demo-box\"><h2>{} simulated people are on their way</h2>\
+                         <p>They go through anticamera to the claim form, arriving over {}: they log in, \
+                         wait in line, fill in the claim and leave.{}</p>\
+                         <p><strong><a href=\"/claim\">Open the claim form now</a></strong>: you will \
+                         wait in line behind them, watch your place move, and get in.</p>\
+                         <p>{} simulated people in the demo now (at most {} at once).</p></section>",
+                        w.started,
+                        humantime::format_duration(sh.cfg.crowd_over),
+                        if w.started < w.asked {
+                            format!(" Only {} of {} were sent: the rest would pass the cap.", w.started, w.asked)
+                        } else {
+                            String::new()
+                        },
+                        w.active,
+                        w.max
+                    ),
+                ),
+                Err(CrowdError::NoTarget) => page(
+                    StatusCode::CONFLICT,
+                    "Demo: crowd",
+                    "<p>This portal runs alone: it does not know where anticamera listens, so it \
+                     cannot send a crowd through it. Start it with <code>anticamera demo</code>.</p>",
+                ),
+                Err(e @ CrowdError::Stopped) => page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Demo: crowd",
+                    &format!("<p>{}.</p>", html_escape(&e.to_string())),
+                ),
+            };
+            r.headers_mut()
+                .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r
+        }
+        _ => text(StatusCode::METHOD_NOT_ALLOWED, "405"),
+    }
+}
+
+/// The home page; behind `anticamera demo`, with the crowd button.
+fn home(sh: &Shared) -> String {
+    let control = match sh.crowd.target() {
+        Some(_) => format!(
+            "<form class=\"demo-box\" method=\"post\" action=\"/__portal/crowd\">\
+             <p><strong>Demo:</strong> one browser alone never fills the waiting room. Send a crowd \
+             of simulated people through anticamera, then open the claim form yourself: you will \
+             queue behind them.</p><button type=\"submit\">Send {} people to the claim form</button>\
+             <p class=\"demo\">At most {} simulated people at once: pressing again while a wave \
+             runs adds people only up to that.</p></form>",
+            sh.cfg.crowd_people, sh.crowd.max()
+        ),
+        None => "<p class=\"demo-box\"><strong>Demo:</strong> to send a crowd of simulated \
+                 people through the waiting room, start the portal with <code>anticamera demo</code> \
+                 (this portal runs alone and does not know where anticamera listens).</p>"
+            .to_owned(),
+    };
+    format!("{HOME}{control}")
 }
 
 /// Applies the load model, then routes.
@@ -246,7 +358,7 @@ async fn modelled(sh: &Shared, req: Request<Incoming>) -> Response<Body> {
 async fn route(sh: &Shared, req: Request<Incoming>, n: usize) -> Response<Body> {
     let path = req.uri().path().to_owned();
     match (req.method().clone(), path.as_str()) {
-        (Method::GET, "/") => public(page(StatusCode::OK, "Portale Previdenza Demo", HOME)),
+        (Method::GET, "/") => public(page(StatusCode::OK, "Portale Previdenza Demo", &home(sh))),
         (Method::GET, p) if p.starts_with("/info/") => {
             let topic = html_escape(&p["/info/".len()..]);
             public(page(StatusCode::OK, "Informazioni", &format!("<h2>{topic}</h2><p>Le domande per l'indennità si presentano online dal 1° aprile. Tenere a portata di mano codice fiscale e IBAN.</p>")))
@@ -665,4 +777,5 @@ const CLAIM_FORM: &str = "<form method=\"post\" action=\"/claim\"><input type=\"
 <label><input type=\"checkbox\" name=\"dichiarazione\" required> Dichiaro di avere i requisiti</label>\
 <button type=\"submit\">Invia domanda</button></form>";
 const CSS: &str = "body{font-family:sans-serif;margin:0;color:#222}header{background:#0066cc;color:#fff;padding:1em}\
-main{padding:1em;max-width:48em}.demo{font-size:.8em;opacity:.8}code{background:#eee;padding:0 .2em}\n";
+main{padding:1em;max-width:48em}.demo{font-size:.8em;opacity:.8}code{background:#eee;padding:0 .2em}\
+.demo-box{border:2px dashed #b35900;padding:.5em 1em;margin:1em 0;background:#fff8f0}\n";

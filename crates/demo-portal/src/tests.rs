@@ -574,3 +574,105 @@ fn config_from_toml_and_validation() {
         .collect();
     assert_eq!(keys, ["capacity", "user_header", "session_cookie"]);
 }
+
+// ---- the demo's crowd ----
+
+#[tokio::test]
+async fn alone_the_home_page_says_the_crowd_needs_anticamera_demo() {
+    let p = start(quick()).await;
+    let home = get(p.addr, "/", "").await.text();
+    assert!(home.contains("anticamera demo"), "{home}");
+    assert!(!home.contains("<button"), "{home}");
+    let r = post(p.addr, "/__portal/crowd", "", b"").await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.text().contains("anticamera demo"));
+    assert_eq!(p.crowd.status().sent, 0);
+}
+
+#[tokio::test]
+async fn the_crowd_button_is_capped_refuses_other_sites_and_stops() {
+    // A stand-in for anticamera that accepts connections and never answers: the people wait
+    // on their login until they are stopped.
+    let mute = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = mute.local_addr().unwrap();
+    let p = start(PortalConfig {
+        anticamera: Some(target),
+        crowd_people: 5,
+        crowd_over: Duration::ZERO,
+        crowd_max: 8,
+        ..quick()
+    })
+    .await;
+    let home = get(p.addr, "/", "").await.text();
+    assert!(home.contains("Send 5 people to the claim form"), "{home}");
+    assert!(
+        home.contains("At most 8 simulated people at once"),
+        "{home}"
+    );
+
+    // Another site's form cannot start a wave.
+    let r = post(
+        p.addr,
+        "/__portal/crowd",
+        "Origin: http://elsewhere.example\r\n",
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(p.crowd.status().sent, 0);
+
+    // Same origin (the Host seen through anticamera): a wave of 5.
+    let r = post(p.addr, "/__portal/crowd", "Origin: http://portal\r\n", b"").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    assert!(
+        r.text().contains("5 simulated people are on their way"),
+        "{}",
+        r.text()
+    );
+    assert!(r.text().contains("href=\"/claim\""));
+    // A second press adds only up to the cap, a third none.
+    let r = post(p.addr, "/__portal/crowd", "", b"").await;
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("Only 3 of 5 were sent"), "{}", r.text());
+    let r = post(p.addr, "/__portal/crowd", "", b"").await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    let s = get(p.addr, "/__portal/crowd", "").await.json();
+    assert_eq!(
+        (s["sent"].as_u64(), s["active"].as_u64(), s["max"].as_u64()),
+        (Some(8), Some(8), Some(8))
+    );
+    assert_eq!(s["target"].as_str(), Some(target.to_string().as_str()));
+
+    // Stop: everyone leaves at once, and no new wave starts.
+    p.crowd.stop();
+    let t0 = Instant::now();
+    while p.crowd.status().active > 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            p.crowd.status()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(p.crowd.status().stopped);
+    assert_eq!(p.crowd.wave(1, Duration::ZERO), Err(CrowdError::Stopped));
+    let r = post(p.addr, "/__portal/crowd", "", b"").await;
+    assert_eq!(r.status, 503);
+}
+
+#[test]
+fn the_crowd_only_targets_loopback() {
+    let cfg = PortalConfig {
+        anticamera: Some("192.0.2.1:8080".parse().unwrap()),
+        crowd_max: 0,
+        ..PortalConfig::default()
+    };
+    let keys: Vec<String> = cfg
+        .validate()
+        .unwrap_err()
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    assert_eq!(keys, ["anticamera", "crowd_max"]);
+}
