@@ -14,8 +14,14 @@
 //! | `POST /admin/gates/NAME/resume` | back to the configured mode |
 //! | `POST /admin/gates/NAME/queue-all` | everybody queues, even with room |
 //! | `POST /admin/gates/NAME/limits` with `{"capacity": N, "admit_per_minute": M}` | change either at runtime |
+//! | `POST /admin/reload` | re-read the config file and apply it (as `SIGHUP` does; see [`crate::reload`]) |
+//!
+//! Every admin API request leaves one audit line (log target `anticamera::audit`): the method
+//! and path, the caller's address, the status answered and, for a change, what it changed.
+//! Never the token or any other secret.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -54,15 +60,16 @@ pub async fn serve(
             // Stopped after the workers have drained; until then /readyz answers 503.
             _ = shutdown.changed() => return,
             r = listener.accept() => match r {
-                Ok((s, _)) => s,
+                Ok(s) => s,
                 Err(_) => continue,
             },
         };
+        let (stream, peer) = stream;
         let shared = shared.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(route(req, &shared, prometheus).await) }
+                async move { Ok::<_, Infallible>(route(req, &shared, prometheus, peer).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -89,7 +96,8 @@ pub async fn controller(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
     let Some(room) = shared.room.clone() else {
         return;
     };
-    let w = &shared.config.waiting_room;
+    let config = shared.config.load_full();
+    let w = &config.waiting_room;
     let mut tick = tokio::time::interval(w.tick.0);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut save = tokio::time::interval(w.snapshot_interval.0);
@@ -137,7 +145,8 @@ fn feed_back(shared: &Shared, room: &crate::room::Room) {
             struggling = true;
         }
     }
-    if let (Some(g), Some(cfg)) = (&shared.guard, &shared.config.upstream_guard) {
+    let config = shared.config.load();
+    if let (Some(g), Some(cfg)) = (&shared.guard, &config.upstream_guard) {
         let limit = g.current_limit();
         metrics::gauge!(UPSTREAM_LIMIT).set(limit as f64);
         metrics::gauge!(UPSTREAM_QUEUED).set(g.queued() as f64);
@@ -161,9 +170,13 @@ async fn route(
     req: Request<Incoming>,
     shared: &Shared,
     prometheus: &PrometheusHandle,
+    peer: SocketAddr,
 ) -> Response<Full<Bytes>> {
     if req.uri().path().starts_with("/admin/") {
-        return admin_api(req, shared).await;
+        let (method, path) = (req.method().clone(), req.uri().path().to_string());
+        let (resp, change) = admin_api(req, shared).await;
+        audit(&method, &path, peer, resp.status(), change.as_deref());
+        return resp;
     }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
@@ -241,16 +254,78 @@ fn authorized(req: &Request<Incoming>, token: &str) -> bool {
     given.ct_eq(token.as_bytes()).into()
 }
 
-async fn admin_api(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
-    let Some(token) = &shared.admin_token else {
-        return error(
+/// The audit line of one admin API request.
+fn audit(method: &Method, path: &str, peer: SocketAddr, status: StatusCode, change: Option<&str>) {
+    tracing::info!(
+        target: "anticamera::audit",
+        %method,
+        path,
+        from = %peer,
+        status = status.as_u16(),
+        change = change.unwrap_or("-"),
+        "admin request"
+    );
+}
+
+/// An admin API request: the answer, and what it changed (for the audit line).
+async fn admin_api(
+    req: Request<Incoming>,
+    shared: &Shared,
+) -> (Response<Full<Bytes>>, Option<String>) {
+    let token = shared.admin_token.load_full();
+    let Some(token) = token.as_deref() else {
+        let e = error(
             StatusCode::NOT_FOUND,
             "the admin API is off: set admin.token_env (or admin.token) to enable it",
         );
+        return (e, None);
     };
     if !authorized(&req, token) {
-        return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+        return (
+            error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token"),
+            None,
+        );
     }
+    if req.uri().path().trim_end_matches('/') == "/admin/reload" {
+        if req.method() != Method::POST {
+            return (error(StatusCode::METHOD_NOT_ALLOWED, "use POST"), None);
+        }
+        return reload_answer(shared);
+    }
+    let action = format!("{} {}", req.method(), req.uri().path());
+    let resp = gates_api(req, shared).await;
+    let change = (resp.status() == StatusCode::OK && action.starts_with("POST")).then_some(action);
+    (resp, change)
+}
+
+/// `POST /admin/reload`: the outcome as JSON (200 applied, 400 refused and why).
+fn reload_answer(shared: &Shared) -> (Response<Full<Bytes>>, Option<String>) {
+    match crate::reload::reload(shared) {
+        Ok(r) => {
+            let change = format!(
+                "reload {}: applied {:?}; needs restart {:?}",
+                r.file.display(),
+                r.applied,
+                r.needs_restart
+            );
+            let body = serde_json::json!({
+                "reloaded": r.file.display().to_string(),
+                "applied": r.applied,
+                "needs_restart": r.needs_restart,
+            });
+            (json(StatusCode::OK, body), Some(change))
+        }
+        Err(e) => {
+            let body = serde_json::json!({ "error": "reload refused; nothing changed", "reason": e.to_string() });
+            (
+                json(StatusCode::BAD_REQUEST, body),
+                Some("reload refused".into()),
+            )
+        }
+    }
+}
+
+async fn gates_api(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
     let Some(room) = &shared.room else {
         return error(StatusCode::NOT_FOUND, "no gates are configured");
     };
@@ -312,7 +387,6 @@ async fn admin_api(req: Request<Incoming>, shared: &Shared) -> Response<Full<Byt
                 }
                 _ => return error(StatusCode::NOT_FOUND, "unknown action"),
             }
-            tracing::info!(gate = %g.name, action = %action, "admin action");
             room.tick();
             json(StatusCode::OK, gate_json(g))
         }

@@ -211,15 +211,16 @@ fn run(path: &Path, rehearse_at: Option<&str>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Blocks until SIGTERM or SIGINT, then begins graceful shutdown.
+/// Blocks until SIGTERM or SIGINT, then begins graceful shutdown. Each SIGHUP meanwhile
+/// reloads the config file (what nginx and HAProxy operators send; it never stops anticamera).
 pub fn wait_for_signal_then(handle: anticamera::server::ShutdownHandle) -> anyhow::Result<()> {
-    wait_for_signal()?;
+    wait_for_signal(Some(&handle))?;
     handle.shutdown();
     Ok(())
 }
 
-/// Blocks until SIGTERM or SIGINT.
-fn wait_for_signal() -> anyhow::Result<()> {
+/// Blocks until SIGTERM or SIGINT, reloading on SIGHUP when a server `handle` is given.
+fn wait_for_signal(handle: Option<&anticamera::server::ShutdownHandle>) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -229,9 +230,17 @@ fn wait_for_signal() -> anyhow::Result<()> {
             use tokio::signal::unix::{signal, SignalKind};
             let mut term = signal(SignalKind::terminate())?;
             let mut int = signal(SignalKind::interrupt())?;
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM: draining"),
-                _ = int.recv() => tracing::info!("SIGINT: draining"),
+            let mut hup = signal(SignalKind::hangup())?;
+            loop {
+                tokio::select! {
+                    _ = term.recv() => { tracing::info!("SIGTERM: draining"); break }
+                    _ = int.recv() => { tracing::info!("SIGINT: draining"); break }
+                    _ = hup.recv() => match handle {
+                        // The outcome is logged (and counted) by the reload itself.
+                        Some(h) => { let _ = h.reload(); }
+                        None => tracing::warn!("SIGHUP: nothing to reload here"),
+                    },
+                }
             }
         }
         #[cfg(not(unix))]
@@ -324,7 +333,7 @@ fn demo(path: &Path, args: &PortalArgs, crowd: &CrowdArgs) -> anyhow::Result<()>
         None => {}
     }
     println!("Press Ctrl-C to stop.");
-    wait_for_signal()?;
+    wait_for_signal(Some(&running.shutdown_handle()))?;
     // The crowd first, so anticamera's drain does not wait for its long polls.
     crowd_ctl.stop();
     running.shutdown_handle().shutdown();

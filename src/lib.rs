@@ -24,6 +24,7 @@ pub mod protect;
 pub mod proxy;
 pub mod ratelimit;
 pub mod refusal;
+pub mod reload;
 pub mod respond;
 pub mod room;
 pub mod route;

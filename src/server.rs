@@ -172,7 +172,7 @@ impl RunningServer {
         let _ = self.shutdown.send(true);
     }
 
-    /// A handle that can trigger shutdown from elsewhere (a signal handler).
+    /// A handle that can trigger shutdown or a reload from elsewhere (a signal handler).
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle {
             tx: self.shutdown.clone(),
@@ -219,6 +219,11 @@ impl ShutdownHandle {
     pub fn shutdown(&self) {
         self.shared.draining.store(true, Ordering::Relaxed);
         let _ = self.tx.send(true);
+    }
+
+    /// Re-reads the config file and applies it (what `SIGHUP` does; see [`crate::reload`]).
+    pub fn reload(&self) -> Result<crate::reload::Reloaded, crate::reload::ReloadError> {
+        crate::reload::reload(&self.shared)
     }
 }
 
@@ -280,7 +285,7 @@ async fn worker(
         }
     };
     let proxy = Arc::new(Proxy::new(shared.clone()));
-    let cfg = shared.config.clone();
+    let cfg = shared.config.load_full();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()

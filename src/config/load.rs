@@ -66,10 +66,13 @@ impl Config {
             source,
         })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        Config::parse_in(&text, &base, demo).map_err(|issues| ConfigError::Invalid {
-            file: path.to_path_buf(),
-            issues,
-        })
+        let mut cfg =
+            Config::parse_in(&text, &base, demo).map_err(|issues| ConfigError::Invalid {
+                file: path.to_path_buf(),
+                issues,
+            })?;
+        cfg.source = Some(path.to_path_buf());
+        Ok(cfg)
     }
 
     /// Parses and validates configuration text (relative paths from the current directory).
@@ -114,17 +117,32 @@ fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
-/// Best-effort line of the last segment of a dotted key path, for semantic errors.
+/// Best-effort line of the last segment of a dotted key path, for semantic errors. The first
+/// segment names the table; `gates[2].capacity` is looked for in the third `[[gates]]` element
+/// (and its sub-tables, like `[gates.schedule]`).
 fn find_key_line(text: &str, key: &str) -> Option<usize> {
-    let last = key.rsplit('.').next()?;
-    let last = last.split('[').next()?;
-    let section = key.split('.').next()?;
+    let last = key.rsplit('.').next()?.split('[').next()?;
+    let first = key.split('.').next()?;
+    let (section, index) = match first.split_once('[') {
+        Some((name, rest)) => (name, rest.trim_end_matches(']').parse::<usize>().ok()),
+        None => (first, None),
+    };
+    let sub = format!("{section}.");
     let mut in_section = !key.contains('.');
+    let mut elements = 0usize;
     for (i, line) in text.lines().enumerate() {
         let t = line.trim();
         if t.starts_with('[') {
+            let array = t.starts_with("[[");
             let name = t.trim_matches(|c| c == '[' || c == ']').trim();
-            in_section = name == section || name.starts_with(&format!("{section}."));
+            if name == section {
+                in_section = !array || index.is_none_or(|n| n == elements);
+                if array {
+                    elements += 1;
+                }
+            } else if !name.starts_with(&sub) {
+                in_section = false;
+            }
             continue;
         }
         if in_section {

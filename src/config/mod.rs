@@ -139,6 +139,9 @@ pub struct Config {
     /// Directory of the config file, for relative paths in it.
     #[serde(skip)]
     pub base_dir: PathBuf,
+    /// The file this config was loaded from (what a reload reads again), if any.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// Marker that example configs put in fake secrets; refused outside demo mode.

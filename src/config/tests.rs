@@ -88,3 +88,20 @@ fn error_display_has_file_line_key_reason() {
     };
     assert_eq!(e.to_string(), "x.toml:3: server.listen: bad");
 }
+
+#[test]
+fn a_semantic_error_in_an_array_of_tables_names_the_line_of_that_element() {
+    let text = format!(
+        "{MIN}[waiting_room]\nkeys = [{{ id = 1, secret = \"config-test-key-0123456789abcdef0123\" }}]\n\
+         [[gates]]\nname = \"a\"\nprefix = [\"/a\"]\ncapacity = 5\n\
+         [gates.schedule]\ntime_zone = \"Europe/Rome\"\n\
+         [[gates]]\nname = \"b\"\nprefix = [\"/b\"]\ncapacity = 0\n"
+    );
+    let i = issues(&text);
+    let cap = i.iter().find(|i| i.key == "gates[1].capacity").unwrap();
+    assert_eq!(
+        cap.line,
+        Some(14),
+        "the second element, not the first (line 8): {i:?}"
+    );
+}

@@ -28,6 +28,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
+use arc_swap::{ArcSwap, ArcSwapOption};
 use http::{Request, Response};
 use hyper::body::Incoming;
 
@@ -58,8 +59,9 @@ pub use metrics::{LIMITED, SLOT_WAIT};
 
 /// State shared by every worker: the validated config and what is derived from it.
 pub struct Shared {
-    /// The configuration this process runs.
-    pub config: Arc<Config>,
+    /// The configuration in force (a reload replaces it; parts that need a restart keep the
+    /// values this process started with).
+    pub config: ArcSwap<Config>,
     /// Trusted forwarders.
     pub forwarders: Forwarders,
     /// Portal addresses and their health.
@@ -70,12 +72,12 @@ pub struct Shared {
     pub clock: Arc<Clock>,
     /// The waiting room (gates, cohorts, hours); `None` when no gate is configured.
     pub room: Option<Arc<Room>>,
-    /// Page templates.
-    pub templates: pages::Templates,
-    /// Admin API bearer token.
-    pub admin_token: Option<String>,
-    /// Token buckets, if configured.
-    pub limiter: Option<RateLimiter>,
+    /// Page templates (reloadable).
+    pub templates: ArcSwap<pages::Templates>,
+    /// Admin API bearer token (reloadable).
+    pub admin_token: ArcSwapOption<String>,
+    /// Token buckets, if configured (reloadable; a changed `[rate_limits]` starts full buckets).
+    pub limiter: ArcSwapOption<RateLimiter>,
     /// Portal concurrency limit, if configured.
     pub guard: Option<Guard>,
     /// Circuit breaker (with the guard).
@@ -95,17 +97,13 @@ impl Shared {
         } else {
             Some(Arc::new(Room::new(&config, clock.clone())?))
         };
-        let templates = match &config.waiting_room.templates {
-            Some(dir) => pages::Templates::load(&config.base_dir.join(dir))
-                .map_err(|e| RoomError::Config("waiting_room.templates".into(), e.to_string()))?,
-            None => pages::Templates::builtin(),
-        };
+        let templates = templates_of(&config)?;
         let admin_token = config
             .admin_token()
             .map_err(|(k, r)| RoomError::Config(k, r))?;
         let guard_cfg = config.upstream_guard.clone();
         Ok(Arc::new(Shared {
-            limiter: config.rate_limits.as_ref().map(RateLimiter::new),
+            limiter: ArcSwapOption::from_pointee(config.rate_limits.as_ref().map(RateLimiter::new)),
             guard: guard_cfg.as_ref().map(Guard::new),
             breaker: guard_cfg
                 .as_ref()
@@ -120,10 +118,19 @@ impl Shared {
             draining: AtomicBool::new(false),
             clock,
             room,
-            templates,
-            admin_token,
-            config,
+            templates: ArcSwap::from_pointee(templates),
+            admin_token: ArcSwapOption::from_pointee(admin_token),
+            config: ArcSwap::new(config),
         }))
+    }
+}
+
+/// The page templates a config names (or the built-in ones).
+pub(crate) fn templates_of(config: &Config) -> Result<pages::Templates, RoomError> {
+    match &config.waiting_room.templates {
+        Some(dir) => pages::Templates::load(&config.base_dir.join(dir))
+            .map_err(|e| RoomError::Config("waiting_room.templates".into(), e.to_string())),
+        None => Ok(pages::Templates::builtin()),
     }
 }
 
@@ -147,8 +154,9 @@ pub struct Proxy {
 impl Proxy {
     /// Builds a worker's proxy.
     pub fn new(shared: Arc<Shared>) -> Self {
-        let upstream = Upstream::new(&shared.config, shared.targets.clone());
-        let max_body = shared.config.server.max_body_bytes.0;
+        let config = shared.config.load();
+        let upstream = Upstream::new(&config, shared.targets.clone());
+        let max_body = config.server.max_body_bytes.0;
         Proxy {
             metrics: metrics::RequestMetrics::new(&shared),
             shared,

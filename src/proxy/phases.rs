@@ -43,7 +43,8 @@ impl Proxy {
 
     /// Phase 4: token buckets per session, address, cohort and gate.
     pub(super) fn rate_limit(&self, ctx: &RequestCtx) -> Result<(), Refusal> {
-        let Some(limiter) = &self.shared.limiter else {
+        let limiter = self.shared.limiter.load();
+        let Some(limiter) = limiter.as_deref() else {
             return Ok(());
         };
         let keys = RequestKeys {

@@ -58,7 +58,7 @@ fn body(
     page_url: &str,
     json: bool,
 ) -> (String, u32) {
-    let t = &shared.templates;
+    let t = shared.templates.load();
     let now = shared.clock.now();
     match answer {
         Answer::Queue {

@@ -186,6 +186,21 @@ pub fn proxy_from_in(text: &str, base: &std::path::Path) -> Proxy {
     }
 }
 
+/// Starts anticamera from a config file (as `anticamera run --config FILE` does: a reload
+/// re-reads that file).
+pub fn proxy_from_file(path: &std::path::Path) -> Proxy {
+    let cfg = anticamera::config::Config::load(path)
+        .unwrap_or_else(|e| panic!("test config invalid: {e}"));
+    let bound = anticamera::server::BoundServer::bind(cfg).unwrap();
+    let (addr, admin) = (bound.local_addr(), bound.admin_addr());
+    let server = bound.start().unwrap();
+    Proxy {
+        addr,
+        admin,
+        server: Some(server),
+    }
+}
+
 /// A hyper client speaking HTTP/1.1 (or h2c with `h2`).
 pub fn client(
     h2: bool,

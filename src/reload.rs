@@ -1,0 +1,263 @@
+//! Hot reload: `SIGHUP` or `POST /admin/reload` re-reads the config file, validates it whole and
+//! applies it without dropping a connection, a waiting person's place or an admitted person's pass.
+//!
+//! What a reload applies, all or nothing: the gates' paths, capacities, admissions per minute,
+//! modes, session and arrival settings, opening hours and holidays, capacity shares; cohort
+//! matchers; signing keys (a key the file drops keeps verifying what it signed until that
+//! expires); page templates; rate limits (a changed `[rate_limits]` starts with full buckets);
+//! the admin token. Anything wrong — a parse or validation error, a template or key that cannot
+//! be loaded — changes nothing, and the answer, the log line and
+//! `anticamera_config_reload_total{result="failure"}` say why.
+//!
+//! What needs a restart is named, never half-applied: the listeners and workers (`server`,
+//! `admin.listen`), the portal side (`upstream`, `upstream_guard`), `isolation`, `microcache`,
+//! `forwarding`, `log`, and of `waiting_room` the cookie names, `Secure` flag, release header,
+//! state file and controller timers; and the lanes (adding, removing, renaming or reordering
+//! gates, adding or removing a gate's opening hours, changing cohort names). A file that changes
+//! only those is refused with the list. A file that also changes reloadable settings has those
+//! applied, and the answer lists what will take effect at the next restart.
+
+use std::fmt::Debug;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::config::{Config, ConfigError};
+use crate::proxy::{templates_of, Shared};
+use crate::ratelimit::RateLimiter;
+use crate::room::RoomError;
+use crate::telemetry;
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    /// The file read.
+    pub file: PathBuf,
+    /// Sections whose change was applied.
+    pub applied: Vec<String>,
+    /// Sections that changed but take effect only after a restart.
+    pub needs_restart: Vec<String>,
+}
+
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// This process was not started from a file.
+    #[error("no config file to reload (this process was not started with --config)")]
+    NoFile,
+    /// The file cannot be read, parsed or validated.
+    #[error("{0}")]
+    Invalid(#[from] ConfigError),
+    /// The new waiting room, templates or keys cannot be built from it.
+    #[error("{0}")]
+    Build(#[from] RoomError),
+    /// Every change in the file needs a restart.
+    #[error("nothing applied: only settings that need a restart changed: {}", .0.join("; "))]
+    OnlyRestart(Vec<String>),
+}
+
+/// Re-reads the file the running config came from and applies it (see the module docs).
+/// Counts the attempt in `anticamera_config_reload_total{result}` and logs the outcome.
+pub fn reload(shared: &Shared) -> Result<Reloaded, ReloadError> {
+    let result = apply(shared);
+    match &result {
+        Ok(r) => {
+            metrics::counter!(telemetry::CONFIG_RELOAD_TOTAL, "result" => "success").increment(1);
+            metrics::gauge!(telemetry::CONFIG_LAST_RELOAD_SUCCESS).set(unix_now());
+            tracing::info!(
+                file = %r.file.display(),
+                applied = ?r.applied,
+                needs_restart = ?r.needs_restart,
+                "config reloaded"
+            );
+        }
+        Err(e) => {
+            metrics::counter!(telemetry::CONFIG_RELOAD_TOTAL, "result" => "failure").increment(1);
+            tracing::error!(error = %e, "config reload refused; nothing changed");
+        }
+    }
+    result
+}
+
+fn apply(shared: &Shared) -> Result<Reloaded, ReloadError> {
+    let old = shared.config.load_full();
+    let file = old.source.clone().ok_or(ReloadError::NoFile)?;
+    let new = Config::load_mode(&file, old.demo_mode)?;
+    let needs_restart = restart_only_changes(&old, &new);
+    let applied = reloadable_changes(&old, &new);
+    if applied.is_empty() && !needs_restart.is_empty() {
+        return Err(ReloadError::OnlyRestart(needs_restart));
+    }
+    // Build everything that can fail before anything is swapped.
+    let templates = templates_of(&new)?;
+    let admin_token = new
+        .admin_token()
+        .map_err(|(k, r)| RoomError::Config(k, r))?;
+    let limiter = (section(&old.rate_limits) != section(&new.rate_limits))
+        .then(|| new.rate_limits.as_ref().map(RateLimiter::new));
+    match &shared.room {
+        Some(room) => room.reload(&new, &old)?,
+        None if !new.gates.is_empty() => {
+            return Err(ReloadError::OnlyRestart(vec![
+                "gates: this process started without a waiting room".into(),
+            ]))
+        }
+        None => {}
+    }
+    // Swap. (The room's policy is already in place: its swap is the last step that can fail.)
+    shared.templates.store(Arc::new(templates));
+    shared.admin_token.store(admin_token.map(Arc::new));
+    if let Some(limiter) = limiter {
+        shared.limiter.store(limiter.map(Arc::new));
+    }
+    shared.config.store(Arc::new(effective(&old, new)));
+    Ok(Reloaded {
+        file,
+        applied,
+        needs_restart,
+    })
+}
+
+/// The config in force after a reload: the new file, except the sections that need a restart,
+/// which keep what this process runs.
+fn effective(old: &Config, mut new: Config) -> Config {
+    new.server = old.server.clone();
+    new.upstream = old.upstream.clone();
+    new.forwarding = old.forwarding.clone();
+    new.admin.listen = old.admin.listen;
+    new.log = old.log.clone();
+    new.upstream_guard = old.upstream_guard.clone();
+    new.isolation = old.isolation.clone();
+    new.microcache = old.microcache.clone();
+    let (w, o) = (&mut new.waiting_room, &old.waiting_room);
+    w.cookie_prefix = o.cookie_prefix.clone();
+    w.cookie_secure = o.cookie_secure;
+    w.state_file = o.state_file.clone();
+    w.release_header = o.release_header.clone();
+    w.tick = o.tick;
+    w.snapshot_interval = o.snapshot_interval;
+    new
+}
+
+/// A section's value as text, to tell whether a reload changes it.
+fn section<T: Debug>(v: &T) -> String {
+    format!("{v:?}")
+}
+
+/// The changed sections that only a restart applies.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut check = |name: &str, a: String, b: String| {
+        if a != b {
+            out.push(name.to_string());
+        }
+    };
+    check("server", section(&old.server), section(&new.server));
+    check("upstream", section(&old.upstream), section(&new.upstream));
+    check(
+        "forwarding",
+        section(&old.forwarding),
+        section(&new.forwarding),
+    );
+    check(
+        "admin.listen",
+        section(&old.admin.listen),
+        section(&new.admin.listen),
+    );
+    check("log", section(&old.log), section(&new.log));
+    check(
+        "upstream_guard",
+        section(&old.upstream_guard),
+        section(&new.upstream_guard),
+    );
+    check(
+        "isolation",
+        section(&old.isolation),
+        section(&new.isolation),
+    );
+    check(
+        "microcache",
+        section(&old.microcache),
+        section(&new.microcache),
+    );
+    let (a, b) = (&old.waiting_room, &new.waiting_room);
+    check(
+        "waiting_room.cookie_prefix",
+        section(&a.cookie_prefix),
+        section(&b.cookie_prefix),
+    );
+    check(
+        "waiting_room.cookie_secure",
+        section(&a.cookie_secure),
+        section(&b.cookie_secure),
+    );
+    check(
+        "waiting_room.state_file",
+        section(&a.state_file),
+        section(&b.state_file),
+    );
+    check(
+        "waiting_room.release_header",
+        section(&a.release_header),
+        section(&b.release_header),
+    );
+    check("waiting_room.tick", section(&a.tick), section(&b.tick));
+    check(
+        "waiting_room.snapshot_interval",
+        section(&a.snapshot_interval),
+        section(&b.snapshot_interval),
+    );
+    out
+}
+
+/// The changed sections a reload applies.
+fn reloadable_changes(old: &Config, new: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, (a, b)) in old.gates.iter().zip(&new.gates).enumerate() {
+        if section(a) != section(b) {
+            out.push(format!("gates[{i}] ({})", b.name));
+        }
+    }
+    if old.gates.len() != new.gates.len() {
+        out.push("gates".into());
+    }
+    let mut check = |name: &str, a: String, b: String| {
+        if a != b {
+            out.push(name.to_string());
+        }
+    };
+    check("cohorts", section(&old.cohorts), section(&new.cohorts));
+    check(
+        "rate_limits",
+        section(&old.rate_limits),
+        section(&new.rate_limits),
+    );
+    let (a, b) = (&old.waiting_room, &new.waiting_room);
+    check(
+        "waiting_room.keys",
+        section(&(&a.keys, a.current_key)),
+        section(&(&b.keys, b.current_key)),
+    );
+    check(
+        "waiting_room.templates",
+        section(&a.templates),
+        section(&b.templates),
+    );
+    check(
+        "waiting_room (poll_interval, ticket_ttl, pass_refresh)",
+        section(&(a.poll_interval, a.ticket_ttl, a.pass_refresh)),
+        section(&(b.poll_interval, b.ticket_ttl, b.pass_refresh)),
+    );
+    check(
+        "admin token",
+        section(&(&old.admin.token, &old.admin.token_env)),
+        section(&(&new.admin.token, &new.admin.token_env)),
+    );
+    out
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
