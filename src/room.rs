@@ -429,9 +429,11 @@ impl Room {
             let rules = Rules::compile(&g.rules())
                 .map_err(|e| RoomError::Config(format!("gates[{i}]"), format!("{e:?}")))?;
             let schedule = match &g.schedule {
-                Some(s) => Some(Schedule::compile(s, cohorts.names()).map_err(|e| {
-                    RoomError::Config(format!("gates[{i}].schedule"), format!("{e:?}"))
-                })?),
+                Some(s) => Some(
+                    Schedule::compile_with(s, cohorts.names(), cfg.calendar_set()).map_err(
+                        |e| RoomError::Config(format!("gates[{i}].schedule"), format!("{e:?}")),
+                    )?,
+                ),
                 None => None,
             };
             let settings = g.settings();
