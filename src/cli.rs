@@ -1,4 +1,6 @@
-//! The command line: `run`, `check-config`, `demo` (with its crowd), `schedule`, `demo-portal`.
+//! The command line: `run`, `check-config`, `schedule`, `demo` (with its crowd), `demo-portal`.
+//! `check-config` and `schedule` load the config to check it, so they run without its secrets
+//! and list them.
 
 use std::path::{Path, PathBuf};
 
@@ -162,8 +164,30 @@ fn load(path: &Path) -> anyhow::Result<Config> {
     Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
+/// Loads a config to check it, not run it: secrets not available here are not needed.
+fn load_for_check(path: &Path, demo: bool) -> anyhow::Result<Config> {
+    Config::load_for_check(path, demo).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// The secrets `run` will need (environment variables, files), and which are missing here.
+fn print_secrets(cfg: &Config) {
+    let secrets = cfg.secret_sources();
+    if secrets.is_empty() {
+        return;
+    }
+    let missing = secrets.iter().filter(|s| s.missing.is_some()).count();
+    println!(
+        "secrets the run will need ({} of {} not available here):",
+        missing,
+        secrets.len()
+    );
+    for s in &secrets {
+        println!("  {s}");
+    }
+}
+
 fn check_config(path: &Path, demo: bool) -> anyhow::Result<()> {
-    let cfg = Config::load_mode(path, demo).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cfg = load_for_check(path, demo)?;
     println!(
         "{}: ok (listen {}, admin {}, {} upstream address(es), {} worker(s))",
         path.display(),
@@ -172,6 +196,7 @@ fn check_config(path: &Path, demo: bool) -> anyhow::Result<()> {
         cfg.upstream.urls.len(),
         cfg.worker_count()
     );
+    print_secrets(&cfg);
     Ok(())
 }
 
@@ -389,14 +414,14 @@ fn demo_portal(
 fn schedule(path: &Path, at: Option<&str>, cohort: Option<&str>, lang: &str) -> anyhow::Result<()> {
     use anticamera::cohort::Cohorts;
     use anticamera::schedule::{report_in, Lang, Schedule};
-    let cfg = load(path)?;
+    let cfg = load_for_check(path, false)?;
     let cohorts = Cohorts::compile(&cfg.cohorts, &cfg.base_dir)
         .map_err(|e| anyhow::anyhow!("cohorts: {e:?}"))?;
     let mut schedules = Vec::new();
     for g in &cfg.gates {
         let s = match &g.schedule {
             Some(s) => Some(
-                Schedule::compile(s, cohorts.names())
+                Schedule::compile_with(s, cohorts.names(), cfg.calendar_set())
                     .map_err(|e| anyhow::anyhow!("gates.{}.schedule: {e:?}", g.name))?,
             ),
             None => None,
@@ -434,6 +459,8 @@ fn schedule(path: &Path, at: Option<&str>, cohort: Option<&str>, lang: &str) -> 
     if gates.is_empty() {
         println!("(no gates: every path is forwarded at any hour)");
     }
+    println!();
+    print_secrets(&cfg);
     Ok(())
 }
 

@@ -4,7 +4,7 @@
 
 use crate::cohort::CohortId;
 use crate::route::{normalize, RuleConfig, Rules};
-use crate::schedule::{Schedule, ScheduleConfig};
+use crate::schedule::{Calendars, Schedule, ScheduleConfig};
 use crate::util::cookie::cookie_in_header;
 use crate::waitroom::{Keyring, Token};
 
@@ -35,7 +35,8 @@ pub fn config(data: &[u8]) {
     }
 }
 
-/// Schedules: parse, compile and evaluate at an arbitrary instant (the first 8 bytes).
+/// Schedules: parse, compile (with a calendar it may name) and evaluate at an arbitrary instant
+/// (the first 8 bytes).
 pub fn schedule(data: &[u8]) {
     if data.len() < 8 {
         return;
@@ -47,7 +48,17 @@ pub fn schedule(data: &[u8]) {
     let Ok(cfg) = toml::from_str::<ScheduleConfig>(text) else {
         return;
     };
-    let Ok(s) = Schedule::compile(&cfg, &["citizens", "intermediaries"]) else {
+    // A calendar the schedule may name (`calendar = "it"`): yearly, Easter and one-off dates.
+    let calendars: std::collections::BTreeMap<String, crate::schedule::CalendarConfig> =
+        match toml::from_str(
+            "[it]\nholidays = [{ date = \"12-25\" }, { easter_offset = 1 }, \
+             { date = \"2027-06-01\" }, { from = \"12-31\", to = \"01-01\" }]\n",
+        ) {
+            Ok(c) => c,
+            Err(e) => panic!("the fuzz calendar is valid: {e}"),
+        };
+    let (calendars, _) = Calendars::compile(&calendars, std::path::Path::new("."));
+    let Ok(s) = Schedule::compile_with(&cfg, &["citizens", "intermediaries"], &calendars) else {
         return;
     };
     let mut secs = [0u8; 8];
@@ -58,6 +69,24 @@ pub fn schedule(data: &[u8]) {
             let _ = s.state(id, at);
             let _ = s.next_opening(id, at);
         }
+    }
+}
+
+/// iCalendar holiday files: the strict reader never panics, every event it accepts is well
+/// formed, and every error names a line of the input.
+pub fn ics(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let lines = text.split('\n').count().max(1);
+    match crate::schedule::parse_ics(text) {
+        Ok(events) => {
+            for e in events {
+                assert!((1..=366).contains(&e.days), "{text:?}: {e:?}");
+                assert!((1..=lines).contains(&e.line), "{text:?}: {e:?}");
+            }
+        }
+        Err(e) => assert!((1..=lines).contains(&e.line), "{text:?}: {e:?}"),
     }
 }
 

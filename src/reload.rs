@@ -226,6 +226,7 @@ fn reloadable_changes(old: &Config, new: &Config) -> Vec<String> {
         }
     };
     check("cohorts", section(&old.cohorts), section(&new.cohorts));
+    check("calendars", section(&old.calendars), section(&new.calendars));
     check(
         "rate_limits",
         section(&old.rate_limits),

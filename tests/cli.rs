@@ -205,3 +205,158 @@ fn config_errors_in_gates_and_cohorts_name_the_key() {
         assert!(err.contains(key), "expected {key} in:\n{err}");
     }
 }
+
+const INPS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/inps.toml");
+
+/// `anticamera schedule --config config/inps.toml --at AT` with no environment at all.
+fn schedule_without_env(at: &str) -> String {
+    let out = anticamera()
+        .env_clear()
+        .args(["schedule", "--config", INPS, "--at", at])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "--at {at}: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// The report's line for `cohort` under `gate`.
+fn state_of<'a>(report: &'a str, gate: &str, cohort: &str) -> &'a str {
+    let section = report
+        .split("\ngate ")
+        .find(|s| s.starts_with(&format!("{gate:?}")))
+        .unwrap_or_else(|| panic!("no gate {gate} in:\n{report}"));
+    section
+        .lines()
+        .find(|l| l.trim_start().starts_with(cohort))
+        .unwrap_or_else(|| panic!("no {cohort} under {gate} in:\n{report}"))
+}
+
+#[test]
+fn schedule_runs_without_secrets_and_closes_on_holidays_of_any_year() {
+    for at in [
+        "2027-12-25T10:00",
+        "2027-12-25T18:00",
+        "2027-12-08T10:00",
+        "2031-12-25T10:00",
+        "2031-12-25T18:00",
+        "2031-12-08T10:00",
+        "2031-12-08T18:00",
+        "2027-03-29T10:00",
+        "2027-03-29T18:00",
+    ] {
+        let report = schedule_without_env(at);
+        for gate in ["claims", "delega"] {
+            for cohort in ["citizens", "intermediaries"] {
+                let line = state_of(&report, gate, cohort);
+                assert!(line.contains("CLOSED"), "{at} {gate} {cohort}: {line}");
+            }
+        }
+        assert!(report.contains("holiday on"), "{at}:\n{report}");
+    }
+    // 8 December 2026 is a Tuesday: the desk would open at 09:00 but for the holiday.
+    let report = schedule_without_env("2026-12-08T10:00");
+    assert!(
+        state_of(&report, "delega", "citizens").contains("CLOSED"),
+        "{report}"
+    );
+    // An ordinary Tuesday morning: the desk and the intermediaries' band are open.
+    let report = schedule_without_env("2027-03-02T10:00");
+    for cohort in ["citizens", "intermediaries"] {
+        let line = state_of(&report, "delega", cohort);
+        assert!(line.contains("OPEN"), "{line}\n{report}");
+    }
+    assert!(state_of(&report, "claims", "intermediaries").contains("OPEN"));
+    assert!(state_of(&report, "claims", "citizens").contains("CLOSED"));
+    // The eve's overnight band runs to its end on the holiday: 25 December 2031 07:00.
+    let report = schedule_without_env("2031-12-25T07:00");
+    assert!(
+        state_of(&report, "claims", "citizens").contains("OPEN"),
+        "{report}"
+    );
+    // It says which secrets the run will need, and that they are missing here.
+    assert!(
+        report.contains("waiting_room.keys[0].secret_env = ANTICAMERA_KEY_1 (not set here)"),
+        "{report}"
+    );
+    assert!(
+        report.contains("admin.token_env = ANTICAMERA_ADMIN_TOKEN (not set here)"),
+        "{report}"
+    );
+}
+
+#[test]
+fn check_config_lists_the_secrets_and_run_still_needs_them() {
+    let out = anticamera()
+        .env_clear()
+        .args(["check-config", INPS])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("ok"), "{text}");
+    assert!(
+        text.contains("secrets the run will need (2 of 2 not available here)")
+            && text.contains("ANTICAMERA_KEY_1 (not set here)"),
+        "{text}"
+    );
+    // With them set, they are checked (and listed as available).
+    let out = with_secrets(anticamera().env_clear().args(["check-config", INPS]))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ANTICAMERA_KEY_1 (available here)"));
+    // A secret that is there but wrong is refused.
+    let out = anticamera()
+        .env_clear()
+        .env("ANTICAMERA_KEY_1", "too-short")
+        .args(["check-config", INPS])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 32"));
+    // `run` refuses to start without them, naming what is missing.
+    let out = anticamera()
+        .env_clear()
+        .args(["run", "--config", INPS])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "waiting_room.keys[0].secret_env: environment variable ANTICAMERA_KEY_1 is not set"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn calendar_errors_name_the_file_line_and_key() {
+    let base = "[upstream]\nurls = [\"http://127.0.0.1:9000\"]\n[waiting_room]\nkeys = [{ id = 1, secret = \"0123456789abcdef0123456789abcdef\" }]\n";
+    let gate = "[[gates]]\nname = \"g\"\nprefix = [\"/a\"]\n[gates.schedule]\ncalendar = \"it\"\n[[gates.schedule.windows]]\nstart = \"08:00\"\nend = \"16:00\"\n";
+    let cases: &[(String, &str)] = &[
+        (gate.to_string(), "bad.toml:9: gates[0].schedule.calendar: unknown calendar \"it\""),
+        (
+            format!("[calendars.it]\nholidays = [\n  {{ date = \"12-25\" }},\n  {{ date = \"12-32\" }},\n]\n{gate}"),
+            "bad.toml:8: calendars.it.holidays[1].date: \"12-32\" is not a date",
+        ),
+        (
+            format!("[calendars.it]\nics = \"it.ics\"\n{gate}"),
+            "bad.toml:6: calendars.it.ics:",
+        ),
+    ];
+    for (extra, expect) in cases {
+        let (ok, _, err) = check(&format!("{base}{extra}"));
+        assert!(!ok, "{expect}: accepted");
+        assert!(err.contains(expect), "expected {expect:?} in:\n{err}");
+    }
+}

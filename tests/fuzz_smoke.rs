@@ -118,3 +118,8 @@ fn request_classification() {
         .iter()
         .for_each(|d| fuzz_props::route(d));
 }
+
+#[test]
+fn ics_holiday_calendar_reader() {
+    inputs("ics", 3_000).iter().for_each(|d| fuzz_props::ics(d));
+}

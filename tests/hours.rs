@@ -264,6 +264,19 @@ async fn holidays_and_the_delegation_desk() {
     p.tick();
     let (s, _) = u.get(p.addr, "/delega/prenota", false).await;
     assert_eq!(s, 404, "forwarded to the portal");
+    // Tuesday 8 December 2026 (Immacolata, in the shared calendar): the desk is closed and
+    // opens again on Thursday the 10th.
+    clock.freeze_at(rome(2026, 12, 8, 10, 0));
+    p.tick();
+    let (s, body) = u.get(p.addr, "/delega/prenota", true).await;
+    assert_eq!(s, 503, "{body}");
+    assert!(
+        json(&body)["opens_at"]
+            .as_str()
+            .unwrap()
+            .starts_with("2026-12-10T09:00:00+01:00"),
+        "{body}"
+    );
 }
 
 #[tokio::test]

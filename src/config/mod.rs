@@ -9,7 +9,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -133,9 +133,20 @@ pub struct Config {
     /// Micro-cache for public informational pages (off by default).
     #[serde(default)]
     pub microcache: crate::microcache::MicrocacheConfig,
+    /// Holidays and closures shared by gates (`[calendars.NAME]`, named by a schedule's
+    /// `calendar`).
+    #[serde(default)]
+    pub calendars: std::collections::BTreeMap<String, crate::schedule::CalendarConfig>,
     /// Set by `anticamera demo` only: allows the clearly fake example keys.
     #[serde(skip)]
     pub demo_mode: bool,
+    /// Loaded to be checked, not run ([`Config::load_for_check`]): secrets taken from the
+    /// environment or from files need not be available.
+    #[serde(skip)]
+    defer_secrets: bool,
+    /// `calendars`, compiled when the config is loaded.
+    #[serde(skip)]
+    calendar_set: crate::schedule::Calendars,
     /// Directory of the config file, for relative paths in it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -452,34 +463,82 @@ pub struct UpstreamTarget {
     pub scheme: http::uri::Scheme,
 }
 
+/// A secret the configuration takes from outside the file (an environment variable or a
+/// file): what `anticamera run` will need, and whether it is available where this runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretSource {
+    /// The key naming it: `waiting_room.keys[0].secret_env`, `admin.token_env`, …
+    pub key: String,
+    /// The environment variable, or the file (resolved against the config's directory).
+    pub source: String,
+    /// `None` when it is available here; else why not (`not set here`, `cannot read here: …`).
+    pub missing: Option<String>,
+}
+
+impl fmt::Display for SecretSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} = {} ({})",
+            self.key,
+            self.source,
+            self.missing.as_deref().unwrap_or("available here")
+        )
+    }
+}
+
+/// A secret looked up: its value, or (key, reason) when it is not available here.
+type Fetched = Result<String, (String, String)>;
+
+/// Stands in for a secret that is not available while a config is only checked: long enough
+/// for the key checks, never used to sign (a checked config is not run, see
+/// [`Config::load_for_check`]; [`Config::keyring`] always resolves the real secrets).
+const ABSENT_SECRET_PLACEHOLDER: &str = "(absent secret: the config is only being checked)";
+
 impl Config {
     /// The signing keys, resolved from the config, the environment or files.
     pub fn keyring(&self) -> Result<crate::waitroom::Keyring, (String, String)> {
+        self.keyring_inner(false)
+    }
+
+    fn key_secret_file(&self, i: usize, f: &Path) -> Fetched {
+        let p = self.base_dir.join(f);
+        std::fs::read_to_string(&p)
+            .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
+            .map_err(|e| {
+                (
+                    format!("waiting_room.keys[{i}].secret_file"),
+                    format!("{}: {e}", p.display()),
+                )
+            })
+    }
+
+    /// `defer`: a secret not available here is replaced by a placeholder instead of an error.
+    fn keyring_inner(&self, defer: bool) -> Result<crate::waitroom::Keyring, (String, String)> {
         let w = &self.waiting_room;
         let mut keys = Vec::new();
         for (i, k) in w.keys.iter().enumerate() {
             let at = |f: &str| format!("waiting_room.keys[{i}].{f}");
-            let secret = match (&k.secret, &k.secret_env, &k.secret_file) {
-                (Some(s), None, None) => s.clone(),
+            let fetched: Fetched = match (&k.secret, &k.secret_env, &k.secret_file) {
+                (Some(s), None, None) => Ok(s.clone()),
                 (None, Some(var), None) => std::env::var(var).map_err(|_| {
                     (
                         at("secret_env"),
                         format!("environment variable {var} is not set"),
                     )
-                })?,
-                (None, None, Some(f)) => {
-                    let p = self.base_dir.join(f);
-                    std::fs::read_to_string(&p)
-                        .map_err(|e| (at("secret_file"), format!("{}: {e}", p.display())))?
-                        .trim_end_matches(['\r', '\n'])
-                        .to_string()
-                }
+                }),
+                (None, None, Some(f)) => self.key_secret_file(i, f),
                 _ => {
                     return Err((
                         format!("waiting_room.keys[{i}]"),
                         "give exactly one of secret, secret_env, secret_file".into(),
                     ))
                 }
+            };
+            let secret = match fetched {
+                Ok(s) => s,
+                Err(_) if defer && k.secret.is_none() => ABSENT_SECRET_PLACEHOLDER.to_owned(),
+                Err(e) => return Err(e),
             };
             if secret.contains(FAKE_SECRET_MARKER) && !self.demo_mode {
                 return Err((
@@ -505,14 +564,23 @@ impl Config {
 
     /// The admin API token, if configured.
     pub fn admin_token(&self) -> Result<Option<String>, (String, String)> {
+        self.admin_token_inner(false)
+    }
+
+    /// `defer`: a token variable not set here is no error (and no token).
+    fn admin_token_inner(&self, defer: bool) -> Result<Option<String>, (String, String)> {
         let t = match (&self.admin.token, &self.admin.token_env) {
             (Some(t), None) => t.clone(),
-            (None, Some(var)) => std::env::var(var).map_err(|_| {
-                (
-                    "admin.token_env".to_string(),
-                    format!("environment variable {var} is not set"),
-                )
-            })?,
+            (None, Some(var)) => match std::env::var(var) {
+                Ok(t) => t,
+                Err(_) if defer => return Ok(None),
+                Err(_) => {
+                    return Err((
+                        "admin.token_env".to_string(),
+                        format!("environment variable {var} is not set"),
+                    ))
+                }
+            },
             (None, None) => return Ok(None),
             _ => {
                 return Err((
@@ -534,6 +602,44 @@ impl Config {
             ));
         }
         Ok(Some(t))
+    }
+
+    /// The secrets this config takes from the environment or from files (what `run` will
+    /// need), each saying whether it is available where this process runs.
+    pub fn secret_sources(&self) -> Vec<SecretSource> {
+        let env = |key: String, var: &str| SecretSource {
+            key,
+            source: var.to_owned(),
+            missing: std::env::var_os(var)
+                .is_none()
+                .then(|| "not set here".to_owned()),
+        };
+        let mut out = Vec::new();
+        for (i, k) in self.waiting_room.keys.iter().enumerate() {
+            if let Some(var) = &k.secret_env {
+                out.push(env(format!("waiting_room.keys[{i}].secret_env"), var));
+            }
+            if let Some(f) = &k.secret_file {
+                let p = self.base_dir.join(f);
+                out.push(SecretSource {
+                    key: format!("waiting_room.keys[{i}].secret_file"),
+                    source: p.display().to_string(),
+                    missing: std::fs::metadata(&p)
+                        .err()
+                        .map(|e| format!("cannot read here: {e}")),
+                });
+            }
+        }
+        if let Some(var) = &self.admin.token_env {
+            out.push(env("admin.token_env".to_owned(), var));
+        }
+        out
+    }
+
+    /// The compiled `[calendars]` (empty unless the config was loaded with [`Config::load`],
+    /// [`Config::parse_in`] or their `_for_check` forms).
+    pub fn calendar_set(&self) -> &crate::schedule::Calendars {
+        &self.calendar_set
     }
 
     /// The upstream targets, parsed (validation guarantees they parse).

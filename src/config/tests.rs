@@ -105,3 +105,143 @@ fn a_semantic_error_in_an_array_of_tables_names_the_line_of_that_element() {
         "the second element, not the first (line 8): {i:?}"
     );
 }
+/// Two gates on one calendar; gate `b` names a calendar nobody declared.
+const CALENDARS: &str = r#"[upstream]
+urls = ["http://127.0.0.1:9000"]
+[waiting_room]
+keys = [{ id = 1, secret = "0123456789abcdef0123456789abcdef" }]
+
+[calendars.it]
+time_zone = "Europe/Rome"
+holidays = [
+  { date = "12-25", name = "Natale" },
+  { easter_offset = 1 },
+]
+
+[[gates]]
+name = "a"
+prefix = ["/a"]
+[gates.schedule]
+calendar = "it"
+[[gates.schedule.windows]]
+start = "08:00"
+end = "16:00"
+
+[[gates]]
+name = "b"
+prefix = ["/b"]
+[gates.schedule]
+calendar = "fr"
+[[gates.schedule.windows]]
+start = "08:00"
+end = "16:00"
+"#;
+
+#[test]
+fn calendars_are_compiled_and_unknown_names_refused_with_their_line() {
+    let i = issues(CALENDARS);
+    assert_eq!(i.len(), 1, "{i:?}");
+    assert_eq!(i[0].key, "gates[1].schedule.calendar");
+    assert!(i[0]
+        .reason
+        .contains("unknown calendar \"fr\"; declared: it"));
+    assert_eq!(i[0].line, Some(26), "the second gate's line");
+    let ok = CALENDARS.replace("calendar = \"fr\"", "calendar = \"it\"");
+    let c = Config::parse(&ok).unwrap();
+    let it = c.calendar_set().get("it").unwrap();
+    assert_eq!(
+        it.holiday(chrono::NaiveDate::from_ymd_opt(2031, 12, 25).unwrap()),
+        Some("Natale")
+    );
+}
+
+#[test]
+fn calendar_entry_errors_name_the_key_and_line() {
+    let bad = CALENDARS.replace("{ easter_offset = 1 }", "{ date = \"04-31\" }");
+    let i = issues(&bad);
+    assert_eq!(i[0].key, "calendars.it.holidays[1].date");
+    assert!(i[0].reason.contains("is not a date"), "{:?}", i[0]);
+    assert_eq!(i[0].line, Some(10));
+    let bad = CALENDARS.replace(
+        "{ easter_offset = 1 }",
+        "{ easter_offset = 1, date = \"04-30\" }",
+    );
+    let i = issues(&bad);
+    assert_eq!(i[0].key, "calendars.it.holidays[1]");
+    assert_eq!(i[0].line, Some(10));
+    let bad = CALENDARS.replace(
+        "time_zone = \"Europe/Rome\"\nholidays",
+        "time_zone = \"Rome\"\nholidays",
+    );
+    let i = issues(&bad);
+    assert!(
+        i.iter()
+            .any(|i| i.key == "calendars.it.time_zone" && i.line == Some(7)),
+        "{i:?}"
+    );
+    let bad = CALENDARS.replace(
+        "time_zone = \"Europe/Rome\"\nholidays",
+        "ics = \"nope.ics\"\nholidays",
+    );
+    let i = issues(&bad);
+    assert!(
+        i.iter().any(|i| i.key == "calendars.it.ics"
+            && i.line == Some(7)
+            && i.reason.contains("nope.ics: cannot read")),
+        "{i:?}"
+    );
+}
+
+const ENV_SECRETS: &str = r#"[upstream]
+urls = ["http://127.0.0.1:9000"]
+[admin]
+token_env = "ANTICAMERA_TEST_UNSET_ADMIN_TOKEN_7f3a"
+[waiting_room]
+keys = [
+  { id = 1, secret_env = "ANTICAMERA_TEST_UNSET_KEY_7f3a" },
+  { id = 2, secret_file = "no-such-dir/key2" },
+]
+"#;
+
+#[test]
+fn secrets_are_needed_to_run_not_to_check() {
+    // To run: the same errors as ever.
+    let i = issues(ENV_SECRETS);
+    assert!(
+        i.iter().any(|i| i.key == "waiting_room.keys[0].secret_env"
+            && i.reason == "environment variable ANTICAMERA_TEST_UNSET_KEY_7f3a is not set"),
+        "{i:?}"
+    );
+    assert!(
+        i.iter().any(|i| i.key == "admin.token_env"
+            && i.reason
+                == "environment variable ANTICAMERA_TEST_UNSET_ADMIN_TOKEN_7f3a is not set"),
+        "{i:?}"
+    );
+    // To check: fine, and the missing ones are listed.
+    let c = Config::parse_for_check_in(ENV_SECRETS, Path::new("."), false).unwrap();
+    let s: Vec<String> = c.secret_sources().iter().map(ToString::to_string).collect();
+    assert_eq!(s.len(), 3, "{s:?}");
+    assert_eq!(
+        s[0],
+        "waiting_room.keys[0].secret_env = ANTICAMERA_TEST_UNSET_KEY_7f3a (not set here)"
+    );
+    assert!(
+        s[1].starts_with("waiting_room.keys[1].secret_file = ./no-such-dir/key2 (cannot read here"),
+        "{s:?}"
+    );
+    assert_eq!(
+        s[2],
+        "admin.token_env = ANTICAMERA_TEST_UNSET_ADMIN_TOKEN_7f3a (not set here)"
+    );
+    // A checked config cannot be run: the keys are still resolved for real.
+    assert!(c.keyring().is_err());
+    assert!(c.admin_token().is_err());
+    // What is in the file is checked either way.
+    let fake = ENV_SECRETS.replace(
+        "secret_file = \"no-such-dir/key2\"",
+        "secret = \"NOT-A-SECRET-0123456789abcdef0123456789\"",
+    );
+    let i = Config::parse_for_check_in(&fake, Path::new("."), false).unwrap_err();
+    assert!(i.iter().any(|i| i.reason.contains("NOT-A-SECRET")), "{i:?}");
+}

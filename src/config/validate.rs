@@ -126,10 +126,11 @@ impl Config {
                 format!("{:?} is not a header name", w.release_header),
             ));
         }
-        if let Err(e) = self.keyring() {
+        // Checked, not run: secrets not available here are listed, not refused.
+        if let Err(e) = self.keyring_inner(self.defer_secrets) {
             v.push(e);
         }
-        if let Err((key, reason)) = self.admin_token() {
+        if let Err((key, reason)) = self.admin_token_inner(self.defer_secrets) {
             v.push((key, reason));
         }
         let cohorts = match crate::cohort::Cohorts::compile(&self.cohorts, &self.base_dir) {
@@ -181,7 +182,9 @@ impl Config {
                     }
                 }
                 if let Some(s) = &g.schedule {
-                    if let Err(errs) = crate::schedule::Schedule::compile(s, c.names()) {
+                    if let Err(errs) =
+                        crate::schedule::Schedule::compile_with(s, c.names(), &self.calendar_set)
+                    {
                         for e in errs {
                             v.push((at(&format!("schedule.{}", e.key)), e.reason));
                         }

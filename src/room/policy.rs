@@ -64,7 +64,7 @@ impl RoomPolicy {
             .gates
             .iter()
             .enumerate()
-            .map(|(i, g)| GatePolicy::compile(i, g, &cohorts))
+            .map(|(i, g)| GatePolicy::compile(i, g, &cohorts, cfg))
             .collect::<Result<Vec<_>, _>>()?;
         let w = &cfg.waiting_room;
         let room = RoomPolicy {
@@ -79,13 +79,20 @@ impl RoomPolicy {
 }
 
 impl GatePolicy {
-    fn compile(i: usize, g: &GateConfig, cohorts: &Cohorts) -> Result<GatePolicy, RoomError> {
+    fn compile(
+        i: usize,
+        g: &GateConfig,
+        cohorts: &Cohorts,
+        cfg: &Config,
+    ) -> Result<GatePolicy, RoomError> {
         let rules = Rules::compile(&g.rules())
             .map_err(|e| RoomError::Config(format!("gates[{i}]"), format!("{e:?}")))?;
         let schedule = match &g.schedule {
-            Some(s) => Some(Schedule::compile(s, cohorts.names()).map_err(|e| {
-                RoomError::Config(format!("gates[{i}].schedule"), format!("{e:?}"))
-            })?),
+            Some(s) => Some(
+                Schedule::compile_with(s, cohorts.names(), cfg.calendar_set()).map_err(|e| {
+                    RoomError::Config(format!("gates[{i}].schedule"), format!("{e:?}"))
+                })?,
+            ),
             None => None,
         };
         let shares = (0..cohorts.names().len())

@@ -178,9 +178,22 @@ impl Schedule {
     /// Validates and compiles `cfg`. `known_cohorts` is the cohort list of the configuration
     /// ([`crate::cohort::Cohorts::names`]); a [`CohortId`] is an index into it. Returns every
     /// problem found, each naming its key (`windows[1].start`, `exceptions[0].date`, …).
+    ///
+    /// A schedule that names a `calendar` needs [`Schedule::compile_with`]: here no calendar
+    /// is known.
     pub fn compile<S: AsRef<str>>(
         cfg: &ScheduleConfig,
         known_cohorts: &[S],
+    ) -> Result<Schedule, Vec<FieldError>> {
+        Self::compile_with(cfg, known_cohorts, &Calendars::default())
+    }
+
+    /// [`Schedule::compile`] with the config's calendars, which `calendar = "NAME"` may name
+    /// (an unknown name, or a calendar in another time zone, is an error at `calendar`).
+    pub fn compile_with<S: AsRef<str>>(
+        cfg: &ScheduleConfig,
+        known_cohorts: &[S],
+        calendars: &Calendars,
     ) -> Result<Schedule, Vec<FieldError>> {
         let known: Vec<&str> = known_cohorts.iter().map(AsRef::as_ref).collect();
         let mut c = Compiler {
@@ -210,6 +223,40 @@ impl Schedule {
                 ));
                 Tz::Europe__Rome
             }
+        };
+        let calendar = match &cfg.calendar {
+            None => None,
+            Some(name) => match calendars.get(name) {
+                None => {
+                    let names = calendars.names();
+                    c.errors.push(FieldError::new(
+                        "calendar",
+                        format!(
+                            "unknown calendar {name:?}; declared: {}",
+                            if names.is_empty() {
+                                "none (define it in [calendars.NAME])".to_owned()
+                            } else {
+                                names.join(", ")
+                            }
+                        ),
+                    ));
+                    None
+                }
+                Some(cal) => {
+                    if let Some(ctz) = cal.time_zone().filter(|ctz| *ctz != tz) {
+                        c.errors.push(FieldError::new(
+                            "calendar",
+                            format!(
+                                "calendar {name:?} is in {}, this schedule in {}: a holiday is a \
+                                 local date, so they must agree",
+                                ctz.name(),
+                                tz.name()
+                            ),
+                        ));
+                    }
+                    Some(std::sync::Arc::clone(cal))
+                }
+            },
         };
         let mut delta = |s: &str, key: &str| match parse_delta(s) {
             Some(d) if d <= MAX_GRACE_OR_PREQUEUE => d,
@@ -359,6 +406,7 @@ impl Schedule {
             exceptions,
             cohorts: c.known.iter().map(|s| (*s).to_owned()).collect(),
             ever_open,
+            calendar,
         })
     }
 }

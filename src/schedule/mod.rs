@@ -18,6 +18,11 @@
 //!   Consequently an overnight window starting the evening before a holiday runs to its normal
 //!   end (Dec 24 16:00 → Dec 25 08:00) and the holiday's own windows are gone. Cohorts not
 //!   named by an exception keep their regular windows.
+//! * A **calendar** (`calendar = "it"`, defined once in `[calendars.it]`, see `calendar.rs`)
+//!   is a set of holidays: on a holiday the regular windows that start that day are gone for
+//!   every cohort, exactly as with a `closed = true` exception (the overnight band of the eve
+//!   runs to its end). The gate's own exceptions still apply first: a special opening on a
+//!   holiday opens, a closed exception closes.
 //! * **grace**: a visitor admitted while open keeps the pass this long after the window closes
 //!   ([`Schedule::in_grace`]). **prequeue**: the queue opens this long before a window
 //!   ([`WindowState::PreQueue`]); `prequeue_order` says how those waiting are ordered when it
@@ -49,10 +54,17 @@
 
 #![warn(missing_docs)]
 
+mod calendar;
 mod compile;
+mod ics;
 mod report;
 mod shuffle;
 
+pub use calendar::{
+    easter_sunday, Calendar, CalendarConfig, Calendars, HolidayConfig, HolidayDate, HolidayWhen,
+    MAX_EASTER_OFFSET,
+};
+pub(crate) use ics::parse as parse_ics;
 pub use report::{format_local, report, report_in, Lang};
 pub use shuffle::{keyed_permutation, keyed_permutation_inverse, KeyedPermutation};
 
@@ -104,6 +116,9 @@ pub struct ScheduleConfig {
     /// Dated exceptions (holidays, special openings).
     #[serde(default)]
     pub exceptions: Vec<ExceptionConfig>,
+    /// Name of a calendar of `[calendars]` whose holidays close this gate.
+    #[serde(default)]
+    pub calendar: Option<String>,
 }
 
 /// Order of those who waited in the pre-queue when the window opens.
@@ -252,6 +267,8 @@ pub struct Schedule {
     cohorts: Vec<String>,
     /// Cohorts that have at least one window somewhere (regular or special).
     ever_open: u64,
+    /// Holidays: no regular window starts on them.
+    calendar: Option<std::sync::Arc<Calendar>>,
 }
 
 /// Wall-clock time of `t` in `tz` (UTC wall time at the very ends of chrono's range, where the
@@ -295,6 +312,11 @@ impl Schedule {
     /// Order of pre-queue visitors at opening.
     pub fn prequeue_order(&self) -> PrequeueOrder {
         self.prequeue_order
+    }
+
+    /// The calendar of holidays this schedule follows, if any.
+    pub fn calendar(&self) -> Option<&Calendar> {
+        self.calendar.as_deref()
     }
 
     fn bit(&self, cohort: CohortId) -> Option<u64> {
@@ -369,6 +391,10 @@ impl Schedule {
                     }
                 }
             }
+            return;
+        }
+        // A holiday removes the regular windows, like a closed exception for every cohort.
+        if self.calendar.as_ref().is_some_and(|c| c.is_holiday(d)) {
             return;
         }
         let day_bit = 1u8 << d.weekday().num_days_from_monday();
@@ -523,5 +549,7 @@ impl Schedule {
     }
 }
 
+#[cfg(test)]
+mod calendar_tests;
 #[cfg(test)]
 mod tests;

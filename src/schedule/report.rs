@@ -161,6 +161,29 @@ pub fn report_in(
             if it { "ordine" } else { "order" },
             s.prequeue_order().as_str()
         );
+        if let Some(cal) = s.calendar() {
+            let day = super::local_naive(at, s.time_zone()).date();
+            let _ = match cal.holiday(day) {
+                Some(name) => writeln!(
+                    out,
+                    "  {} {:?}: {} {day}{}",
+                    if it { "calendario" } else { "calendar" },
+                    cal.name(),
+                    if it { "festivo il" } else { "holiday on" },
+                    if name.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({name})")
+                    }
+                ),
+                None => writeln!(
+                    out,
+                    "  {} {:?}",
+                    if it { "calendario" } else { "calendar" },
+                    cal.name()
+                ),
+            };
+        }
         for cohort in cohorts {
             let line = match s.cohort_id(cohort) {
                 None => (if it {
