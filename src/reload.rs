@@ -226,7 +226,11 @@ fn reloadable_changes(old: &Config, new: &Config) -> Vec<String> {
         }
     };
     check("cohorts", section(&old.cohorts), section(&new.cohorts));
-    check("calendars", section(&old.calendars), section(&new.calendars));
+    check(
+        "calendars",
+        section(&old.calendars),
+        section(&new.calendars),
+    );
     check(
         "rate_limits",
         section(&old.rate_limits),
