@@ -143,70 +143,72 @@ fn section<T: Debug>(v: &T) -> String {
     format!("{v:?}")
 }
 
+/// One part of the config, named as the operator writes it, and its value as text.
+type Part = (&'static str, fn(&Config) -> String);
+
+/// What only a restart applies (compared section by section).
+const RESTART_ONLY: &[Part] = &[
+    ("server", |c| section(&c.server)),
+    ("upstream", |c| section(&c.upstream)),
+    ("forwarding", |c| section(&c.forwarding)),
+    ("admin.listen", |c| section(&c.admin.listen)),
+    ("log", |c| section(&c.log)),
+    ("upstream_guard", |c| section(&c.upstream_guard)),
+    ("isolation", |c| section(&c.isolation)),
+    ("microcache", |c| section(&c.microcache)),
+    ("waiting_room.cookie_prefix", |c| {
+        section(&c.waiting_room.cookie_prefix)
+    }),
+    ("waiting_room.cookie_secure", |c| {
+        section(&c.waiting_room.cookie_secure)
+    }),
+    ("waiting_room.state_file", |c| {
+        section(&c.waiting_room.state_file)
+    }),
+    ("waiting_room.release_header", |c| {
+        section(&c.waiting_room.release_header)
+    }),
+    ("waiting_room.tick", |c| section(&c.waiting_room.tick)),
+    ("waiting_room.snapshot_interval", |c| {
+        section(&c.waiting_room.snapshot_interval)
+    }),
+];
+
+/// What a reload applies, beside the gates (compared one by one).
+const RELOADABLE: &[Part] = &[
+    ("cohorts", |c| section(&c.cohorts)),
+    ("calendars", |c| section(&c.calendars)),
+    ("rate_limits", |c| section(&c.rate_limits)),
+    ("waiting_room.keys", |c| {
+        section(&(&c.waiting_room.keys, c.waiting_room.current_key))
+    }),
+    ("waiting_room.templates", |c| {
+        section(&c.waiting_room.templates)
+    }),
+    (
+        "waiting_room (poll_interval, ticket_ttl, pass_refresh)",
+        |c| {
+            let w = &c.waiting_room;
+            section(&(w.poll_interval, w.ticket_ttl, w.pass_refresh))
+        },
+    ),
+    ("admin token", |c| {
+        section(&(&c.admin.token, &c.admin.token_env))
+    }),
+];
+
+/// The names of the parts whose value differs between `old` and `new`.
+fn changed(parts: &[Part], old: &Config, new: &Config) -> Vec<String> {
+    parts
+        .iter()
+        .filter(|(_, value)| value(old) != value(new))
+        .map(|(name, _)| name.to_string())
+        .collect()
+}
+
 /// The changed sections that only a restart applies.
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut check = |name: &str, a: String, b: String| {
-        if a != b {
-            out.push(name.to_string());
-        }
-    };
-    check("server", section(&old.server), section(&new.server));
-    check("upstream", section(&old.upstream), section(&new.upstream));
-    check(
-        "forwarding",
-        section(&old.forwarding),
-        section(&new.forwarding),
-    );
-    check(
-        "admin.listen",
-        section(&old.admin.listen),
-        section(&new.admin.listen),
-    );
-    check("log", section(&old.log), section(&new.log));
-    check(
-        "upstream_guard",
-        section(&old.upstream_guard),
-        section(&new.upstream_guard),
-    );
-    check(
-        "isolation",
-        section(&old.isolation),
-        section(&new.isolation),
-    );
-    check(
-        "microcache",
-        section(&old.microcache),
-        section(&new.microcache),
-    );
-    let (a, b) = (&old.waiting_room, &new.waiting_room);
-    check(
-        "waiting_room.cookie_prefix",
-        section(&a.cookie_prefix),
-        section(&b.cookie_prefix),
-    );
-    check(
-        "waiting_room.cookie_secure",
-        section(&a.cookie_secure),
-        section(&b.cookie_secure),
-    );
-    check(
-        "waiting_room.state_file",
-        section(&a.state_file),
-        section(&b.state_file),
-    );
-    check(
-        "waiting_room.release_header",
-        section(&a.release_header),
-        section(&b.release_header),
-    );
-    check("waiting_room.tick", section(&a.tick), section(&b.tick));
-    check(
-        "waiting_room.snapshot_interval",
-        section(&a.snapshot_interval),
-        section(&b.snapshot_interval),
-    );
-    out
+    changed(RESTART_ONLY, old, new)
 }
 
 /// The changed sections a reload applies.
@@ -220,43 +222,7 @@ fn reloadable_changes(old: &Config, new: &Config) -> Vec<String> {
     if old.gates.len() != new.gates.len() {
         out.push("gates".into());
     }
-    let mut check = |name: &str, a: String, b: String| {
-        if a != b {
-            out.push(name.to_string());
-        }
-    };
-    check("cohorts", section(&old.cohorts), section(&new.cohorts));
-    check(
-        "calendars",
-        section(&old.calendars),
-        section(&new.calendars),
-    );
-    check(
-        "rate_limits",
-        section(&old.rate_limits),
-        section(&new.rate_limits),
-    );
-    let (a, b) = (&old.waiting_room, &new.waiting_room);
-    check(
-        "waiting_room.keys",
-        section(&(&a.keys, a.current_key)),
-        section(&(&b.keys, b.current_key)),
-    );
-    check(
-        "waiting_room.templates",
-        section(&a.templates),
-        section(&b.templates),
-    );
-    check(
-        "waiting_room (poll_interval, ticket_ttl, pass_refresh)",
-        section(&(a.poll_interval, a.ticket_ttl, a.pass_refresh)),
-        section(&(b.poll_interval, b.ticket_ttl, b.pass_refresh)),
-    );
-    check(
-        "admin token",
-        section(&(&old.admin.token, &old.admin.token_env)),
-        section(&(&new.admin.token, &new.admin.token_env)),
-    );
+    out.extend(changed(RELOADABLE, old, new));
     out
 }
 

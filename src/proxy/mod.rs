@@ -1,6 +1,6 @@
 //! The request path, top to bottom.
 //!
-//! [`Proxy::pipeline`] is the life of a request as a short list of named phases (the shape of
+//! `Proxy::pipeline` is the life of a request as a short list of named phases (the shape of
 //! Pingora's `ProxyHttp`). Each phase is a method that reads the request head and the
 //! per-request [`RequestCtx`], and either continues or returns a [`Refusal`]; the one refusal
 //! map ([`Refusal::into_response`]) turns every refusal into its answer.
