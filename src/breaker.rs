@@ -163,6 +163,7 @@ pub struct Permission {
 
 impl Permission {
     /// True if this request is a half-open probe.
+    #[cfg(test)]
     pub fn is_probe(&self) -> bool {
         self.probe
     }

@@ -224,8 +224,6 @@ pub enum Signal {
     Success,
     /// The upstream showed overload: 502/503/504, timeout, connect error.
     Overload,
-    /// Says nothing about upstream capacity (client went away, cancelled, ...).
-    Ignore,
 }
 
 type Grant = Result<(), ShedReason>;
@@ -326,7 +324,8 @@ impl Permit {
     }
 
     /// Reports how the upstream request went (feeds the adaptive limit) and releases the slot.
-    /// Dropping a permit without calling this counts as [`Signal::Ignore`].
+    /// Dropping a permit without calling this reports nothing (the slot is freed; the request
+    /// said nothing about the portal's capacity: the client went away, it was cancelled).
     pub fn done(self, latency: Duration, outcome: Signal) {
         self.inner
             .on_outcome(latency, outcome, self.epoch, self.in_flight_at_start);
@@ -604,7 +603,6 @@ impl Inner {
     fn on_outcome(&self, latency: Duration, outcome: Signal, epoch: u64, in_flight_then: usize) {
         let adaptive = self.mode == GuardMode::Adaptive;
         match outcome {
-            Signal::Ignore => {}
             Signal::Overload if adaptive => self.decrease(epoch),
             Signal::Overload => {}
             Signal::Success => {
@@ -1015,7 +1013,7 @@ mod tests {
         // Slow successes count as overload; ignored outcomes and plain drops do nothing.
         let g = Guard::new(&cfg(ADAPTIVE));
         let p = g.acquire(Priority::Inside, Instant::now()).await.unwrap();
-        p.done(Duration::from_secs(1), Signal::Ignore);
+        drop(p);
         drop(g.acquire(Priority::Inside, Instant::now()).await.unwrap());
         assert_eq!(g.current_limit(), 20);
         let p = g.acquire(Priority::Inside, Instant::now()).await.unwrap();

@@ -292,6 +292,7 @@ impl Isolation {
     }
 
     /// Sessions currently bound (for tests and metrics).
+    #[cfg(test)]
     pub fn bound_sessions(&self) -> usize {
         self.bindings
             .iter()

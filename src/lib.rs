@@ -1,36 +1,36 @@
 //! anticamera: a reverse proxy that keeps a public portal standing on claim day.
 //!
-//! The request path reads top to bottom in [`proxy`]; see ARCHITECTURE.md for where each stage
+//! The request path reads top to bottom in `proxy` (src/proxy/); see ARCHITECTURE.md for where each stage
 //! lives. The command line (`anticamera run`, `demo`, ...) lives in the binary (`src/cli.rs`),
 //! the demo portal in its own crate (`anticamera-demo-portal`).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod admin;
-pub mod body;
-pub mod breaker;
+pub(crate) mod admin;
+pub(crate) mod body;
+pub(crate) mod breaker;
 pub mod clock;
 pub mod cohort;
 pub mod config;
-pub mod forwarded;
+pub(crate) mod forwarded;
 pub mod framing;
 #[doc(hidden)]
 pub mod fuzz_props;
-pub mod guard;
-pub mod isolation;
-pub mod microcache;
+pub(crate) mod guard;
+pub(crate) mod isolation;
+pub(crate) mod microcache;
 pub mod pages;
-pub mod protect;
-pub mod proxy;
+pub(crate) mod protect;
+pub(crate) mod proxy;
 pub mod ratelimit;
-pub mod refusal;
-pub mod reload;
-pub mod respond;
-pub mod room;
-pub mod route;
+pub(crate) mod refusal;
+pub(crate) mod reload;
+pub(crate) mod respond;
+pub(crate) mod room;
+pub(crate) mod route;
 pub mod schedule;
 pub mod server;
-pub mod telemetry;
-pub mod upstream;
+pub(crate) mod telemetry;
+pub(crate) mod upstream;
 pub mod util;
 pub mod waitroom;

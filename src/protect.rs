@@ -9,7 +9,7 @@
 //! A permit dropped without an observation (the client went away, the request was cancelled)
 //! frees its slot and reports nothing: that says nothing about the portal.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::breaker::{self, Breaker};
 use crate::guard::{self, Guard, Priority};
@@ -56,9 +56,7 @@ pub async fn enter<'a>(
             Err(open) => {
                 metrics::counter!(SHED, "reason" => "breaker_open", "priority" => "any")
                     .increment(1);
-                return Err(Refusal::BreakerOpen {
-                    retry_after: open.retry_after,
-                });
+                return Err(Refusal::BreakerOpen(open));
             }
         },
         None => None,
@@ -91,11 +89,6 @@ impl PortalPermit<'_> {
     /// a problem with the client's own body says nothing about the portal.
     pub fn observe<B>(&mut self, result: &Result<http::Response<B>, UpstreamError>) {
         self.overload = Some(overloaded(result));
-    }
-
-    /// Time since the permit was granted (the request's time at the portal so far).
-    pub fn elapsed(&self) -> Duration {
-        self.sent.elapsed()
     }
 }
 
@@ -135,6 +128,7 @@ mod tests {
     use super::*;
     use crate::breaker::{BreakerConfig, BreakerState};
     use crate::guard::GuardConfig;
+    use std::time::Duration;
 
     fn response(status: u16) -> Result<http::Response<()>, UpstreamError> {
         let mut r = http::Response::new(());
@@ -168,7 +162,7 @@ mod tests {
         );
         let refused = enter(Some(&b), Some(&g), Priority::New, &h).await;
         match refused {
-            Err(Refusal::BreakerOpen { retry_after }) => assert!(retry_after > Duration::ZERO),
+            Err(Refusal::BreakerOpen(open)) => assert!(open.retry_after > Duration::ZERO),
             other => panic!("expected the breaker to refuse, got {other:?}"),
         }
     }

@@ -12,13 +12,12 @@
 //! The shape follows linkerd2-proxy's `errors/respond.rs`: decide *what* went wrong where it
 //! happens, decide *how to say it* here.
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::Response;
 
 use crate::body::ProxyBody;
+use crate::breaker::Open;
 use crate::guard::Shed;
 use crate::pages::Lang;
 use crate::proxy::{Disposition, Shared};
@@ -27,7 +26,6 @@ use crate::respond::Synthetic;
 use crate::room::Answer;
 use crate::telemetry;
 use crate::upstream::UpstreamError;
-use crate::util::duration::ceil_secs;
 
 pub mod page;
 
@@ -46,10 +44,7 @@ pub enum Refusal {
     /// The declared request body is larger than allowed: 413, connection closed (unread body).
     TooLarge,
     /// The circuit breaker is open (the portal is failing): 503 until it lets a probe through.
-    BreakerOpen {
-        /// Time until the breaker lets a probe through.
-        retry_after: Duration,
-    },
+    BreakerOpen(Open),
     /// No slot under the portal's concurrency limit in time: 503, retry when the queue drains.
     Shed(Shed),
     /// The portal could not be reached, broke the exchange or timed out (or the client's own
@@ -104,7 +99,7 @@ impl Refusal {
             Refusal::Closed(_) => Disposition::Closed,
             // anticamera's own endpoints are counted with the waiting room they serve.
             Refusal::Queued(_) | Refusal::NotFound(_) => Disposition::Queued,
-            Refusal::BreakerOpen { .. } | Refusal::Shed(_) | Refusal::TooManyConnections => {
+            Refusal::BreakerOpen(_) | Refusal::Shed(_) | Refusal::TooManyConnections => {
                 Disposition::Shed
             }
             Refusal::Upstream(_) | Refusal::Leak => Disposition::UpstreamError,
@@ -161,10 +156,10 @@ impl Refusal {
                 count_error("body_too_large");
                 Synthetic::payload_too_large()
             }
-            Refusal::BreakerOpen { retry_after } => Synthetic::unavailable(
+            Refusal::BreakerOpen(open) => Synthetic::unavailable(
                 "portal_unavailable",
                 "The service is temporarily unavailable. Please try again in a few minutes: nothing you submitted has been lost.",
-                ceil_secs(*retry_after).clamp(1, 3600) as u32,
+                open.retry_after_secs().clamp(1, 3600) as u32,
             ),
             Refusal::Shed(shed) => Synthetic::unavailable(
                 "overloaded",

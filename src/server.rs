@@ -2,7 +2,7 @@
 //!
 //! Thread per core: each worker thread runs its own current-thread tokio runtime, accepts on its
 //! own `SO_REUSEPORT` listener bound to the same address, and keeps its own pool of portal
-//! connections. Nothing on the request path crosses threads except atomics in [`Shared`].
+//! connections. Nothing on the request path crosses threads except atomics in `proxy::Shared`.
 //!
 //! Per connection: a count against `server.max_connections` (over it: a 503 and close), and a
 //! watchdog that closes a connection whose request head does not complete within
@@ -221,7 +221,7 @@ impl ShutdownHandle {
         let _ = self.tx.send(true);
     }
 
-    /// Re-reads the config file and applies it (what `SIGHUP` does; see [`crate::reload`]).
+    /// Re-reads the config file and applies it (what `SIGHUP` does; see `reload.rs`).
     pub fn reload(&self) -> Result<crate::reload::Reloaded, crate::reload::ReloadError> {
         crate::reload::reload(&self.shared)
     }

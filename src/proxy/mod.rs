@@ -53,8 +53,7 @@ mod metrics;
 mod own;
 mod phases;
 
-pub use context::{Disposition, GateRoute, RequestCtx};
-pub use hygiene::strip_hop_by_hop;
+pub use context::{Disposition, RequestCtx};
 pub use metrics::{LIMITED, SLOT_WAIT};
 
 /// State shared by every worker: the validated config and what is derived from it.

@@ -125,8 +125,10 @@ const TABLE: &[Row] = &[
     },
     Row {
         name: "breaker open",
-        make: |_| Refusal::BreakerOpen {
-            retry_after: Duration::from_millis(29_500),
+        make: |_| {
+            Refusal::BreakerOpen(crate::breaker::Open {
+                retry_after: Duration::from_millis(29_500),
+            })
         },
         status: 503,
         retry_after: Some((30, 30)),

@@ -54,8 +54,7 @@ mod status;
 
 pub use cookies::{binding_of, strip_own_cookies};
 pub use lanes::{GateRuntime, Lane, Switch};
-pub use policy::{GatePolicy, RoomPolicy};
-pub use status::{poll_advice, PollAdvice, LONG_POLL_MAX_SECS};
+pub use policy::RoomPolicy;
 
 /// Metric names of the waiting room (labels: `gate`, `cohort`).
 pub mod metric {
