@@ -95,7 +95,7 @@ pub struct PortalArgs {
     #[arg(long, default_value_t = 50)]
     pub capacity: usize,
     /// Normal latency of a portal page.
-    #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "20ms", value_parser = anticamera::util::duration::parse)]
     pub base_latency: std::time::Duration,
     /// Reproduce the 1 April 2020 accident: under load, personal pages are served from a
     /// shared cache to other users.
@@ -114,10 +114,10 @@ pub struct CrowdArgs {
     #[arg(long, value_name = "PEOPLE", num_args = 0..=1, default_missing_value = "300")]
     pub crowd: Option<usize>,
     /// Over how long the crowd arrives.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = anticamera::util::duration::parse)]
     pub crowd_over: std::time::Duration,
     /// How long a simulated person looks at each page inside (±50%).
-    #[arg(long, default_value = "1500ms", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "1500ms", value_parser = anticamera::util::duration::parse)]
     pub crowd_think: std::time::Duration,
 }
 
@@ -349,7 +349,7 @@ fn demo(path: &Path, args: &PortalArgs, crowd: &CrowdArgs) -> anyhow::Result<()>
              you (arriving over {}). You wait in line, watch your place move, and get in. \
              The crowd stops by itself; the home page's button sends another wave.",
             w.started,
-            humantime::format_duration(crowd.crowd_over)
+            anticamera::util::duration::format(crowd.crowd_over)
         ),
         None if crowd_target.is_some() => println!(
             "\nTo see the waiting room, press \"Send {people} people to the claim form\" on \

@@ -32,5 +32,7 @@ pub mod schedule;
 pub mod server;
 pub(crate) mod telemetry;
 pub(crate) mod upstream;
-pub mod util;
+/// Crate-wide helpers (durations, cookies, hashing, escaping, field errors), in their own crate
+/// so the demo portal shares them.
+pub use anticamera_util as util;
 pub mod waitroom;

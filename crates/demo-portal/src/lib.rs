@@ -57,7 +57,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use http::{HeaderName, StatusCode};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// Latency multiplier at `n = C + ε` (the overload band starts at 2x base).
@@ -82,10 +82,10 @@ pub struct PortalConfig {
     /// Requests the portal serves at nominal latency (C in the load model).
     pub capacity: usize,
     /// Nominal latency of a portal page.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "anticamera_util::duration::serde_str::deserialize")]
     pub base_latency: Duration,
     /// How long a collapsed portal (n > 3C) hangs before answering 504.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "anticamera_util::duration::serde_str::deserialize")]
     pub hang_duration: Duration,
     /// Reproduce the 1 April 2020 cross-user cache leak under load.
     pub fault_mode: bool,
@@ -102,10 +102,10 @@ pub struct PortalConfig {
     /// People one press of the crowd button sends.
     pub crowd_people: usize,
     /// Over how long they arrive.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "anticamera_util::duration::serde_str::deserialize")]
     pub crowd_over: Duration,
     /// How long a simulated person looks at a page before the next (±50%).
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "anticamera_util::duration::serde_str::deserialize")]
     pub crowd_think: Duration,
     /// Most simulated people in the demo at once, whatever the presses.
     pub crowd_max: usize,
@@ -130,20 +130,8 @@ impl Default for PortalConfig {
     }
 }
 
-fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    humantime::parse_duration(&s).map_err(serde::de::Error::custom)
-}
-
 /// A configuration problem: key path relative to the portal section and a reason.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{key}: {reason}")]
-pub struct FieldError {
-    /// Key path, e.g. `user_header`.
-    pub key: String,
-    /// Human-readable reason.
-    pub reason: String,
-}
+pub use anticamera_util::field_error::FieldError;
 
 impl PortalConfig {
     /// Checks the values [`spawn`] relies on.

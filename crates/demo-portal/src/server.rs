@@ -1,6 +1,7 @@
 //! The portal's server: the accept loop, the load model applied per request, the routes
 //! (login, account, claim, plumbing) and the page helpers.
 
+use anticamera_util::escape::html_escape;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -676,14 +677,6 @@ fn header_contains(h: &HeaderMap, name: HeaderName, needle: &str) -> bool {
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
 }
 
 /// Value of `key` in an `application/x-www-form-urlencoded` body.

@@ -84,10 +84,10 @@ struct RunArgs {
     #[arg(long)]
     users: Option<usize>,
     /// Override users.over (e.g. 60s).
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = anticamera::util::duration::parse)]
     over: Option<Duration>,
     /// Override run.duration.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = anticamera::util::duration::parse)]
     duration: Option<Duration>,
     /// Override portal.fault_mode (the 2020 shared cache).
     #[arg(long)]

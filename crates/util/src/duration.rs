@@ -26,7 +26,7 @@ pub fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
-/// Serde helper for duration fields: `#[serde(with = "crate::util::duration::serde_str")]` on a
+/// Serde helper for duration fields: `#[serde(with = "crate::duration::serde_str")]` on a
 /// `Duration` reads a string through [`parse`].
 pub mod serde_str {
     use serde::{Deserialize, Deserializer};

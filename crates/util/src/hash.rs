@@ -5,7 +5,7 @@
 use std::hash::{BuildHasher, Hasher};
 
 /// FxHash-like hash of bytes with a fixed seed, for turning session ids into
-/// [`crate::ratelimit::RequestKeys`] keys. Not keyed: use it on values the client cannot choose freely (signed/random session ids).
+/// the rate limiter's request keys. Not keyed: use it on values the client cannot choose freely (signed/random session ids).
 pub fn hash_bytes(bytes: &[u8]) -> u64 {
     const K: u64 = 0x517c_c1b7_2722_0a95;
     let mut h: u64 = 0;

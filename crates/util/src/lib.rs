@@ -1,4 +1,5 @@
-//! Crate-wide helpers, one small module each, written once and used everywhere:
+//! Helpers of anticamera and its demo portal, one small module each, written once and used
+//! everywhere (the proxy re-exports this crate as `anticamera::util`):
 //!
 //! * [`duration`]: the one duration parser and formatter (`"250ms"`, `"10s"`, `"5m"`), the serde
 //!   helper for duration fields, whole seconds rounded up for `Retry-After`;
@@ -6,6 +7,8 @@
 //! * [`hash`]: the fixed hash of session ids and the seeded hasher of the keyed maps;
 //! * [`escape`]: HTML escaping;
 //! * [`field_error`]: the configuration error every section reports (key path and reason).
+
+#![forbid(unsafe_code)]
 
 pub mod cookie;
 pub mod duration;
