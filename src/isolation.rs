@@ -12,9 +12,18 @@
 //! - **Leak guard** (defence in depth). If the portal stamps each personal response with the
 //!   user it belongs to (`isolation.leak_guard_header`), anticamera binds each session to the
 //!   first user it sees for it, and refuses (502) any later response for that session stamped
-//!   for someone else, or any stamped response to a request with no session at all. The header
-//!   is stripped. Bindings are kept in a bounded table (hashes only: no personal data in
-//!   memory or logs).
+//!   for someone else, or any stamped response to a request with no session at all. Pages
+//!   stamped with one of `isolation.anonymous_stamps` belong to nobody: delivered to anyone,
+//!   they never bind a session. The header is stripped. Bindings are kept in a bounded table
+//!   (hashes only: no personal data in memory or logs).
+//! - **Response ownership** (`isolation.request_id_header`, `isolation.request_id_echo`). Each
+//!   forwarded request carries a fresh request id (kept only when a trusted forwarder set it);
+//!   when the portal echoes it, a response whose echo is missing or different is refused: it
+//!   answers another request, even one of the same user.
+//!
+//! A refused response (leak guard or request id) also retires the portal connection it came
+//! on (`proxy/forward.rs` poisons it in the pool): what that connection carries afterwards may
+//! be shifted by one, so it never reaches anyone.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -39,6 +48,15 @@ pub struct IsolationConfig {
     pub leak_guard_sessions: usize,
     /// A session binding not seen for this long is forgotten.
     pub leak_guard_idle: Dur,
+    /// Stamps (values of the leak-guard header) by which the portal marks a page that belongs
+    /// to nobody: delivered to anyone, never binding a session.
+    pub anonymous_stamps: Vec<String>,
+    /// Request header carrying a fresh id for every forwarded request (`x-request-id` by
+    /// convention); an id set by a trusted forwarder is kept. `None`: no id is added.
+    pub request_id_header: Option<String>,
+    /// The portal echoes the request id in the same response header: a response whose echo is
+    /// missing or different is refused and its connection retired.
+    pub request_id_echo: bool,
 }
 
 impl Default for IsolationConfig {
@@ -55,6 +73,9 @@ impl Default for IsolationConfig {
             ],
             leak_guard_sessions: 1_000_000,
             leak_guard_idle: Dur(std::time::Duration::from_secs(4 * 3600)),
+            anonymous_stamps: Vec::new(),
+            request_id_header: None,
+            request_id_echo: false,
         }
     }
 }
@@ -93,14 +114,88 @@ impl IsolationConfig {
                 "must be at least 1".into(),
             ));
         }
+        for (i, a) in self.anonymous_stamps.iter().enumerate() {
+            if a.is_empty() || HeaderValue::from_str(a).is_err() {
+                v.push((
+                    format!("isolation.anonymous_stamps[{i}]"),
+                    format!("{a:?} is not a header value"),
+                ));
+            }
+        }
+        if !self.anonymous_stamps.is_empty() && self.leak_guard_header.is_none() {
+            v.push((
+                "isolation.anonymous_stamps".into(),
+                "needs isolation.leak_guard_header (the header that carries the stamps)".into(),
+            ));
+        }
+        if let Some(h) = &self.request_id_header {
+            match HeaderName::from_bytes(h.as_bytes()) {
+                Err(_) => v.push((
+                    "isolation.request_id_header".into(),
+                    format!("{h:?} is not a header name"),
+                )),
+                Ok(n)
+                    if RESERVED.contains(&n.as_str())
+                        || self
+                            .strip_request_headers
+                            .iter()
+                            .any(|s| s.eq_ignore_ascii_case(h))
+                        || self
+                            .leak_guard_header
+                            .as_ref()
+                            .is_some_and(|l| l.eq_ignore_ascii_case(h))
+                        || n.as_str().starts_with("x-anticamera-") =>
+                {
+                    v.push((
+                        "isolation.request_id_header".into(),
+                        format!("{h:?} is a header anticamera removes or owns"),
+                    ))
+                }
+                Ok(_) => {}
+            }
+        } else if self.request_id_echo {
+            v.push((
+                "isolation.request_id_echo".into(),
+                "needs isolation.request_id_header (the header the portal echoes)".into(),
+            ));
+        }
         v
     }
 }
+
+/// Request headers the request id may not use: framing, hop-by-hop, credentials, forwarding.
+const RESERVED: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+    "cookie",
+    "authorization",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-real-ip",
+];
 
 /// Metric: responses refused because they were stamped for another user.
 pub const LEAKS_BLOCKED: &str = "anticamera_isolation_leaks_blocked_total";
 /// Metric: personal responses whose caching headers anticamera tightened.
 pub const MARKED_PRIVATE: &str = "anticamera_isolation_marked_private_total";
+/// Metric: portal responses refused by isolation, by `reason` ([`Verdict::reason`]: `leak`,
+/// `request_id_missing`, `request_id_mismatch`). `leak` also counts in [`LEAKS_BLOCKED`].
+pub const REFUSED: &str = "anticamera_isolation_refused_total";
+/// Metric: portal connections retired (poisoned in the pool, closed once free) after a refused
+/// or broken answer, by `reason` (a [`Verdict::reason`], `upstream_timeout`,
+/// `upstream_protocol`).
+pub const CONNECTIONS_RETIRED: &str = "anticamera_isolation_connections_retired_total";
+/// Every `reason` of [`REFUSED`] (exported at 0 from start-up).
+pub const REFUSED_REASONS: &[&str] = &["leak", "request_id_missing", "request_id_mismatch"];
 
 /// The isolation stage.
 pub struct Isolation {
@@ -110,6 +205,9 @@ pub struct Isolation {
     bindings: Vec<Mutex<HashMap<u64, (u64, u64)>>>,
     cap_per_shard: usize,
     idle_ms: u64,
+    anonymous: Vec<HeaderValue>,
+    request_id: Option<HeaderName>,
+    echo: bool,
 }
 
 /// What the leak guard decided about a response.
@@ -119,6 +217,22 @@ pub enum Verdict {
     Deliver,
     /// Stamped for a user other than the one bound to this session (or the request had none).
     Leak,
+    /// The portal was to echo the request id and this response carries none.
+    RequestIdMissing,
+    /// The response echoes another request's id: it answers another request.
+    RequestIdMismatch,
+}
+
+impl Verdict {
+    /// The metric label of a refusal (`deliver` for [`Verdict::Deliver`]).
+    pub fn reason(self) -> &'static str {
+        match self {
+            Verdict::Deliver => "deliver",
+            Verdict::Leak => "leak",
+            Verdict::RequestIdMissing => "request_id_missing",
+            Verdict::RequestIdMismatch => "request_id_mismatch",
+        }
+    }
 }
 
 const SHARDS: usize = 16;
@@ -145,6 +259,62 @@ impl Isolation {
             bindings: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             cap_per_shard: cfg.leak_guard_sessions.div_ceil(SHARDS).max(1),
             idle_ms: cfg.leak_guard_idle.0.as_millis() as u64,
+            anonymous: cfg
+                .anonymous_stamps
+                .iter()
+                .filter_map(|a| HeaderValue::from_str(a).ok())
+                .collect(),
+            request_id: cfg
+                .request_id_header
+                .as_ref()
+                .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
+            echo: cfg.request_id_echo,
+        }
+    }
+
+    /// Whether responses are checked for their owner (leak guard or request id echo): only
+    /// then is the portal connection of each request captured, so that a refused answer can
+    /// retire it (the capture costs one small allocation per request).
+    pub fn checks_responses(&self) -> bool {
+        self.leak_header.is_some() || (self.echo && self.request_id.is_some())
+    }
+
+    /// Stamps a request about to go to the portal with its request id, if configured, and
+    /// returns the id the portal should echo. `keep_incoming`: the peer is a trusted
+    /// forwarder, whose single, well-formed id (at most 128 visible characters) is kept;
+    /// otherwise any incoming value is replaced by 128 random bits in hex.
+    pub fn stamp_request_id(&self, h: &mut HeaderMap, keep_incoming: bool) -> Option<HeaderValue> {
+        let name = self.request_id.as_ref()?;
+        if keep_incoming {
+            let mut incoming = h.get_all(name).iter();
+            if let (Some(v), None) = (incoming.next(), incoming.next()) {
+                let b = v.as_bytes();
+                if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic()) {
+                    return Some(v.clone());
+                }
+            }
+        }
+        let id = fresh_request_id();
+        h.insert(name.clone(), id.clone());
+        Some(id)
+    }
+
+    /// Response ownership: the echo of the request id `sent` (when the portal is said to
+    /// echo it): missing, or any value other than `sent`, refuses the answer. Leaves the
+    /// header in place (the client may quote it).
+    pub fn check_echo(&self, sent: Option<&HeaderValue>, h: &HeaderMap) -> Verdict {
+        let (true, Some(name), Some(sent)) = (self.echo, &self.request_id, sent) else {
+            return Verdict::Deliver;
+        };
+        let mut echoed = h.get_all(name).iter().peekable();
+        if echoed.peek().is_none() {
+            return Verdict::RequestIdMissing;
+        }
+        // Two layers of the portal may each echo it: equal copies are one echo.
+        if echoed.all(|v| v == sent) {
+            Verdict::Deliver
+        } else {
+            Verdict::RequestIdMismatch
         }
     }
 
@@ -202,6 +372,11 @@ impl Isolation {
         h.remove(name);
         if stamps.len() > 1 && stamps.windows(2).any(|w| w[0] != w[1]) {
             return Verdict::Leak;
+        }
+        // A page that belongs to nobody: anyone may see it, and it says nothing about whose a
+        // session is.
+        if self.anonymous.contains(&stamps[0]) {
+            return Verdict::Deliver;
         }
         let user = crate::util::hash::hash_bytes(stamps[0].as_bytes());
         // A response that starts a session (login) binds the new session at once, so that the
@@ -299,6 +474,18 @@ impl Isolation {
             .map(|s| s.lock().map(|m| m.len()).unwrap_or(0))
             .sum()
     }
+}
+
+/// 128 random bits in hex (32 characters): unique per request, and not guessable from another.
+fn fresh_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bits: u128 = rand::random();
+    let mut out = [0u8; 32];
+    for (i, c) in out.iter_mut().enumerate() {
+        *c = HEX[((bits >> (4 * (31 - i))) & 0xf) as usize];
+    }
+    // Hex digits are always a valid header value.
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 fn evict_oldest_quarter(map: &mut HashMap<u64, (u64, u64)>) {
@@ -439,5 +626,177 @@ mod tests {
         }
         i.strip_request(&mut h);
         assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
+    }
+
+    fn iso_with(f: impl FnOnce(&mut IsolationConfig)) -> Isolation {
+        let mut cfg = IsolationConfig {
+            session_cookies: vec!["portal_session".into()],
+            leak_guard_header: Some("x-portal-user".into()),
+            leak_guard_sessions: 64,
+            ..Default::default()
+        };
+        f(&mut cfg);
+        assert_eq!(cfg.validate(), vec![]);
+        Isolation::new(&cfg)
+    }
+
+    #[test]
+    fn anonymous_stamps_are_delivered_to_anyone_and_never_bind() {
+        let i = iso_with(|c| c.anonymous_stamps = vec!["anon".into(), "-".into()]);
+        // An anonymous visitor gets the anon page; the stamp is stripped.
+        let mut h = stamped("anon");
+        assert_eq!(i.check_response(None, &mut h, 1), Verdict::Deliver);
+        assert!(h.get("x-portal-user").is_none());
+        assert_eq!(
+            i.check_response(None, &mut stamped("-"), 1),
+            Verdict::Deliver
+        );
+        // Still refused: a user's page to a request without credentials.
+        assert_eq!(
+            i.check_response(None, &mut stamped("bob"), 2),
+            Verdict::Leak
+        );
+        // A session's first page stamped anon binds nothing: its user's page still passes...
+        let s = Some(7);
+        assert_eq!(
+            i.check_response(s, &mut stamped("anon"), 3),
+            Verdict::Deliver
+        );
+        assert_eq!(i.bound_sessions(), 0);
+        assert_eq!(
+            i.check_response(s, &mut stamped("alice"), 4),
+            Verdict::Deliver
+        );
+        // ...and once bound, another user's is refused, an anon page is not.
+        assert_eq!(i.check_response(s, &mut stamped("bob"), 5), Verdict::Leak);
+        assert_eq!(
+            i.check_response(s, &mut stamped("anon"), 6),
+            Verdict::Deliver
+        );
+        // A login answer stamped anon binds nothing either.
+        let mut login = stamped("anon");
+        login.insert(SET_COOKIE, "portal_session=NEW".parse().unwrap());
+        assert_eq!(i.check_response(None, &mut login, 7), Verdict::Deliver);
+        assert_eq!(i.bound_sessions(), 1);
+        // An anon stamp mixed with a user's: refused.
+        let mut h = stamped("anon");
+        h.append("x-portal-user", "bob".parse().unwrap());
+        assert_eq!(i.check_response(None, &mut h, 8), Verdict::Leak);
+        // Without the list, "anon" is a user like any other.
+        assert_eq!(
+            iso().check_response(None, &mut stamped("anon"), 1),
+            Verdict::Leak
+        );
+    }
+
+    #[test]
+    fn request_ids_are_fresh_unless_a_trusted_forwarder_set_one() {
+        let i = iso_with(|c| c.request_id_header = Some("x-request-id".into()));
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..1000 {
+            let mut h = HeaderMap::new();
+            h.insert("x-request-id", "client-chosen".parse().unwrap());
+            let id = i.stamp_request_id(&mut h, false).unwrap();
+            assert_eq!(h["x-request-id"], id, "the client's id must be replaced");
+            assert_eq!(id.len(), 32);
+            assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit));
+            assert!(seen.insert(id), "a request id repeated");
+        }
+        // Kept from a trusted forwarder...
+        let mut h = HeaderMap::new();
+        h.insert("x-request-id", "lb-123".parse().unwrap());
+        assert_eq!(i.stamp_request_id(&mut h, true).unwrap(), "lb-123");
+        // ...unless it is not one clean value.
+        h.append("x-request-id", "lb-456".parse().unwrap());
+        let id = i.stamp_request_id(&mut h, true).unwrap();
+        assert_ne!(id, "lb-123");
+        assert_eq!(h.get_all("x-request-id").iter().count(), 1);
+        let mut h = HeaderMap::new();
+        h.insert("x-request-id", "a b".parse().unwrap());
+        assert_ne!(i.stamp_request_id(&mut h, true).unwrap(), "a b");
+        // Not configured: nothing added.
+        let mut h = HeaderMap::new();
+        assert_eq!(iso().stamp_request_id(&mut h, false), None);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn an_answer_must_echo_its_own_request_id() {
+        let i = iso_with(|c| {
+            c.request_id_header = Some("x-request-id".into());
+            c.request_id_echo = true;
+        });
+        assert!(i.checks_responses());
+        let sent = HeaderValue::from_static("abc");
+        let echo = |v: &[&str]| {
+            let mut h = HeaderMap::new();
+            for x in v {
+                h.append("x-request-id", x.parse().unwrap());
+            }
+            i.check_echo(Some(&sent), &h)
+        };
+        assert_eq!(echo(&["abc"]), Verdict::Deliver);
+        assert_eq!(echo(&[]), Verdict::RequestIdMissing);
+        assert_eq!(echo(&["abd"]), Verdict::RequestIdMismatch);
+        assert_eq!(echo(&["abc", "abc"]), Verdict::Deliver);
+        assert_eq!(echo(&["abc", "zzz"]), Verdict::RequestIdMismatch);
+        // Without echo, nothing is checked (and nothing captured without a leak guard).
+        let j = Isolation::new(&IsolationConfig {
+            request_id_header: Some("x-request-id".into()),
+            ..Default::default()
+        });
+        assert!(!j.checks_responses());
+        assert_eq!(
+            j.check_echo(Some(&sent), &HeaderMap::new()),
+            Verdict::Deliver
+        );
+        assert!(!Isolation::new(&IsolationConfig::default()).checks_responses());
+        assert!(iso().checks_responses());
+    }
+
+    #[test]
+    fn bad_isolation_keys_are_named() {
+        let keys = |f: fn(&mut IsolationConfig)| {
+            let mut c = IsolationConfig::default();
+            f(&mut c);
+            c.validate().into_iter().map(|(k, _)| k).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            keys(|c| c.request_id_echo = true),
+            ["isolation.request_id_echo"]
+        );
+        assert_eq!(
+            keys(|c| c.request_id_header = Some("bad header".into())),
+            ["isolation.request_id_header"]
+        );
+        assert_eq!(
+            keys(|c| c.request_id_header = Some("Cookie".into())),
+            ["isolation.request_id_header"]
+        );
+        assert_eq!(
+            keys(|c| c.request_id_header = Some("x-remote-user".into())),
+            ["isolation.request_id_header"]
+        );
+        assert_eq!(
+            keys(|c| c.anonymous_stamps = vec!["anon".into()]),
+            ["isolation.anonymous_stamps"]
+        );
+        assert_eq!(
+            keys(|c| {
+                c.leak_guard_header = Some("x-portal-user".into());
+                c.anonymous_stamps = vec!["".into(), "a\nb".into()];
+            }),
+            [
+                "isolation.anonymous_stamps[0]",
+                "isolation.anonymous_stamps[1]"
+            ]
+        );
+        assert!(keys(|c| {
+            c.leak_guard_header = Some("x-portal-user".into());
+            c.anonymous_stamps = vec!["anon".into()];
+            c.request_id_header = Some("X-Request-Id".into());
+            c.request_id_echo = true;
+        })
+        .is_empty());
     }
 }

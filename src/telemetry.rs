@@ -180,6 +180,18 @@ pub const FAMILIES: &[(&str, Kind, Unit, &str)] = &[
         "Portal responses refused because they were stamped for another user.",
     ),
     (
+        crate::isolation::REFUSED,
+        Kind::Counter,
+        Unit::Count,
+        "Portal responses refused by session isolation, by reason (leak, request_id_missing, request_id_mismatch).",
+    ),
+    (
+        crate::isolation::CONNECTIONS_RETIRED,
+        Kind::Counter,
+        Unit::Count,
+        "Portal connections retired after a refused or broken answer (never reused, closed once free), by reason.",
+    ),
+    (
         crate::isolation::MARKED_PRIVATE,
         Kind::Counter,
         Unit::Count,
@@ -371,6 +383,9 @@ fn at_start() {
         metrics::counter!(CONFIG_RELOAD_TOTAL, "result" => result).increment(0);
     }
     metrics::counter!(crate::isolation::LEAKS_BLOCKED).increment(0);
+    for &reason in crate::isolation::REFUSED_REASONS {
+        metrics::counter!(crate::isolation::REFUSED, "reason" => reason).increment(0);
+    }
 }
 
 /// The status code as a static label value (no allocation per request).

@@ -395,3 +395,76 @@ async fn pipelined_requests_are_answered_in_order() {
         last = at;
     }
 }
+
+fn header_of(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_string())
+    })
+}
+
+#[tokio::test]
+async fn every_request_carries_a_fresh_id_and_an_answer_must_echo_it() {
+    // The portal echoes the id it received, except on /wrong (another id) and /none (no echo).
+    let (up, _) = raw_upstream(|_, head| {
+        let id = header_of(head, "x-request-id").unwrap_or_default();
+        let echo = match path_of(head).as_str() {
+            "/wrong" => "x-request-id: 0123456789abcdef0123456789abcdef\r\n".to_string(),
+            "/none" => String::new(),
+            _ => format!("x-request-id: {id}\r\n"),
+        };
+        resp(&format!("seen id {id}"), &echo)
+    })
+    .await;
+    let iso = "[isolation]\nrequest_id_header = \"x-request-id\"\nrequest_id_echo = true\n";
+    let p = proxy(up, "", iso);
+    let mut ids = std::collections::HashSet::new();
+    for _ in 0..20 {
+        // A client's own id is never believed: replaced by a fresh one.
+        let req = Request::get(format!("http://{}/ok", p.addr))
+            .header("x-request-id", "chosen-by-client")
+            .body(full(""))
+            .unwrap();
+        let (s, h, body) = send(req).await;
+        assert_eq!(s, 200, "{body}");
+        let id = body.strip_prefix("seen id ").unwrap().to_string();
+        assert_eq!(id.len(), 32, "{id}");
+        assert_eq!(
+            h["x-request-id"],
+            id.as_str(),
+            "the echo reaches the client"
+        );
+        assert!(ids.insert(id), "a request id repeated");
+    }
+    // A response echoing another id, or none: refused, never shown.
+    for path in ["/wrong", "/none"] {
+        let (s, _, body) = get_as(p.addr, path, None).await;
+        assert_eq!(s, 502, "{path}");
+        assert!(!body.contains("seen id"), "{body}");
+    }
+    let (_, _, m) = get(p.admin, "/metrics").await;
+    for reason in ["request_id_mismatch", "request_id_missing"] {
+        assert!(
+            m.contains(&format!(
+                "anticamera_isolation_refused_total{{reason=\"{reason}\"}} 1"
+            )),
+            "{m}"
+        );
+    }
+    p.stop().await;
+
+    // Behind a trusted forwarder, its id is kept (and must be echoed).
+    let p = proxy(
+        up,
+        "",
+        &format!("[forwarding]\ntrusted_forwarders = [\"127.0.0.1/32\"]\n{iso}"),
+    );
+    let req = Request::get(format!("http://{}/ok", p.addr))
+        .header("x-request-id", "lb-42")
+        .body(full(""))
+        .unwrap();
+    let (s, _, body) = send(req).await;
+    assert_eq!((s, body.as_str()), (200, "seen id lb-42"));
+}

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use http::HeaderMap;
 use http::HeaderValue;
+use hyper_util::client::legacy::connect::CaptureConnection;
 
 use super::ConnInfo;
 use crate::cohort::CohortId;
@@ -93,6 +94,12 @@ pub struct RequestCtx {
     pub cache: Option<(String, HeaderMap)>,
     /// How the request ended (refusals set their own).
     pub disposition: Disposition,
+    /// The request id sent to the portal (`isolation.request_id_header`), which its answer
+    /// must echo when `isolation.request_id_echo` is on.
+    pub request_id: Option<HeaderValue>,
+    /// The portal connection the request went out on, captured when responses are checked,
+    /// so that a refused answer retires it.
+    pub portal_conn: Option<CaptureConnection>,
 }
 
 impl RequestCtx {
@@ -112,6 +119,8 @@ impl RequestCtx {
             set_cookie: None,
             cache: None,
             disposition: Disposition::Forwarded,
+            request_id: None,
+            portal_conn: None,
         }
     }
 

@@ -6,6 +6,7 @@ use http::request::Parts;
 use http::{Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::capture_connection;
 
 use super::hygiene::{content_length, strip_hop_by_hop};
 use super::{Disposition, Proxy, RequestCtx};
@@ -16,6 +17,20 @@ use crate::microcache::Microcache;
 use crate::protect;
 use crate::refusal::Refusal;
 use crate::upstream::UpstreamError;
+
+/// Retires the portal connection the request went out on, if it was captured: poisoned, the
+/// pool never hands it out again (an idle copy is dropped when next seen, a waiting checkout
+/// gets another), and hyper closes it once nothing holds it; what it carries afterwards
+/// (perhaps an answer shifted by one) reaches nobody.
+fn retire_portal_conn(ctx: &RequestCtx, reason: &'static str) {
+    let Some(captured) = &ctx.portal_conn else {
+        return;
+    };
+    if let Some(conn) = captured.connection_metadata().as_ref() {
+        conn.poison();
+        metrics::counter!(isolation::CONNECTIONS_RETIRED, "reason" => reason).increment(1);
+    }
+}
 
 impl Proxy {
     /// Phase 7: anonymous informational pages (never a gated path) from the micro-cache. On a
@@ -55,9 +70,11 @@ impl Proxy {
         None
     }
 
-    /// Phase 8: hop-by-hop headers out and `X-Forwarded-*` in, then the breaker and the
-    /// concurrency guard (users already inside are shed last), then the pooled client with its
-    /// deadlines. The portal permit reports how the exchange went when it is dropped.
+    /// Phase 8: hop-by-hop headers out, `X-Forwarded-*` and the request id in, then the
+    /// breaker and the concurrency guard (users already inside are shed last), then the pooled
+    /// client with its deadlines. The portal permit reports how the exchange went when it is
+    /// dropped. When responses are checked for their owner, the portal connection is captured
+    /// (one small allocation per request) so that a refused or broken answer retires it.
     pub(super) async fn forward(
         &self,
         mut head: Parts,
@@ -72,6 +89,10 @@ impl Proxy {
             ctx.conn.scheme,
             &mut head.headers,
         );
+        ctx.request_id = sh.isolation.stamp_request_id(
+            &mut head.headers,
+            sh.forwarders.is_trusted(ctx.conn.peer.ip()),
+        );
         let priority = if ctx.seat.is_some() || ctx.session.is_some() {
             Priority::Inside
         } else {
@@ -84,11 +105,19 @@ impl Proxy {
             &self.metrics.slot_wait,
         )
         .await?;
-        let req = Request::from_parts(head, LimitedBody::new(body, self.max_body));
+        let mut req = Request::from_parts(head, LimitedBody::new(body, self.max_body));
+        if sh.isolation.checks_responses() {
+            ctx.portal_conn = Some(capture_connection(&mut req));
+        }
         ctx.body_unread = false;
         let result = self.upstream.send(req).await;
         permit.observe(&result);
         drop(permit);
+        if let Err(e @ (UpstreamError::Timeout(_) | UpstreamError::Protocol(_))) = &result {
+            // hyper already keeps such a connection out of the pool; retiring it says so
+            // explicitly and counts it.
+            retire_portal_conn(ctx, e.kind());
+        }
         result.map_err(Refusal::Upstream)
     }
 
@@ -103,18 +132,41 @@ impl Proxy {
         let sh = &*self.shared;
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        if sh
+        // Nothing below awaits before the verdict: a bodiless answer's connection may already
+        // be back in this worker's pool, but no other request of this worker (one
+        // current-thread runtime, one pool) can take it before it is retired here.
+        let verdict = match sh
             .isolation
-            .check_response(ctx.session, &mut parts.headers, sh.clock.now_ms())
-            == Verdict::Leak
+            .check_echo(ctx.request_id.as_ref(), &parts.headers)
         {
-            metrics::counter!(isolation::LEAKS_BLOCKED).increment(1);
+            // The owner's stamp is only looked at (and bound) once the answer is known to
+            // belong to this request.
+            Verdict::Deliver => {
+                sh.isolation
+                    .check_response(ctx.session, &mut parts.headers, sh.clock.now_ms())
+            }
+            refused => refused,
+        };
+        if verdict != Verdict::Deliver {
+            let reason = verdict.reason();
+            retire_portal_conn(ctx, reason);
+            metrics::counter!(isolation::REFUSED, "reason" => reason).increment(1);
+            if verdict == Verdict::Leak {
+                metrics::counter!(isolation::LEAKS_BLOCKED).increment(1);
+            }
             tracing::error!(
                 session = ctx
                     .session
                     .map(|s| format!("{:08x}", s >> 32))
                     .unwrap_or_else(|| "none".into()),
-                "leak guard: the portal answered with a page stamped for another user; refused"
+                request_id = ctx
+                    .request_id
+                    .as_ref()
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("none"),
+                reason,
+                "the portal's answer belongs to another user or request; refused, and its \
+                 connection retired"
             );
             return Err(Refusal::Leak);
         }
