@@ -79,6 +79,16 @@ ALERTS = [
         anchor="anticameraleakrefused",
     ),
     dict(
+        alert="AnticameraShiftedResponseRefused",
+        expr='increase(anticamera_isolation_refused_total{reason=~"request_id_.*"}[5m]) > 0',
+        severity="critical",
+        summary="The portal answered a request with another request's response; anticamera refused it.",
+        description="{{ $labels.instance }} refused {{ $value | humanize }} portal responses "
+        "whose request id echo was missing or wrong ({{ $labels.reason }}) in the last 5 minutes. "
+        "A portal connection carried a shifted or stray response.",
+        anchor="anticamerashiftedresponserefused",
+    ),
+    dict(
         alert="AnticameraPortalSaturated",
         expr="anticamera_upstream_in_flight >= on (job, instance) anticamera_upstream_limit\n"
         "or on (job, instance)\n"
@@ -387,8 +397,10 @@ PANELS = [
     panel(
         "Responses refused by the leak guard",
         [(f"sum by (instance) (increase(anticamera_isolation_leaks_blocked_total{{{NODE_SEL}}}"
-          f"[{RI}]))", "{{instance}}")],
-        desc="Any value above 0 pages (AnticameraLeakRefused).",
+          f"[{RI}]))", "{{instance}}"),
+         (f"sum by (instance, reason) (increase(anticamera_isolation_refused_total{{{NODE_SEL}}}"
+          f"[{RI}]))", "{{instance}} {{reason}}")],
+        desc="Any value above 0 pages (AnticameraLeakRefused, AnticameraShiftedResponseRefused).",
     ),
     panel(
         "Personal responses marked private per second",
