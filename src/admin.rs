@@ -2,7 +2,7 @@
 //! (it should receive traffic: not draining, and at least one portal address in rotation).
 //!
 //! It runs on its own thread so a saturated proxy still answers its operators. The same thread
-//! runs the waiting room's controller (ticks and state snapshots).
+//! runs the waiting room's controller (ticks, state snapshots, and the reserver of ticket numbers).
 //!
 //! The admin API, behind `Authorization: Bearer <admin token>`:
 //!
@@ -92,7 +92,7 @@ pub async fn upkeep(prometheus: &'static PrometheusHandle, mut shutdown: watch::
 
 /// Runs the waiting room's controller until `shutdown`: ticks every `waiting_room.tick`, saves
 /// the state every `waiting_room.snapshot_interval`; beside it, the reserver of ticket numbers
-/// ([`numbers`]).
+/// (`numbers`).
 pub async fn controller(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let Some(room) = shared.room.clone() else {
         return;

@@ -23,7 +23,7 @@
 //! | `lanes.rs` | [`GateRuntime`], [`Lane`], the admin [`Switch`], the pre-queue shuffle |
 //! | `status.rs` | status and long polls ([`Room::status`]), the wake-up shards, [`poll_advice`] |
 //! | `controller.rs` | [`Room::tick`], the admission factor ([`Room::set_health`]), the gauges |
-//! | `persist.rs` | the state file ([`Room::save`], restore at start) |
+//! | `persist.rs` | the state file ([`Room::save`], restore at start) and the ticket file (numbers reserved before use, [`Room::reserve_numbers_now`]) |
 //! | `cookies.rs` | ticket and pass cookies, [`binding_of`], [`strip_own_cookies`] |
 
 use std::path::PathBuf;

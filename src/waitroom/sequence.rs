@@ -20,7 +20,7 @@
 //! at most [`MAX_BLOCK`]). A crash thus costs at most `LEAD_MS + BLOCK_MS` of arrivals' numbers.
 //!
 //! After a crash, the numbers between the last known next ticket (the snapshot's, or the one
-//! written with the last reservation) and the reserved ceiling are *unsure* ([`Unsure`]): some
+//! written with the last reservation) and the reserved ceiling are *unsure* (`Unsure`): some
 //! are in people's cookies, the rest were never handed out. People waiting poll, so an unsure
 //! number that polls after the restart is marked seen. For [`UNSURE_GRACE_MS`] after the
 //! restart (longer than the longest poll interval the pages advise) the controller treats every
