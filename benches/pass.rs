@@ -55,7 +55,7 @@ fn bench_pass(c: &mut Criterion) {
         },
         NOW,
     );
-    let t = gate.take_ticket();
+    let t = gate.take_ticket().unwrap();
     gate.tick(NOW);
     let who = Occupant {
         ticket: t,

@@ -2,7 +2,7 @@
 //! (it should receive traffic: not draining, and at least one portal address in rotation).
 //!
 //! It runs on its own thread so a saturated proxy still answers its operators. The same thread
-//! runs the waiting room's controller (ticks and state snapshots).
+//! runs the waiting room's controller (ticks, state snapshots, and the reserver of ticket numbers).
 //!
 //! The admin API, behind `Authorization: Bearer <admin token>`:
 //!
@@ -91,13 +91,17 @@ pub async fn upkeep(prometheus: &'static PrometheusHandle, mut shutdown: watch::
 }
 
 /// Runs the waiting room's controller until `shutdown`: ticks every `waiting_room.tick`, saves
-/// the state every `waiting_room.snapshot_interval`.
+/// the state every `waiting_room.snapshot_interval`; beside it, the reserver of ticket numbers
+/// (`numbers`).
 pub async fn controller(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let Some(room) = shared.room.clone() else {
         return;
     };
     let config = shared.config.load_full();
     let w = &config.waiting_room;
+    if w.state_file.is_some() {
+        tokio::spawn(numbers(room.clone(), w.tick.0, shutdown.clone()));
+    }
     let mut tick = tokio::time::interval(w.tick.0);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut save = tokio::time::interval(w.snapshot_interval.0);
@@ -116,6 +120,35 @@ pub async fn controller(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
                     tracing::warn!(error = %e, "cannot save waiting-room state");
                 }
             }
+        }
+    }
+}
+
+/// With a state file: reserves ticket numbers ahead of need (see
+/// [`Room::reserve_numbers_now`](crate::room::Room::reserve_numbers_now)), every `tick` and at
+/// once when an arrival finds a reservation due; its own task, so neither a tick nor a state
+/// save ever waits for it, nor it for them.
+async fn numbers(
+    room: Arc<crate::room::Room>,
+    tick: std::time::Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut every = tokio::time::interval(tick);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = every.tick() => {}
+            _ = room.numbers_wanted() => {}
+        }
+        let r = {
+            let room = room.clone();
+            tokio::task::spawn_blocking(move || room.reserve_numbers_now()).await
+        };
+        match r {
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot reserve ticket numbers"),
+            Err(e) => tracing::warn!(error = %e, "ticket number reserver"),
+            Ok(Ok(_)) => {}
         }
     }
 }

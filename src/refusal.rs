@@ -41,6 +41,10 @@ pub enum Refusal {
     Closed(Box<RoomPage>),
     /// Wait in line: the queue page (or its JSON twin), 503 with the poll advice.
     Queued(Box<RoomPage>),
+    /// No ticket number can be handed out this second (the numbers reserved in the state file
+    /// are used up by a surge faster than the reserver): 503, retry in a second. Nothing was
+    /// taken: better than a number a crash could hand out twice.
+    Unnumbered,
     /// The declared request body is larger than allowed: 413, connection closed (unread body).
     TooLarge,
     /// The circuit breaker is open (the portal is failing): 503 until it lets a probe through.
@@ -82,6 +86,7 @@ impl Refusal {
         match page.answer {
             Answer::Closed { .. } => Refusal::Closed(Box::new(page)),
             Answer::Queue { .. } => Refusal::Queued(Box::new(page)),
+            Answer::Unnumbered { .. } => Refusal::Unnumbered,
         }
     }
 
@@ -99,9 +104,10 @@ impl Refusal {
             Refusal::Closed(_) => Disposition::Closed,
             // anticamera's own endpoints are counted with the waiting room they serve.
             Refusal::Queued(_) | Refusal::NotFound(_) => Disposition::Queued,
-            Refusal::BreakerOpen(_) | Refusal::Shed(_) | Refusal::TooManyConnections => {
-                Disposition::Shed
-            }
+            Refusal::BreakerOpen(_)
+            | Refusal::Shed(_)
+            | Refusal::TooManyConnections
+            | Refusal::Unnumbered => Disposition::Shed,
             Refusal::Upstream(_) | Refusal::Leak => Disposition::UpstreamError,
         }
     }
@@ -151,6 +157,11 @@ impl Refusal {
                 "waiting_room",
                 "Please wait: this service is letting people in one at a time.",
                 5,
+            ),
+            Refusal::Unnumbered => Synthetic::unavailable(
+                "queue_busy",
+                "Very many people are arriving at this moment. Please try again in a second.",
+                1,
             ),
             Refusal::TooLarge => {
                 count_error("body_too_large");

@@ -189,7 +189,7 @@ impl RunningServer {
         let _ = self.admin_stop.send(true);
         let _ = self.admin_thread.join();
         if let Some(room) = &self.shared.room {
-            match room.save() {
+            match room.save_final() {
                 Ok(()) => tracing::info!("waiting-room state saved"),
                 Err(e) => tracing::error!(error = %e, "cannot save waiting-room state"),
             }

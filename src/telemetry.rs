@@ -276,6 +276,18 @@ pub const FAMILIES: &[(&str, Kind, Unit, &str)] = &[
         "Waiting-room tokens refused (forged, tampered, expired, copied...), by gate, reason.",
     ),
     (
+        crate::room::metric::UNNUMBERED,
+        Kind::Counter,
+        Unit::Count,
+        "Arrivals asked to retry in a second because the ticket numbers reserved in the state file were used up, by gate and cohort.",
+    ),
+    (
+        crate::room::metric::NUMBER_BLOCKS,
+        Kind::Counter,
+        Unit::Count,
+        "Blocks of ticket numbers reserved in the ticket file (written and fsynced before use), by result.",
+    ),
+    (
         crate::room::metric::CLOSED,
         Kind::Counter,
         Unit::Count,

@@ -133,6 +133,8 @@ fn body(
             };
             (body, retry)
         }
+        // Never a page: `Refusal::room` makes it `Refusal::Unnumbered`. An honest fallback.
+        Answer::Unnumbered { .. } => (String::new(), 1),
     }
 }
 

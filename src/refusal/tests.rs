@@ -115,6 +115,22 @@ const TABLE: &[Row] = &[
         disposition: Disposition::Closed,
     },
     Row {
+        name: "unnumbered",
+        make: |_| {
+            Refusal::room(RoomPage {
+                answer: Answer::Unnumbered { gate: 0 },
+                set_cookie: None,
+                lang: Lang::En,
+                page_url: "/claim".into(),
+            })
+        },
+        status: 503,
+        retry_after: Some((1, 1)),
+        closes: false,
+        json_marker: "queue_busy",
+        disposition: Disposition::Shed,
+    },
+    Row {
         name: "too large",
         make: |_| Refusal::TooLarge,
         status: 413,

@@ -23,7 +23,7 @@
 //! | `lanes.rs` | [`GateRuntime`], [`Lane`], the admin [`Switch`], the pre-queue shuffle |
 //! | `status.rs` | status and long polls ([`Room::status`]), the wake-up shards, [`poll_advice`] |
 //! | `controller.rs` | [`Room::tick`], the admission factor ([`Room::set_health`]), the gauges |
-//! | `persist.rs` | the state file ([`Room::save`], restore at start) |
+//! | `persist.rs` | the state file ([`Room::save`], restore at start) and the ticket file (numbers reserved before use, [`Room::reserve_numbers_now`]) |
 //! | `cookies.rs` | ticket and pass cookies, [`binding_of`], [`strip_own_cookies`] |
 
 use std::path::PathBuf;
@@ -88,6 +88,10 @@ pub mod metric {
     pub const ADMISSION_FACTOR: &str = "anticamera_waitroom_admission_factor";
     /// Estimated wait for a new arrival (seconds; absent when unknown).
     pub const ESTIMATED_WAIT: &str = "anticamera_waitroom_estimated_wait_seconds";
+    /// Arrivals that got no number (the numbers reserved in the state file were used up).
+    pub const UNNUMBERED: &str = "anticamera_waitroom_unnumbered_total";
+    /// Blocks of ticket numbers reserved in the ticket file, by `result` (`ok`, `error`).
+    pub const NUMBER_BLOCKS: &str = "anticamera_waitroom_number_blocks_total";
 }
 
 /// Why the room answers instead of forwarding.
@@ -113,6 +117,12 @@ pub enum Answer {
         /// Their turn came while they were away (the held place lapsed): they wait in the
         /// late line for the next free place, `ahead` counting other late arrivals.
         missed_turn: bool,
+    },
+    /// No number can be handed out this second (the numbers reserved in the state file are
+    /// used up by a surge faster than the reserver): come back in a second.
+    Unnumbered {
+        /// Gate index.
+        gate: usize,
     },
     /// Closed for this cohort now.
     Closed {
@@ -178,6 +188,10 @@ pub struct Room {
     pub clock: Arc<Clock>,
     cookie_secure: bool,
     state_file: Option<PathBuf>,
+    /// Wakes the reserver of ticket numbers when an arrival finds a reservation due.
+    numbers_wanted: tokio::sync::Notify,
+    /// One reservation of numbers at a time (start-up and the reserver).
+    numbers_lock: std::sync::Mutex<()>,
     /// Release header name.
     pub release_header: http::HeaderName,
     cookie_prefix: String,
@@ -232,6 +246,8 @@ impl Room {
             clock,
             cookie_secure: w.cookie_secure,
             state_file: w.state_file.as_ref().map(|p| cfg.base_dir.join(p)),
+            numbers_wanted: tokio::sync::Notify::new(),
+            numbers_lock: std::sync::Mutex::new(()),
             release_header: http::HeaderName::from_bytes(w.release_header.as_bytes()).map_err(
                 |e| RoomError::Config("waiting_room.release_header".into(), e.to_string()),
             )?,
@@ -239,6 +255,7 @@ impl Room {
             health_bits: AtomicU64::new(1.0f64.to_bits()),
         };
         room.restore()?;
+        room.start_numbers()?;
         room.tick();
         Ok(room)
     }
@@ -531,7 +548,10 @@ impl Room {
         // 4. A new arrival.
         let visitor = VisitorId::random();
         if prequeue {
-            let ticket = lane.gate.take_ticket();
+            let Some(ticket) = lane.gate.take_ticket() else {
+                return self.unnumbered(g, gate_idx, lane);
+            };
+            self.after_number(lane);
             let cookie = self.ticket_cookie(lane, ticket, visitor, now);
             let ahead = lane.gate.status(ticket).ahead;
             return self.queue(
@@ -544,7 +564,10 @@ impl Room {
                 Some(cookie),
             );
         }
-        match lane.gate.arrive(visitor.low64(), binding, now) {
+        let arrival = lane.gate.arrive(visitor.low64(), binding, now);
+        self.after_number(lane);
+        match arrival {
+            Arrival::Unnumbered => self.unnumbered(g, gate_idx, lane),
             Arrival::Admitted { ticket, slot } => Decision {
                 answer: None,
                 set_cookie: Some(self.pass_cookie(g, lane, ticket, visitor, slot, binding, now)),
@@ -569,6 +592,33 @@ impl Room {
                     Some(cookie),
                 )
             }
+        }
+    }
+
+    /// After a number was taken: wakes the reserver if the next block is due (cheap when not).
+    #[inline]
+    fn after_number(&self, lane: &Lane) {
+        if lane.gate.numbers_due() {
+            self.numbers_wanted.notify_one();
+        }
+    }
+
+    /// No number for this arrival now: counted, and asked to come back in a second.
+    #[cold]
+    fn unnumbered(&self, g: &GateRuntime, gate: usize, lane: &Lane) -> Decision {
+        self.numbers_wanted.notify_one();
+        metrics::counter!(metric::UNNUMBERED, "gate" => g.name.clone(), "cohort" => lane.cohort_name.clone())
+            .increment(1);
+        let refused = lane.gate.unnumbered();
+        if refused.is_power_of_two() {
+            // 1, 2, 4, 8…: the log says it without a line per arrival of a surge.
+            tracing::warn!(gate = %g.name, refused, "waitroom: reserved ticket numbers used up; arrivals asked to retry");
+        }
+        Decision {
+            answer: Some(Answer::Unnumbered { gate }),
+            set_cookie: None,
+            seat: None,
+            outcome: "unnumbered",
         }
     }
 

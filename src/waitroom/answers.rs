@@ -54,6 +54,10 @@ pub enum Arrival {
         /// The ticket taken.
         ticket: u64,
     },
+    /// No number can be handed out right now: the numbers reserved durably are used up and
+    /// the next block is not on disk yet (a surge faster than the reserver). Come back in a
+    /// second; nothing was taken.
+    Unnumbered,
 }
 
 /// Why a claim failed.

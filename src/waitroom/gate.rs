@@ -19,6 +19,9 @@
 //! * Each ticket claims once (`claims.rs`), so a replayed ticket cookie cannot take
 //!   several slots.
 //!
+//! * With a state file, numbers come from blocks reserved on disk first
+//!   ([`super::sequence`]): a crash leaves a gap in the numbers, never a duplicate.
+//!
 //! Pure logic, no I/O: the room drives it with the clock's `now_ms`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +33,7 @@ use super::bucket::TokenBucket;
 use super::claims::{ClaimBits, CLAIM_WINDOW};
 use super::pace::{Pace, PaceGauge};
 use super::reservations::{Cursor, Reservations};
+use super::sequence::{Sequence, Unsure};
 use super::settings::{GateSettings, LiveSettings, Mode};
 use super::slots::{Found, Occupant, SlotTable, Touched, CLAIMING, MAX_CAPACITY};
 use super::snapshot::{GateSnapshot, RestoreError, SnapshotCounters, SNAPSHOT_FORMAT};
@@ -58,6 +62,10 @@ pub struct Gate {
     /// re-claim an empty slot.
     reclaim_from_ms: AtomicU64,
     reclaim_until_ms: AtomicU64,
+    /// The ceiling of the numbers reserved durably, and the arrival rate that sizes blocks.
+    seq: Sequence,
+    /// After a crash: the numbers that may never have been handed out (set before traffic).
+    unsure: std::sync::OnceLock<Unsure>,
     ctl: Mutex<Controller>,
 }
 
@@ -95,6 +103,8 @@ impl Gate {
             pace: PaceGauge::default(),
             reclaim_from_ms: AtomicU64::new(0),
             reclaim_until_ms: AtomicU64::new(0),
+            seq: Sequence::default(),
+            unsure: std::sync::OnceLock::new(),
             ctl: Mutex::new(Controller {
                 bucket: TokenBucket::new(now_ms),
                 pace: Pace::default(),
@@ -137,21 +147,28 @@ impl Gate {
     // Waiting side
     // ------------------------------------------------------------------
 
-    /// Takes a ticket (lock-free; the visitor waits).
+    /// Takes a ticket (lock-free; the visitor waits). `None` when the numbers reserved
+    /// durably are all handed out ([`Gate::reserve_numbers`]): the arrival must come back
+    /// rather than get a number that a crash could hand out again.
     #[inline]
-    pub fn take_ticket(&self) -> u64 {
-        self.store.take_ticket()
+    pub fn take_ticket(&self) -> Option<u64> {
+        let t = self.store.take_ticket(self.seq.ceiling());
+        if t.is_none() {
+            self.seq.refuse();
+        }
+        t
     }
 
     /// A new arrival: in `open` mode with room, within the rate cap and nobody
     /// waiting, the visitor is admitted at once and claims a slot; otherwise
-    /// they get a ticket and wait.
+    /// they get a ticket and wait ([`Arrival::Unnumbered`] if no number can be handed out).
     pub fn arrive(&self, visitor: u64, binding: u32, now_ms: u64) -> Arrival {
         if let Some(a) = self.try_admit_now(visitor, binding, now_ms) {
             return a;
         }
-        Arrival::Queued {
-            ticket: self.take_ticket(),
+        match self.take_ticket() {
+            Some(ticket) => Arrival::Queued { ticket },
+            None => Arrival::Unnumbered,
         }
     }
 
@@ -177,8 +194,11 @@ impl Gate {
         if self.store.reserve(1, self.room_for_new()) == 0 {
             return None;
         }
-        let t = self.store.take_ticket();
-        if t != serving || !self.advance_locked(&mut ctl, t, 1, now_ms) {
+        let Some(t) = self.take_ticket() else {
+            self.store.unreserve(1);
+            return Some(Arrival::Unnumbered);
+        };
+        if t != serving || !self.advance_locked(&mut ctl, t, 1, 1, now_ms) {
             // Someone took a ticket in between: they are ahead of us.
             self.store.unreserve(1);
             return Some(Arrival::Queued { ticket: t });
@@ -212,9 +232,13 @@ impl Gate {
         self.store.serving()
     }
 
-    /// Where a ticket stands (lock-free).
+    /// Where a ticket stands (lock-free). Asking it marks an unsure number (after a crash) as
+    /// held by someone.
     #[inline]
     pub fn status(&self, ticket: u64) -> Position {
+        if let Some(u) = self.unsure.get() {
+            u.see(ticket);
+        }
         let serving = self.store.serving();
         Position {
             ahead: ticket.saturating_sub(serving),
@@ -385,12 +409,15 @@ impl Gate {
         if !(from <= pass_issued_ms && pass_issued_ms < until)
             || t == 0
             || t >= CLAIMING
-            || t >= self.store.serving()
+            || t >= self.store.next_ticket()
         {
             return Err(TouchError::Expired);
         }
         if self.store.reserve(1, self.settings.capacity()) == 0 {
             return Err(TouchError::Expired);
+        }
+        if t >= self.store.serving() {
+            self.catch_up_serving(t + 1);
         }
         if !self.slots.take_at(slot, who, now_ms) {
             self.store.unreserve(1);
@@ -404,6 +431,32 @@ impl Gate {
             "waitroom: pass re-claimed its slot after restart"
         );
         Ok(())
+    }
+
+    /// A valid pass for ticket `t` proves that every ticket up to `t` was admitted before the
+    /// restart, even if the snapshot restored predates it: `serving` moves up to `to` (never
+    /// back), and the tickets in between may claim (with free room, as late arrivals do: no
+    /// place was held for them).
+    #[cold]
+    fn catch_up_serving(&self, to: u64) {
+        let _ctl = self.lock();
+        loop {
+            let from = self.store.serving();
+            if from >= to {
+                return;
+            }
+            if self.store.advance_serving(from, to) {
+                if to - from <= CLAIM_WINDOW {
+                    self.claims.open(from, to);
+                }
+                tracing::info!(
+                    from,
+                    to,
+                    "waitroom: serving caught up with a pass after restart"
+                );
+                return;
+            }
+        }
     }
 
     /// Ends a session now (the portal's release header). Returns false if the
@@ -471,24 +524,40 @@ impl Gate {
         }
         let allowance = ctl.bucket.allowance(apm);
         let want = u32::try_from(waiting.min(allowance)).unwrap_or(u32::MAX);
-        let n = self.store.reserve(want, self.room_for_new());
-        if n == 0 {
+        let mut n = self.store.reserve(want, self.room_for_new());
+        // After a crash, unsure numbers nobody has asked about pass without a place.
+        let span = match self.unsure.get().filter(|u| now_ms >= u.free_after_ms) {
+            Some(u) => {
+                let (span, real) = u.span(serving, serving + waiting, u64::from(n));
+                let real = u32::try_from(real).unwrap_or(n);
+                self.store.unreserve(n - real);
+                n = real;
+                span
+            }
+            None => u64::from(n),
+        };
+        if span == 0 {
             return 0;
         }
-        if self.advance_locked(ctl, serving, n, now_ms) {
+        if self.advance_locked(ctl, serving, span, n, now_ms) {
             ctl.bucket.spend(apm, u64::from(n));
-            u64::from(n)
+            span
         } else {
             self.store.unreserve(n);
             0
         }
     }
 
-    /// Admits tickets `[a, a+n)`: makes them claimable, records the
-    /// reservation batch and moves `serving`. Caller holds the controller
-    /// lock and has reserved `n` places.
-    fn advance_locked(&self, ctl: &mut Controller, a: u64, n: u32, now_ms: u64) -> bool {
-        let b = a + u64::from(n);
+    /// Admits tickets `[a, a+span)`: makes them claimable, records the
+    /// reservation batch of `n` places and moves `serving`. Caller holds the controller
+    /// lock and has reserved `n` places (`n < span` only for unsure numbers after a crash).
+    fn advance_locked(&self, ctl: &mut Controller, a: u64, span: u64, n: u32, now_ms: u64) -> bool {
+        let b = a + span;
+        if n == 0 {
+            // Only unsure numbers nobody asked about: no place held, no batch.
+            self.claims.open(a, b);
+            return self.store.advance_serving(a, b);
+        }
         self.claims.open(a, b);
         let (batch, recycled) = self.reservations.admit(
             &mut ctl.cursor,
@@ -508,6 +577,86 @@ impl Gate {
         self.reservations.undo(batch, n);
         tracing::warn!(from = a, to = b, "waitroom: serving moved concurrently");
         false
+    }
+
+    // ------------------------------------------------------------------
+    // Numbers reserved durably (a state file)
+    // ------------------------------------------------------------------
+
+    /// The next number to hand out.
+    #[inline]
+    pub fn next_ticket(&self) -> u64 {
+        self.store.next_ticket()
+    }
+
+    /// Whether a reservation of numbers is due now (cheap: the request path asks it after an
+    /// arrival to wake the reserver early). Always false without a reserved ceiling.
+    #[inline]
+    pub fn numbers_due(&self) -> bool {
+        self.seq.due(self.store.next_ticket())
+    }
+
+    /// Starts handing out numbers from reserved blocks (with a state file; before traffic):
+    /// numbers resume at `from` (the highest ceiling reserved before the restart, or later)
+    /// and stay below `ceiling`, which the caller has made durable. Returns the number the
+    /// next arrival gets.
+    ///
+    /// The numbers between `known` (the highest next number known to have been handed out:
+    /// the snapshot's or the one written with the last reservation) and `from` are unsure:
+    /// admissions hold a place only for those someone asks about ([`Gate::status`]), once
+    /// [`UNSURE_GRACE_MS`](super::sequence::UNSURE_GRACE_MS) after `now_ms` have passed.
+    pub fn start_numbers(&self, known: u64, from: u64, ceiling: u64, now_ms: u64) -> u64 {
+        let _ctl = self.lock();
+        let c = self.store.counters();
+        if let Some(u) = Unsure::new(known.max(c.next_ticket), from, now_ms) {
+            let _ = self.unsure.set(u);
+        }
+        if from > c.next_ticket {
+            self.store.restore(StoreCounters {
+                next_ticket: from,
+                ..c
+            });
+        }
+        self.seq.raise(ceiling);
+        self.store.next_ticket()
+    }
+
+    /// The first ceiling to reserve after a start, numbers resuming at `from`.
+    pub fn first_ceiling(from: u64) -> u64 {
+        Sequence::first(from)
+    }
+
+    /// The reserver's step (every tick, and when [`Gate::numbers_due`]): measures the arrival
+    /// rate and, when numbers are reserved and few are left, the ceiling to make durable next
+    /// (then [`Gate::reserve_numbers`]). `None` when nothing is due or nothing is reserved.
+    pub fn plan_numbers(&self, now_ms: u64) -> Option<u64> {
+        self.seq.plan(self.store.next_ticket(), now_ms)
+    }
+
+    /// Numbers below `ceiling` are reserved durably: they may be handed out (a ceiling only
+    /// rises).
+    pub fn reserve_numbers(&self, ceiling: u64) {
+        self.seq.raise(ceiling);
+    }
+
+    /// A clean shutdown, once nothing hands out numbers any more (the workers have stopped):
+    /// no number is handed out from here on, and the ceiling comes down to the next number, so
+    /// that the next start resumes exactly there (no gap). Returns that ceiling, `None` when
+    /// numbers are not reserved (no state file).
+    pub fn close_numbers(&self) -> Option<u64> {
+        let _ctl = self.lock();
+        self.seq.close(self.store.next_ticket());
+        self.numbers_ceiling()
+    }
+
+    /// The ceiling of the numbers reserved durably; `None` without a state file (unbounded).
+    pub fn numbers_ceiling(&self) -> Option<u64> {
+        self.seq.bounded().then(|| self.seq.ceiling())
+    }
+
+    /// Arrivals that got no number because the reserved block was used up.
+    pub fn unnumbered(&self) -> u64 {
+        self.seq.refused()
     }
 
     // ------------------------------------------------------------------

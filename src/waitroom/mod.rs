@@ -13,6 +13,7 @@
 //! | `reservations` | room held for admitted tickets until they arrive; abandonment |
 //! | `bucket` | the `admit_per_minute` token bucket |
 //! | `pace` | the line's pace behind [`Gate::estimate_wait`] |
+//! | [`sequence`] | ticket numbers from blocks reserved on disk first (no duplicate after a crash) |
 //! | [`late`] | the late line: admitted tickets back after their place lapsed |
 //! | [`snapshot`] | [`GateSnapshot`] and [`RestoreError`] (restarts) |
 //! | [`store`] | the [`AdmissionStore`] boundary: counters and the late line a shared store may hold |
@@ -27,6 +28,7 @@ pub mod late;
 mod pace;
 pub mod pass;
 mod reservations;
+pub mod sequence;
 pub mod settings;
 pub mod slots;
 pub mod snapshot;

@@ -22,8 +22,10 @@
 //!
 //! # What a shared implementation must provide
 //!
-//! * `take_ticket`: a unique, increasing number per call across all nodes (an atomic
-//!   increment, e.g. Redis `INCR`); `next_ticket` reads it without taking one.
+//! * `take_ticket(below)`: a unique, increasing number per call across all nodes (an atomic
+//!   increment bounded by `below`, e.g. a Redis script around `INCR`); `next_ticket` reads it
+//!   without taking one. The bound is the node's durably reserved ceiling
+//!   ([`super::sequence`]): a store that is itself durable may be given `u64::MAX`.
 //! * `advance_serving(from, to)`: a compare-and-set, so two controllers never admit the same
 //!   tickets twice; a `false` makes the gate undo its reservation and try again next tick.
 //!   `serving` never moves backwards and never passes `next_ticket`.
@@ -59,8 +61,9 @@ use super::late::LateLine;
 /// ticket *not yet* admitted: tickets `< serving` are admitted, a waiting
 /// ticket has `ticket - serving` people ahead of it.
 pub trait AdmissionStore: Send + Sync + fmt::Debug {
-    /// Hands out the next ticket number.
-    fn take_ticket(&self) -> u64;
+    /// Hands out the next ticket number if it is below `below` (the ceiling of the numbers
+    /// reserved durably, `u64::MAX` when unbounded); `None` (and nothing taken) otherwise.
+    fn take_ticket(&self, below: u64) -> Option<u64>;
     /// The number the next arrival will get (tickets issued so far + 1).
     fn next_ticket(&self) -> u64;
     /// The first ticket not yet admitted.
@@ -155,8 +158,15 @@ impl MemoryStore {
 
 impl AdmissionStore for MemoryStore {
     #[inline]
-    fn take_ticket(&self) -> u64 {
-        self.next_ticket.fetch_add(1, Ordering::AcqRel)
+    fn take_ticket(&self, below: u64) -> Option<u64> {
+        if below == u64::MAX {
+            return Some(self.next_ticket.fetch_add(1, Ordering::AcqRel));
+        }
+        self.next_ticket
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < below).then_some(n + 1)
+            })
+            .ok()
     }
 
     #[inline]
@@ -248,9 +258,13 @@ mod tests {
     #[test]
     fn memory_store_counters() {
         let s = MemoryStore::default();
-        assert_eq!(s.take_ticket(), 1);
-        assert_eq!(s.take_ticket(), 2);
+        assert_eq!(s.take_ticket(u64::MAX), Some(1));
+        assert_eq!(s.take_ticket(u64::MAX), Some(2));
         assert_eq!(s.next_ticket(), 3);
+        // Bounded: nothing at or past the ceiling is handed out, and nothing is taken.
+        assert_eq!(s.take_ticket(4), Some(3));
+        assert_eq!(s.take_ticket(4), None);
+        assert_eq!(s.next_ticket(), 4);
         assert_eq!(s.serving(), 1);
         assert!(s.advance_serving(1, 2));
         assert!(!s.advance_serving(1, 3));

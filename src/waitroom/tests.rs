@@ -31,7 +31,7 @@ fn admitted_up_to(g: &Gate) -> u64 {
 #[test]
 fn admission_order_is_ticket_order() {
     let g = Gate::new(&settings(3), T0);
-    let tickets: Vec<u64> = (0..10).map(|_| g.take_ticket()).collect();
+    let tickets: Vec<u64> = (0..10).map(|_| g.take_ticket().unwrap()).collect();
     assert_eq!(tickets, (1..=10).collect::<Vec<_>>());
     assert_eq!(
         g.status(5),
@@ -65,7 +65,7 @@ fn admission_order_is_ticket_order() {
     // while an earlier one waits (status is monotone in ticket number).
     let g2 = Gate::new(&settings(2), T0);
     for _ in 0..5 {
-        g2.take_ticket();
+        g2.take_ticket().unwrap();
     }
     g2.tick(T0 + 1);
     let adm: Vec<bool> = (1..=5).map(|t| g2.status(t).admitted).collect();
@@ -82,7 +82,7 @@ fn rate_cap_holds_over_ten_minutes() {
     };
     let g = Gate::new(&s, T0);
     for _ in 0..1500 {
-        g.take_ticket();
+        g.take_ticket().unwrap();
     }
     let mut now = T0;
     let mut per_minute_max = 0;
@@ -110,7 +110,7 @@ fn rate_cap_holds_over_ten_minutes() {
 /// comes at once. Returns the pace published after each step.
 fn run_line(g: &Gate, people: u64, steps: usize, stay: impl Fn(u64) -> u64) -> Vec<f64> {
     for _ in 0..people {
-        g.take_ticket();
+        g.take_ticket().unwrap();
     }
     let mut now = T0;
     let mut inside: Vec<(u64, u32, u64)> = Vec::new();
@@ -173,7 +173,7 @@ fn the_first_stay_after_an_opening_is_not_a_slow_pace() {
 fn unlimited_rate_fills_capacity_in_one_tick() {
     let g = Gate::new(&settings(50), T0);
     for _ in 0..80 {
-        g.take_ticket();
+        g.take_ticket().unwrap();
     }
     let r = g.tick(T0 + 100);
     assert_eq!(r.admitted, 50);
@@ -194,7 +194,7 @@ fn capacity_never_exceeded_under_concurrent_claims() {
     };
     let g = Arc::new(Gate::new(&s, T0));
     for _ in 0..2000 {
-        g.take_ticket();
+        g.take_ticket().unwrap();
     }
     let clock = Arc::new(AtomicU64::new(T0));
     let done = Arc::new(AtomicBool::new(false));
@@ -255,7 +255,7 @@ fn capacity_never_exceeded_under_concurrent_claims() {
 #[test]
 fn copied_pass_with_other_binding_refused() {
     let g = Gate::new(&settings(5), T0);
-    let t = g.take_ticket();
+    let t = g.take_ticket().unwrap();
     g.tick(T0);
     let slot = g.claim(who(t), T0).unwrap();
     assert_eq!(g.touch(slot, who(t), T0, T0 + 1000), Ok(()));
@@ -272,7 +272,7 @@ fn copied_pass_with_other_binding_refused() {
     assert_eq!(g.claim(who(t), T0 + 5), Ok(slot));
     assert_eq!(g.active(), 1);
     // A pass for a slot held by someone else: expired.
-    let t2 = g.take_ticket();
+    let t2 = g.take_ticket().unwrap();
     g.tick(T0 + 10);
     let s2 = g.claim(who(t2), T0 + 10).unwrap();
     assert_ne!(s2, slot);
@@ -283,7 +283,7 @@ fn copied_pass_with_other_binding_refused() {
 #[test]
 fn release_frees_slot_and_next_ticket_gets_in() {
     let g = Gate::new(&settings(1), T0);
-    let (t1, t2) = (g.take_ticket(), g.take_ticket());
+    let (t1, t2) = (g.take_ticket().unwrap(), g.take_ticket().unwrap());
     g.tick(T0);
     let slot = g.claim(who(t1), T0).unwrap();
     g.tick(T0 + 250);
@@ -339,7 +339,7 @@ fn late_arrival_gets_in_when_room() {
         ..GateSettings::default()
     };
     let g = Gate::new(&s, T0);
-    let t = g.take_ticket();
+    let t = g.take_ticket().unwrap();
     g.tick(T0);
     g.tick(T0 + 11_000);
     assert_eq!(g.stats().abandoned, 1);
@@ -357,7 +357,7 @@ fn waiting_gate(capacity: u32, arrival_s: u64, people: u64) -> Gate {
     };
     let g = Gate::new(&s, T0);
     for _ in 0..people {
-        g.take_ticket();
+        g.take_ticket().unwrap();
     }
     g
 }
@@ -455,7 +455,7 @@ fn idle_slots_expire_after_session_duration() {
         ..GateSettings::default()
     };
     let g = Gate::new(&s, T0);
-    let (t1, t2) = (g.take_ticket(), g.take_ticket());
+    let (t1, t2) = (g.take_ticket().unwrap(), g.take_ticket().unwrap());
     g.tick(T0);
     let slot = g.claim(who(t1), T0).unwrap();
     g.touch(slot, who(t1), T0, T0 + 30_000).unwrap();
@@ -529,7 +529,7 @@ fn capacity_can_grow_at_runtime() {
     let g = Gate::new(&settings(1000), T0);
     assert_eq!(g.slots.len(), 1024);
     for _ in 0..1500 {
-        g.take_ticket();
+        g.take_ticket().unwrap();
     }
     g.tick(T0);
     let s1 = g.claim(who(1), T0).unwrap();
@@ -544,7 +544,7 @@ fn capacity_can_grow_at_runtime() {
     assert_eq!(g.active(), 1500);
     // Shrinking keeps sessions but admits nobody new.
     g.apply(&settings(10));
-    g.take_ticket();
+    g.take_ticket().unwrap();
     assert_eq!(g.tick(T0 + 300).admitted, 0);
     assert_eq!(g.active(), 1500);
 }
@@ -557,7 +557,7 @@ fn snapshot_restore_keeps_positions_and_slots() {
     };
     let g = Gate::new(&s, T0);
     for _ in 0..8 {
-        g.take_ticket();
+        g.take_ticket().unwrap();
     }
     g.tick(T0);
     let s1 = g.claim(who(1), T0 + 1000).unwrap();
@@ -577,7 +577,7 @@ fn snapshot_restore_keeps_positions_and_slots() {
         assert_eq!(h.status(t), g.status(t), "ticket {t}");
     }
     assert_eq!(h.status(6).ahead, 2);
-    assert_eq!(h.take_ticket(), 9);
+    assert_eq!(h.take_ticket().unwrap(), 9);
     assert_eq!(h.touch(s1, who(1), T0, T0 + 21_000), Ok(()));
     assert_eq!(h.touch(s2, who(2), T0, T0 + 21_000), Ok(()));
     let st = h.stats();
@@ -604,7 +604,7 @@ fn snapshot_restore_keeps_positions_and_slots() {
 fn pass_issued_after_snapshot_reclaims_its_slot() {
     let g = Gate::new(&settings(4), T0);
     for _ in 0..3 {
-        g.take_ticket();
+        g.take_ticket().unwrap();
     }
     g.tick(T0);
     let s1 = g.claim(who(1), T0).unwrap();
@@ -639,6 +639,182 @@ fn pass_issued_after_snapshot_reclaims_its_slot() {
     assert_eq!(h.restore(&bad, T0), Err(RestoreError::Format(99)));
 }
 
+/// "The disk": the ceiling the reserver made durable, as the room's ticket file would.
+struct Disk(u64);
+
+impl Disk {
+    /// The reserver's step: plan, write, only then raise the gate's ceiling.
+    fn reserve(&mut self, g: &Gate, now_ms: u64) {
+        if let Some(c) = g.plan_numbers(now_ms) {
+            self.0 = c;
+            g.reserve_numbers(c);
+        }
+    }
+
+    /// A start: numbers resume at the highest of the snapshot's next ticket and the ceiling
+    /// on disk, under a first block written before any traffic.
+    fn start(&mut self, g: &Gate) -> u64 {
+        let from = g.next_ticket().max(self.0);
+        self.0 = Gate::first_ceiling(from);
+        g.start_numbers(0, from, self.0, T0)
+    }
+}
+
+#[test]
+fn numbers_never_repeat_across_crashes() {
+    let mut disk = Disk(0);
+    let mut issued = std::collections::HashSet::new();
+    let mut snap = None;
+    let mut now = T0;
+    for life in 0..5u64 {
+        let g = Gate::new(&settings(50), now);
+        if let Some(s) = &snap {
+            g.restore(s, now).unwrap();
+        }
+        let first = disk.start(&g);
+        assert!(
+            issued.iter().all(|&t| t < first),
+            "life {life}: resumes above every number handed out"
+        );
+        // A surge of arrivals, the reserver running every 50 of them; a snapshot part way.
+        for i in 0..(700 + life * 300) {
+            if i % 50 == 0 {
+                now += 10;
+                disk.reserve(&g, now);
+            }
+            let t = g.take_ticket().unwrap();
+            assert!(
+                t < disk.0,
+                "a number is handed out only under a durable ceiling"
+            );
+            assert!(issued.insert(t), "life {life}: number {t} handed out twice");
+            if i == 300 {
+                snap = Some(g.snapshot(now));
+            }
+            g.tick(now);
+        }
+        // The crash: dropped without a snapshot (the last one is older).
+        now += 1000;
+    }
+    assert!(issued.len() > 5000);
+}
+
+#[test]
+fn a_used_up_block_refuses_rather_than_repeats() {
+    let g = Gate::new(&settings(0), T0);
+    assert_eq!(g.numbers_ceiling(), None, "no state file: unbounded");
+    let next = g.start_numbers(1, 1, 11, T0);
+    assert_eq!((next, g.numbers_ceiling()), (1, Some(11)));
+    let got: Vec<u64> = (0..10).map(|_| g.take_ticket().unwrap()).collect();
+    assert_eq!(got, (1..=10).collect::<Vec<_>>());
+    assert!(g.numbers_due());
+    assert_eq!(g.take_ticket(), None);
+    assert_eq!(g.arrive(1, 1, T0), Arrival::Unnumbered);
+    assert_eq!(g.unnumbered(), 2);
+    assert_eq!(g.next_ticket(), 11, "nothing taken by a refusal");
+    let c = g.plan_numbers(T0 + 100).unwrap();
+    assert!(c > 11);
+    g.reserve_numbers(c);
+    assert_eq!(g.take_ticket(), Some(11));
+    // Direct admission takes a number too, under the same ceiling.
+    let h = Gate::new(&settings(5), T0);
+    h.start_numbers(1, 1, 2, T0);
+    assert!(matches!(
+        h.arrive(1, 1, T0),
+        Arrival::Admitted { ticket: 1, .. }
+    ));
+    assert_eq!(h.arrive(2, 1, T0), Arrival::Unnumbered);
+    assert_eq!(
+        h.stats().pending + h.active(),
+        1,
+        "the refused arrival holds no room"
+    );
+}
+
+#[test]
+fn a_gap_after_a_crash_holds_no_places() {
+    let g = Gate::new(&settings(25), T0);
+    g.start_numbers(1, 1, 400, T0);
+    for _ in 0..10 {
+        g.take_ticket().unwrap();
+    }
+    let snap = g.snapshot(T0 + 1000);
+    // 11..=20 handed out after the snapshot (the last reservation wrote "11 issued").
+    for _ in 0..10 {
+        g.take_ticket().unwrap();
+    }
+    // Crash. Numbers resume at the ceiling 300 (say); 11..300 are unsure.
+    let h = Gate::new(&settings(25), T0 + 5000);
+    h.restore(&snap, T0 + 5000).unwrap();
+    assert_eq!(h.start_numbers(11, 300, 400, T0 + 5000), 300);
+    // The people holding 11..=20 poll; the rest of the gap never does.
+    for t in 11..=20 {
+        assert_eq!(h.status(t).ahead, t - 1);
+    }
+    // Paused through the grace (nobody is admitted); then the controller admits.
+    h.set_mode(Mode::Paused);
+    assert_eq!(h.tick(T0 + 6000).admitted, 0);
+    h.set_mode(Mode::Open);
+    let after_grace = T0 + 5000 + super::super::sequence::UNSURE_GRACE_MS;
+    assert_eq!(h.tick(after_grace).admitted, 299);
+    let st = h.stats();
+    assert_eq!(h.serving(), 300, "the gap is passed at once");
+    assert_eq!(
+        st.pending, 20,
+        "places held only for the 20 people, not for the gap"
+    );
+    for t in 1..=20 {
+        assert!(h.claim(who(t), after_grace).is_ok(), "{t} claims its place");
+    }
+    // Someone of the gap who never polled (kept their page closed) still gets in, with room.
+    assert!(h.claim(who(150), after_grace).is_ok());
+    // Within the grace, unsure numbers hold places like anyone's.
+    let k = Gate::new(&settings(25), T0 + 5000);
+    k.restore(&snap, T0 + 5000).unwrap();
+    k.start_numbers(11, 300, 400, T0 + 5000);
+    assert_eq!(k.tick(T0 + 6000).admitted, 25);
+    assert_eq!(h.active(), 21);
+}
+
+#[test]
+fn a_pass_from_before_the_crash_moves_serving_up_never_back() {
+    let g = Gate::new(&settings(10), T0);
+    g.start_numbers(1, 1, 100, T0);
+    for _ in 0..3 {
+        g.take_ticket().unwrap();
+    }
+    g.tick(T0);
+    let snap = g.snapshot(T0 + 1000);
+    // After the snapshot: three more arrive and are admitted; 5 claims (its pass says so).
+    for _ in 0..3 {
+        g.take_ticket().unwrap();
+    }
+    g.tick(T0 + 1500);
+    assert_eq!(g.serving(), 7);
+    let s5 = g.claim(who(5), T0 + 2000).unwrap();
+    let waiting = g.take_ticket().unwrap();
+    // Crash; the restart restores the older snapshot and resumes numbers at the ceiling.
+    let h = Gate::new(&settings(10), T0 + 5000);
+    h.restore(&snap, T0 + 5000).unwrap();
+    assert_eq!(h.start_numbers(8, 100, 200, T0 + 5000), 100);
+    assert_eq!(h.serving(), 4, "the snapshot knew 1..=3 only");
+    assert_eq!(h.touch(s5, who(5), T0 + 2000, T0 + 6000), Ok(()));
+    assert_eq!(
+        h.serving(),
+        6,
+        "5 was admitted before the crash, and so was 4"
+    );
+    assert!(h.status(4).admitted && h.status(5).admitted);
+    assert!(h.claim(who(4), T0 + 6000).is_ok(), "4 claims free room");
+    // The one waiting keeps their place: nobody later is ahead.
+    assert!(!h.status(waiting).admitted);
+    let later = h.take_ticket().unwrap();
+    assert!(later > waiting && h.status(later).ahead > h.status(waiting).ahead);
+    // An older pass never moves serving back.
+    assert_eq!(h.touch(s5, who(5), T0 + 2000, T0 + 6000), Ok(()));
+    assert_eq!(h.serving(), 6);
+}
+
 #[test]
 fn memory_per_active_user() {
     let per_slot = std::mem::size_of::<Slot>();
@@ -652,7 +828,7 @@ fn memory_per_active_user() {
     let g = Gate::new(&settings(1), T0);
     let before = g.slots.len();
     for _ in 0..100_000 {
-        g.take_ticket();
+        g.take_ticket().unwrap();
     }
     assert_eq!(g.slots.len(), before);
     assert_eq!(g.stats().waiting, 100_000);
@@ -662,7 +838,7 @@ fn memory_per_active_user() {
 fn parallel_first_requests_share_one_slot() {
     for round in 0..20u64 {
         let g = Arc::new(Gate::new(&settings(10), T0));
-        let t = g.take_ticket();
+        let t = g.take_ticket().unwrap();
         g.tick(T0);
         let hs: Vec<_> = (0..4)
             .map(|_| {
@@ -684,7 +860,7 @@ fn parallel_first_requests_share_one_slot() {
 #[test]
 fn replayed_ticket_cannot_take_many_slots() {
     let g = Gate::new(&settings(10), T0);
-    let t = g.take_ticket();
+    let t = g.take_ticket().unwrap();
     g.tick(T0);
     let slot = g.claim(who(t), T0).unwrap();
     for _ in 0..20 {
