@@ -258,6 +258,75 @@ pub struct GateConfig {
     pub shares: std::collections::BTreeMap<String, f64>,
     /// Opening hours; absent = always open.
     pub schedule: Option<crate::schedule::ScheduleConfig>,
+    /// Requests whose successful answer ends the journey and frees the place at once, for a
+    /// portal that sends no release header (`POST /claim/submit` answered 2xx, `/logout`).
+    #[serde(default)]
+    pub release_on: Vec<ReleaseOnConfig>,
+}
+
+/// `[[gates.release_on]]`: a request (by path and method) whose answer, when its status is one
+/// of `status`, ends the admitted person's journey: their place goes to the next in line at once.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseOnConfig {
+    /// Path prefixes (whole segments, as a gate's).
+    #[serde(default)]
+    pub prefix: Vec<String>,
+    /// Path globs (`*` one segment, `**` any).
+    #[serde(default)]
+    pub glob: Vec<String>,
+    /// Methods (default all).
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Statuses that count as the end: classes (`"2xx"`) or codes (`"303"`); default `["2xx"]`.
+    #[serde(default = "gate_defaults::release_status")]
+    pub status: Vec<String>,
+}
+
+impl ReleaseOnConfig {
+    /// The path rules of this release rule.
+    pub fn rules(&self) -> crate::route::RuleConfig {
+        crate::route::RuleConfig {
+            prefix: self.prefix.clone(),
+            glob: self.glob.clone(),
+            methods: self.methods.clone(),
+        }
+    }
+}
+
+/// A status an answer must have to count: a class (`2xx`) or one code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusMatch {
+    /// Any status of this hundred (2 for `2xx`).
+    Class(u16),
+    /// Exactly this status.
+    Code(u16),
+}
+
+impl StatusMatch {
+    /// Parses `"2xx"` or `"204"` (100–599).
+    pub fn parse(s: &str) -> Result<StatusMatch, String> {
+        let t = s.trim().to_ascii_lowercase();
+        let bad = || format!("{s:?} is not a status (\"2xx\" or a code like \"303\")");
+        if let Some(class) = t.strip_suffix("xx") {
+            return match class.parse::<u16>() {
+                Ok(c @ 1..=5) => Ok(StatusMatch::Class(c)),
+                _ => Err(bad()),
+            };
+        }
+        match t.parse::<u16>() {
+            Ok(code @ 100..=599) => Ok(StatusMatch::Code(code)),
+            _ => Err(bad()),
+        }
+    }
+
+    /// Whether `status` is matched.
+    pub fn matches(self, status: u16) -> bool {
+        match self {
+            StatusMatch::Class(c) => status / 100 == c,
+            StatusMatch::Code(code) => status == code,
+        }
+    }
 }
 
 mod gate_defaults {
@@ -271,6 +340,9 @@ mod gate_defaults {
     }
     pub fn arrival_timeout() -> Dur {
         Dur(Duration::from_secs(60))
+    }
+    pub fn release_status() -> Vec<String> {
+        vec!["2xx".into()]
     }
 }
 

@@ -161,6 +161,28 @@ impl Config {
                     v.push((at(&k), r));
                 }
             }
+            for (j, r) in g.release_on.iter().enumerate() {
+                let at = |k: &str| format!("gates[{i}].release_on[{j}].{k}");
+                if r.prefix.is_empty() && r.glob.is_empty() {
+                    v.push((
+                        at("prefix"),
+                        "give a prefix or a glob: which request ends the journey".into(),
+                    ));
+                }
+                if let Err(errs) = crate::route::Rules::compile(&r.rules()) {
+                    for (k, reason) in errs {
+                        v.push((at(&k), reason));
+                    }
+                }
+                if r.status.is_empty() {
+                    v.push((at("status"), "give at least one status (\"2xx\")".into()));
+                }
+                for (k, st) in r.status.iter().enumerate() {
+                    if let Err(reason) = super::StatusMatch::parse(st) {
+                        v.push((at(&format!("status[{k}]")), reason));
+                    }
+                }
+            }
             if let Err(errs) = g.settings().validate() {
                 for e in errs {
                     v.push((at(&e.key), e.reason));

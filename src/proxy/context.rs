@@ -87,6 +87,8 @@ pub struct RequestCtx {
     pub gate: Option<GateRoute>,
     /// The waiting-room slot the request's pass holds (a release header frees it).
     pub seat: Option<Seat>,
+    /// The gate's `release_on` rule this request matches: a matching answer frees the seat.
+    pub release_rule: Option<usize>,
     /// A cookie to set on the answer (a new ticket or pass).
     pub set_cookie: Option<HeaderValue>,
     /// The micro-cache key and the request headers it was looked up with, when the answer may
@@ -116,6 +118,7 @@ impl RequestCtx {
             cohort: 0,
             gate: None,
             seat: None,
+            release_rule: None,
             set_cookie: None,
             cache: None,
             disposition: Disposition::Forwarded,

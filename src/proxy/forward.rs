@@ -171,7 +171,16 @@ impl Proxy {
             return Err(Refusal::Leak);
         }
         if let Some(room) = &sh.room {
-            if parts.headers.remove(&room.release_header).is_some() {
+            // The journey ends when the portal says so (the release header), or when it answers
+            // a request the gate's `release_on` names with one of its statuses.
+            let said = parts.headers.remove(&room.release_header).is_some();
+            let ended = match (ctx.gate, ctx.release_rule) {
+                (Some(g), Some(rule)) => room.gates[g.gate]
+                    .policy()
+                    .ends_journey(rule, parts.status.as_u16()),
+                _ => false,
+            };
+            if said || ended {
                 if let Some(seat) = ctx.seat.take() {
                     ctx.set_cookie = room.release(seat);
                 }

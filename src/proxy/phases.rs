@@ -77,6 +77,11 @@ impl Proxy {
             }
             ctx.seat = d.seat;
             ctx.set_cookie = d.set_cookie;
+            if ctx.seat.is_some() {
+                if let Some(path) = &ctx.path {
+                    ctx.release_rule = room.gates[gate].policy().release_rule(&head.method, path);
+                }
+            }
         }
         strip_own_cookies(&mut head.headers, |n| room.is_own_cookie(n));
         Ok(())

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use super::RoomError;
 use crate::cohort::{CohortId, Cohorts};
-use crate::config::{Config, GateConfig};
+use crate::config::{Config, GateConfig, StatusMatch};
 use crate::route::Rules;
 use crate::schedule::Schedule;
 use crate::waitroom::{GateSettings, Keyring, Mode};
@@ -33,6 +33,8 @@ pub struct GatePolicy {
     pub(super) shares: Vec<f64>,
     pub(super) configured_mode: Mode,
     pub(super) settings: GateSettings,
+    /// Requests whose successful answer ends the journey (`release_on`).
+    release_on: Vec<(Rules, Vec<StatusMatch>)>,
 }
 
 /// The configured policy of the whole room (what is not per gate).
@@ -107,7 +109,25 @@ impl GatePolicy {
                     .unwrap_or(1.0)
             })
             .collect();
+        let release_on = g
+            .release_on
+            .iter()
+            .enumerate()
+            .map(|(j, r)| {
+                let at = format!("gates[{i}].release_on[{j}]");
+                let rules = Rules::compile(&r.rules())
+                    .map_err(|e| RoomError::Config(at.clone(), format!("{e:?}")))?;
+                let statuses = r
+                    .status
+                    .iter()
+                    .map(|st| StatusMatch::parse(st))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| RoomError::Config(format!("{at}.status"), e))?;
+                Ok((rules, statuses))
+            })
+            .collect::<Result<Vec<_>, RoomError>>()?;
         Ok(GatePolicy {
+            release_on,
             label: g.label.clone().unwrap_or_else(|| g.name.clone()),
             rules,
             schedule,
@@ -115,6 +135,21 @@ impl GatePolicy {
             configured_mode: g.mode,
             settings: g.settings(),
         })
+    }
+
+    /// The `release_on` rule a request matches, if any (its index: the answer's status is
+    /// checked against it with [`GatePolicy::ends_journey`]).
+    pub fn release_rule(&self, method: &http::Method, path: &str) -> Option<usize> {
+        self.release_on
+            .iter()
+            .position(|(rules, _)| rules.matches(method, path))
+    }
+
+    /// Whether an answer with `status` to a request matching rule `rule` ends the journey.
+    pub fn ends_journey(&self, rule: usize, status: u16) -> bool {
+        self.release_on
+            .get(rule)
+            .is_some_and(|(_, statuses)| statuses.iter().any(|s| s.matches(status)))
     }
 
     /// A pass's lifetime (ms): the session plus two refresh periods.

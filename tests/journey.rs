@@ -1,0 +1,144 @@
+//! A journey's end without changing the portal: `[[gates.release_on]]` frees the place when the
+//! portal answers the named request with one of the named statuses, over real sockets, with a
+//! portal that never sends the release header.
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use common::*;
+use http::Request;
+
+const KEY: &str = "journey-test-key-0123456789abcdef0123456";
+
+/// A portal that answers with the status the request asks for (`x-want-status`), and never
+/// sends the release header.
+async fn portal() -> Upstream {
+    upstream(|req: Request<hyper::body::Incoming>| async move {
+        let status = req
+            .headers()
+            .get("x-want-status")
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(200u16);
+        let mut r = http::Response::new(full(format!("portal:{}", req.uri().path())));
+        *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+        r
+    })
+    .await
+}
+
+struct Browser {
+    jar: HashMap<String, String>,
+}
+
+impl Browser {
+    async fn send(&mut self, addr: SocketAddr, method: &str, path: &str, want: u16) -> u16 {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"))
+            .header("accept", "application/json")
+            .header("x-want-status", want.to_string());
+        if !self.jar.is_empty() {
+            let c: Vec<String> = self.jar.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            b = b.header("cookie", c.join("; "));
+        }
+        let (s, h, _) = send(b.body(full("")).unwrap()).await;
+        for c in h.get_all("set-cookie") {
+            let c = c.to_str().unwrap();
+            let (kv, attrs) = c.split_once(';').unwrap_or((c, ""));
+            let (k, v) = kv.split_once('=').unwrap();
+            if attrs.contains("Max-Age=0") {
+                self.jar.remove(k);
+            } else {
+                self.jar.insert(k.to_string(), v.to_string());
+            }
+        }
+        s
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_named_request_answered_successfully_frees_the_place_at_once() {
+    let portal = portal().await;
+    let p = proxy_from(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\
+         [upstream]\nurls = [\"http://{}\"]\n\
+         [waiting_room]\nkeys = [{{ id = 1, secret = \"{KEY}\" }}]\ntick = \"50ms\"\n\
+         [[gates]]\nname = \"claims\"\nprefix = [\"/claim\"]\ncapacity = 1\n\
+         session_duration = \"30m\"\n\
+         [[gates.release_on]]\nprefix = [\"/claim/submit\"]\nmethods = [\"POST\"]\n",
+        portal.addr
+    ));
+    let mut a = Browser {
+        jar: HashMap::new(),
+    };
+    let mut b = Browser {
+        jar: HashMap::new(),
+    };
+    assert_eq!(
+        a.send(p.addr, "GET", "/claim", 200).await,
+        200,
+        "A is let in"
+    );
+    assert_eq!(b.send(p.addr, "GET", "/claim", 200).await, 503, "B waits");
+
+    // Not the end: the submit failed, a GET of the same path, another path.
+    assert_eq!(a.send(p.addr, "POST", "/claim/submit", 500).await, 500);
+    assert_eq!(a.send(p.addr, "GET", "/claim/submit", 200).await, 200);
+    assert_eq!(a.send(p.addr, "POST", "/claim/form", 200).await, 200);
+    p.tick();
+    assert_eq!(
+        b.send(p.addr, "GET", "/claim", 200).await,
+        503,
+        "B still waits"
+    );
+    assert!(a.jar.contains_key("anticamera_claims"), "A keeps the pass");
+
+    // The end: the submit succeeded. A's pass is cleared and B gets the place at once, without
+    // waiting for A's session (30 minutes) to expire.
+    assert_eq!(a.send(p.addr, "POST", "/claim/submit", 201).await, 201);
+    assert!(
+        !a.jar.contains_key("anticamera_claims"),
+        "A's pass is cleared"
+    );
+    assert_eq!(
+        b.send(p.addr, "GET", "/claim", 200).await,
+        200,
+        "B is let in"
+    );
+    // A, coming back, waits like anyone new.
+    assert_eq!(a.send(p.addr, "GET", "/claim", 200).await, 503);
+    p.stop().await;
+}
+
+#[test]
+fn a_release_rule_without_a_path_or_with_a_bad_status_is_refused_with_its_key() {
+    let base = format!(
+        "[upstream]\nurls = [\"http://127.0.0.1:1\"]\n\
+         [waiting_room]\nkeys = [{{ id = 1, secret = \"{KEY}\" }}]\n\
+         [[gates]]\nname = \"claims\"\nprefix = [\"/claim\"]\n"
+    );
+    let issues = anticamera::config::Config::parse(&format!(
+        "{base}[[gates.release_on]]\nmethods = [\"POST\"]\n\
+         [[gates.release_on]]\nprefix = [\"/logout\"]\nstatus = [\"2xx\", \"600\", \"ok\"]\n"
+    ))
+    .unwrap_err();
+    let keys: Vec<&str> = issues.iter().map(|i| i.key.as_str()).collect();
+    assert!(keys.contains(&"gates[0].release_on[0].prefix"), "{keys:?}");
+    assert!(
+        keys.contains(&"gates[0].release_on[1].status[1]"),
+        "{keys:?}"
+    );
+    assert!(
+        keys.contains(&"gates[0].release_on[1].status[2]"),
+        "{keys:?}"
+    );
+    assert!(
+        !keys.contains(&"gates[0].release_on[1].status[0]"),
+        "{keys:?}"
+    );
+}
