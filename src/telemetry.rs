@@ -119,6 +119,12 @@ pub const FAMILIES: &[(&str, Kind, Unit, &str)] = &[
         "Requests waiting for a portal slot.",
     ),
     (
+        crate::proxy::HELD,
+        Kind::Gauge,
+        Unit::Count,
+        "Requests of people at the front of a line held open until their place comes.",
+    ),
+    (
         crate::proxy::SLOT_WAIT,
         Kind::Histogram,
         Unit::Seconds,

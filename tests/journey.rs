@@ -142,3 +142,82 @@ fn a_release_rule_without_a_path_or_with_a_bad_status_is_refused_with_its_key() 
         "{keys:?}"
     );
 }
+
+fn held_config(portal: SocketAddr, hold: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\
+         [upstream]\nurls = [\"http://{portal}\"]\n\
+         [waiting_room]\nkeys = [{{ id = 1, secret = \"{KEY}\" }}]\ntick = \"50ms\"\n\
+         hold_front = \"{hold}\"\n\
+         [[gates]]\nname = \"claims\"\nprefix = [\"/claim\"]\ncapacity = 1\n\
+         session_duration = \"30m\"\n\
+         [[gates.release_on]]\nprefix = [\"/claim/submit\"]\nmethods = [\"POST\"]\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_held_request_is_forwarded_the_moment_the_place_is_its_own() {
+    let portal = portal().await;
+    let p = proxy_from(&held_config(portal.addr, "5s"));
+    let mut a = Browser {
+        jar: HashMap::new(),
+    };
+    let mut b = Browser {
+        jar: HashMap::new(),
+    };
+    assert_eq!(
+        a.send(p.addr, "GET", "/claim", 200).await,
+        200,
+        "A is let in"
+    );
+    // A newcomer is answered at once (its ticket comes with this answer): never held.
+    let t0 = std::time::Instant::now();
+    assert_eq!(b.send(p.addr, "GET", "/claim", 200).await, 503);
+    assert!(t0.elapsed() < std::time::Duration::from_secs(1));
+
+    // B asks again, as any HTTP client would: held, not answered "wait".
+    let addr = p.addr;
+    let held = tokio::spawn(async move {
+        let status = b.send(addr, "GET", "/claim", 200).await;
+        (status, std::time::Instant::now())
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(!held.is_finished(), "B's request is held while A is inside");
+    let released = std::time::Instant::now();
+    assert_eq!(a.send(p.addr, "POST", "/claim/submit", 200).await, 200);
+    let (status, at) = held.await.unwrap();
+    assert_eq!(status, 200, "B's held request reached the portal");
+    assert!(
+        at.duration_since(released) < std::time::Duration::from_secs(1),
+        "forwarded as soon as the place was free: {:?}",
+        at.duration_since(released)
+    );
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_held_request_whose_hold_ends_first_is_answered_wait() {
+    let portal = portal().await;
+    let p = proxy_from(&held_config(portal.addr, "1s"));
+    let mut a = Browser {
+        jar: HashMap::new(),
+    };
+    let mut b = Browser {
+        jar: HashMap::new(),
+    };
+    assert_eq!(a.send(p.addr, "GET", "/claim", 200).await, 200);
+    assert_eq!(b.send(p.addr, "GET", "/claim", 200).await, 503);
+    let t0 = std::time::Instant::now();
+    assert_eq!(
+        b.send(p.addr, "GET", "/claim", 200).await,
+        503,
+        "still waiting"
+    );
+    let held = t0.elapsed();
+    assert!(
+        held >= std::time::Duration::from_millis(900) && held < std::time::Duration::from_secs(3),
+        "held for the hold and no longer: {held:?}"
+    );
+    p.stop().await;
+}

@@ -200,6 +200,10 @@ pub struct WaitingRoomConfig {
     pub release_header: String,
     /// Directory with `queue.html` / `closed.html` overriding the built-in pages.
     pub templates: Option<PathBuf>,
+    /// How long a request of someone at the front of the line (an HTTP client that carries its
+    /// ticket and asks for the gated page again) is held open, to be forwarded the moment the
+    /// place is theirs instead of answered "wait"; `"0s"` (the default) turns holding off.
+    pub hold_front: Dur,
 }
 
 impl Default for WaitingRoomConfig {
@@ -215,6 +219,7 @@ impl Default for WaitingRoomConfig {
             poll_interval: Dur(Duration::from_secs(5)),
             ticket_ttl: Dur(Duration::from_secs(24 * 3600)),
             pass_refresh: Dur(Duration::from_secs(60)),
+            hold_front: Dur(Duration::ZERO),
             release_header: "x-anticamera-release".into(),
             templates: None,
         }

@@ -8,6 +8,8 @@ use crate::{microcache, telemetry};
 
 /// Metric: requests refused by a rate limit, by `kind`.
 pub const LIMITED: &str = "anticamera_ratelimit_limited_total";
+/// Metric: requests of people at the front of a line held open until their place comes.
+pub const HELD: &str = "anticamera_waitroom_held";
 /// Metric: time spent waiting for a portal slot (seconds).
 pub const SLOT_WAIT: &str = "anticamera_upstream_slot_wait_seconds";
 

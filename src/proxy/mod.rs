@@ -12,7 +12,8 @@
 //!  2 own_endpoint       /.anticamera/status (long poll), /lang        own.rs
 //!  3 route              gate and cohort                               room/, cohort.rs
 //!  4 rate_limit         session, address, cohort, gate buckets        ratelimit.rs
-//!  5 waiting_room       hours, pass, ticket, queue or closed page     room/, waitroom/
+//!  5 waiting_room       hours, pass, ticket, queue or closed page;    room/, waitroom/,
+//!                       the front of the line held until its turn    hold.rs
 //!  6 upstream_request_filter  own cookies and identity headers out,   phases.rs
 //!                       declared body size, Host
 //!  7 cache_lookup       anonymous public pages (RFC 9111 strict)      forward.rs, microcache.rs
@@ -24,7 +25,7 @@
 //! Every answer is counted by route, disposition and status (`metrics.rs`).
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -48,13 +49,14 @@ use crate::upstream::{Targets, Upstream};
 
 mod context;
 mod forward;
+mod hold;
 mod hygiene;
 mod metrics;
 mod own;
 mod phases;
 
 pub use context::{Disposition, RequestCtx};
-pub use metrics::{LIMITED, SLOT_WAIT};
+pub use metrics::{HELD, LIMITED, SLOT_WAIT};
 
 /// State shared by every worker: the validated config and what is derived from it.
 pub struct Shared {
@@ -67,6 +69,8 @@ pub struct Shared {
     pub targets: Arc<Targets>,
     /// Set when shutdown begins; `/readyz` turns 503.
     pub draining: AtomicBool,
+    /// Requests held open at the front of a line now (`waiting_room.hold_front`).
+    pub held: AtomicUsize,
     /// The clock of every time-dependent decision (settable in tests and rehearsals).
     pub clock: Arc<Clock>,
     /// The waiting room (gates, cohorts, hours); `None` when no gate is configured.
@@ -115,6 +119,7 @@ impl Shared {
             forwarders: Forwarders::new(config.forwarding.trusted_forwarders.clone()),
             targets: Targets::new(&config),
             draining: AtomicBool::new(false),
+            held: AtomicUsize::new(0),
             clock,
             room,
             templates: ArcSwap::from_pointee(templates),
@@ -197,7 +202,7 @@ impl Proxy {
         }
         self.route(&head, ctx);
         self.rate_limit(ctx)?;
-        self.waiting_room(&mut head, ctx)?;
+        self.waiting_room(&mut head, ctx).await?;
         self.upstream_request_filter(&mut head)?;
         if let Some(hit) = self.cache_lookup(&head, ctx) {
             return Ok(hit);

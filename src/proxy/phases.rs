@@ -62,7 +62,7 @@ impl Proxy {
     /// Phase 5: the gate's waiting room and opening hours. A valid pass goes on (its slot is
     /// remembered so a release header can free it); otherwise the queue or closed page.
     /// anticamera's own cookies never reach the portal.
-    pub(super) fn waiting_room(
+    pub(super) async fn waiting_room(
         &self,
         head: &mut Parts,
         ctx: &mut RequestCtx,
@@ -71,7 +71,12 @@ impl Proxy {
             return Ok(());
         };
         if let Some(GateRoute { gate, cohort }) = ctx.gate {
-            let d = room.decide(gate, cohort, head);
+            let mut d = room.decide(gate, cohort, head);
+            if self.may_hold(&d) {
+                if let Some(later) = self.hold(room, gate, cohort, head, ctx).await {
+                    d = later;
+                }
+            }
             if let Some(answer) = d.answer {
                 return Err(Refusal::room(room_page(answer, d.set_cookie, head)));
             }
