@@ -164,6 +164,9 @@ pub const BREAKER_STATE: &str = "anticamera_breaker_state";
 /// limit drops), requests of people let in pile up for a slot, or the breaker opens, new admissions slow down
 /// (multiplicative decrease); when it is healthy again they recover (additive increase).
 fn feed_back(shared: &Shared, room: &crate::room::Room) {
+    if let Some(g) = &shared.guard {
+        room.follow_portal(g.in_flight(), g.current_limit(), g.queued_inside());
+    }
     let mut f = room.health();
     let mut struggling = false;
     if let Some(b) = &shared.breaker {
@@ -467,6 +470,7 @@ fn gate_json(g: &crate::room::GateRuntime) -> serde_json::Value {
             crate::room::Switch::Forced(m) => m.as_str(),
         },
         "capacity": g.capacity.load(Ordering::Relaxed),
+        "steering_capacity": g.steering.load(Ordering::Relaxed),
         "admit_per_minute": g.admit_per_minute.load(Ordering::Relaxed),
         "waiting": sum(|s| s.waiting),
         "active": sum(|s| u64::from(s.active)),

@@ -267,6 +267,22 @@ pub struct GateConfig {
     /// portal that sends no release header (`POST /claim/submit` answered 2xx, `/logout`).
     #[serde(default)]
     pub release_on: Vec<ReleaseOnConfig>,
+    /// What steers admissions: `capacity` (people holding a pass, the default) or `portal`
+    /// (the portal's room, from `[upstream_guard]`; `capacity` is then only a safety bound).
+    #[serde(default)]
+    pub admission: Admission,
+}
+
+/// What steers a gate's admissions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Admission {
+    /// Admit while fewer than `capacity` people hold a pass.
+    #[default]
+    Capacity,
+    /// Admit while the portal has room (requests in flight under the guard's limit and no
+    /// request of someone inside waiting for a portal slot), up to `capacity` people inside.
+    Portal,
 }
 
 /// `[[gates.release_on]]`: a request (by path and method) whose answer, when its status is one

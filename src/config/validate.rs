@@ -161,6 +161,12 @@ impl Config {
                     v.push((at(&k), r));
                 }
             }
+            if g.admission == super::Admission::Portal && self.upstream_guard.is_none() {
+                v.push((
+                    at("admission"),
+                    "\"portal\" follows the portal's room as [upstream_guard] measures it: configure [upstream_guard]".into(),
+                ));
+            }
             for (j, r) in g.release_on.iter().enumerate() {
                 let at = |k: &str| format!("gates[{i}].release_on[{j}].{k}");
                 if r.prefix.is_empty() && r.glob.is_empty() {

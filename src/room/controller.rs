@@ -21,7 +21,14 @@ impl Room {
         for g in &self.gates {
             let gp = g.policy();
             let active_total: u32 = g.lanes.iter().map(|l| l.gate.active()).sum();
-            let configured = g.capacity.load(Ordering::Relaxed);
+            let bound = g.capacity.load(Ordering::Relaxed);
+            let steering = g.steering.load(Ordering::Relaxed);
+            // Following the portal: the room it can serve now, never past the safety bound.
+            let configured = if gp.follow_portal && steering > 0 {
+                steering.min(bound)
+            } else {
+                bound
+            };
             let apm = g.admit_per_minute.load(Ordering::Relaxed);
             // The loop closed with the portal: a struggling portal means fewer new admissions
             // (a lower rate when one is set, else less room); users inside keep their slot.
@@ -121,6 +128,40 @@ impl Room {
                 l.wake_admitted(before);
                 publish(g, l, &l.gate.stats());
             }
+        }
+    }
+
+    /// Admission that follows the portal (`admission = "portal"`), run by the controller each
+    /// tick with the portal guard's readings: requests at the portal now (`in_flight`), its
+    /// concurrency limit (fixed or learned) and requests of people inside waiting for a portal
+    /// slot (`queued_inside`). Each such gate's room for people inside starts at the limit and
+    /// grows by a tenth a tick while the portal has room (fewer than 90% of its limit in use,
+    /// nobody inside waiting for a slot), people wait, and the room is full; it shrinks by 15% a
+    /// tick while people inside wait for a portal slot (a portal that slows down is followed
+    /// within a second at the default 200 ms tick). `capacity` stays the bound.
+    pub fn follow_portal(&self, in_flight: usize, limit: usize, queued_inside: usize) {
+        let limit = limit.max(1) as u32;
+        for g in &self.gates {
+            if !g.policy().follow_portal {
+                continue;
+            }
+            let bound = g.capacity.load(Ordering::Relaxed).max(1);
+            let cur = match g.steering.load(Ordering::Relaxed) {
+                0 => limit.min(bound),
+                n => n.min(bound),
+            };
+            let (occupied, waiting) = g.lanes.iter().fold((0u32, 0u64), |(o, w), l| {
+                let s = l.gate.stats();
+                (o + s.active + s.pending, w + s.waiting)
+            });
+            let next = if queued_inside > 0 {
+                ((f64::from(cur) * 0.85) as u32).max(1)
+            } else if (in_flight as u32) * 10 < limit * 9 && waiting > 0 && occupied + 1 >= cur {
+                cur.saturating_add((cur / 10).max(1)).min(bound)
+            } else {
+                cur
+            };
+            g.steering.store(next, Ordering::Relaxed);
         }
     }
 

@@ -135,6 +135,9 @@ pub struct GateRuntime {
     pub admit_per_minute: AtomicU32,
     pub(super) switch: RwLock<Switch>,
     pub(super) policy: ArcSwap<GatePolicy>,
+    /// With `admission = "portal"`: how many people inside the portal can serve now, learned
+    /// from its room ([`super::Room::follow_portal`]); 0 until first learned.
+    pub steering: AtomicU32,
 }
 
 impl GateRuntime {

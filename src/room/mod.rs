@@ -237,6 +237,7 @@ impl Room {
                 admit_per_minute: AtomicU32::new(g.admit_per_minute),
                 switch: RwLock::new(Switch::Configured),
                 policy: ArcSwap::from_pointee(gp),
+                steering: AtomicU32::new(0),
             });
         }
         let w = &cfg.waiting_room;

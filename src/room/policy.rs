@@ -35,6 +35,8 @@ pub struct GatePolicy {
     pub(super) settings: GateSettings,
     /// Requests whose successful answer ends the journey (`release_on`).
     release_on: Vec<(Rules, Vec<StatusMatch>)>,
+    /// Admissions follow the portal's room (`admission = "portal"`).
+    pub(super) follow_portal: bool,
 }
 
 /// The configured policy of the whole room (what is not per gate).
@@ -128,6 +130,7 @@ impl GatePolicy {
             .collect::<Result<Vec<_>, RoomError>>()?;
         Ok(GatePolicy {
             release_on,
+            follow_portal: g.admission == crate::config::Admission::Portal,
             label: g.label.clone().unwrap_or_else(|| g.name.clone()),
             rules,
             schedule,
