@@ -31,6 +31,7 @@ pub mod route;
 pub mod schedule;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
 pub mod util;
 pub mod waitroom;
