@@ -233,23 +233,25 @@ impl Upstream {
                 if is_client_body_error(&e) {
                     return Err(UpstreamError::ClientBody(error_chain(&e)));
                 }
+                let why = error_chain(&e);
+                // A refused handshake, or (TLS 1.3) a client certificate the portal refuses
+                // after it: either way the log and the metric say why.
+                if let Some(reason) = tls::failure_reason(&e) {
+                    metrics::counter!(tls::UPSTREAM_TLS_ERRORS,
+                        "upstream" => target.label.clone(), "reason" => reason)
+                    .increment(1);
+                    tracing::warn!(
+                        upstream = %target.label,
+                        reason,
+                        error = %why,
+                        "TLS with the portal failed; answering 502"
+                    );
+                }
                 if e.is_connect() {
                     self.targets.record(target, false);
-                    let why = error_chain(&e);
-                    if let Some(reason) = tls::failure_reason(&e) {
-                        metrics::counter!(tls::UPSTREAM_TLS_ERRORS,
-                            "upstream" => target.label.clone(), "reason" => reason)
-                        .increment(1);
-                        tracing::warn!(
-                            upstream = %target.label,
-                            reason,
-                            error = %why,
-                            "TLS handshake with the portal failed; answering 502"
-                        );
-                    }
                     return Err(UpstreamError::Connect(why));
                 }
-                Err(UpstreamError::Protocol(error_chain(&e)))
+                Err(UpstreamError::Protocol(why))
             }
             Err(_) => Err(UpstreamError::Timeout(self.response_timeout)),
         }

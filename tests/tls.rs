@@ -354,7 +354,7 @@ async fn an_expired_portal_certificate_is_refused_with_502_and_says_why() {
         "{m}"
     );
     let addr = portal.addr.to_string();
-    let lines = log_lines_with(&["TLS handshake with the portal failed", &addr, "expired"]);
+    let lines = log_lines_with(&["TLS with the portal failed", &addr, "expired"]);
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].contains("WARN"), "{}", lines[0]);
     proxy.stop().await;
@@ -385,11 +385,7 @@ async fn a_certificate_from_another_ca_is_refused_with_502() {
         "{m}"
     );
     let addr = portal.addr.to_string();
-    let lines = log_lines_with(&[
-        "TLS handshake with the portal failed",
-        &addr,
-        "UnknownIssuer",
-    ]);
+    let lines = log_lines_with(&["TLS with the portal failed", &addr, "UnknownIssuer"]);
     assert_eq!(lines.len(), 1, "{lines:?}");
     proxy.stop().await;
 }
@@ -448,6 +444,17 @@ async fn mutual_tls_presents_the_configured_client_certificate() {
     let without = proxy_to_https(portal.addr, "ca_file = \"ca.pem\"", dir.path());
     let (status, _, _) = get(without.addr, "/").await;
     assert_eq!(status, 502);
+    let m = metrics_text(without.admin).await;
+    let label = format!("upstream=\"{}\"", portal.addr);
+    assert!(
+        series(
+            &m,
+            "anticamera_upstream_tls_errors_total",
+            &[&label, "reason=\"alert_received\""]
+        )
+        .is_some(),
+        "{m}"
+    );
     without.stop().await;
 
     let with = proxy_to_https(
