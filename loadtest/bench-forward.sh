@@ -12,6 +12,11 @@
 # The upstream is nginx serving a 2 KiB file (so the upstream is never the bottleneck); both
 # proxies keep pooled keep-alive connections to it and run 2 workers. Everything shares the
 # machine's cores, as it would on a small VM; compare ratios, not absolute numbers.
+#
+# TLS rows (nginx-tls, anticamera-tls): both proxies also terminate TLS (a throwaway P-256
+# self-signed certificate made here with openssl, TLS 1.3 as wrk's OpenSSL negotiates it) and
+# forward to the same plain upstream; wrk over https on keep-alive connections, so the rows
+# measure encryption per request, with each connection's one handshake amortised.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
@@ -20,6 +25,7 @@ CONNS=${CONNS:-64}
 THREADS=${THREADS:-1}
 WORKERS=${WORKERS:-2}
 UP_PORT=18081 NGINX_PORT=18082 AC_PORT=18083 AC_ADMIN=18084 BASE_PORT=18085 BASE_ADMIN=18086
+NGINX_TLS_PORT=18087 AC_TLS_PORT=18088 AC_TLS_ADMIN=18089
 BASELINE_BIN=${BASELINE_BIN:-}
 
 ./scripts/setup-test-deps nginx-light wrk
@@ -34,6 +40,9 @@ trap cleanup EXIT
 chmod 755 "$work"
 mkdir -p "$work/www" "$work/logs"
 head -c 2048 /dev/zero | tr '\0' 'a' > "$work/www/index.html"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+  -keyout "$work/tls.key" -out "$work/tls.pem" 2>/dev/null
 
 cat > "$work/upstream.conf" <<CONF
 worker_processes 1;
@@ -72,6 +81,21 @@ http {
       proxy_set_header X-Real-IP \$remote_addr;
     }
   }
+  server {
+    listen 127.0.0.1:$NGINX_TLS_PORT ssl reuseport;
+    ssl_certificate $work/tls.pem;
+    ssl_certificate_key $work/tls.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    location / {
+      proxy_pass http://portal;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+      proxy_set_header X-Real-IP \$remote_addr;
+    }
+  }
 }
 CONF
 
@@ -95,6 +119,15 @@ prefix = ["/queue"]
 mode = "paused"
 CONF
 
+# The same anticamera, terminating TLS itself (its own process, so its CPU is its own).
+sed -e "s/127.0.0.1:$AC_PORT/127.0.0.1:$AC_TLS_PORT/" -e "s/127.0.0.1:$AC_ADMIN/127.0.0.1:$AC_TLS_ADMIN/" \
+  "$work/anticamera.toml" > "$work/anticamera-tls.toml"
+cat >> "$work/anticamera-tls.toml" <<CONF
+[server.tls]
+cert_file = "$work/tls.pem"
+key_file = "$work/tls.key"
+CONF
+
 if [[ -n $BASELINE_BIN ]]; then
   sed -e "s/127.0.0.1:$AC_PORT/127.0.0.1:$BASE_PORT/" -e "s/127.0.0.1:$AC_ADMIN/127.0.0.1:$BASE_ADMIN/" \
     "$work/anticamera.toml" > "$work/baseline.toml"
@@ -103,12 +136,15 @@ fi
 nginx -c "$work/upstream.conf" -p "$work" & up_pid=$!; pids+=($up_pid)
 nginx -c "$work/proxy.conf" -p "$work" & ng_pid=$!; pids+=($ng_pid)
 "$BIN" run --config "$work/anticamera.toml" & ac_pid=$!; pids+=($ac_pid)
+"$BIN" run --config "$work/anticamera-tls.toml" & ac_tls_pid=$!; pids+=($ac_tls_pid)
 if [[ -n $BASELINE_BIN ]]; then
   "$BASELINE_BIN" run --config "$work/baseline.toml" & base_pid=$!; pids+=($base_pid)
 fi
 sleep 1
 curl -fsS "http://127.0.0.1:$NGINX_PORT/" >/dev/null
 curl -fsS "http://127.0.0.1:$AC_PORT/" >/dev/null
+curl -fsS --cacert "$work/tls.pem" "https://localhost:$NGINX_TLS_PORT/" >/dev/null
+curl -fsS --cacert "$work/tls.pem" "https://localhost:$AC_TLS_PORT/" >/dev/null
 up_pids="$up_pid $(pgrep -P "$up_pid" | tr '\n' ' ')"
 ng_pids="$ng_pid $(pgrep -P "$ng_pid" | tr '\n' ' ')"
 
@@ -117,12 +153,12 @@ ng_pids="$ng_pid $(pgrep -P "$ng_pid" | tr '\n' ' ')"
 # CPU time (user + system, clock ticks) of a set of processes: the proxy's own cost per request,
 # which the shared cores blur in req/s but not here.
 cpu_ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' /proc/$p/stat))); done; echo $t; }
-run_wrk() { # name port pids [path [wrk options...]]
-  local name=$1 port=$2 pids=$3 path=${4:-/}
+run_wrk() { # name port pids [path [wrk options...]]   (SCHEME=https for the TLS rows)
+  local name=$1 port=$2 pids=$3 path=${4:-/} scheme=${SCHEME:-http}
   shift $(( $# < 4 ? $# : 4 ))
   local out rps p99 errs reqs c0 c1 us
   c0=$(cpu_ticks $pids)
-  out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$@" "http://127.0.0.1:$port$path")
+  out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$@" "$scheme://127.0.0.1:$port$path")
   c1=$(cpu_ticks $pids)
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
@@ -138,10 +174,12 @@ to_ms() { # wrk latency like 1.23ms / 850.00us / 1.10s
 
 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$NGINX_PORT/" >/dev/null   # warm-up
 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$AC_PORT/" >/dev/null
+wrk -t1 -c"$CONNS" -d2s "https://127.0.0.1:$NGINX_TLS_PORT/" >/dev/null
+wrk -t1 -c"$CONNS" -d2s "https://127.0.0.1:$AC_TLS_PORT/" >/dev/null
 take_ticket() { curl -s -o /dev/null -D - "http://127.0.0.1:$1/queue" | awk -F'[ ;]' 'tolower($1)=="set-cookie:" {print $2}'; }
 ticket=$(take_ticket "$AC_PORT")
 [[ -n $ticket ]] || { echo "no ticket from the queue page" >&2; exit 1; }
-names="upstream-direct nginx anticamera queue-page status-poll"
+names="upstream-direct nginx anticamera nginx-tls anticamera-tls queue-page status-poll"
 if [[ -n $BASELINE_BIN ]]; then
   curl -fsS "http://127.0.0.1:$BASE_PORT/" >/dev/null
   wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$BASE_PORT/" >/dev/null
@@ -153,6 +191,8 @@ for r in $(seq "$ROUNDS"); do
   run_wrk upstream-direct "$UP_PORT" "$up_pids"
   run_wrk nginx "$NGINX_PORT" "$ng_pids"
   run_wrk anticamera "$AC_PORT" "$ac_pid"
+  SCHEME=https run_wrk nginx-tls "$NGINX_TLS_PORT" "$ng_pids"
+  SCHEME=https run_wrk anticamera-tls "$AC_TLS_PORT" "$ac_tls_pid"
   run_wrk queue-page "$AC_PORT" "$ac_pid" /queue
   run_wrk status-poll "$AC_PORT" "$ac_pid" "/.anticamera/status?gate=q" -H "Cookie: $ticket" -H "Accept: application/json"
   if [[ -n $BASELINE_BIN ]]; then
@@ -189,6 +229,11 @@ awk -v a="$rps_anticamera" -v n="$rps_nginx" -v pa="$p99_anticamera" -v pn="$p99
   'BEGIN { printf "anticamera / nginx: throughput %.2fx, p99 %.2fx (lower is better)\n", a/n, pa/pn }'
 awk -v a="$cpu_anticamera" -v n="$cpu_nginx" \
   'BEGIN { printf "anticamera / nginx: proxy CPU per forwarded request %.2fx (lower is better)\n", a/n }'
+awk -v a="$rps_anticamera_tls" -v n="$rps_nginx_tls" -v ca="$cpu_anticamera_tls" -v cn="$cpu_nginx_tls" \
+  -v pa="$p99_anticamera_tls" -v pn="$p99_nginx_tls" \
+  'BEGIN { printf "over TLS, anticamera / nginx: throughput %.2fx, p99 %.2fx, CPU per request %.2fx\n", a/n, pa/pn, ca/cn }'
+awk -v a="$cpu_anticamera" -v t="$cpu_anticamera_tls" -v n="$cpu_nginx" -v nt="$cpu_nginx_tls" \
+  'BEGIN { printf "cost of TLS per request (CPU µs): anticamera +%.1f, nginx +%.1f\n", t-a, nt-n }'
 awk -v q="$rps_queue_page" -v s="$rps_status_poll" -v n="$rps_nginx" \
   'BEGIN { printf "waiting room vs nginx proxying: queue page %.2fx, JSON status poll %.2fx\n", q/n, s/n }'
 if [[ -n $BASELINE_BIN ]]; then

@@ -31,6 +31,7 @@ pub(crate) mod route;
 pub mod schedule;
 pub mod server;
 pub(crate) mod telemetry;
+pub(crate) mod tls;
 pub(crate) mod upstream;
 /// Crate-wide helpers (durations, cookies, hashing, escaping, field errors), in their own crate
 /// so the demo portal shares them.

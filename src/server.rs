@@ -4,8 +4,9 @@
 //! own `SO_REUSEPORT` listener bound to the same address, and keeps its own pool of portal
 //! connections. Nothing on the request path crosses threads except atomics in `proxy::Shared`.
 //!
-//! Per connection: a count against `server.max_connections` (over it: a 503 and close), and a
-//! watchdog that closes a connection whose request head does not complete within
+//! Per connection: a count against `server.max_connections` (over it: a 503 and close), the TLS
+//! handshake when `[server.tls]` is set (under the request-head deadline; ALPN picks HTTP/2 or
+//! HTTP/1.1; the framing validator reads the decrypted bytes), and a watchdog that closes a connection whose request head does not complete within
 //! `server.request_head_timeout` (slowloris) or that sits idle with no request in flight for
 //! `server.idle_timeout`. On shutdown every worker stops accepting, asks its connections to
 //! finish (HTTP/1.1: close after the current response; HTTP/2: GOAWAY) and waits for them up to
@@ -25,10 +26,10 @@ use bytes::Bytes;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin;
@@ -37,6 +38,7 @@ use crate::framing::{FramingError, FramingValidator};
 use crate::proxy::{ConnInfo, Proxy, Shared};
 use crate::refusal::Refusal;
 use crate::telemetry;
+use crate::tls::{self, ServerTls};
 
 /// Failure to start the server.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +57,9 @@ pub enum ServerError {
     /// A worker thread or runtime could not be started.
     #[error("cannot start worker: {0}")]
     Worker(io::Error),
+    /// The client-facing certificate or key cannot be used.
+    #[error("{0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 /// Sockets bound and ready; nothing accepted yet. Binding first lets `port = 0` resolve and
@@ -65,6 +70,7 @@ pub struct BoundServer {
     admin: std::net::TcpListener,
     addr: SocketAddr,
     admin_addr: SocketAddr,
+    tls: Option<Arc<ServerTls>>,
 }
 
 impl BoundServer {
@@ -73,6 +79,10 @@ impl BoundServer {
         // The recorder first: the waiting room takes metric handles when it is built.
         telemetry::prometheus();
         let config = Arc::new(config);
+        let tls = match &config.server.tls {
+            Some(t) => Some(ServerTls::load(t, &config.base_dir, config.server.http2)?),
+            None => None,
+        };
         let workers = config.worker_count();
         let s = &config.server;
         let first = reuseport_listener(s.listen, s.backlog)?;
@@ -100,6 +110,7 @@ impl BoundServer {
             admin,
             addr,
             admin_addr,
+            tls,
         })
     }
 
@@ -123,8 +134,9 @@ impl BoundServer {
             let shared = self.shared.clone();
             let rx = rx.clone();
             let conns = conns.clone();
+            let tls = self.tls.clone();
             let t = spawn_on_own_runtime(format!("anticamera-w{i}"), move || {
-                worker(listener, shared, rx, conns)
+                worker(listener, shared, rx, conns, tls)
             })
             .map_err(ServerError::Worker)?;
             threads.push(t);
@@ -132,14 +144,24 @@ impl BoundServer {
         let shared = self.shared.clone();
         let admin = self.admin;
         let (admin_tx, arx) = watch::channel(false);
+        let tls = self.tls.clone();
         let admin_thread = spawn_on_own_runtime("anticamera-admin".into(), move || async move {
+            if let Some(tls) = tls {
+                // The certificate files are checked here, off the workers' threads.
+                tokio::spawn(tls.watch(arx.clone()));
+            }
             let ctl = tokio::spawn(admin::controller(shared.clone(), arx.clone()));
             tokio::spawn(admin::upkeep(handle, arx.clone()));
             admin::serve(admin, shared, handle, arx).await;
             let _ = ctl.await;
         })
         .map_err(ServerError::Worker)?;
-        tracing::info!(listen = %self.addr, admin = %self.admin_addr, "anticamera started");
+        tracing::info!(
+            listen = %self.addr,
+            admin = %self.admin_addr,
+            tls = self.tls.is_some(),
+            "anticamera started"
+        );
         Ok(RunningServer {
             shutdown: tx,
             threads,
@@ -276,6 +298,7 @@ async fn worker(
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
     conns: Arc<AtomicUsize>,
+    tls: Option<Arc<ServerTls>>,
 ) {
     let listener = match TcpListener::from_std(std_listener) {
         Ok(l) => l,
@@ -302,15 +325,19 @@ async fn worker(
     if !cfg.server.http2 {
         builder = builder.http1_only();
     }
-    let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let max_conns = cfg.server.max_connections;
-    let timeouts = Timeouts {
-        head: cfg.server.request_head_timeout.0,
-        idle: cfg.server.idle_timeout.0,
-    };
+    let conn_cfg = Arc::new(ConnConfig {
+        builder,
+        proxy,
+        timeouts: Timeouts {
+            head: cfg.server.request_head_timeout.0,
+            idle: cfg.server.idle_timeout.0,
+        },
+        // Twice hyper's limit: an oversized head gets hyper's own 431 first.
+        max_head: cfg.server.max_header_bytes.0 as usize * 2,
+    });
     let open = metrics::gauge!(telemetry::OPEN_CONNECTIONS);
-    let max_head = cfg.server.max_header_bytes.0 as usize * 2;
 
     loop {
         let (stream, peer) = tokio::select! {
@@ -330,6 +357,8 @@ async fn worker(
             conns.fetch_sub(1, Ordering::AcqRel);
             metrics::counter!(telemetry::CONNECTIONS_TOTAL, "result" => "refused_limit")
                 .increment(1);
+            // Raw bytes: over TLS they end the handshake (the client sees a failed
+            // handshake and no connection), which is the same refusal.
             tokio::spawn(async move {
                 let mut stream = stream;
                 let _ = tokio::time::timeout(Duration::from_secs(1), async {
@@ -343,35 +372,50 @@ async fn worker(
         metrics::counter!(telemetry::CONNECTIONS_TOTAL, "result" => "accepted").increment(1);
         open.increment(1.0);
         let _ = stream.set_nodelay(true);
-        let activity = Arc::new(Activity::new());
-        let io = TokioIo::new(ActivityIo {
-            inner: stream,
-            activity: activity.clone(),
-            // Twice hyper's limit: an oversized head gets hyper's own 431 first.
-            framing: Some(FramingValidator::new(max_head)),
-            rejected: false,
-        });
-        let info = ConnInfo {
-            peer,
-            scheme: "http",
-        };
-        let proxy = proxy.clone();
-        let svc_activity = activity.clone();
-        let svc = service_fn(move |req| {
-            let proxy = proxy.clone();
-            let guard = svc_activity.begin_request();
-            async move {
-                let resp = proxy.handle(req, info).await;
-                drop(guard);
-                Ok::<_, Infallible>(resp)
-            }
-        });
-        let conn = builder.serve_connection(io, svc).into_owned();
-        let conn = graceful.watch(conn);
         let conns = conns.clone();
         let open = open.clone();
+        let watcher = graceful.watcher();
+        let conn_cfg = conn_cfg.clone();
+        let acceptor = tls.as_ref().map(|t| t.acceptor());
         tokio::spawn(async move {
-            watchdog(conn, activity, timeouts).await;
+            match acceptor {
+                None => {
+                    let info = ConnInfo {
+                        peer,
+                        scheme: "http",
+                    };
+                    conn_cfg.serve(stream, info, watcher).await;
+                }
+                Some(acceptor) => {
+                    // The handshake sits under the request-head deadline: a client that
+                    // trickles its ClientHello is a slowloris like one trickling a head.
+                    let t = conn_cfg.timeouts.head;
+                    match tokio::time::timeout(t, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            let info = ConnInfo {
+                                peer,
+                                scheme: "https",
+                            };
+                            conn_cfg.serve(stream, info, watcher).await;
+                        }
+                        Ok(Err(e)) => {
+                            metrics::counter!(tls::HANDSHAKE_FAILURES, "reason" => "error")
+                                .increment(1);
+                            tracing::debug!(%peer, error = %e, "client TLS handshake failed");
+                        }
+                        Err(_) => {
+                            metrics::counter!(tls::HANDSHAKE_FAILURES, "reason" => "timeout")
+                                .increment(1);
+                            metrics::counter!(
+                                telemetry::CONNECTIONS_CLOSED_TOTAL,
+                                "reason" => "head_timeout"
+                            )
+                            .increment(1);
+                            tracing::debug!(%peer, "client TLS handshake did not finish in time");
+                        }
+                    }
+                }
+            }
             conns.fetch_sub(1, Ordering::AcqRel);
             open.decrement(1.0);
         });
@@ -384,6 +428,44 @@ async fn worker(
         .is_err()
     {
         tracing::warn!(?grace, "shutdown grace elapsed with connections still open");
+    }
+}
+
+/// What every connection of a worker is served with.
+struct ConnConfig {
+    builder: auto::Builder<TokioExecutor>,
+    proxy: Arc<Proxy>,
+    timeouts: Timeouts,
+    max_head: usize,
+}
+
+impl ConnConfig {
+    /// Serves one connection (plain TCP or decrypted TLS) until it ends or stalls.
+    async fn serve<S>(&self, stream: S, info: ConnInfo, watcher: Watcher)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let activity = Arc::new(Activity::new());
+        let io = TokioIo::new(ActivityIo {
+            inner: stream,
+            activity: activity.clone(),
+            framing: Some(FramingValidator::new(self.max_head)),
+            rejected: false,
+        });
+        let proxy = self.proxy.clone();
+        let svc_activity = activity.clone();
+        let svc = service_fn(move |req| {
+            let proxy = proxy.clone();
+            let guard = svc_activity.begin_request();
+            async move {
+                let resp = proxy.handle(req, info).await;
+                drop(guard);
+                Ok::<_, Infallible>(resp)
+            }
+        });
+        let conn = self.builder.serve_connection(io, svc).into_owned();
+        let conn = watcher.watch(conn);
+        watchdog(conn, activity, self.timeouts).await;
     }
 }
 
@@ -486,18 +568,19 @@ impl Drop for RequestGuard {
     }
 }
 
-/// A client socket that reports its activity to the watchdog and validates request framing
+/// A client connection that reports its activity to the watchdog and validates request framing
 /// before hyper parses a byte (see `framing.rs`). Bytes of a request whose framing is
 /// ambiguous never reach hyper: the client gets a 400 (when no earlier response is pending)
-/// and the connection ends.
-struct ActivityIo {
-    inner: TcpStream,
+/// and the connection ends. `S` is the TCP stream, or the TLS stream over it: the validator
+/// always reads decrypted bytes.
+struct ActivityIo<S> {
+    inner: S,
     activity: Arc<Activity>,
     framing: Option<FramingValidator>,
     rejected: bool,
 }
 
-impl AsyncRead for ActivityIo {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ActivityIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -531,7 +614,11 @@ impl AsyncRead for ActivityIo {
                             } else {
                                 &BAD_REQUEST
                             };
-                            let _ = this.inner.try_write(answer);
+                            // Best effort, never waiting: into the socket (or the TLS
+                            // session's buffer, flushed here and at shutdown).
+                            let mut inner = Pin::new(&mut this.inner);
+                            let _ = inner.as_mut().poll_write(cx, answer);
+                            let _ = inner.poll_flush(cx);
                         }
                         return Poll::Ready(Ok(()));
                     }
@@ -542,7 +629,7 @@ impl AsyncRead for ActivityIo {
     }
 }
 
-impl AsyncWrite for ActivityIo {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ActivityIo<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

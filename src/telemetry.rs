@@ -148,6 +148,24 @@ pub const FAMILIES: &[(&str, Kind, Unit, &str)] = &[
         Unit::Count,
         "1 if a portal address is in rotation, 0 if skipped, by upstream.",
     ),
+    (
+        crate::tls::UPSTREAM_TLS_ERRORS,
+        Kind::Counter,
+        Unit::Count,
+        "Failed TLS handshakes with the portal (answered 502), by upstream and reason.",
+    ),
+    (
+        crate::tls::CERT_RELOADS,
+        Kind::Counter,
+        Unit::Count,
+        "Reloads of the client-facing TLS certificate after its files changed, by result.",
+    ),
+    (
+        crate::tls::HANDSHAKE_FAILURES,
+        Kind::Counter,
+        Unit::Count,
+        "Client TLS handshakes that failed or did not finish within the head deadline, by reason.",
+    ),
     (ERRORS_TOTAL, Kind::Counter, Unit::Count, "Errors, by kind."),
     (
         OPEN_CONNECTIONS,

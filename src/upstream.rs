@@ -1,5 +1,6 @@
-//! The portal side: a pooled HTTP/1.1 client per worker, round-robin over the portal's
-//! addresses, passive health, and the two upstream deadlines (connect → 502, response → 504).
+//! The portal side: a pooled HTTP/1.1 client per worker (plain or TLS, see [`crate::tls`]),
+//! round-robin over the portal's addresses, passive health, and the two upstream deadlines
+//! (connect, TLS handshake included → 502; response → 504).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -15,11 +16,13 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use crate::body::{is_body_too_large, is_client_body_error, LimitedBody};
 use crate::config::{Config, UpstreamTarget};
 use crate::telemetry;
+use crate::tls::{self, PortalConnector, PortalTls};
 
 /// Why a request to the portal failed.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    /// No TCP connection could be made (refused, unreachable, connect timeout).
+    /// No connection could be made (refused, unreachable, connect timeout, or a TLS handshake
+    /// that failed: the portal's certificate did not verify).
     #[error("cannot connect to the portal: {0}")]
     Connect(String),
     /// The portal did not send a response head within `upstream.response_timeout`.
@@ -70,11 +73,15 @@ pub struct Targets {
     epoch: Instant,
     unhealthy_after: u32,
     unhealthy_for: Duration,
+    /// TLS for `https://` addresses, shared by every worker's connector.
+    tls: PortalTls,
 }
 
 impl Targets {
-    /// Builds the target list from the config (already validated).
-    pub fn new(cfg: &Config) -> Arc<Self> {
+    /// Builds the target list and the portal TLS settings from the config (already
+    /// validated; the TLS files and the system's trust store are read here).
+    pub fn new(cfg: &Config) -> Result<Arc<Self>, tls::TlsError> {
+        let tls = PortalTls::from_config(cfg)?;
         let targets = cfg
             .upstream_targets()
             .into_iter()
@@ -91,13 +98,14 @@ impl Targets {
                 }
             })
             .collect();
-        Arc::new(Targets {
+        Ok(Arc::new(Targets {
             targets,
             next: AtomicUsize::new(0),
             epoch: Instant::now(),
             unhealthy_after: cfg.upstream.unhealthy_after,
             unhealthy_for: cfg.upstream.unhealthy_for.0,
-        })
+            tls,
+        }))
     }
 
     fn now_ms(&self) -> u64 {
@@ -155,7 +163,7 @@ impl Targets {
 /// A worker's connection pool to the portal.
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client<HttpConnector, LimitedBody>,
+    client: Client<PortalConnector, LimitedBody>,
     targets: Arc<Targets>,
     response_timeout: Duration,
     in_flight: metrics::Gauge,
@@ -174,7 +182,7 @@ impl Upstream {
             .pool_idle_timeout(cfg.upstream.pool_idle_timeout.0)
             .pool_max_idle_per_host(cfg.upstream.pool_max_idle)
             .set_host(false)
-            .build(connector);
+            .build(tls::portal_connector(connector, &targets.tls));
         Upstream {
             client,
             targets,
@@ -225,11 +233,25 @@ impl Upstream {
                 if is_client_body_error(&e) {
                     return Err(UpstreamError::ClientBody(error_chain(&e)));
                 }
+                let why = error_chain(&e);
+                // A refused handshake, or (TLS 1.3) a client certificate the portal refuses
+                // after it: either way the log and the metric say why.
+                if let Some(reason) = tls::failure_reason(&e) {
+                    metrics::counter!(tls::UPSTREAM_TLS_ERRORS,
+                        "upstream" => target.label.clone(), "reason" => reason)
+                    .increment(1);
+                    tracing::warn!(
+                        upstream = %target.label,
+                        reason,
+                        error = %why,
+                        "TLS with the portal failed; answering 502"
+                    );
+                }
                 if e.is_connect() {
                     self.targets.record(target, false);
-                    return Err(UpstreamError::Connect(error_chain(&e)));
+                    return Err(UpstreamError::Connect(why));
                 }
-                Err(UpstreamError::Protocol(error_chain(&e)))
+                Err(UpstreamError::Protocol(why))
             }
             Err(_) => Err(UpstreamError::Timeout(self.response_timeout)),
         }

@@ -417,6 +417,39 @@ pub struct ServerConfig {
     pub shutdown_grace: Dur,
     /// Listen backlog.
     pub backlog: u32,
+    /// TLS for clients (`[server.tls]`). Absent: plain HTTP (and h2c), for deployments behind
+    /// a TLS-terminating balancer.
+    pub tls: Option<ServerTlsConfig>,
+}
+
+/// `[server.tls]`: anticamera terminates TLS itself.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsConfig {
+    /// PEM file with the server certificate, followed by its intermediates.
+    pub cert_file: PathBuf,
+    /// PEM file with the certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// How often the two files are checked for changes; a changed pair is loaded and used for
+    /// new connections without a restart (a pair that does not load keeps the old one).
+    #[serde(default = "defaults::tls_reload_interval")]
+    pub reload_interval: Dur,
+}
+
+/// `[upstream.tls]`: how `https://` portal addresses are verified (all optional).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    /// PEM file of the CA certificates the portal's certificate must chain to; absent: the
+    /// system's trust store.
+    pub ca_file: Option<PathBuf>,
+    /// PEM certificate (and chain) anticamera presents to the portal (mutual TLS).
+    pub client_cert_file: Option<PathBuf>,
+    /// Private key of `client_cert_file`.
+    pub client_key_file: Option<PathBuf>,
+    /// The name sent as SNI and checked against the portal's certificate, instead of the host
+    /// of the URL (for URLs that give an IP address).
+    pub server_name: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -434,6 +467,7 @@ impl Default for ServerConfig {
             http2_max_streams: 100,
             shutdown_grace: Dur(Duration::from_secs(30)),
             backlog: 1024,
+            tls: None,
         }
     }
 }
@@ -442,7 +476,8 @@ impl Default for ServerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
-    /// Base URLs of the portal (`http://host:port`); several are used round-robin.
+    /// Base URLs of the portal (`http://host:port` or `https://host:port`); several are used
+    /// round-robin.
     pub urls: Vec<String>,
     /// Deadline to open a TCP connection to the portal; past it the client gets 502.
     #[serde(default = "defaults::connect_timeout")]
@@ -462,6 +497,9 @@ pub struct UpstreamConfig {
     /// How long an address that kept failing is skipped (passive health).
     #[serde(default = "defaults::unhealthy_for")]
     pub unhealthy_for: Dur,
+    /// Verification of `https://` portal addresses: CA, client certificate, server name.
+    #[serde(default)]
+    pub tls: UpstreamTlsConfig,
 }
 
 mod defaults {
@@ -484,6 +522,9 @@ mod defaults {
     }
     pub fn unhealthy_for() -> Dur {
         Dur(Duration::from_secs(10))
+    }
+    pub fn tls_reload_interval() -> Dur {
+        Dur(Duration::from_secs(5))
     }
 }
 
@@ -552,7 +593,7 @@ pub enum LogFormat {
 pub struct UpstreamTarget {
     /// `scheme://authority`, used to build request URIs.
     pub authority: http::uri::Authority,
-    /// Always `http` for now (TLS to the portal is not supported yet).
+    /// `http` or `https`.
     pub scheme: http::uri::Scheme,
 }
 
@@ -726,6 +767,29 @@ impl Config {
         if let Some(var) = &self.admin.token_env {
             out.push(env("admin.token_env".to_owned(), var));
         }
+        // TLS private keys: files the running process must read, like a key's secret_file.
+        let key_files = [
+            (
+                "server.tls.key_file",
+                self.server.tls.as_ref().map(|t| &t.key_file),
+            ),
+            (
+                "upstream.tls.client_key_file",
+                self.upstream.tls.client_key_file.as_ref(),
+            ),
+        ];
+        for (key, f) in key_files {
+            if let Some(f) = f {
+                let p = self.base_dir.join(f);
+                out.push(SecretSource {
+                    key: key.to_owned(),
+                    source: p.display().to_string(),
+                    missing: std::fs::metadata(&p)
+                        .err()
+                        .map(|e| format!("cannot read here: {e}")),
+                });
+            }
+        }
         out
     }
 
@@ -744,6 +808,13 @@ impl Config {
             .collect()
     }
 
+    /// Whether any portal address is `https://` (then the TLS client needs trust roots).
+    pub fn upstream_uses_tls(&self) -> bool {
+        self.upstream_targets()
+            .iter()
+            .any(|t| t.scheme == http::uri::Scheme::HTTPS)
+    }
+
     /// Number of worker threads to run.
     pub fn worker_count(&self) -> usize {
         if self.server.workers == 0 {
@@ -756,7 +827,8 @@ impl Config {
     }
 }
 
-/// Parses `http://host:port` (no path, no query) into an upstream target.
+/// Parses `http://host:port` or `https://host:port` (no path, no query) into an upstream
+/// target.
 pub fn parse_upstream(url: &str) -> Result<UpstreamTarget, String> {
     let uri: http::Uri = url
         .parse()
@@ -765,9 +837,9 @@ pub fn parse_upstream(url: &str) -> Result<UpstreamTarget, String> {
         .scheme()
         .cloned()
         .ok_or_else(|| format!("{url:?} needs a scheme: write http://host:port"))?;
-    if scheme != http::uri::Scheme::HTTP {
+    if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
         return Err(format!(
-            "{url:?}: only http:// upstreams are supported (TLS to the portal is not implemented)"
+            "{url:?}: only http:// and https:// upstreams are supported"
         ));
     }
     let authority = uri

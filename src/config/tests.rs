@@ -44,8 +44,8 @@ fn bad_duration_names_the_key() {
 #[test]
 fn semantic_errors_name_the_key() {
     let i = issues(
-            "[upstream]\nurls = [\"https://a:1\", \"http://b:2/x\"]\n[server]\nmax_header_bytes = 100\n",
-        );
+        "[upstream]\nurls = [\"ftp://a:1\", \"http://b:2/x\"]\n[server]\nmax_header_bytes = 100\n",
+    );
     let keys: Vec<_> = i.iter().map(|i| i.key.as_str()).collect();
     assert!(keys.contains(&"upstream.urls[0]"), "{keys:?}");
     assert!(keys.contains(&"upstream.urls[1]"), "{keys:?}");
@@ -244,4 +244,52 @@ fn secrets_are_needed_to_run_not_to_check() {
     );
     let i = Config::parse_for_check_in(&fake, Path::new("."), false).unwrap_err();
     assert!(i.iter().any(|i| i.reason.contains("NOT-A-SECRET")), "{i:?}");
+}
+
+#[test]
+fn https_upstreams_are_accepted_and_other_schemes_named() {
+    let c = Config::parse("[upstream]\nurls = [\"https://portal.example:8443\", \"http://b:2\"]\n")
+        .unwrap();
+    let t = c.upstream_targets();
+    assert_eq!(t[0].scheme, http::uri::Scheme::HTTPS);
+    assert_eq!(t[0].authority.as_str(), "portal.example:8443");
+    assert!(c.upstream_uses_tls());
+    assert!(!Config::parse(MIN).unwrap().upstream_uses_tls());
+    let i = issues("[upstream]\nurls = [\"ftp://a:1\"]\n");
+    assert_eq!(i[0].key, "upstream.urls[0]");
+    assert!(i[0].reason.contains("http:// and https://"), "{:?}", i[0]);
+}
+
+#[test]
+fn tls_key_files_are_secrets_a_check_may_not_see() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(dir.path().join("c.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("s.pem"), cert.cert.pem()).unwrap();
+    let text = "[upstream]\nurls = [\"https://a:1\"]\n\
+                [upstream.tls]\nclient_cert_file = \"c.pem\"\nclient_key_file = \"c.key\"\n\
+                [server.tls]\ncert_file = \"s.pem\"\nkey_file = \"s.key\"\n";
+    // Run: the missing key files are errors naming their keys.
+    let i = match Config::parse_in(text, dir.path(), false) {
+        Ok(_) => panic!("missing TLS key files accepted"),
+        Err(i) => i,
+    };
+    let keys: Vec<_> = i.iter().map(|i| i.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["server.tls.key_file", "upstream.tls.client_key_file"],
+        "{i:?}"
+    );
+    // Checked elsewhere: they are listed as secrets not available here, not refused.
+    let c = Config::parse_for_check_in(text, dir.path(), false).unwrap();
+    let listed: Vec<_> = c
+        .secret_sources()
+        .into_iter()
+        .filter(|s| s.missing.is_some())
+        .map(|s| s.key)
+        .collect();
+    assert_eq!(
+        listed,
+        ["server.tls.key_file", "upstream.tls.client_key_file"]
+    );
 }

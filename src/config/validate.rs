@@ -57,6 +57,18 @@ impl Config {
                 v.push((format!("upstream.urls[{i}]"), reason));
             }
         }
+        for e in crate::tls::validate(self) {
+            // Checked, not run: a private key not available here is listed by
+            // `secret_sources`, not refused.
+            let deferred = self.defer_secrets
+                && self
+                    .secret_sources()
+                    .iter()
+                    .any(|s| s.key == e.key && s.missing.is_some());
+            if !deferred {
+                v.push((e.key, e.reason));
+            }
+        }
         if self.upstream.unhealthy_after == 0 {
             v.push((
                 "upstream.unhealthy_after".into(),

@@ -117,7 +117,7 @@ impl Shared {
                 .enabled
                 .then(|| Microcache::new(&config.microcache)),
             forwarders: Forwarders::new(config.forwarding.trusted_forwarders.clone()),
-            targets: Targets::new(&config),
+            targets: Targets::new(&config).map_err(|e| RoomError::Config(e.key, e.reason))?,
             draining: AtomicBool::new(false),
             held: AtomicUsize::new(0),
             clock,
