@@ -225,6 +225,7 @@ fn reloadable_changes(old: &Config, new: &Config) -> Vec<String> {
             out.push(name.to_string());
         }
     };
+    check("routing", section(&old.routing), section(&new.routing));
     check("cohorts", section(&old.cohorts), section(&new.cohorts));
     check(
         "calendars",

@@ -72,6 +72,11 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             v.push(("log.level".into(), format!("invalid filter: {e}")));
         }
+        for (i, h) in self.routing.hosts.iter().enumerate() {
+            if let Err(reason) = crate::route::canonical_host(h) {
+                v.push((format!("routing.hosts[{i}]"), reason));
+            }
+        }
         self.validate_waiting_room(&mut v);
         if let Some(r) = &self.rate_limits {
             if let Err(errs) = r.validate() {
@@ -156,7 +161,7 @@ impl Config {
             } else if !names.insert(g.name.clone()) {
                 v.push((at("name"), format!("gate {:?} is defined twice", g.name)));
             }
-            if let Err(errs) = crate::route::Rules::compile(&g.rules()) {
+            if let Err(errs) = crate::route::Rules::compile(&g.rules(&self.routing)) {
                 for (k, r) in errs {
                     v.push((at(&k), r));
                 }
