@@ -1,7 +1,7 @@
 //! Gate matching end to end, over real sockets: every spelling of a gated path meets its gate
-//! (case-insensitive or not), host-scoped gates, over HTTP/1.1 and HTTP/2. The portal says
-//! which path it served; a gate that is full answers with its queue page (503), so a request
-//! that meets the gate never reaches the portal.
+//! (case-insensitive or not), host-scoped gates over HTTP/1.1 and HTTP/2, and a reload that
+//! changes `[routing]`. The portal says which path it served; a gate that is full answers with
+//! its queue page (503), so a request that meets the gate never reaches the portal.
 // Test code: a failed unwrap is a failed test, with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -27,21 +27,28 @@ async fn portal() -> Upstream {
     .await
 }
 
-/// anticamera with `routing` in `[routing]` and the given gates (TOML after `[[gates]]`
-/// headers), each with capacity 1.
-fn proxy_with(up: SocketAddr, routing: &str, gates: &[&str]) -> Proxy {
+const ADMIN: &str = "admin-token-for-routing-tests";
+
+/// A config with `routing` in `[routing]` and the given gates (TOML after `[[gates]]` headers),
+/// each with capacity 1.
+fn config_text(up: SocketAddr, routing: &str, gates: &[&str]) -> String {
     let gates: String = gates
         .iter()
         .map(|g| format!("[[gates]]\ncapacity = 1\n{g}\n"))
         .collect();
-    proxy_from(&format!(
+    format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n\
-         [admin]\nlisten = \"127.0.0.1:0\"\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{ADMIN}\"\n\
          [upstream]\nurls = [\"http://{up}\"]\n\
          [routing]\n{routing}\n\
          [waiting_room]\nkeys = [{{ id = 1, secret = \"{KEY}\" }}]\ntick = \"50ms\"\n\
          {gates}"
-    ))
+    )
+}
+
+/// anticamera with [`config_text`].
+fn proxy_with(up: SocketAddr, routing: &str, gates: &[&str]) -> Proxy {
+    proxy_from(&config_text(up, routing, gates))
 }
 
 /// A fresh client (no cookies) asks for `target` on `host` over HTTP/1.1, written as is on
@@ -224,4 +231,34 @@ async fn h2_get(addr: SocketAddr, authority: &str, path: &str) -> u16 {
     let status = resp.status().as_u16();
     let _ = resp.into_body().collect().await;
     status
+}
+
+#[tokio::test]
+async fn a_reload_applies_the_routing_semantics() {
+    let up = portal().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("anticamera.toml");
+    let gate = ["name = \"account\"\nprefix = [\"/account\"]"];
+    std::fs::write(&file, config_text(up.addr, "", &gate)).unwrap();
+    let p = proxy_from_file(&file);
+    fill(&p, "portal.example.it", "/account").await;
+    passes(&p, "portal.example.it", "/ACCOUNT", "/ACCOUNT").await;
+    std::fs::write(
+        &file,
+        config_text(up.addr, "case_insensitive = true", &gate),
+    )
+    .unwrap();
+    let req = Request::post(format!("http://{}/admin/reload", p.admin))
+        .header("authorization", format!("Bearer {ADMIN}"))
+        .body(full(""))
+        .unwrap();
+    let (status, _, body) = send(req).await;
+    assert_eq!(status, 200, "{body}");
+    let applied = json(&body)["applied"].clone();
+    assert!(
+        applied.as_array().unwrap().iter().any(|a| a == "routing"),
+        "{body}"
+    );
+    // The admitted visitor kept the slot: the gate is still full, and now catches `/ACCOUNT`.
+    meets_gate(&p, "portal.example.it", "/ACCOUNT").await;
 }
