@@ -27,7 +27,7 @@ pub(crate) mod refusal;
 pub(crate) mod reload;
 pub(crate) mod respond;
 pub(crate) mod room;
-pub(crate) mod route;
+pub mod route;
 pub mod schedule;
 pub mod server;
 pub(crate) mod telemetry;

@@ -176,6 +176,7 @@ const RESTART_ONLY: &[Part] = &[
 
 /// What a reload applies, beside the gates (compared one by one).
 const RELOADABLE: &[Part] = &[
+    ("routing", |c| section(&c.routing)),
     ("cohorts", |c| section(&c.cohorts)),
     ("calendars", |c| section(&c.calendars)),
     ("rate_limits", |c| section(&c.rate_limits)),

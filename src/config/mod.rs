@@ -115,6 +115,9 @@ pub struct Config {
     /// Signed tickets and passes, cookies, persistence, pages.
     #[serde(default)]
     pub waiting_room: WaitingRoomConfig,
+    /// The portal's path and host semantics for gate matching (`[routing]`).
+    #[serde(default)]
+    pub routing: RoutingConfig,
     /// Gates: the scopes that have a waiting room (and maybe opening hours). Paths outside
     /// every gate are forwarded without queueing.
     #[serde(default)]
@@ -243,6 +246,11 @@ pub struct GateConfig {
     /// Methods it applies to (default all).
     #[serde(default)]
     pub methods: Vec<String>,
+    /// Host names it applies to (default every host); see [`crate::route`].
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Compare its paths ignoring case; default `[routing] case_insensitive`.
+    pub case_insensitive: Option<bool>,
     /// Active users at once.
     #[serde(default = "gate_defaults::capacity")]
     pub capacity: u32,
@@ -305,12 +313,14 @@ pub struct ReleaseOnConfig {
 }
 
 impl ReleaseOnConfig {
-    /// The path rules of this release rule.
-    pub fn rules(&self) -> crate::route::RuleConfig {
+    /// The path rules of this release rule, read as its gate reads paths (case).
+    pub fn rules(&self, gate: &crate::route::RuleConfig) -> crate::route::RuleConfig {
         crate::route::RuleConfig {
             prefix: self.prefix.clone(),
             glob: self.glob.clone(),
             methods: self.methods.clone(),
+            hosts: Vec::new(),
+            case_insensitive: gate.case_insensitive,
         }
     }
 }
@@ -379,14 +389,28 @@ impl GateConfig {
         }
     }
 
-    /// The path rules of this gate.
-    pub fn rules(&self) -> crate::route::RuleConfig {
+    /// The path rules of this gate, under the portal's path semantics `routing`.
+    pub fn rules(&self, routing: &RoutingConfig) -> crate::route::RuleConfig {
         crate::route::RuleConfig {
             prefix: self.prefix.clone(),
             glob: self.glob.clone(),
             methods: self.methods.clone(),
+            hosts: self.hosts.clone(),
+            case_insensitive: self.case_insensitive.unwrap_or(routing.case_insensitive),
         }
     }
+}
+
+/// `[routing]`: how the portal reads paths and host names, for gate matching.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// The portal serves paths case-insensitively (IIS, Windows): gates compare paths ignoring
+    /// case unless a gate says otherwise.
+    pub case_insensitive: bool,
+    /// Host names the portal also answers to that host-scoped gates do not catch (a host no
+    /// gate and no entry here names meets every host-scoped gate).
+    pub hosts: Vec<String>,
 }
 
 /// `[server]`: the client-facing side.

@@ -293,3 +293,28 @@ fn tls_key_files_are_secrets_a_check_may_not_see() {
         ["server.tls.key_file", "upstream.tls.client_key_file"]
     );
 }
+
+#[test]
+fn routing_and_gate_hosts_are_checked_with_their_key() {
+    let text = format!(
+        "{MIN}[routing]\ncase_insensitive = true\nhosts = [\"ok.example.it.\", \"a.example.it:8443\"]\n\
+         [waiting_room]\nkeys = [{{ id = 1, secret = \"config-test-key-0123456789abcdef0123\" }}]\n\
+         [[gates]]\nname = \"a\"\nprefix = [\"/a\"]\nhosts = [\"portal.example.it\", \"*.example.it\"]\n"
+    );
+    let i = issues(&text);
+    let keys: Vec<_> = i.iter().map(|i| i.key.as_str()).collect();
+    assert_eq!(keys, ["routing.hosts[1]", "gates[0].hosts[1]"], "{i:?}");
+    let ok = format!(
+        "{MIN}[routing]\ncase_insensitive = true\n\
+         [waiting_room]\nkeys = [{{ id = 1, secret = \"config-test-key-0123456789abcdef0123\" }}]\n\
+         [[gates]]\nname = \"a\"\nprefix = [\"/a\"]\n\
+         [[gates]]\nname = \"b\"\nprefix = [\"/b\"]\ncase_insensitive = false\nhosts = [\"Portal.Example.it.\"]\n"
+    );
+    let c = Config::parse(&ok).unwrap();
+    assert!(c.gates[0].rules(&c.routing).case_insensitive);
+    let b = c.gates[1].rules(&c.routing);
+    assert!(!b.case_insensitive);
+    assert_eq!(b.hosts, ["Portal.Example.it."]);
+    let unknown = issues(&format!("{MIN}[routing]\ncase_sensitive = true\n"));
+    assert_eq!(unknown[0].key, "routing.case_sensitive");
+}

@@ -84,6 +84,11 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             v.push(("log.level".into(), format!("invalid filter: {e}")));
         }
+        for (i, h) in self.routing.hosts.iter().enumerate() {
+            if let Err(reason) = crate::route::canonical_host(h) {
+                v.push((format!("routing.hosts[{i}]"), reason));
+            }
+        }
         self.validate_waiting_room(&mut v);
         if let Some(r) = &self.rate_limits {
             if let Err(errs) = r.validate() {
@@ -168,7 +173,7 @@ impl Config {
             } else if !names.insert(g.name.clone()) {
                 v.push((at("name"), format!("gate {:?} is defined twice", g.name)));
             }
-            if let Err(errs) = crate::route::Rules::compile(&g.rules()) {
+            if let Err(errs) = crate::route::Rules::compile(&g.rules(&self.routing)) {
                 for (k, r) in errs {
                     v.push((at(&k), r));
                 }
@@ -187,7 +192,7 @@ impl Config {
                         "give a prefix or a glob: which request ends the journey".into(),
                     ));
                 }
-                if let Err(errs) = crate::route::Rules::compile(&r.rules()) {
+                if let Err(errs) = crate::route::Rules::compile(&r.rules(&g.rules(&self.routing))) {
                     for (k, reason) in errs {
                         v.push((at(&k), reason));
                     }

@@ -36,8 +36,15 @@ impl Proxy {
         };
         let cohort = room.classify(head, ctx.client, ctx.conn.peer.ip());
         ctx.cohort = cohort.index() as u16;
+        // HTTP/2's `:authority` and an absolute-form target (checked against `Host` in phase
+        // 1) are in the URI; otherwise the `Host` header.
+        let host = head
+            .uri
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| head.headers.get(header::HOST).and_then(|v| v.to_str().ok()));
         ctx.gate = room
-            .route(&head.method, path)
+            .route(&head.method, host, path, head.uri.path())
             .map(|gate| GateRoute { gate, cohort });
     }
 

@@ -343,11 +343,21 @@ impl Room {
         self.policy().cohorts.classify(parts, client, peer)
     }
 
-    /// Which gate a request belongs to (normalized path), if any.
-    pub fn route(&self, method: &Method, path: &str) -> Option<usize> {
+    /// Which gate a request belongs to, if any: `host` is the `Host` header or the URI's
+    /// authority as received, `path` the normalized path, `raw_path` the path as received
+    /// (a `..` in it never leaves a gate, [`crate::route`]).
+    pub fn route(
+        &self,
+        method: &Method,
+        host: Option<&str>,
+        path: &str,
+        raw_path: &str,
+    ) -> Option<usize> {
+        let policy = self.policy();
+        let target = crate::route::Target::new(method, host, &policy.known_hosts, path, raw_path);
         self.gates
             .iter()
-            .position(|g| g.policy().rules.matches(method, path))
+            .position(|g| g.policy().rules.catches(&target))
     }
 
     /// Whether a cookie name is one of anticamera's own (never forwarded to the portal).

@@ -49,6 +49,9 @@ pub struct RoomPolicy {
     pub(super) pass_refresh_ms: u64,
     /// Advised poll interval.
     pub poll_interval: Duration,
+    /// Host names the config names (gates' `hosts`, `[routing] hosts`), canonical: a request
+    /// for any other host meets every host-scoped gate.
+    pub known_hosts: Vec<String>,
 }
 
 impl RoomPolicy {
@@ -70,6 +73,9 @@ impl RoomPolicy {
             .enumerate()
             .map(|(i, g)| GatePolicy::compile(i, g, &cohorts, cfg))
             .collect::<Result<Vec<_>, _>>()?;
+        let known_hosts = crate::route::known_hosts(
+            std::iter::once(&cfg.routing.hosts[..]).chain(cfg.gates.iter().map(|g| &g.hosts[..])),
+        );
         let w = &cfg.waiting_room;
         let room = RoomPolicy {
             cohorts,
@@ -77,6 +83,7 @@ impl RoomPolicy {
             ticket_ttl_ms: w.ticket_ttl.0.as_millis() as u64,
             pass_refresh_ms: w.pass_refresh.0.as_millis() as u64,
             poll_interval: w.poll_interval.0,
+            known_hosts,
         };
         Ok((room, gates))
     }
@@ -89,7 +96,7 @@ impl GatePolicy {
         cohorts: &Cohorts,
         cfg: &Config,
     ) -> Result<GatePolicy, RoomError> {
-        let rules = Rules::compile(&g.rules())
+        let rules = Rules::compile(&g.rules(&cfg.routing))
             .map_err(|e| RoomError::Config(format!("gates[{i}]"), format!("{e:?}")))?;
         let schedule = match &g.schedule {
             Some(s) => Some(
@@ -117,7 +124,7 @@ impl GatePolicy {
             .enumerate()
             .map(|(j, r)| {
                 let at = format!("gates[{i}].release_on[{j}]");
-                let rules = Rules::compile(&r.rules())
+                let rules = Rules::compile(&r.rules(&g.rules(&cfg.routing)))
                     .map_err(|e| RoomError::Config(at.clone(), format!("{e:?}")))?;
                 let statuses = r
                     .status
