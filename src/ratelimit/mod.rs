@@ -14,16 +14,24 @@
 //! session bucket but is refused by a later one has still spent its session token; that only ever
 //! costs the requester itself.
 //!
+//! # Address levels
+//!
+//! An address is checked against its own bucket (IPv6 by `ipv6_prefix`, /64 by default; IPv4 by
+//! `ipv4_prefix`, /32) and then against one bucket per *aggregate level* of its family
+//! (`ipv6_aggregates`, by default its /48 at 16× and its /32 at 1024× the `per_address` quota;
+//! `ipv4_aggregates`, its /24 at 32×), most specific first. Rotating addresses inside a prefix
+//! therefore spends that prefix's bucket instead of minting fresh budgets, while a client from an
+//! untouched prefix is not affected. All levels of the address limit share one store (one cap).
+//!
 //! # Bounded memory
 //!
-//! Each keyed limiter keeps at most `max_keys` keys ([`CappedStore`]). When the cap is reached,
-//! requests with a key that is not already tracked share one *overflow* bucket (same quota as one
-//! key), instead of inserting a new key or evicting an existing one. So a flood of random IPv6
-//! addresses can neither grow memory nor evict well-behaved keys; at worst new arrivals are limited
-//! together, very conservatively, until the next [`RateLimiter::sweep`] drops idle keys (a key is
-//! idle once its bucket is full again, which makes dropping it invisible to its owner).
-//! [`RateLimiter::sweep_due`] tells a sweeper task that a limiter hit its cap, so it can sweep
-//! earlier than `sweep_interval`.
+//! Each keyed limiter keeps at most `max_keys` keys ([`CappedStore`]). When the table is full, a
+//! new key still gets a bucket of its own: the store evicts the idlest of a few sampled keys (the
+//! one whose bucket refills first; a key whose bucket is already full is forgotten at no cost to
+//! anyone). A key at its limit has the latest refill time of all and is evicted last, so a flood of
+//! new addresses can neither grow memory, nor lock newcomers out (which a shared overflow bucket
+//! did), nor hand a throttled client a fresh bucket. [`RateLimiter::sweep`] drops idle keys in
+//! bulk; [`RateLimiter::sweep_due`] tells a sweeper task that a limiter reached its cap.
 //!
 //! Keys are `u64`: sessions are hashed by the caller (see [`crate::util::hash::hash_bytes`]), addresses are masked to
 //! their configured prefix and packed injectively when the prefix fits in 64 bits (IPv4, and IPv6

@@ -32,6 +32,8 @@ struct Shard {
     cap: usize,
     /// State of the sampling generator (xorshift64*), advanced under the write lock.
     rng: AtomicU64,
+    /// Set when the shard first filled up and sized its index for life at a full table.
+    sized: AtomicBool,
 }
 
 impl Shard {
@@ -87,6 +89,7 @@ impl CappedStore {
                 table: RwLock::new(IndexMap::with_hasher(hasher)),
                 cap: cap / n + usize::from(i < cap % n),
                 rng: AtomicU64::new(mix64(rand::random::<u64>()) | 1),
+                sized: AtomicBool::new(false),
             })
             .collect();
         CappedStore {
@@ -155,6 +158,13 @@ impl CappedStore {
             return v.measure_and_replace(&NotKeyed::NonKey, f);
         }
         if t.len() >= shard.cap {
+            if !shard.sized.swap(true, Ordering::Relaxed) {
+                // From now on every new key evicts one: the hash index fills with tombstones,
+                // and hashbrown doubles it once when it cleans them up at more than half load.
+                // Doing it now keeps memory flat from the moment the table is full (the entries'
+                // extra capacity is reserved but never touched).
+                t.reserve(shard.cap);
+            }
             self.evict_one(shard, &mut t);
         } else if t.len() == t.capacity() {
             // Grow without overshooting the cap (a plain insert would double the entries).
