@@ -28,7 +28,8 @@
 //! Each keyed limiter keeps at most `max_keys` keys ([`CappedStore`]). When the table is full, a
 //! new key still gets a bucket of its own: the store evicts the idlest of a few sampled keys (the
 //! one whose bucket refills first; a key whose bucket is already full is forgotten at no cost to
-//! anyone). A key at its limit has the latest refill time of all and is evicted last, so a flood of
+//! anyone). A key at its limit has the latest refill time of all (the levels of one limit share one
+//! window, so refill times compare fairly) and is evicted last, so a flood of
 //! new addresses can neither grow memory, nor lock newcomers out (which a shared overflow bucket
 //! did), nor hand a throttled client a fresh bucket. [`RateLimiter::sweep`] drops idle keys in
 //! bulk; [`RateLimiter::sweep_due`] tells a sweeper task that a limiter reached its cap.
