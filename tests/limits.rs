@@ -328,3 +328,106 @@ async fn only_people_let_in_piling_up_at_the_portal_slow_admissions() {
         assert_eq!(c.await.unwrap().0, 200);
     }
 }
+
+/// A GET from `client` (the address anticamera believes, through a trusted forwarder).
+async fn get_from(addr: std::net::SocketAddr, client: std::net::IpAddr) -> (u16, http::HeaderMap) {
+    let req = Request::get(format!("http://{addr}/"))
+        .header("x-forwarded-for", client.to_string())
+        .body(full(""))
+        .unwrap();
+    let (s, h, _) = send(req).await;
+    (s, h)
+}
+
+#[tokio::test]
+async fn an_address_spray_neither_locks_newcomers_out_nor_mints_budgets_inside_a_prefix() {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let up = echo_upstream().await;
+    // 1/h per address: a bucket spent during the test stays spent. Default aggregates: a /48
+    // shares 16 × (burst 2) = 32, a /32 1024 × 2 = 2048; an IPv4 /24 32 × 2 = 64.
+    let p = proxy(
+        up.addr,
+        "",
+        "[forwarding]\ntrusted_forwarders = [\"127.0.0.0/8\"]\n\
+         [rate_limits]\nmax_keys = 1000\nper_address = { rate = \"1/h\", burst = 2 }\n",
+    );
+    // A sprayer rotating /64s inside one /48: each /64 is new, but the /48 shares 32.
+    let mut served = 0;
+    let mut refused = None;
+    for i in 0..60u128 {
+        let a = IpAddr::V6(Ipv6Addr::from(0x2001_0db8_0048u128 << 80 | i << 64 | 1));
+        match get_from(p.addr, a).await {
+            (200, _) => served += 1,
+            (429, h) => refused = Some(h),
+            (s, h) => panic!("{s} {h:?}"),
+        }
+    }
+    assert_eq!(served, 32, "a /48 shares 16 × the per-address burst");
+    let h = refused.expect("rotating inside a /48 was never refused");
+    assert!(h.contains_key("retry-after"), "{h:?}");
+    assert!(
+        h["ratelimit-policy"].to_str().unwrap().contains("q=32"),
+        "refused by the /48 bucket: {h:?}"
+    );
+    // A neighbour in another /48 of the same /32 is not affected.
+    let (s, _) = get_from(
+        p.addr,
+        IpAddr::V6(Ipv6Addr::from(0x2001_0db8_0049u128 << 80 | 1)),
+    )
+    .await;
+    assert_eq!(s, 200);
+    // The same inside one IPv4 /24: 64 distinct addresses' first requests, then 429.
+    let mut served = 0;
+    for i in 0..=255u8 {
+        if get_from(p.addr, IpAddr::V4(Ipv4Addr::new(198, 51, 100, i)))
+            .await
+            .0
+            == 200
+        {
+            served += 1;
+        }
+    }
+    assert_eq!(served, 64, "a /24 shares 32 × the per-address burst");
+
+    // The spray: 3 000 addresses in 3 000 distinct /32s (9 000 keys with their /48s and /32s,
+    // nine times the table), 50 at a time.
+    let spray: Vec<IpAddr> = (0..3000u128)
+        .map(|i| IpAddr::V6(Ipv6Addr::from((0x2400_0000 + i * 7919) << 96 | i << 40 | 1)))
+        .collect();
+    let mut sprayed_ok = 0;
+    for chunk in spray.chunks(50) {
+        let tasks: Vec<_> = chunk
+            .iter()
+            .map(|&a| tokio::spawn(get_from(p.addr, a)))
+            .collect();
+        for t in tasks {
+            sprayed_ok += usize::from(t.await.unwrap().0 == 200);
+        }
+    }
+    assert_eq!(
+        sprayed_ok, 3000,
+        "every sprayed address is new: its first request is served"
+    );
+    // Newcomers from untouched prefixes are served on their first request, IPv6 and IPv4.
+    for n in 0..20u128 {
+        let v6 = IpAddr::V6(Ipv6Addr::from((0x2a0f_0000 + n) << 96 | 0xabcd << 64 | 7));
+        let (s, h) = get_from(p.addr, v6).await;
+        assert_eq!(s, 200, "newcomer {v6} refused after the spray: {h:?}");
+        let v4 = IpAddr::V4(Ipv4Addr::new(100, 64, n as u8, 9));
+        let (s, h) = get_from(p.addr, v4).await;
+        assert_eq!(s, 200, "newcomer {v4} refused after the spray: {h:?}");
+    }
+
+    // The spray did not evict the spent /48 and /24 buckets (a spent bucket is evicted last):
+    // rotating on is still refused.
+    for i in 100..110u128 {
+        let a = IpAddr::V6(Ipv6Addr::from(0x2001_0db8_0048u128 << 80 | i << 64 | 1));
+        assert_eq!(get_from(p.addr, a).await.0, 429, "{a}");
+    }
+    assert_eq!(
+        get_from(p.addr, IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)))
+            .await
+            .0,
+        429
+    );
+}

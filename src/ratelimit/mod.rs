@@ -14,16 +14,25 @@
 //! session bucket but is refused by a later one has still spent its session token; that only ever
 //! costs the requester itself.
 //!
+//! # Address levels
+//!
+//! An address is checked against its own bucket (IPv6 by `ipv6_prefix`, /64 by default; IPv4 by
+//! `ipv4_prefix`, /32) and then against one bucket per *aggregate level* of its family
+//! (`ipv6_aggregates`, by default its /48 at 16× and its /32 at 1024× the `per_address` quota;
+//! `ipv4_aggregates`, its /24 at 32×), most specific first. Rotating addresses inside a prefix
+//! therefore spends that prefix's bucket instead of minting fresh budgets, while a client from an
+//! untouched prefix is not affected. All levels of the address limit share one store (one cap).
+//!
 //! # Bounded memory
 //!
-//! Each keyed limiter keeps at most `max_keys` keys ([`CappedStore`]). When the cap is reached,
-//! requests with a key that is not already tracked share one *overflow* bucket (same quota as one
-//! key), instead of inserting a new key or evicting an existing one. So a flood of random IPv6
-//! addresses can neither grow memory nor evict well-behaved keys; at worst new arrivals are limited
-//! together, very conservatively, until the next [`RateLimiter::sweep`] drops idle keys (a key is
-//! idle once its bucket is full again, which makes dropping it invisible to its owner).
-//! [`RateLimiter::sweep_due`] tells a sweeper task that a limiter hit its cap, so it can sweep
-//! earlier than `sweep_interval`.
+//! Each keyed limiter keeps at most `max_keys` keys ([`CappedStore`]). When the table is full, a
+//! new key still gets a bucket of its own: the store evicts the idlest of a few sampled keys (the
+//! one whose bucket refills first; a key whose bucket is already full is forgotten at no cost to
+//! anyone). A key at its limit has the latest refill time of all (the levels of one limit share one
+//! window, so refill times compare fairly) and is evicted last, so a flood of
+//! new addresses can neither grow memory, nor lock newcomers out (which a shared overflow bucket
+//! did), nor hand a throttled client a fresh bucket. [`RateLimiter::sweep`] drops idle keys in
+//! bulk; [`RateLimiter::sweep_due`] tells a sweeper task that a limiter reached its cap.
 //!
 //! Keys are `u64`: sessions are hashed by the caller (see [`crate::util::hash::hash_bytes`]), addresses are masked to
 //! their configured prefix and packed injectively when the prefix fits in 64 bits (IPv4, and IPv6
@@ -148,7 +157,49 @@ impl LimitConfig {
             .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
             .allow_burst(burst)
     }
+
+    /// This limit with `times` the rate and `times` the burst (an aggregate level), or why it
+    /// cannot be represented.
+    pub fn quota_times(&self, times: u32) -> Result<Quota, &'static str> {
+        let count = self
+            .rate
+            .count
+            .max(1)
+            .checked_mul(times.max(1))
+            .ok_or("rate times this is too large")?;
+        let burst = self
+            .burst
+            .unwrap_or(self.rate.count)
+            .max(1)
+            .checked_mul(times.max(1))
+            .and_then(NonZeroU32::new)
+            .ok_or("burst times this is too large")?;
+        let per_cell = self.rate.per / count;
+        Quota::with_period(per_cell)
+            .map(|q| q.allow_burst(burst))
+            .ok_or("rate times this is too high (more than one per nanosecond)")
+    }
 }
+
+/// One aggregate level of the address limit: every address inside the same `/prefix` also
+/// shares one bucket with `times` the `per_address` rate and burst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateConfig {
+    /// Prefix length (shorter than the per-address prefix).
+    pub prefix: u8,
+    /// Multiplier of the `per_address` quota (rate and burst), at least 1.
+    pub times: u32,
+}
+
+impl AggregateConfig {
+    const fn new(prefix: u8, times: u32) -> Self {
+        AggregateConfig { prefix, times }
+    }
+}
+
+/// At most this many aggregate levels per address family.
+pub const MAX_AGGREGATES: usize = 4;
 
 /// `[rate_limits]`: all rate-limit settings.
 #[derive(Debug, Clone, Deserialize)]
@@ -163,6 +214,12 @@ pub struct RateLimitsConfig {
     pub ipv6_prefix: u8,
     /// IPv4 clients are aggregated by this prefix length (default 32).
     pub ipv4_prefix: u8,
+    /// Wider IPv6 buckets a request is also checked against, most specific first. Absent:
+    /// [`Self::DEFAULT_IPV6_AGGREGATES`] (those shorter than `ipv6_prefix`); `[]`: none.
+    pub ipv6_aggregates: Option<Vec<AggregateConfig>>,
+    /// Wider IPv4 buckets a request is also checked against. Absent:
+    /// [`Self::DEFAULT_IPV4_AGGREGATES`] (those shorter than `ipv4_prefix`); `[]`: none.
+    pub ipv4_aggregates: Option<Vec<AggregateConfig>>,
     /// Limit per session (absent: none).
     pub per_session: Option<LimitConfig>,
     /// Limit per client address prefix (absent: none).
@@ -180,6 +237,8 @@ impl Default for RateLimitsConfig {
             sweep_interval: Duration::from_secs(10),
             ipv6_prefix: 64,
             ipv4_prefix: 32,
+            ipv6_aggregates: None,
+            ipv4_aggregates: None,
             per_session: None,
             per_address: None,
             per_cohort: None,
@@ -189,6 +248,47 @@ impl Default for RateLimitsConfig {
 }
 
 impl RateLimitsConfig {
+    /// IPv6 aggregate levels when `ipv6_aggregates` is absent: a /48 (one site, RFC 6177) shares
+    /// 16 × the `per_address` quota, a /32 (typically one ISP's allocation) 1024 ×.
+    pub const DEFAULT_IPV6_AGGREGATES: [AggregateConfig; 2] =
+        [AggregateConfig::new(48, 16), AggregateConfig::new(32, 1024)];
+    /// IPv4 aggregate levels when `ipv4_aggregates` is absent: a /24 shares 32 × the quota.
+    pub const DEFAULT_IPV4_AGGREGATES: [AggregateConfig; 1] = [AggregateConfig::new(24, 32)];
+
+    /// The IPv6 aggregate levels in effect, most specific first.
+    pub fn ipv6_levels(&self) -> Vec<AggregateConfig> {
+        Self::levels(
+            &self.ipv6_aggregates,
+            &Self::DEFAULT_IPV6_AGGREGATES,
+            self.ipv6_prefix,
+        )
+    }
+
+    /// The IPv4 aggregate levels in effect, most specific first.
+    pub fn ipv4_levels(&self) -> Vec<AggregateConfig> {
+        Self::levels(
+            &self.ipv4_aggregates,
+            &Self::DEFAULT_IPV4_AGGREGATES,
+            self.ipv4_prefix,
+        )
+    }
+
+    fn levels(
+        set: &Option<Vec<AggregateConfig>>,
+        default: &[AggregateConfig],
+        base: u8,
+    ) -> Vec<AggregateConfig> {
+        match set {
+            Some(list) => list.clone(),
+            // Defaults that are not wider than the configured prefix do not apply.
+            None => default
+                .iter()
+                .copied()
+                .filter(|a| a.prefix < base)
+                .collect(),
+        }
+    }
+
     /// Checks value ranges; every error names its key relative to `[rate_limits]`.
     pub fn validate(&self) -> Result<(), Vec<FieldError>> {
         let mut errs = Vec::new();
@@ -203,6 +303,50 @@ impl RateLimitsConfig {
         }
         if self.ipv4_prefix == 0 || self.ipv4_prefix > 32 {
             errs.push(FieldError::new("ipv4_prefix", "must be between 1 and 32"));
+        }
+        for (family, list, base, max) in [
+            (
+                "ipv6_aggregates",
+                self.ipv6_levels(),
+                self.ipv6_prefix,
+                128u8,
+            ),
+            (
+                "ipv4_aggregates",
+                self.ipv4_levels(),
+                self.ipv4_prefix,
+                32u8,
+            ),
+        ] {
+            if list.len() > MAX_AGGREGATES {
+                errs.push(FieldError::new(
+                    family,
+                    format!("at most {MAX_AGGREGATES} levels"),
+                ));
+            }
+            let mut longer = base.min(max);
+            for (i, a) in list.iter().enumerate() {
+                if a.prefix == 0 || a.prefix >= longer {
+                    errs.push(FieldError::new(
+                        format!("{family}[{i}].prefix"),
+                        format!(
+                            "must be between 1 and {} (shorter than the level before it)",
+                            longer.saturating_sub(1)
+                        ),
+                    ));
+                }
+                longer = longer.min(a.prefix);
+                if a.times == 0 {
+                    errs.push(FieldError::new(
+                        format!("{family}[{i}].times"),
+                        "must be at least 1",
+                    ));
+                } else if let Some(lim) = &self.per_address {
+                    if let Err(reason) = lim.quota_times(a.times) {
+                        errs.push(FieldError::new(format!("{family}[{i}].times"), reason));
+                    }
+                }
+            }
         }
         for (kind, lim) in self.limits() {
             if let Some(lim) = lim {
@@ -411,6 +555,46 @@ pub struct AddressKeyer {
     v6_mask: u128,
     v6_prefix: u8,
     seed: u64,
+    /// Masks of the aggregate levels, most specific first, and how many are used.
+    v6_levels: [u128; MAX_AGGREGATES],
+    v4_levels: [u32; MAX_AGGREGATES],
+    n6: usize,
+    n4: usize,
+    /// Secret per-level seeds folding aggregate keys (IPv6 levels, then IPv4 levels).
+    level_seeds: [u64; 2 * MAX_AGGREGATES],
+}
+
+/// The keys of one client address: its own bucket's, then one per aggregate level of its
+/// address family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddressKeys {
+    /// The key of the address's own prefix (`ipv4_prefix` / `ipv6_prefix`).
+    pub base: u64,
+    /// True for IPv4 (and IPv4-mapped IPv6) addresses.
+    pub v4: bool,
+    levels: [u64; MAX_AGGREGATES],
+    n: usize,
+}
+
+impl AddressKeys {
+    /// The aggregate keys, most specific first.
+    pub fn levels(&self) -> &[u64] {
+        &self.levels[..self.n]
+    }
+}
+
+fn v6_mask(prefix: u8) -> u128 {
+    match u32::from(prefix.min(128)) {
+        0 => 0,
+        p => u128::MAX << (128 - p),
+    }
+}
+
+fn v4_mask(prefix: u8) -> u32 {
+    match u32::from(prefix.min(32)) {
+        0 => 0,
+        p => u32::MAX << (32 - p),
+    }
 }
 
 impl AddressKeyer {
@@ -418,28 +602,102 @@ impl AddressKeyer {
     /// never a client source address, so IPv4 and IPv6 keys (prefix <= 64) never collide.
     const V4_TAG: u64 = 0xff00_0000_0000_0000;
 
-    /// A keyer for the given prefix lengths (clamped to 0..=32 and 0..=128).
+    /// A keyer for the given prefix lengths (clamped to 0..=32 and 0..=128), without aggregates.
     pub fn new(ipv4_prefix: u8, ipv6_prefix: u8) -> Self {
-        let p4 = u32::from(ipv4_prefix.min(32));
-        let p6 = u32::from(ipv6_prefix.min(128));
-        AddressKeyer {
-            v4_mask: if p4 == 0 { 0 } else { u32::MAX << (32 - p4) },
-            v6_mask: if p6 == 0 { 0 } else { u128::MAX << (128 - p6) },
+        Self::with_aggregates(ipv4_prefix, ipv6_prefix, &[], &[])
+    }
+
+    /// A keyer with aggregate levels (at most [`MAX_AGGREGATES`] per family are used).
+    pub fn with_aggregates(
+        ipv4_prefix: u8,
+        ipv6_prefix: u8,
+        v4_levels: &[AggregateConfig],
+        v6_levels: &[AggregateConfig],
+    ) -> Self {
+        let mut k = AddressKeyer {
+            v4_mask: v4_mask(ipv4_prefix),
+            v6_mask: v6_mask(ipv6_prefix),
             v6_prefix: ipv6_prefix.min(128),
             seed: rand::random::<u64>(),
+            v6_levels: [0; MAX_AGGREGATES],
+            v4_levels: [0; MAX_AGGREGATES],
+            n6: v6_levels.len().min(MAX_AGGREGATES),
+            n4: v4_levels.len().min(MAX_AGGREGATES),
+            level_seeds: std::array::from_fn(|_| rand::random::<u64>()),
+        };
+        for (m, a) in k.v6_levels.iter_mut().zip(v6_levels) {
+            *m = v6_mask(a.prefix);
         }
+        for (m, a) in k.v4_levels.iter_mut().zip(v4_levels) {
+            *m = v4_mask(a.prefix);
+        }
+        k
     }
 
     /// The key for an address. IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) count as IPv4.
     #[inline]
     pub fn key(&self, addr: IpAddr) -> u64 {
-        let v6 = match addr {
-            IpAddr::V4(v4) => return Self::V4_TAG | u64::from(u32::from(v4) & self.v4_mask),
+        match Self::family(addr) {
+            Ok(v4) => self.v4_key(v4),
+            Err(v6) => self.v6_key(v6),
+        }
+    }
+
+    /// The address's own key and its aggregate keys. Aggregate keys are folded with a secret
+    /// per-level seed (a bijection for prefixes up to /64), so they cannot be aimed at another
+    /// level's or another address's key.
+    #[inline]
+    pub fn keys(&self, addr: IpAddr) -> AddressKeys {
+        let mut levels = [0u64; MAX_AGGREGATES];
+        match Self::family(addr) {
+            Ok(v4) => {
+                for (i, l) in levels.iter_mut().enumerate().take(self.n4) {
+                    let x = Self::V4_TAG | u64::from(v4 & self.v4_levels[i]);
+                    *l = mix64(x ^ self.level_seeds[MAX_AGGREGATES + i]);
+                }
+                AddressKeys {
+                    base: self.v4_key(v4),
+                    v4: true,
+                    levels,
+                    n: self.n4,
+                }
+            }
+            Err(v6) => {
+                for (i, l) in levels.iter_mut().enumerate().take(self.n6) {
+                    let m = v6 & self.v6_levels[i];
+                    let seed = self.level_seeds[i];
+                    *l = mix64((m >> 64) as u64 ^ seed) ^ mix64(m as u64 ^ seed.rotate_left(32));
+                }
+                AddressKeys {
+                    base: self.v6_key(v6),
+                    v4: false,
+                    levels,
+                    n: self.n6,
+                }
+            }
+        }
+    }
+
+    /// `Ok(IPv4 as u32)` or `Err(IPv6 as u128)`.
+    #[inline]
+    fn family(addr: IpAddr) -> Result<u32, u128> {
+        match addr {
+            IpAddr::V4(v4) => Ok(u32::from(v4)),
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => return Self::V4_TAG | u64::from(u32::from(v4) & self.v4_mask),
-                None => u128::from(v6) & self.v6_mask,
+                Some(v4) => Ok(u32::from(v4)),
+                None => Err(u128::from(v6)),
             },
-        };
+        }
+    }
+
+    #[inline]
+    fn v4_key(&self, v4: u32) -> u64 {
+        Self::V4_TAG | u64::from(v4 & self.v4_mask)
+    }
+
+    #[inline]
+    fn v6_key(&self, v6: u128) -> u64 {
+        let v6 = v6 & self.v6_mask;
         let hi = (v6 >> 64) as u64;
         let lo = v6 as u64;
         if self.v6_prefix <= 64 {
@@ -453,13 +711,13 @@ impl AddressKeyer {
 
 type Keyed<C> = governor::RateLimiter<u64, SharedStore, C, StateInformationMiddleware>;
 
-struct KindLimiter<C: Clock> {
+/// One bucket family: a quota over keys, on a (possibly shared) store.
+struct Level<C: Clock> {
     policy: Policy,
     limiter: Keyed<C>,
-    store: Arc<CappedStore>,
 }
 
-impl<C: Clock> KindLimiter<C> {
+impl<C: Clock> Level<C> {
     #[inline]
     fn check(&self, key: u64, tightest: &mut Option<(Policy, u32)>) -> Result<(), Limited> {
         match self.limiter.check_key(&key) {
@@ -478,12 +736,29 @@ impl<C: Clock> KindLimiter<C> {
     }
 }
 
+/// One configured kind: its own bucket per key and, for addresses, the aggregate levels. All
+/// levels of a kind share one store, so `max_keys` bounds the kind as a whole.
+struct KindLimiter<C: Clock> {
+    base: Level<C>,
+    v6: Vec<Level<C>>,
+    v4: Vec<Level<C>>,
+    store: Arc<CappedStore>,
+}
+
+impl<C: Clock> KindLimiter<C> {
+    /// The level built last: its start instant is the latest, so its idea of "idle" is the most
+    /// conservative for every key of the shared store.
+    fn last(&self) -> &Level<C> {
+        self.v4.last().or(self.v6.last()).unwrap_or(&self.base)
+    }
+}
+
 /// Key counts per kind, for metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct KeyCounts {
     /// Tracked session keys.
     pub session: usize,
-    /// Tracked address-prefix keys.
+    /// Tracked address-prefix keys (the aggregate levels' keys included).
     pub address: usize,
     /// Tracked cohort keys.
     pub cohort: usize,
@@ -516,20 +791,42 @@ impl RateLimiter<DefaultClock> {
 impl<C: Clock + Clone> RateLimiter<C> {
     /// Builds the limiters from a validated config on the given clock.
     pub fn with_clock(cfg: &RateLimitsConfig, clock: C) -> Self {
+        let level = |kind: LimitKind, quota: Quota, store: &Arc<CappedStore>| {
+            let limiter: Keyed<C> =
+                governor::RateLimiter::<u64, SharedStore, C, NoOpMiddleware<C::Instant>>::new(
+                    quota,
+                    SharedStore(store.clone()),
+                    clock.clone(),
+                )
+                .with_middleware::<StateInformationMiddleware>();
+            Level {
+                policy: Policy::from_quota(kind, quota),
+                limiter,
+            }
+        };
         let build = |kind: LimitKind, lim: Option<&LimitConfig>| {
             lim.map(|lim| {
-                let quota = lim.quota();
                 let store = Arc::new(CappedStore::new(cfg.max_keys));
-                let limiter: Keyed<C> =
-                    governor::RateLimiter::<u64, SharedStore, C, NoOpMiddleware<C::Instant>>::new(
-                        quota,
-                        SharedStore(store.clone()),
-                        clock.clone(),
-                    )
-                    .with_middleware::<StateInformationMiddleware>();
+                let base = level(kind, lim.quota(), &store);
+                let aggregates = |list: &[AggregateConfig]| -> Vec<Level<C>> {
+                    if kind != LimitKind::Address {
+                        return Vec::new();
+                    }
+                    list.iter()
+                        .take(MAX_AGGREGATES)
+                        .map(|a| {
+                            // validate() refused quotas that do not fit; clamp if unvalidated.
+                            let q = lim.quota_times(a.times).unwrap_or_else(|_| lim.quota());
+                            level(kind, q, &store)
+                        })
+                        .collect()
+                };
+                let v6 = aggregates(&cfg.ipv6_levels());
+                let v4 = aggregates(&cfg.ipv4_levels());
                 KindLimiter {
-                    policy: Policy::from_quota(kind, quota),
-                    limiter,
+                    base,
+                    v6,
+                    v4,
                     store,
                 }
             })
@@ -542,7 +839,12 @@ impl<C: Clock + Clone> RateLimiter<C> {
                 build(l[2].0, l[2].1),
                 build(l[3].0, l[3].1),
             ],
-            keyer: AddressKeyer::new(cfg.ipv4_prefix, cfg.ipv6_prefix),
+            keyer: AddressKeyer::with_aggregates(
+                cfg.ipv4_prefix,
+                cfg.ipv6_prefix,
+                &cfg.ipv4_levels(),
+                &cfg.ipv6_levels(),
+            ),
         }
     }
 }
@@ -555,16 +857,22 @@ impl<C: Clock> RateLimiter<C> {
         let mut tightest = None;
         let [s, a, c, g] = &self.kinds;
         if let (Some(l), Some(k)) = (s, keys.session) {
-            l.check(k, &mut tightest)?;
+            l.base.check(k, &mut tightest)?;
         }
         if let Some(l) = a {
-            l.check(self.keyer.key(keys.addr), &mut tightest)?;
+            // The address's own bucket, then each wider prefix's, most specific first.
+            let k = self.keyer.keys(keys.addr);
+            l.base.check(k.base, &mut tightest)?;
+            let levels = if k.v4 { &l.v4 } else { &l.v6 };
+            for (level, key) in levels.iter().zip(k.levels()) {
+                level.check(*key, &mut tightest)?;
+            }
         }
         if let Some(l) = c {
-            l.check(u64::from(keys.cohort), &mut tightest)?;
+            l.base.check(u64::from(keys.cohort), &mut tightest)?;
         }
         if let (Some(l), Some(k)) = (g, keys.gate) {
-            l.check(u64::from(k), &mut tightest)?;
+            l.base.check(u64::from(k), &mut tightest)?;
         }
         Ok(Allowed { tightest })
     }
@@ -574,39 +882,49 @@ impl<C: Clock> RateLimiter<C> {
         self.keyer.key(addr)
     }
 
-    /// The policy configured for a kind, if any.
+    /// The policy configured for a kind, if any (for addresses: the address's own bucket).
     pub fn policy(&self, kind: LimitKind) -> Option<Policy> {
-        self.kinds[kind as usize].as_ref().map(|k| k.policy)
+        self.kinds[kind as usize].as_ref().map(|k| k.base.policy)
+    }
+
+    /// The policies of the address aggregate levels, IPv6 then IPv4, most specific first.
+    pub fn aggregate_policies(&self) -> (Vec<Policy>, Vec<Policy>) {
+        let Some(a) = &self.kinds[LimitKind::Address as usize] else {
+            return (Vec::new(), Vec::new());
+        };
+        let p = |ls: &[Level<C>]| ls.iter().map(|l| l.policy).collect();
+        (p(&a.v6), p(&a.v4))
     }
 
     /// Drops idle keys (whose bucket is full again) and releases memory when the maps shrank a lot.
     /// Call every `sweep_interval`, and sooner when [`Self::sweep_due`] says so.
     pub fn sweep(&self) {
         for k in self.kinds.iter().flatten() {
-            k.limiter.retain_recent();
-            k.limiter.shrink_to_fit();
+            let last = &k.last().limiter;
+            last.retain_recent();
+            last.shrink_to_fit();
         }
     }
 
-    /// True when some keyed limiter hit `max_keys` since the last sweep (new keys are sharing
-    /// the overflow bucket): the sweeper should run now rather than wait for its interval.
+    /// True when some keyed limiter hit `max_keys` since the last sweep (it is evicting keys to
+    /// make room for new ones): a sweep now would free the idle ones in bulk.
     pub fn sweep_due(&self) -> bool {
         self.kinds.iter().flatten().any(|k| k.store.at_cap())
     }
 
-    /// Checks that used the shared overflow bucket since start, per kind (for a counter).
-    pub fn overflowed_by_kind(&self) -> [(LimitKind, u64); 4] {
+    /// Keys evicted to make room for new ones since start, per kind (for a counter).
+    pub fn evicted_by_kind(&self) -> [(LimitKind, u64); 4] {
         LimitKind::ALL.map(|kind| {
             let n = self.kinds[kind as usize]
                 .as_ref()
-                .map_or(0, |k| k.store.overflowed());
+                .map_or(0, |k| k.store.evicted());
             (kind, n)
         })
     }
 
     /// Tracked keys per kind (for a gauge).
     pub fn len_by_kind(&self) -> KeyCounts {
-        let len = |i: usize| self.kinds[i].as_ref().map_or(0, |k| k.limiter.len());
+        let len = |i: usize| self.kinds[i].as_ref().map_or(0, |k| k.store.len());
         KeyCounts {
             session: len(0),
             address: len(1),

@@ -151,8 +151,10 @@ fn retry_after_is_honest() {
 #[test]
 fn ipv6_aggregated_by_prefix() {
     let clock = FakeRelativeClock::default();
+    // Without the aggregate levels, to count the address's own keys alone.
     let rl = RateLimiter::with_clock(
-        &cfg("[per_address]\nrate = \"1/h\"\nburst = 1\n"),
+        &cfg("ipv6_aggregates = []\nipv4_aggregates = []\n\
+              [per_address]\nrate = \"1/h\"\nburst = 1\n"),
         clock.clone(),
     );
     assert!(rl.check(&keys(None, v6("2001:db8:1:2::1"))).is_ok());
@@ -285,8 +287,9 @@ fn flood(n: usize, max_keys: usize) {
         )),
         clock.clone(),
     );
-    // A well-behaved client, tracked before the flood.
+    // A client that spent its whole burst before the flood.
     let good = keys(None, v6("2001:db8:aaaa:1::1"));
+    rl.check(&good).unwrap();
     rl.check(&good).unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     for i in 0..n {
@@ -297,10 +300,10 @@ fn flood(n: usize, max_keys: usize) {
     }
     assert_eq!(rl.len_by_kind().address, max_keys);
     assert!(rl.sweep_due());
-    assert!(rl.overflowed_by_kind()[1].1 >= (n - max_keys) as u64);
-    // Not evicted: the good client still has its own bucket with one unit left.
-    assert!(rl.check(&good).is_ok());
-    assert!(rl.check(&good).is_err());
+    assert!(rl.evicted_by_kind()[1].1 >= (n - max_keys) as u64);
+    // Evicting makes room with the idlest keys: the flood cannot wipe out a spent bucket (which
+    // would hand its owner a fresh burst); the client is still refused.
+    assert_eq!(rl.check(&good).unwrap_err().kind(), LimitKind::Address);
     // Once the flood's buckets are full again, a sweep frees everything.
     clock.advance(Duration::from_secs(5));
     rl.sweep();
@@ -308,7 +311,8 @@ fn flood(n: usize, max_keys: usize) {
     assert!(!rl.sweep_due());
 }
 
-/// One million distinct random IPv6 addresses against a 10,000-key cap (~1.5 s in debug).
+/// One million distinct random IPv6 addresses (three keys each: /64, /48, /32) against a
+/// 10,000-key cap (~12 s in debug on a loaded 2-core machine).
 #[test]
 fn key_cap_holds_under_one_million_addresses() {
     flood(1_000_000, 10_000);
@@ -342,4 +346,176 @@ fn concurrent_inserts_never_exceed_cap() {
         t.join().unwrap();
     }
     assert_eq!(rl.len_by_kind().session, 1000);
+}
+
+#[test]
+fn aggregate_config_defaults_and_validation() {
+    let c: RateLimitsConfig = toml::from_str("").unwrap();
+    let pairs = |l: Vec<AggregateConfig>| l.iter().map(|a| (a.prefix, a.times)).collect::<Vec<_>>();
+    assert_eq!(pairs(c.ipv6_levels()), [(48, 16), (32, 1024)]);
+    assert_eq!(pairs(c.ipv4_levels()), [(24, 32)]);
+    // Defaults not wider than the configured prefix do not apply; an explicit [] turns them off.
+    let c = cfg("ipv6_prefix = 48\nipv4_prefix = 24\n");
+    assert_eq!(pairs(c.ipv6_levels()), [(32, 1024)]);
+    assert!(c.ipv4_levels().is_empty());
+    let c = cfg("ipv6_aggregates = []\nipv4_aggregates = [{ prefix = 16, times = 100 }]\n");
+    assert!(c.ipv6_levels().is_empty());
+    assert_eq!(pairs(c.ipv4_levels()), [(16, 100)]);
+
+    let c: RateLimitsConfig = toml::from_str(
+        "ipv6_aggregates = [{ prefix = 64, times = 2 }, { prefix = 40, times = 0 }, \
+                            { prefix = 44, times = 3 }]\n\
+         ipv4_aggregates = [{ prefix = 24, times = 2000000000 }, { prefix = 0, times = 1 }]\n\
+         per_address = { rate = \"5/s\", burst = 10 }\n",
+    )
+    .unwrap();
+    let errs = c.validate().unwrap_err();
+    let keys: Vec<_> = errs.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "ipv6_aggregates[0].prefix",
+            "ipv6_aggregates[1].times",
+            "ipv6_aggregates[2].prefix",
+            "ipv4_aggregates[0].times",
+            "ipv4_aggregates[1].prefix",
+        ],
+        "{errs:?}"
+    );
+    assert!(toml::from_str::<RateLimitsConfig>(
+        "ipv6_aggregates = [{ prefix = 48, times = 2, burst = 3 }]\n"
+    )
+    .is_err());
+}
+
+#[test]
+fn rotating_inside_a_prefix_spends_the_prefix_budget() {
+    let clock = FakeRelativeClock::default();
+    let rl = RateLimiter::with_clock(
+        &cfg("[per_address]\nrate = \"1/h\"\nburst = 1\n"),
+        clock.clone(),
+    );
+    // Sixteen /64s of one /48 each get their first request; the seventeenth new /64 is refused
+    // by the /48 bucket (16 × the quota), with an honest Retry-After (16/h: one every 225 s).
+    for i in 0..16 {
+        assert!(rl
+            .check(&keys(None, v6(&format!("2001:db8:1:{i:x}::1"))))
+            .is_ok());
+    }
+    let lim = rl.check(&keys(None, v6("2001:db8:1:ff::1"))).unwrap_err();
+    assert_eq!(lim.kind(), LimitKind::Address);
+    assert_eq!(lim.policy.limit, 16);
+    assert_eq!(lim.retry_after, Duration::from_secs(225));
+    let (p6, p4) = rl.aggregate_policies();
+    assert_eq!(p6.iter().map(|p| p.limit).collect::<Vec<_>>(), [16, 1024]);
+    assert_eq!(p4.iter().map(|p| p.limit).collect::<Vec<_>>(), [32]);
+    // A neighbour in another /48 of the same /32: unaffected.
+    assert!(rl.check(&keys(None, v6("2001:db8:2::1"))).is_ok());
+    // Rotating /48s inside the /32: 1024 first requests in all (17 spent so far), then refused.
+    let mut ok = 17;
+    for i in 3..2000u32 {
+        let a = v6(&format!("2001:db8:{i:x}::1"));
+        match rl.check(&keys(None, a)) {
+            Ok(_) => ok += 1,
+            Err(lim) => {
+                assert_eq!(lim.policy.limit, 1024);
+                break;
+            }
+        }
+    }
+    assert_eq!(ok, 1024);
+    // Another /32 is untouched.
+    assert!(rl.check(&keys(None, v6("2001:db9::1"))).is_ok());
+    // IPv4: 32 addresses of one /24, then refused; IPv4-mapped IPv6 is the same /24.
+    for i in 0..32u8 {
+        assert!(rl
+            .check(&keys(None, IpAddr::V4(Ipv4Addr::new(192, 0, 2, i))))
+            .is_ok());
+    }
+    let lim = rl.check(&keys(None, v6("::ffff:192.0.2.200"))).unwrap_err();
+    assert_eq!(lim.policy.limit, 32);
+    assert!(rl
+        .check(&keys(None, IpAddr::V4(Ipv4Addr::new(192, 0, 3, 1))))
+        .is_ok());
+    // A refusal by the /64 itself spends nothing from the wider buckets.
+    let rl = RateLimiter::with_clock(
+        &cfg("ipv6_aggregates = [{ prefix = 48, times = 2 }]\n\
+              [per_address]\nrate = \"1/h\"\nburst = 1\n"),
+        clock,
+    );
+    assert!(rl.check(&keys(None, v6("2001:db8:5:1::1"))).is_ok());
+    for _ in 0..10 {
+        assert_eq!(
+            rl.check(&keys(None, v6("2001:db8:5:1::2")))
+                .unwrap_err()
+                .policy
+                .limit,
+            1
+        );
+    }
+    assert!(rl.check(&keys(None, v6("2001:db8:5:2::1"))).is_ok());
+    assert_eq!(
+        rl.check(&keys(None, v6("2001:db8:5:3::1")))
+            .unwrap_err()
+            .policy
+            .limit,
+        2
+    );
+}
+
+#[test]
+fn a_full_table_evicts_and_newcomers_get_their_own_bucket() {
+    let clock = FakeRelativeClock::default();
+    let rl = RateLimiter::with_clock(
+        &cfg("max_keys = 100\n[per_session]\nrate = \"1/h\"\nburst = 1\n"),
+        clock.clone(),
+    );
+    // The table fills with spent buckets.
+    for s in 0..100 {
+        rl.check(&keys(Some(s), V4)).unwrap();
+    }
+    assert_eq!(rl.len_by_kind().session, 100);
+    // Every newcomer has a fresh bucket of its own: one request served, the next refused.
+    for s in 1000..1300 {
+        clock.advance(Duration::from_millis(1));
+        assert!(rl.check(&keys(Some(s), V4)).is_ok(), "newcomer {s}");
+        assert!(rl.check(&keys(Some(s), V4)).is_err(), "newcomer {s}");
+        assert!(rl.len_by_kind().session <= 100);
+    }
+    assert_eq!(rl.len_by_kind().session, 100);
+    assert_eq!(rl.evicted_by_kind()[0], (LimitKind::Session, 300));
+    assert!(rl.sweep_due());
+}
+
+#[test]
+fn eviction_prefers_idle_buckets() {
+    let clock = FakeRelativeClock::default();
+    let rl = RateLimiter::with_clock(
+        &cfg("max_keys = 1000\n[per_session]\nrate = \"1/h\"\nburst = 5\n"),
+        clock.clone(),
+    );
+    // 500 busy clients (burst spent) and 500 that came once.
+    for s in 0..500 {
+        for _ in 0..5 {
+            rl.check(&keys(Some(s), V4)).unwrap();
+        }
+    }
+    for s in 500..1000 {
+        rl.check(&keys(Some(s), V4)).unwrap();
+    }
+    // An hour later the one-time clients' buckets are full again (idle); the busy ones have one
+    // unit back.
+    clock.advance(Duration::from_secs(3601));
+    // 500 new keys: evictions sample five keys and take the idlest, so busy clients keep their
+    // spent buckets unless all five samples were busy (about 1/32 of the time).
+    for s in 2000..2500 {
+        rl.check(&keys(Some(s), V4)).unwrap();
+    }
+    let busy_left = (0..500)
+        .filter(|&s| rl.check(&keys(Some(s), V4)).is_ok() && rl.check(&keys(Some(s), V4)).is_err())
+        .count();
+    assert!(
+        busy_left >= 400,
+        "busy clients kept their spent buckets: {busy_left}/500"
+    );
 }
