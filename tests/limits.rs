@@ -295,9 +295,11 @@ async fn only_people_let_in_piling_up_at_the_portal_slow_admissions() {
          [upstream]\nurls = [\"http://{}\"]\n\
          [upstream_guard]\nmax_in_flight = 2\nqueue_size = 100\nqueue_timeout = \"5s\"\n\
          [waiting_room]\nkeys = [{{ id = 1, secret = \"limits-test-key-0123456789abcdef0123\" }}]\ntick = \"20ms\"\n\
-         [[gates]]\nname = \"claims\"\nprefix = [\"/claim\"]\ncapacity = 100\n",
+         [[gates]]\nname = \"claims\"\nprefix = [\"/claim\"]\ncapacity = 10000\n",
         up.addr
     );
+    // A capacity so large that even the lowest admission factor (0.01) leaves room for all
+    // twenty below, however late a slow machine lets the last of them arrive.
     let p = proxy_from(&text);
     // Twenty new arrivals queue for the portal's 2 slots on an open page: a crowd at the door,
     // which admitting fewer would not help. Admission goes on at full speed.
