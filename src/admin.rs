@@ -90,6 +90,45 @@ pub async fn upkeep(prometheus: &'static PrometheusHandle, mut shutdown: watch::
     }
 }
 
+/// Metric: keys the rate limiter tracks now, by `kind`.
+pub const RATELIMIT_KEYS: &str = "anticamera_ratelimit_keys";
+/// Metric: rate-limit keys evicted to make room for new ones, by `kind`.
+pub const RATELIMIT_EVICTED: &str = "anticamera_ratelimit_evicted_total";
+
+/// Publishes the rate limiter's table (keys and evictions per kind) every second, and while a
+/// table is at its cap, sweeps idle buckets (full ones, whose forgetting changes nothing) every
+/// 10 seconds, until `shutdown`. Reads the limiter in force, so a reload is followed.
+pub async fn limiter_upkeep(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut last_sweep = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = every.tick() => {
+                let limiter = shared.limiter.load_full();
+                let Some(limiter) = limiter.as_deref() else { continue };
+                let keys = limiter.len_by_kind();
+                for (kind, n) in [
+                    ("session", keys.session),
+                    ("address", keys.address),
+                    ("cohort", keys.cohort),
+                    ("gate", keys.gate),
+                ] {
+                    metrics::gauge!(RATELIMIT_KEYS, "kind" => kind).set(n as f64);
+                }
+                for (kind, n) in limiter.evicted_by_kind() {
+                    metrics::counter!(RATELIMIT_EVICTED, "kind" => kind.as_str()).absolute(n);
+                }
+                if limiter.sweep_due() && last_sweep.elapsed() >= std::time::Duration::from_secs(10) {
+                    limiter.sweep();
+                    last_sweep = tokio::time::Instant::now();
+                }
+            }
+        }
+    }
+}
+
 /// Runs the waiting room's controller until `shutdown`: ticks every `waiting_room.tick`, saves
 /// the state every `waiting_room.snapshot_interval`; beside it, the reserver of ticket numbers
 /// (`numbers`).

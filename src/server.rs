@@ -152,6 +152,7 @@ impl BoundServer {
             }
             let ctl = tokio::spawn(admin::controller(shared.clone(), arx.clone()));
             tokio::spawn(admin::upkeep(handle, arx.clone()));
+            tokio::spawn(admin::limiter_upkeep(shared.clone(), arx.clone()));
             admin::serve(admin, shared, handle, arx).await;
             let _ = ctl.await;
         })

@@ -119,6 +119,18 @@ pub const FAMILIES: &[(&str, Kind, Unit, &str)] = &[
         "Requests waiting for a portal slot.",
     ),
     (
+        crate::admin::RATELIMIT_KEYS,
+        Kind::Gauge,
+        Unit::Count,
+        "Keys the rate limiter tracks now, by kind.",
+    ),
+    (
+        crate::admin::RATELIMIT_EVICTED,
+        Kind::Counter,
+        Unit::Count,
+        "Rate-limit keys evicted to make room for new ones, by kind.",
+    ),
+    (
         crate::proxy::HELD,
         Kind::Gauge,
         Unit::Count,

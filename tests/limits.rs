@@ -432,4 +432,19 @@ async fn an_address_spray_neither_locks_newcomers_out_nor_mints_budgets_inside_a
             .0,
         429
     );
+    // The evictions are counted for the operators (published every second).
+    let mut evicted = 0.0;
+    for _ in 0..30 {
+        let (_, _, m) = get(p.admin, "/metrics").await;
+        evicted = m
+            .lines()
+            .find(|l| l.starts_with("anticamera_ratelimit_evicted_total{kind=\"address\"}"))
+            .and_then(|l| l.split_whitespace().last()?.parse().ok())
+            .unwrap_or(0.0);
+        if evicted > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(evicted >= 2000.0, "evictions counted: {evicted}");
 }
