@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -31,9 +30,9 @@ async fn portal() -> Upstream {
     .await
 }
 
-#[derive(Clone)]
+#[derive(Clone, Default)]
 struct Browser {
-    jar: HashMap<String, String>,
+    jar: Jar,
 }
 
 impl Browser {
@@ -41,21 +40,11 @@ impl Browser {
         let mut b = Request::get(format!("http://{addr}{path}"))
             .header("accept", "application/json")
             .header("x-sleep-ms", sleep_ms.to_string());
-        if !self.jar.is_empty() {
-            let c: Vec<String> = self.jar.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            b = b.header("cookie", c.join("; "));
+        if let Some(c) = self.jar.header() {
+            b = b.header("cookie", c);
         }
         let (s, h, _) = send(b.body(full("")).unwrap()).await;
-        for c in h.get_all("set-cookie") {
-            let c = c.to_str().unwrap();
-            let (kv, attrs) = c.split_once(';').unwrap_or((c, ""));
-            let (k, v) = kv.split_once('=').unwrap();
-            if attrs.contains("Max-Age=0") {
-                self.jar.remove(k);
-            } else {
-                self.jar.insert(k.to_string(), v.to_string());
-            }
-        }
+        self.jar.absorb(&h);
         s
     }
 }
@@ -93,9 +82,7 @@ async fn admission_follows_the_portal_within_the_safety_bound() {
     // 30 people take a ticket.
     let mut people = Vec::new();
     for _ in 0..30 {
-        let mut b = Browser {
-            jar: HashMap::new(),
-        };
+        let mut b = Browser::default();
         assert_eq!(b.get(p.addr, "/claim", 0).await, 503);
         people.push(b);
     }

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use common::*;
@@ -30,8 +29,9 @@ async fn portal() -> Upstream {
     .await
 }
 
+#[derive(Default)]
 struct Browser {
-    jar: HashMap<String, String>,
+    jar: Jar,
 }
 
 impl Browser {
@@ -41,21 +41,11 @@ impl Browser {
             .uri(format!("http://{addr}{path}"))
             .header("accept", "application/json")
             .header("x-want-status", want.to_string());
-        if !self.jar.is_empty() {
-            let c: Vec<String> = self.jar.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            b = b.header("cookie", c.join("; "));
+        if let Some(c) = self.jar.header() {
+            b = b.header("cookie", c);
         }
         let (s, h, _) = send(b.body(full("")).unwrap()).await;
-        for c in h.get_all("set-cookie") {
-            let c = c.to_str().unwrap();
-            let (kv, attrs) = c.split_once(';').unwrap_or((c, ""));
-            let (k, v) = kv.split_once('=').unwrap();
-            if attrs.contains("Max-Age=0") {
-                self.jar.remove(k);
-            } else {
-                self.jar.insert(k.to_string(), v.to_string());
-            }
-        }
+        self.jar.absorb(&h);
         s
     }
 }
@@ -73,12 +63,8 @@ async fn a_named_request_answered_successfully_frees_the_place_at_once() {
          [[gates.release_on]]\nprefix = [\"/claim/submit\"]\nmethods = [\"POST\"]\n",
         portal.addr
     ));
-    let mut a = Browser {
-        jar: HashMap::new(),
-    };
-    let mut b = Browser {
-        jar: HashMap::new(),
-    };
+    let mut a = Browser::default();
+    let mut b = Browser::default();
     assert_eq!(
         a.send(p.addr, "GET", "/claim", 200).await,
         200,
@@ -96,15 +82,12 @@ async fn a_named_request_answered_successfully_frees_the_place_at_once() {
         503,
         "B still waits"
     );
-    assert!(a.jar.contains_key("anticamera_claims"), "A keeps the pass");
+    assert!(a.jar.has("anticamera_claims"), "A keeps the pass");
 
     // The end: the submit succeeded. A's pass is cleared and B gets the place at once, without
     // waiting for A's session (30 minutes) to expire.
     assert_eq!(a.send(p.addr, "POST", "/claim/submit", 201).await, 201);
-    assert!(
-        !a.jar.contains_key("anticamera_claims"),
-        "A's pass is cleared"
-    );
+    assert!(!a.jar.has("anticamera_claims"), "A's pass is cleared");
     assert_eq!(
         b.send(p.addr, "GET", "/claim", 200).await,
         200,
@@ -160,12 +143,8 @@ fn held_config(portal: SocketAddr, hold: &str) -> String {
 async fn a_held_request_is_forwarded_the_moment_the_place_is_its_own() {
     let portal = portal().await;
     let p = proxy_from(&held_config(portal.addr, "5s"));
-    let mut a = Browser {
-        jar: HashMap::new(),
-    };
-    let mut b = Browser {
-        jar: HashMap::new(),
-    };
+    let mut a = Browser::default();
+    let mut b = Browser::default();
     assert_eq!(
         a.send(p.addr, "GET", "/claim", 200).await,
         200,
@@ -200,12 +179,8 @@ async fn a_held_request_is_forwarded_the_moment_the_place_is_its_own() {
 async fn a_held_request_whose_hold_ends_first_is_answered_wait() {
     let portal = portal().await;
     let p = proxy_from(&held_config(portal.addr, "1s"));
-    let mut a = Browser {
-        jar: HashMap::new(),
-    };
-    let mut b = Browser {
-        jar: HashMap::new(),
-    };
+    let mut a = Browser::default();
+    let mut b = Browser::default();
     assert_eq!(a.send(p.addr, "GET", "/claim", 200).await, 200);
     assert_eq!(b.send(p.addr, "GET", "/claim", 200).await, 503);
     let t0 = std::time::Instant::now();

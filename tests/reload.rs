@@ -6,27 +6,17 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine as _;
-use chrono::{DateTime, TimeZone, Utc};
 use common::*;
 use http::Request;
 
 const KEY1: &str = "reload-test-key-one-0123456789abcdef0123";
 const KEY2: &str = "reload-test-key-two-0123456789abcdef0123";
 const ADMIN: &str = "admin-token-for-reload-tests";
-
-fn rome(y: i32, m: u32, d: u32, h: u32, min: u32) -> DateTime<Utc> {
-    chrono_tz::Europe::Rome
-        .with_ymd_and_hms(y, m, d, h, min, 0)
-        .single()
-        .unwrap()
-        .with_timezone(&Utc)
-}
 
 /// A config with one gate `claims` open to citizens `start`–`end` (Europe/Rome), signed with
 /// the keys given (`[(id, secret)]`, the last one current).
@@ -58,14 +48,14 @@ fn config(
 /// A browser: a cookie jar and a User-Agent.
 struct Browser {
     ua: String,
-    jar: HashMap<String, String>,
+    jar: Jar,
 }
 
 impl Browser {
     fn new(ua: &str) -> Self {
         Browser {
             ua: ua.into(),
-            jar: HashMap::new(),
+            jar: Jar::default(),
         }
     }
 
@@ -74,21 +64,11 @@ impl Browser {
         let mut b = Request::get(format!("http://{addr}{path}"))
             .header("user-agent", &self.ua)
             .header("accept", "application/json");
-        if !self.jar.is_empty() {
-            let c: Vec<String> = self.jar.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            b = b.header("cookie", c.join("; "));
+        if let Some(c) = self.jar.header() {
+            b = b.header("cookie", c);
         }
         let (s, h, body) = send(b.body(full("")).unwrap()).await;
-        for c in h.get_all("set-cookie") {
-            let c = c.to_str().unwrap();
-            let (kv, attrs) = c.split_once(';').unwrap_or((c, ""));
-            let (k, v) = kv.split_once('=').unwrap();
-            if attrs.contains("Max-Age=0") {
-                self.jar.remove(k);
-            } else {
-                self.jar.insert(k.to_string(), v.to_string());
-            }
-        }
+        self.jar.absorb(&h);
         (
             s,
             serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
@@ -98,7 +78,7 @@ impl Browser {
     /// The key id the gate's cookie (ticket or pass) is signed with.
     fn kid(&self) -> u8 {
         let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(&self.jar["anticamera_claims"])
+            .decode(&self.jar.0["anticamera_claims"])
             .unwrap();
         raw[1]
     }
@@ -361,7 +341,7 @@ async fn a_key_rotation_by_reload_keeps_old_passes_valid_until_they_expire() {
     assert_eq!(newcomer.kid(), 2);
     // The long-lived token under key 1 is not honoured: it is treated as no ticket at all.
     let mut forger = Browser::new("forger");
-    forger.jar.insert("anticamera_claims".into(), forged);
+    forger.jar.0.insert("anticamera_claims".into(), forged);
     let (s, v) = forger.get(p.addr, "/claim").await;
     assert_eq!(s, 503);
     assert!(

@@ -278,3 +278,50 @@ pub fn seen(echo: &serde_json::Value, name: &str) -> Vec<String> {
         .map(|p| p[1].as_str().unwrap().to_string())
         .collect()
 }
+
+/// A browser's cookie jar: what `Set-Cookie` gave (a `Max-Age=0` removes), sent back as one
+/// `Cookie` header.
+#[derive(Debug, Clone, Default)]
+pub struct Jar(pub std::collections::HashMap<String, String>);
+
+impl Jar {
+    /// The `Cookie` header to send, if any cookie is held.
+    pub fn header(&self) -> Option<String> {
+        (!self.0.is_empty()).then(|| {
+            self.0
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+    }
+
+    /// Takes in the cookies an answer sets.
+    pub fn absorb(&mut self, headers: &http::HeaderMap) {
+        for c in headers.get_all("set-cookie") {
+            let c = c.to_str().unwrap();
+            let (kv, attrs) = c.split_once(';').unwrap_or((c, ""));
+            let (k, v) = kv.split_once('=').unwrap();
+            if attrs.contains("Max-Age=0") {
+                self.0.remove(k);
+            } else {
+                self.0.insert(k.to_string(), v.to_string());
+            }
+        }
+    }
+
+    /// Whether a cookie of this name is held.
+    pub fn has(&self, name: &str) -> bool {
+        self.0.contains_key(name)
+    }
+}
+
+/// An instant given in Rome's local time.
+pub fn rome(y: i32, m: u32, d: u32, h: u32, min: u32) -> chrono::DateTime<chrono::Utc> {
+    use chrono::TimeZone;
+    chrono_tz::Europe::Rome
+        .with_ymd_and_hms(y, m, d, h, min, 0)
+        .single()
+        .unwrap()
+        .with_timezone(&chrono::Utc)
+}
