@@ -53,16 +53,7 @@ impl Browser {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_named_request_answered_successfully_frees_the_place_at_once() {
     let portal = portal().await;
-    let p = proxy_from(&format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n\
-         [admin]\nlisten = \"127.0.0.1:0\"\n\
-         [upstream]\nurls = [\"http://{}\"]\n\
-         [waiting_room]\nkeys = [{{ id = 1, secret = \"{KEY}\" }}]\ntick = \"50ms\"\n\
-         [[gates]]\nname = \"claims\"\nprefix = [\"/claim\"]\ncapacity = 1\n\
-         session_duration = \"30m\"\n\
-         [[gates.release_on]]\nprefix = [\"/claim/submit\"]\nmethods = [\"POST\"]\n",
-        portal.addr
-    ));
+    let p = proxy_from(&held_config(portal.addr, "0s"));
     let mut a = Browser::default();
     let mut b = Browser::default();
     assert_eq!(
