@@ -101,6 +101,10 @@ pub struct PortalArgs {
     /// shared cache to other users.
     #[arg(long)]
     pub fault_mode: bool,
+    /// Never send the release header when a claim is filed, as a portal nobody changed for a
+    /// waiting room: a journey then ends by a gate's `[[gates.release_on]]` rule or by time.
+    #[arg(long)]
+    pub no_release_header: bool,
 }
 
 /// The demo's crowd of simulated people.
@@ -127,6 +131,11 @@ impl PortalArgs {
             capacity: self.capacity,
             base_latency: self.base_latency,
             fault_mode: self.fault_mode,
+            release_header: if self.no_release_header {
+                String::new()
+            } else {
+                anticamera_demo_portal::PortalConfig::default().release_header
+            },
             ..Default::default()
         }
     }

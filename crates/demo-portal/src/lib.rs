@@ -94,6 +94,7 @@ pub struct PortalConfig {
     /// Response header naming the user a personal response belongs to.
     pub user_header: String,
     /// Response header (value `1`) telling the proxy the user is done (claim confirmed).
+    /// Empty: the portal never sends one (a portal nobody changed for a waiting room).
     pub release_header: String,
     /// anticamera's listen address in front of this portal (set by `anticamera demo`): where
     /// the home page's button sends its simulated people (`POST /__portal/crowd`). Loopback
@@ -159,6 +160,9 @@ impl PortalConfig {
             ("user_header", &self.user_header),
             ("release_header", &self.release_header),
         ] {
+            if key == "release_header" && v.is_empty() {
+                continue;
+            }
             if HeaderName::from_bytes(v.as_bytes()).is_err() {
                 err(key, "not a valid HTTP header name");
             }

@@ -67,7 +67,8 @@ impl Drop for PortalHandle {
 struct Shared {
     cfg: PortalConfig,
     user_header: HeaderName,
-    release_header: HeaderName,
+    /// `None`: the portal never sends a release header.
+    release_header: Option<HeaderName>,
     stats: Arc<PortalStats>,
     crowd: Arc<Crowd>,
     sessions: Mutex<HashMap<String, String>>,
@@ -92,8 +93,14 @@ pub async fn spawn(
     })?;
     let user_header =
         HeaderName::from_bytes(cfg.user_header.as_bytes()).map_err(|e| invalid(e.to_string()))?;
-    let release_header = HeaderName::from_bytes(cfg.release_header.as_bytes())
-        .map_err(|e| invalid(e.to_string()))?;
+    let release_header = if cfg.release_header.is_empty() {
+        None
+    } else {
+        Some(
+            HeaderName::from_bytes(cfg.release_header.as_bytes())
+                .map_err(|e| invalid(e.to_string()))?,
+        )
+    };
     let addr = listener.local_addr()?;
     let stats = Arc::new(PortalStats::new());
     let crowd = Crowd::new(cfg.anticamera, cfg.crowd_max, cfg.crowd_think);
@@ -533,8 +540,10 @@ async fn claim(sh: &Shared, req: Request<Incoming>) -> Response<Body> {
         html_escape(&user)
     );
     let mut r = personal(sh, &user, page(StatusCode::OK, "Domanda inviata", &body));
-    r.headers_mut()
-        .insert(sh.release_header.clone(), HeaderValue::from_static("1"));
+    if let Some(h) = &sh.release_header {
+        r.headers_mut()
+            .insert(h.clone(), HeaderValue::from_static("1"));
+    }
     r
 }
 

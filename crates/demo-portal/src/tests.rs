@@ -489,6 +489,31 @@ async fn claim_releases_and_stats_over_keep_alive() {
     assert_eq!(s.slowdown_pct, 400);
 }
 
+/// A portal nobody changed for a waiting room: an empty `release_header` means the claim's
+/// answer carries none (the load test's `release = false`), and the config is still valid.
+#[tokio::test]
+async fn an_empty_release_header_is_never_sent() {
+    let cfg = PortalConfig {
+        release_header: String::new(),
+        ..quick()
+    };
+    assert!(cfg.validate().is_ok());
+    let p = start(cfg).await;
+    let cookie = login(p.addr, "marco").await;
+    let extra = format!("{cookie}Content-Type: application/x-www-form-urlencoded\r\n");
+    let r = post(p.addr, "/claim", &extra, b"amount=600").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-portal-user"), Some("marco"));
+    assert_eq!(r.header("x-anticamera-release"), None);
+    assert!(r.text().contains("INPS-DEMO-2020-"));
+    // The default still sends it.
+    let p = start(quick()).await;
+    let cookie = login(p.addr, "marco").await;
+    let extra = format!("{cookie}Content-Type: application/x-www-form-urlencoded\r\n");
+    let r = post(p.addr, "/claim", &extra, b"amount=600").await;
+    assert_eq!(r.header("x-anticamera-release"), Some("1"));
+}
+
 #[test]
 fn load_plan_is_monotonic_and_banded() {
     let base = Duration::from_millis(20);

@@ -179,6 +179,9 @@ pub fn start(front: Front, sc: &Scenario, logs: &Path) -> anyhow::Result<Stack> 
     if sc.portal.fault_mode {
         cmd.arg("--fault-mode");
     }
+    if !sc.portal.release {
+        cmd.arg("--no-release-header");
+    }
     let mut children = vec![spawn("demo portal", &mut cmd, &portal_log)?];
     wait_port(portal_port, "the demo portal", &portal_log)?;
     let portal = format!("http://127.0.0.1:{portal_port}");

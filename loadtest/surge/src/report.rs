@@ -307,6 +307,7 @@ pub fn build_report(
             "capacity": sc.portal.capacity,
             "base_latency_ms": sc.portal.base_latency.as_millis() as u64,
             "fault_mode": sc.portal.fault_mode,
+            "release_header": sc.portal.release,
             "before": before,
             "after": after,
             "peak_in_flight": peak,
@@ -324,9 +325,15 @@ pub fn build_report(
             "impatient": sc.behaviour.impatient,
             "abandon": sc.behaviour.abandon,
             "bots": sc.behaviour.bots,
+            "plain": sc.behaviour.plain,
             "max_wait_s": sc.behaviour.max_wait.as_secs_f64(),
             "cohorts": sc.cohorts,
         },
+        // People by persona: plain (Retry-After only), impatient (reloads), api (JSON, the
+        // status protocol), page (HTML, the page's script).
+        "personas": rec.personas.iter().map(|(k, (people, done))| {
+            (k.to_string(), json!({"people": people, "completed": done}))
+        }).collect::<serde_json::Map<_, _>>(),
         "duration_limit_s": sc.run.duration.as_secs_f64(),
         "elapsed_s": round2(secs),
         "cut_at_duration": cut,
@@ -372,6 +379,7 @@ pub fn build_report(
             "users_queued": rec.queued_users,
             "poll_errors": rec.poll_errors,
             "reloads": rec.reloads,
+            "plain_retries": rec.plain_retries,
             "wait_ms_of_completed": summary_ms(rec.queue_waits.clone()),
         },
         "verification": {
@@ -492,6 +500,13 @@ pub fn print_summary(r: &Value) {
         s(&j["unfinished_active"]),
         s(&j["not_started"])
     );
+    if let Some(p) = r["personas"].as_object().filter(|p| !p.is_empty()) {
+        let list: Vec<String> = p
+            .iter()
+            .map(|(k, v)| format!("{k} {}/{}", s(&v["completed"]), s(&v["people"])))
+            .collect();
+        println!("  personas     completed/people: {}", list.join(", "));
+    }
     if let Some(f) = j["failures"].as_object().filter(|f| !f.is_empty()) {
         let list: Vec<String> = f.iter().map(|(k, v)| format!("{k} {v}")).collect();
         println!("  failures     {}", list.join(", "));
@@ -617,7 +632,7 @@ pub fn cell(v: &Value) -> String {
 pub fn markdown_table(reports: &[Value]) -> String {
     let s = cell;
     type Row = (&'static str, fn(&Value) -> Vec<Value>);
-    let rows: [Row; 22] = [
+    let rows: [Row; 23] = [
         ("users", |r| vec![r["users"].clone()]),
         ("arrival (users/s over s)", |r| {
             vec![
@@ -634,6 +649,17 @@ pub fn markdown_table(reports: &[Value]) -> String {
                 r["journeys"]["gave_up_waiting"].clone(),
                 r["journeys"]["unfinished"].clone(),
             ]
+        }),
+        ("people by persona (completed of)", |r| {
+            let list = r["personas"].as_object().map(|p| {
+                p.iter()
+                    .map(|(k, v)| {
+                        format!("{k} {} of {}", cell(&v["completed"]), cell(&v["people"]))
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            });
+            vec![list.map_or(Value::Null, Value::String)]
         }),
         ("goodput (journeys/s)", |r| {
             vec![r["goodput"]["journeys_per_s"].clone()]
@@ -768,7 +794,8 @@ mod tests {
     fn table_has_one_column_per_report() {
         let a = json!({"mode": "proxy", "users": 400, "journeys": {"completed": 12},
             "portal": {"peak_in_flight": 17, "capacity": 20, "after": {"responses_5xx": 0}},
-            "isolation": {"leaks": 0}});
+            "isolation": {"leaks": 0},
+            "personas": {"api": {"people": 10, "completed": 9}, "plain": {"people": 30, "completed": 3}}});
         let b = json!({"mode": "direct", "users": 400, "journeys": {"completed": 3},
             "isolation": {"leaks": 5}});
         let t = markdown_table(&[a, b]);
@@ -778,6 +805,10 @@ mod tests {
         assert!(t.contains("| journeys completed | 12 | 3 |"), "{t}");
         assert!(
             t.contains("| portal peak in flight / capacity | 17 / 20 | - / - |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| people by persona (completed of) | api 9 of 10, plain 3 of 30 | - |"),
             "{t}"
         );
         assert!(

@@ -96,6 +96,11 @@ pub struct Behaviour {
     pub abandon: f64,
     /// Bots: hammer the personal page without keeping cookies, from a few addresses.
     pub bots: f64,
+    /// Plain HTTP clients (a script, an app that knows nothing of the waiting room): they ask
+    /// for the gated URL with `Accept: application/json` and, while told to wait, sleep
+    /// `Retry-After` (at most 5 s) and ask for it again; never the status endpoint, never a
+    /// long poll, never the page's data attributes.
+    pub plain: f64,
     /// Everyone gives up after waiting this long.
     #[serde(deserialize_with = "dur::de")]
     pub max_wait: Duration,
@@ -119,6 +124,7 @@ impl Default for Behaviour {
             impatient: 0.0,
             abandon: 0.0,
             bots: 0.0,
+            plain: 0.0,
             max_wait: Duration::from_secs(300),
             think: Duration::ZERO,
             reload_every: Duration::from_secs(3),
@@ -193,6 +199,9 @@ pub struct PortalCfg {
     pub fault_mode: bool,
     /// Runtime threads of the portal.
     pub threads: usize,
+    /// Whether the portal sends the release header when a claim is filed; `false` is a portal
+    /// nobody changed for a waiting room (`anticamera demo-portal --no-release-header`).
+    pub release: bool,
 }
 
 impl Default for PortalCfg {
@@ -202,6 +211,7 @@ impl Default for PortalCfg {
             base_latency: Duration::from_millis(20),
             fault_mode: false,
             threads: 1,
+            release: true,
         }
     }
 }
@@ -306,6 +316,7 @@ impl Scenario {
         share("behaviour.impatient", b.impatient)?;
         share("behaviour.abandon", b.abandon)?;
         share("behaviour.bots", b.bots)?;
+        share("behaviour.plain", b.plain)?;
         if b.impatient + b.abandon > 1.0 {
             bail!("behaviour: impatient + abandon must not exceed 1");
         }
@@ -434,6 +445,23 @@ mod tests {
         let e =
             Scenario::parse(&format!("{MIN}[[events]]\nat = \"1s\"\nslowdown = 0\n")).unwrap_err();
         assert!(e.to_string().contains("events[0].slowdown"), "{e}");
+        let e = Scenario::parse(&format!("{MIN}[behaviour]\nplain = 1.5\n")).unwrap_err();
+        assert!(e.to_string().contains("behaviour.plain"), "{e}");
+        let e = Scenario::parse(&format!("{MIN}[portal]\nrelease = \"no\"\n")).unwrap_err();
+        assert!(e.to_string().contains("portal.release"), "{e}");
+    }
+
+    #[test]
+    fn plain_clients_and_a_portal_without_release_are_opt_in() {
+        let s = Scenario::parse(MIN).unwrap();
+        assert_eq!(s.behaviour.plain, 0.0);
+        assert!(s.portal.release);
+        let s = Scenario::parse(&format!(
+            "{MIN}[behaviour]\nplain = 1.0\n[portal]\nrelease = false\n"
+        ))
+        .unwrap();
+        assert_eq!(s.behaviour.plain, 1.0);
+        assert!(!s.portal.release);
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! `POST /claim amount=600` → leaves. Whenever a step meets the waiting room, the user waits as
 //! the page does: polls `/.anticamera/status` after `retry_after_seconds`, holding the poll for
 //! `long_poll_seconds` when the answer says so; impatient users reload the page instead; some
-//! give up. Bots hammer the personal page without keeping cookies, from a few addresses.
+//! give up. **Plain** clients know nothing of the waiting room: they ask for the gated URL with
+//! `Accept: application/json` and, while told to wait, sleep `Retry-After` (at most 5 s) and ask
+//! for it again. Bots hammer the personal page without keeping cookies, from a few addresses.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -31,6 +33,11 @@ use crate::verify::UserLog;
 
 /// Leak examples kept in the report.
 const MAX_LEAK_EXAMPLES: usize = 10;
+/// The longest `Retry-After` a plain client honours (a script's sensible cap).
+const PLAIN_MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
+/// The shortest pause of a plain client between two requests (a `Retry-After: 0` is not a
+/// reason to spin).
+const PLAIN_MIN_RETRY_AFTER: Duration = Duration::from_millis(100);
 const HTML: &str = "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8";
 
 /// A journey step.
@@ -116,6 +123,10 @@ pub struct Recorder {
     pub queue_waits: Vec<u64>,
     pub poll_errors: u64,
     pub reloads: u64,
+    /// Requests of the gated URL again by plain clients after a `Retry-After`.
+    pub plain_retries: u64,
+    /// People by persona (`plain`, `impatient`, `page`, `api`): arrived, completed.
+    pub personas: BTreeMap<&'static str, (u64, u64)>,
     /// Bot answers by status (0 = timeout / transport).
     pub bot_statuses: BTreeMap<u16, u64>,
     /// Personal pages a bot (no login) was served.
@@ -255,6 +266,8 @@ struct Vu<'a> {
     /// HTML (`/account`) or JSON (`/api/account`) flavour.
     json: bool,
     impatient: bool,
+    /// A plain HTTP client: follows only `Retry-After` on the gated URL.
+    plain: bool,
     abandon_after: Option<Duration>,
     /// Time spent in the waiting room so far.
     waited: Duration,
@@ -279,6 +292,9 @@ impl<'a> Vu<'a> {
         let impatient = r < b.impatient;
         let abandon_after = (!impatient && r < b.impatient + b.abandon)
             .then(|| b.max_wait.mul_f64(rng.gen_range(0.05..0.9)));
+        let json = rng.gen::<f64>() < b.json;
+        // Drawn last (only when asked for), so the other draws stay those of earlier versions.
+        let plain = b.plain > 0.0 && rng.gen::<f64>() < b.plain;
         Vu {
             ctx,
             id,
@@ -287,8 +303,10 @@ impl<'a> Vu<'a> {
                 .unwrap_or(HeaderValue::from_static("surge-vu")),
             cohort,
             jar: Jar::default(),
-            json: rng.gen::<f64>() < b.json,
-            impatient,
+            // A plain client asks for JSON; it knows no page and no status endpoint.
+            json: json || plain,
+            impatient: impatient && !plain,
+            plain,
             abandon_after,
             waited: Duration::ZERO,
             was_queued: false,
@@ -314,6 +332,19 @@ impl<'a> Vu<'a> {
     fn set_state(&self, s: u8) {
         if let Some(a) = self.ctx.states.get(self.id) {
             a.store(s, Ordering::Relaxed);
+        }
+    }
+
+    /// The persona, as counted in the report.
+    fn persona(&self) -> &'static str {
+        if self.plain {
+            "plain"
+        } else if self.impatient {
+            "impatient"
+        } else if self.json {
+            "api"
+        } else {
+            "page"
         }
     }
 
@@ -434,17 +465,24 @@ impl<'a> Vu<'a> {
         form: Option<&'static str>,
     ) -> anyhow::Result<Result<Resp, Stop>> {
         loop {
+            let t_req = Instant::now();
+            let queued_before = self.was_queued;
             let (resp, class, sent) =
                 match self.step(step, method.clone(), path, accept, form).await? {
                     Ok(r) => r,
                     Err(stop) => return Ok(Err(stop)),
                 };
             let recv = self.ctx.ms_now();
+            if self.plain && queued_before && self.log.admitted_ms.is_none() {
+                // A plain client's wait is also spent in its requests (held near the front).
+                self.waited += t_req.elapsed();
+            }
             let first_gated = self.log.first_gated_sent_ms.is_none() && self.behind_gate(path);
             if first_gated {
                 self.log.first_gated_sent_ms = Some(sent);
             }
             if class != Class::Queue {
+                self.set_state(vu_state::ACTIVE);
                 if self.behind_gate(path) && self.log.admitted_ms.is_none() {
                     // In: after waiting (the poll said so, or this page did), or straight away.
                     self.log.direct = !self.was_queued;
@@ -458,8 +496,15 @@ impl<'a> Vu<'a> {
                 self.log.ticket_recv_ms = Some(recv);
                 lock(&self.ctx.rec).queued_users += 1;
             }
+            // What the answer says is noted for the checks (numbers, positions, estimate);
+            // a plain client itself reads only its Retry-After.
             let advice = self.observe_answer(&resp, sent, recv);
-            if let Err(stop) = self.wait_in_queue(advice).await? {
+            let waited = if self.plain {
+                self.wait_plain(&resp).await
+            } else {
+                self.wait_in_queue(advice).await?
+            };
+            if let Err(stop) = waited {
                 return Ok(Err(stop));
             }
         }
@@ -551,6 +596,36 @@ impl<'a> Vu<'a> {
             Some("prequeue") | Some("closed") => self.last_position = None,
             _ => {}
         }
+    }
+
+    /// A plain client told to wait: sleeps the answer's `Retry-After` (at most 5 s, 1 s when
+    /// absent), then the caller asks for the same URL again. Gives up as everyone does.
+    async fn wait_plain(&mut self, resp: &Resp) -> Result<(), Stop> {
+        self.set_state(vu_state::WAITING);
+        let b = &self.ctx.sc.behaviour;
+        if self.abandon_after.is_some_and(|a| self.waited >= a) {
+            return Err(Stop::Abandoned);
+        }
+        if self.waited >= b.max_wait {
+            return Err(Stop::GaveUp);
+        }
+        let retry_after = resp
+            .headers
+            .get(hyper::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map_or(Duration::from_secs(1), Duration::from_secs_f64);
+        let mut pause = retry_after
+            .clamp(PLAIN_MIN_RETRY_AFTER, PLAIN_MAX_RETRY_AFTER)
+            .min(b.max_wait - self.waited);
+        if let Some(a) = self.abandon_after {
+            pause = pause.min(a.saturating_sub(self.waited));
+        }
+        tokio::time::sleep(pause).await;
+        self.waited += pause;
+        lock(&self.ctx.rec).plain_retries += 1;
+        Ok(())
     }
 
     /// Waits as the page does, until the ticket is admitted (or the status says there is no
@@ -721,13 +796,15 @@ impl<'a> Vu<'a> {
         }
         self.pause().await;
 
-        // 2. Login: the portal sets its session cookie.
+        // 2. Login: the portal sets its session cookie. A plain client asks for JSON here
+        //    too: the first gated URL, where it meets the waiting room.
+        let accept = if self.plain { "application/json" } else { HTML };
         match self
             .gated(
                 Step::Login,
                 Method::POST,
                 "/login",
-                HTML,
+                accept,
                 Some("user={user}"),
             )
             .await?
@@ -809,7 +886,12 @@ pub async fn run_vu(ctx: Arc<Ctx>, id: usize, at: Duration, seed: u64) {
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
     let mut vu = Vu::new(&ctx, id, &mut rng);
     vu.set_state(vu_state::ACTIVE);
-    lock(&ctx.rec).arrivals.push(ctx.ms_now());
+    let persona = vu.persona();
+    {
+        let mut rec = lock(&ctx.rec);
+        rec.arrivals.push(ctx.ms_now());
+        rec.personas.entry(persona).or_default().0 += 1;
+    }
     let t0 = Instant::now();
     let outcome = vu.journey().await;
     let failure = |rec: &mut Recorder, key: String| *rec.failures.entry(key).or_default() += 1;
@@ -827,6 +909,7 @@ pub async fn run_vu(ctx: Arc<Ctx>, id: usize, at: Duration, seed: u64) {
                 if vu.was_queued {
                     rec.queue_waits.push(q);
                 }
+                rec.personas.entry(persona).or_default().1 += 1;
                 vu_state::DONE
             }
             Ok(Err(Stop::GaveUp)) => {

@@ -162,6 +162,73 @@ fn the_same_scenario_straight_at_a_faulty_portal_shows_the_leaks() {
     );
 }
 
+/// Issue 14's clients in small: plain HTTP clients (only `Retry-After` on the gated URL) in
+/// front of a portal that never sends the release header, through anticamera with `release_on`,
+/// `hold_front` and `admission = "portal"`: every journey ends, nobody sees another's data,
+/// nobody is let in out of turn, and nobody ever asked the status endpoint.
+#[test]
+fn plain_clients_before_a_portal_without_release_all_get_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmpl = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../scenarios/plain-clients.anticamera.toml.tmpl");
+    let text = format!(
+        r#"name = "plain"
+[users]
+count = 40
+arrival = "even"
+over = "1s"
+[behaviour]
+plain = 1.0
+max_wait = "30s"
+[run]
+duration = "40s"
+request_timeout = "20s"
+client_addresses = 40
+[portal]
+capacity = 5
+base_latency = "100ms"
+release = false
+[anticamera]
+config = "{}"
+gate_capacity = 20
+gate_prefixes = ["/login", "/account", "/claim", "/api/"]
+"#,
+        tmpl.display()
+    );
+    let sc = dir.path().join("plain.toml");
+    std::fs::write(&sc, text).unwrap();
+    let out = dir.path().join("out");
+    let (ok, report) = run(&["run", sc.to_str().unwrap(), "--strict"], &out);
+    let r = &report["runs"][0];
+    assert!(ok, "strict run failed: {:#}", r["summary"]);
+    let s = &r["summary"];
+    assert_eq!(s["leaks"], 0, "{s:#}");
+    assert_eq!(s["admission_inversions"], 0, "{s:#}");
+    assert!(s["portal_peak_in_flight"].as_u64().unwrap() <= 5, "{s:#}");
+    assert_eq!(r["journeys"]["completed"], 40, "{:#}", r["journeys"]);
+    assert_eq!(r["personas"]["plain"]["people"], 40, "{:#}", r["personas"]);
+    assert_eq!(
+        r["personas"]["plain"]["completed"], 40,
+        "{:#}",
+        r["personas"]
+    );
+    // They met the waiting room (40 people at once on a portal of 5 at 100 ms), and followed
+    // only Retry-After: no status poll at all.
+    assert!(
+        r["queue"]["users_queued"].as_u64().unwrap() > 0,
+        "{:#}",
+        r["queue"]
+    );
+    assert!(
+        r["requests"]["by_step"].get("status_poll").is_none(),
+        "{:#}",
+        r["requests"]["by_step"]
+    );
+    // The portal never sent the release header; the journeys ended by release_on.
+    assert_eq!(r["portal"]["release_header"], false);
+    assert_eq!(r["release"]["release_header_seen_by_client"], 0);
+}
+
 #[test]
 fn a_bad_scenario_is_refused_with_the_key() {
     let dir = tempfile::tempdir().unwrap();
