@@ -97,7 +97,7 @@ pub const RATELIMIT_EVICTED: &str = "anticamera_ratelimit_evicted_total";
 
 /// Publishes the rate limiter's table (keys and evictions per kind) every second, and while a
 /// table is at its cap, sweeps idle buckets (full ones, whose forgetting changes nothing) every
-/// 10 seconds, until `shutdown`. Reads the limiter in force, so a reload is followed.
+/// `[rate_limits] sweep_interval`, until `shutdown`. Reads the limiter in force, so a reload is followed.
 pub async fn limiter_upkeep(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -120,7 +120,7 @@ pub async fn limiter_upkeep(shared: Arc<Shared>, mut shutdown: watch::Receiver<b
                 for (kind, n) in limiter.evicted_by_kind() {
                     metrics::counter!(RATELIMIT_EVICTED, "kind" => kind.as_str()).absolute(n);
                 }
-                if limiter.sweep_due() && last_sweep.elapsed() >= std::time::Duration::from_secs(10) {
+                if limiter.sweep_due() && last_sweep.elapsed() >= limiter.sweep_interval() {
                     limiter.sweep();
                     last_sweep = tokio::time::Instant::now();
                 }

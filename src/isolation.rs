@@ -280,12 +280,17 @@ impl Isolation {
     }
 
     /// Stamps a request about to go to the portal with its request id, if configured, and
-    /// returns the id the portal should echo. `keep_incoming`: the peer is a trusted
-    /// forwarder, whose single, well-formed id (at most 128 visible characters) is kept;
-    /// otherwise any incoming value is replaced by 128 random bits in hex.
-    pub fn stamp_request_id(&self, h: &mut HeaderMap, keep_incoming: bool) -> Option<HeaderValue> {
+    /// returns the id the portal should echo. `keep_incoming` (asked only when ids are
+    /// configured): the peer is a trusted forwarder, whose single, well-formed id (at most 128
+    /// visible characters) is kept; otherwise any incoming value is replaced by 128 random bits
+    /// in hex.
+    pub fn stamp_request_id(
+        &self,
+        h: &mut HeaderMap,
+        keep_incoming: impl FnOnce() -> bool,
+    ) -> Option<HeaderValue> {
         let name = self.request_id.as_ref()?;
-        if keep_incoming {
+        if keep_incoming() {
             let mut incoming = h.get_all(name).iter();
             if let (Some(v), None) = (incoming.next(), incoming.next()) {
                 let b = v.as_bytes();
@@ -382,11 +387,10 @@ impl Isolation {
         // A response that starts a session (login) binds the new session at once, so that the
         // very first page of that session is already checked.
         if let Some(new_session) = self.session_from_set_cookie(h) {
-            if session.is_none()
-                || session == Some(new_session)
-                || self.bind(new_session, user, now_ms)
-            {
-                self.bind(new_session, user, now_ms);
+            // Binds (or refreshes) the new session once; a request of another session may start
+            // one only if it is not bound to someone else already.
+            let fresh = session.is_none() || session == Some(new_session);
+            if self.bind(new_session, user, now_ms) || fresh {
                 return Verdict::Deliver;
             }
         }
@@ -696,7 +700,7 @@ mod tests {
         for _ in 0..1000 {
             let mut h = HeaderMap::new();
             h.insert("x-request-id", "client-chosen".parse().unwrap());
-            let id = i.stamp_request_id(&mut h, false).unwrap();
+            let id = i.stamp_request_id(&mut h, || false).unwrap();
             assert_eq!(h["x-request-id"], id, "the client's id must be replaced");
             assert_eq!(id.len(), 32);
             assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit));
@@ -705,18 +709,18 @@ mod tests {
         // Kept from a trusted forwarder...
         let mut h = HeaderMap::new();
         h.insert("x-request-id", "lb-123".parse().unwrap());
-        assert_eq!(i.stamp_request_id(&mut h, true).unwrap(), "lb-123");
+        assert_eq!(i.stamp_request_id(&mut h, || true).unwrap(), "lb-123");
         // ...unless it is not one clean value.
         h.append("x-request-id", "lb-456".parse().unwrap());
-        let id = i.stamp_request_id(&mut h, true).unwrap();
+        let id = i.stamp_request_id(&mut h, || true).unwrap();
         assert_ne!(id, "lb-123");
         assert_eq!(h.get_all("x-request-id").iter().count(), 1);
         let mut h = HeaderMap::new();
         h.insert("x-request-id", "a b".parse().unwrap());
-        assert_ne!(i.stamp_request_id(&mut h, true).unwrap(), "a b");
+        assert_ne!(i.stamp_request_id(&mut h, || true).unwrap(), "a b");
         // Not configured: nothing added.
         let mut h = HeaderMap::new();
-        assert_eq!(iso().stamp_request_id(&mut h, false), None);
+        assert_eq!(iso().stamp_request_id(&mut h, || false), None);
         assert!(h.is_empty());
     }
 

@@ -87,6 +87,19 @@ fn apply(shared: &Shared) -> Result<Reloaded, ReloadError> {
     if applied.is_empty() && !needs_restart.is_empty() {
         return Err(ReloadError::OnlyRestart(needs_restart));
     }
+    // A gate that follows the portal needs the guard that measures it, and the guard is built
+    // once at start.
+    if shared.guard.is_none() {
+        let portal: Vec<String> = new
+            .gates
+            .iter()
+            .filter(|g| g.admission == crate::config::Admission::Portal)
+            .map(|g| format!("gates ({}): admission = \"portal\" without the [upstream_guard] this process started with", g.name))
+            .collect();
+        if !portal.is_empty() {
+            return Err(ReloadError::OnlyRestart(portal));
+        }
+    }
     // Build everything that can fail before anything is swapped.
     let templates = templates_of(&new)?;
     let admin_token = new
@@ -117,24 +130,12 @@ fn apply(shared: &Shared) -> Result<Reloaded, ReloadError> {
     })
 }
 
-/// The config in force after a reload: the new file, except the sections that need a restart,
-/// which keep what this process runs.
+/// The config in force after a reload: the new file, except the parts that need a restart,
+/// which keep what this process runs (the same table the reload compares).
 fn effective(old: &Config, mut new: Config) -> Config {
-    new.server = old.server.clone();
-    new.upstream = old.upstream.clone();
-    new.forwarding = old.forwarding.clone();
-    new.admin.listen = old.admin.listen;
-    new.log = old.log.clone();
-    new.upstream_guard = old.upstream_guard.clone();
-    new.isolation = old.isolation.clone();
-    new.microcache = old.microcache.clone();
-    let (w, o) = (&mut new.waiting_room, &old.waiting_room);
-    w.cookie_prefix = o.cookie_prefix.clone();
-    w.cookie_secure = o.cookie_secure;
-    w.state_file = o.state_file.clone();
-    w.release_header = o.release_header.clone();
-    w.tick = o.tick;
-    w.snapshot_interval = o.snapshot_interval;
+    for part in RESTART_ONLY {
+        (part.keep)(old, &mut new);
+    }
     new
 }
 
@@ -146,32 +147,85 @@ fn section<T: Debug>(v: &T) -> String {
 /// One part of the config, named as the operator writes it, and its value as text.
 type Part = (&'static str, fn(&Config) -> String);
 
-/// What only a restart applies (compared section by section).
-const RESTART_ONLY: &[Part] = &[
-    ("server", |c| section(&c.server)),
-    ("upstream", |c| section(&c.upstream)),
-    ("forwarding", |c| section(&c.forwarding)),
-    ("admin.listen", |c| section(&c.admin.listen)),
-    ("log", |c| section(&c.log)),
-    ("upstream_guard", |c| section(&c.upstream_guard)),
-    ("isolation", |c| section(&c.isolation)),
-    ("microcache", |c| section(&c.microcache)),
-    ("waiting_room.cookie_prefix", |c| {
-        section(&c.waiting_room.cookie_prefix)
-    }),
-    ("waiting_room.cookie_secure", |c| {
-        section(&c.waiting_room.cookie_secure)
-    }),
-    ("waiting_room.state_file", |c| {
-        section(&c.waiting_room.state_file)
-    }),
-    ("waiting_room.release_header", |c| {
-        section(&c.waiting_room.release_header)
-    }),
-    ("waiting_room.tick", |c| section(&c.waiting_room.tick)),
-    ("waiting_room.snapshot_interval", |c| {
-        section(&c.waiting_room.snapshot_interval)
-    }),
+/// A part only a restart applies: its value as text, and how the running value is kept.
+struct RestartOnly {
+    name: &'static str,
+    value: fn(&Config) -> String,
+    keep: fn(&Config, &mut Config),
+}
+
+/// What only a restart applies: compared section by section, and kept as running.
+const RESTART_ONLY: &[RestartOnly] = &[
+    RestartOnly {
+        name: "server",
+        value: |c| section(&c.server),
+        keep: |o, n| n.server = o.server.clone(),
+    },
+    RestartOnly {
+        name: "upstream",
+        value: |c| section(&c.upstream),
+        keep: |o, n| n.upstream = o.upstream.clone(),
+    },
+    RestartOnly {
+        name: "forwarding",
+        value: |c| section(&c.forwarding),
+        keep: |o, n| n.forwarding = o.forwarding.clone(),
+    },
+    RestartOnly {
+        name: "admin.listen",
+        value: |c| section(&c.admin.listen),
+        keep: |o, n| n.admin.listen = o.admin.listen,
+    },
+    RestartOnly {
+        name: "log",
+        value: |c| section(&c.log),
+        keep: |o, n| n.log = o.log.clone(),
+    },
+    RestartOnly {
+        name: "upstream_guard",
+        value: |c| section(&c.upstream_guard),
+        keep: |o, n| n.upstream_guard = o.upstream_guard.clone(),
+    },
+    RestartOnly {
+        name: "isolation",
+        value: |c| section(&c.isolation),
+        keep: |o, n| n.isolation = o.isolation.clone(),
+    },
+    RestartOnly {
+        name: "microcache",
+        value: |c| section(&c.microcache),
+        keep: |o, n| n.microcache = o.microcache.clone(),
+    },
+    RestartOnly {
+        name: "waiting_room.cookie_prefix",
+        value: |c| section(&c.waiting_room.cookie_prefix),
+        keep: |o, n| n.waiting_room.cookie_prefix = o.waiting_room.cookie_prefix.clone(),
+    },
+    RestartOnly {
+        name: "waiting_room.cookie_secure",
+        value: |c| section(&c.waiting_room.cookie_secure),
+        keep: |o, n| n.waiting_room.cookie_secure = o.waiting_room.cookie_secure,
+    },
+    RestartOnly {
+        name: "waiting_room.state_file",
+        value: |c| section(&c.waiting_room.state_file),
+        keep: |o, n| n.waiting_room.state_file = o.waiting_room.state_file.clone(),
+    },
+    RestartOnly {
+        name: "waiting_room.release_header",
+        value: |c| section(&c.waiting_room.release_header),
+        keep: |o, n| n.waiting_room.release_header = o.waiting_room.release_header.clone(),
+    },
+    RestartOnly {
+        name: "waiting_room.tick",
+        value: |c| section(&c.waiting_room.tick),
+        keep: |o, n| n.waiting_room.tick = o.waiting_room.tick,
+    },
+    RestartOnly {
+        name: "waiting_room.snapshot_interval",
+        value: |c| section(&c.waiting_room.snapshot_interval),
+        keep: |o, n| n.waiting_room.snapshot_interval = o.waiting_room.snapshot_interval,
+    },
 ];
 
 /// What a reload applies, beside the gates (compared one by one).
@@ -209,7 +263,11 @@ fn changed(parts: &[Part], old: &Config, new: &Config) -> Vec<String> {
 
 /// The changed sections that only a restart applies.
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
-    changed(RESTART_ONLY, old, new)
+    RESTART_ONLY
+        .iter()
+        .filter(|p| (p.value)(old) != (p.value)(new))
+        .map(|p| p.name.to_string())
+        .collect()
 }
 
 /// The changed sections a reload applies.

@@ -35,11 +35,11 @@ pub const UPSTREAM_HEALTHY: &str = "anticamera_upstream_healthy";
 /// Build information, always 1: labels `version` (the crate's) and `commit` (the git commit
 /// given at build time in `ANTICAMERA_GIT_COMMIT`, else `unknown`).
 pub const BUILD_INFO: &str = "anticamera_build_info";
-/// Configuration reloads, by `result` (`success`, `failure`). Hot reload is not there yet: both
-/// series are exported at 0 so that rules written against them work the day it comes.
+/// Configuration reloads (`SIGHUP`, `POST /admin/reload`), by `result` (`success`,
+/// `failure`); both series exist from start-up, at 0.
 pub const CONFIG_RELOAD_TOTAL: &str = "anticamera_config_reload_total";
-/// When the configuration in force was last loaded successfully (Unix seconds): the start-up
-/// load until hot reload exists.
+/// When the configuration in force was last loaded successfully (Unix seconds): start-up, then
+/// each successful reload.
 pub const CONFIG_LAST_RELOAD_SUCCESS: &str =
     "anticamera_config_last_reload_success_timestamp_seconds";
 /// 1 while the shared admission store answers, 0 when it does not. Declared for the shared

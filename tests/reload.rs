@@ -272,6 +272,21 @@ async fn a_bad_file_is_refused_whole_and_nothing_changes() {
     p.tick();
     assert_eq!(capacity(&p).await, 7);
 
+    // Following the portal needs the guard this process started with: refused, and named.
+    write(
+        &file,
+        &good
+            .replace("capacity = 2", "capacity = 8\nadmission = \"portal\"")
+            .replace(
+                "[waiting_room]",
+                "[upstream_guard]\nmax_in_flight = 4\n[waiting_room]",
+            ),
+    );
+    let (s, v) = admin(&p, "POST", "/admin/reload").await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v["reason"].as_str().unwrap().contains("admission"), "{v}");
+    assert_eq!(capacity(&p).await, 7, "nothing applied");
+
     // Adding a gate changes the lanes: a restart, nothing applied.
     write(
         &file,

@@ -313,6 +313,36 @@ pub struct ReleaseOnConfig {
 }
 
 impl ReleaseOnConfig {
+    /// Compiles the rule as its gate reads paths: the path rules and the statuses, or every
+    /// problem as `(key relative to the rule, reason)`. Used by validation and by the room.
+    pub fn compile(
+        &self,
+        gate: &crate::route::RuleConfig,
+    ) -> Result<ReleaseRule, Vec<(String, String)>> {
+        let mut errs = Vec::new();
+        if self.prefix.is_empty() && self.glob.is_empty() {
+            errs.push((
+                "prefix".into(),
+                "give a prefix or a glob: which request ends the journey".into(),
+            ));
+        }
+        let rules = crate::route::Rules::compile(&self.rules(gate)).map_err(|e| errs.extend(e));
+        if self.status.is_empty() {
+            errs.push(("status".into(), "give at least one status (\"2xx\")".into()));
+        }
+        let mut statuses = Vec::new();
+        for (k, st) in self.status.iter().enumerate() {
+            match StatusMatch::parse(st) {
+                Ok(m) => statuses.push(m),
+                Err(reason) => errs.push((format!("status[{k}]"), reason)),
+            }
+        }
+        match rules {
+            Ok(rules) if errs.is_empty() => Ok((rules, statuses)),
+            _ => Err(errs),
+        }
+    }
+
     /// The path rules of this release rule, read as its gate reads paths (case).
     pub fn rules(&self, gate: &crate::route::RuleConfig) -> crate::route::RuleConfig {
         crate::route::RuleConfig {
@@ -324,6 +354,9 @@ impl ReleaseOnConfig {
         }
     }
 }
+
+/// A compiled `release_on` rule: which requests, and which statuses end the journey.
+pub type ReleaseRule = (crate::route::Rules, Vec<StatusMatch>);
 
 /// A status an answer must have to count: a class (`2xx`) or one code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -184,25 +184,11 @@ impl Config {
                     "\"portal\" follows the portal's room as [upstream_guard] measures it: configure [upstream_guard]".into(),
                 ));
             }
+            let gate_rules = g.rules(&self.routing);
             for (j, r) in g.release_on.iter().enumerate() {
-                let at = |k: &str| format!("gates[{i}].release_on[{j}].{k}");
-                if r.prefix.is_empty() && r.glob.is_empty() {
-                    v.push((
-                        at("prefix"),
-                        "give a prefix or a glob: which request ends the journey".into(),
-                    ));
-                }
-                if let Err(errs) = crate::route::Rules::compile(&r.rules(&g.rules(&self.routing))) {
+                if let Err(errs) = r.compile(&gate_rules) {
                     for (k, reason) in errs {
-                        v.push((at(&k), reason));
-                    }
-                }
-                if r.status.is_empty() {
-                    v.push((at("status"), "give at least one status (\"2xx\")".into()));
-                }
-                for (k, st) in r.status.iter().enumerate() {
-                    if let Err(reason) = super::StatusMatch::parse(st) {
-                        v.push((at(&format!("status[{k}]")), reason));
+                        v.push((format!("gates[{i}].release_on[{j}].{k}"), reason));
                     }
                 }
             }

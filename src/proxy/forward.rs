@@ -89,10 +89,10 @@ impl Proxy {
             ctx.conn.scheme,
             &mut head.headers,
         );
-        ctx.request_id = sh.isolation.stamp_request_id(
-            &mut head.headers,
-            sh.forwarders.is_trusted(ctx.conn.peer.ip()),
-        );
+        let peer = ctx.conn.peer.ip();
+        ctx.request_id = sh
+            .isolation
+            .stamp_request_id(&mut head.headers, || sh.forwarders.is_trusted(peer));
         let priority = if ctx.seat.is_some() || ctx.session.is_some() {
             Priority::Inside
         } else {

@@ -48,13 +48,14 @@ impl Drop for Held<'_> {
 }
 
 impl Proxy {
-    /// Whether the room's answer is "wait" for someone at the front who already holds a ticket.
-    pub(super) fn may_hold(&self, d: &Decision) -> bool {
+    /// How long to hold this request: the room's answer is "wait" for someone at the front who
+    /// already holds a ticket, and holding is on.
+    pub(super) fn may_hold(&self, d: &Decision) -> Option<std::time::Duration> {
         let hold = self.shared.config.load().waiting_room.hold_front.0;
         if hold.is_zero() || d.set_cookie.is_some() {
-            return false;
+            return None;
         }
-        match &d.answer {
+        let front = match &d.answer {
             Some(Answer::Queue {
                 ahead,
                 wait,
@@ -63,7 +64,8 @@ impl Proxy {
                 ..
             }) => *ahead < HOLD_AHEAD || wait.is_some_and(|w| w <= hold),
             _ => false,
-        }
+        };
+        front.then_some(hold)
     }
 
     /// Holds the request until the place is its own (the decision that lets it in) or the hold
@@ -76,9 +78,9 @@ impl Proxy {
         cohort: CohortId,
         head: &Parts,
         ctx: &RequestCtx,
+        hold: std::time::Duration,
     ) -> Option<Decision> {
         let _held = Held::try_new(&self.shared.held)?;
-        let hold = self.shared.config.load().waiting_room.hold_front.0;
         let deadline = tokio::time::Instant::now() + hold;
         let peer = ctx.conn.peer.ip();
         loop {

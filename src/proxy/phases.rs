@@ -79,8 +79,8 @@ impl Proxy {
         };
         if let Some(GateRoute { gate, cohort }) = ctx.gate {
             let mut d = room.decide(gate, cohort, head);
-            if self.may_hold(&d) {
-                if let Some(later) = self.hold(room, gate, cohort, head, ctx).await {
+            if let Some(hold) = self.may_hold(&d) {
+                if let Some(later) = self.hold(room, gate, cohort, head, ctx, hold).await {
                     d = later;
                 }
             }

@@ -771,6 +771,7 @@ pub struct KeyCounts {
 pub struct RateLimiter<C: Clock = DefaultClock> {
     kinds: [Option<KindLimiter<C>>; 4],
     keyer: AddressKeyer,
+    sweep_interval: Duration,
 }
 
 impl<C: Clock> fmt::Debug for RateLimiter<C> {
@@ -845,7 +846,13 @@ impl<C: Clock + Clone> RateLimiter<C> {
                 &cfg.ipv4_levels(),
                 &cfg.ipv6_levels(),
             ),
+            sweep_interval: cfg.sweep_interval,
         }
+    }
+
+    /// How often a table at its cap is swept (`[rate_limits] sweep_interval`).
+    pub fn sweep_interval(&self) -> Duration {
+        self.sweep_interval
     }
 }
 

@@ -32,6 +32,13 @@ impl Room {
             let apm = g.admit_per_minute.load(Ordering::Relaxed);
             // The loop closed with the portal: a struggling portal means fewer new admissions
             // (a lower rate when one is set, else less room); users inside keep their slot.
+            // A gate that follows the portal already shrinks with it (`follow_portal`): the
+            // admission factor, fed by the same guard, must not shrink it a second time.
+            let health = if gp.follow_portal && steering > 0 {
+                1.0
+            } else {
+                health
+            };
             let (total, apm) = if health >= 1.0 {
                 (configured, apm)
             } else if apm > 0 {
@@ -143,6 +150,8 @@ impl Room {
         let limit = limit.max(1) as u32;
         for g in &self.gates {
             if !g.policy().follow_portal {
+                // Not (or no longer) following: nothing learned to resume from later.
+                g.steering.store(0, Ordering::Relaxed);
                 continue;
             }
             let bound = g.capacity.load(Ordering::Relaxed).max(1);

@@ -302,10 +302,22 @@ impl Room {
             .max()
             .unwrap_or(0)
             .max(old.ticket_ttl_ms);
+        let reused = policy.keys.changed_secrets(&old.keys);
+        if !reused.is_empty() {
+            return Err(RoomError::Config(
+                "waiting_room.keys".into(),
+                format!(
+                    "key id {reused:?} has a new secret: every ticket and pass signed with the old one \
+                     would fail at once; give the new secret a new id, make it current, and remove \
+                     the old id in a later reload"
+                ),
+            ));
+        }
+        let now = self.clock.now_ms();
         let keys = policy
             .keys
             .clone()
-            .retaining(&old.keys, self.clock.now_ms() + longest_ms);
+            .retaining(&old.keys, now, now + longest_ms);
         let policy = RoomPolicy { keys, ..policy };
         for (((g, gp), now_cfg), before) in self
             .gates

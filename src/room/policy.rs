@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use super::RoomError;
 use crate::cohort::{CohortId, Cohorts};
-use crate::config::{Config, GateConfig, StatusMatch};
+use crate::config::{Config, GateConfig, ReleaseRule};
 use crate::route::Rules;
 use crate::schedule::Schedule;
 use crate::waitroom::{GateSettings, Keyring, Mode};
@@ -34,7 +34,7 @@ pub struct GatePolicy {
     pub(super) configured_mode: Mode,
     pub(super) settings: GateSettings,
     /// Requests whose successful answer ends the journey (`release_on`).
-    release_on: Vec<(Rules, Vec<StatusMatch>)>,
+    release_on: Vec<ReleaseRule>,
     /// Admissions follow the portal's room (`admission = "portal"`).
     pub(super) follow_portal: bool,
 }
@@ -118,21 +118,16 @@ impl GatePolicy {
                     .unwrap_or(1.0)
             })
             .collect();
+        let gate_rules = g.rules(&cfg.routing);
         let release_on = g
             .release_on
             .iter()
             .enumerate()
             .map(|(j, r)| {
-                let at = format!("gates[{i}].release_on[{j}]");
-                let rules = Rules::compile(&r.rules(&g.rules(&cfg.routing)))
-                    .map_err(|e| RoomError::Config(at.clone(), format!("{e:?}")))?;
-                let statuses = r
-                    .status
-                    .iter()
-                    .map(|st| StatusMatch::parse(st))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| RoomError::Config(format!("{at}.status"), e))?;
-                Ok((rules, statuses))
+                r.compile(&gate_rules).map_err(|e| {
+                    let (k, reason) = e.into_iter().next().unwrap_or_default();
+                    RoomError::Config(format!("gates[{i}].release_on[{j}].{k}"), reason)
+                })
             })
             .collect::<Result<Vec<_>, RoomError>>()?;
         Ok(GatePolicy {

@@ -170,7 +170,8 @@ impl Keyring {
     /// rotation by reload): they verify tokens expiring at or before `until_ms` (the longest a
     /// token issued until now can live), so passes and tickets already handed out stay valid
     /// until they expire, and nothing new is accepted under a removed key after that.
-    pub fn retaining(mut self, previous: &Keyring, until_ms: u64) -> Keyring {
+    /// Retired keys whose bound has passed (`until <= now_ms`) are dropped.
+    pub fn retaining(mut self, previous: &Keyring, now_ms: u64, until_ms: u64) -> Keyring {
         let still = |kid: u8, ring: &Keyring| ring.keys.iter().any(|(k, _)| *k == kid);
         for (kid, mac) in &previous.keys {
             if !still(*kid, &self) {
@@ -178,7 +179,10 @@ impl Keyring {
             }
         }
         for (kid, mac, until) in &previous.retired {
-            if !still(*kid, &self) && !self.retired.iter().any(|(k, _, _)| k == kid) {
+            if *until > now_ms
+                && !still(*kid, &self)
+                && !self.retired.iter().any(|(k, _, _)| k == kid)
+            {
                 self.retired.push((*kid, mac.clone(), *until));
             }
         }
@@ -186,8 +190,30 @@ impl Keyring {
     }
 
     /// The key ids kept only to verify tokens issued before a rotation.
+    #[cfg(test)]
     pub fn retired_kids(&self) -> impl Iterator<Item = u8> + '_ {
         self.retired.iter().map(|(k, _, _)| *k)
+    }
+
+    /// Key ids whose secret differs between `previous` and this keyring (a fingerprint: the
+    /// key's MAC of a fixed text, so no secret is kept or compared in the clear). Reusing an id
+    /// for a new secret would void at once every token signed with the old one.
+    pub fn changed_secrets(&self, previous: &Keyring) -> Vec<u8> {
+        let print = |mac: &HmacSha256| {
+            let mut m = mac.clone();
+            m.update(b"anticamera key fingerprint");
+            m.finalize().into_bytes()
+        };
+        self.keys
+            .iter()
+            .filter(|(kid, mac)| {
+                previous
+                    .keys
+                    .iter()
+                    .any(|(k, old)| k == kid && print(old) != print(mac))
+            })
+            .map(|(kid, _)| *kid)
+            .collect()
     }
 
     /// The key for `kid`, and for a retired key the latest expiry it may vouch for.
@@ -586,7 +612,7 @@ mod tests {
         let until = NOW + 60_000;
         let rotated = Keyring::new(2, [(2u8, [2u8; 32])])
             .unwrap()
-            .retaining(&old, until);
+            .retaining(&old, NOW, until);
         assert_eq!(rotated.current_kid(), 2);
         assert_eq!(rotated.retired_kids().collect::<Vec<_>>(), vec![1]);
         assert_eq!(Token::decode(&s_old, &rotated, NOW), Ok(issued));
@@ -603,19 +629,36 @@ mod tests {
         );
         // New tokens are signed with the new key; a second rotation keeps the first bound.
         assert!(Token::decode(&issued.encode(&rotated), &rotated, NOW).is_ok());
-        let again = Keyring::new(3, [(3u8, [3u8; 32])])
-            .unwrap()
-            .retaining(&rotated, until + 1_000_000);
+        let again = Keyring::new(3, [(3u8, [3u8; 32])]).unwrap().retaining(
+            &rotated,
+            NOW,
+            until + 1_000_000,
+        );
         assert_eq!(Token::decode(&s_old, &again, NOW), Ok(issued));
         assert_eq!(
             Token::decode(&forged.encode(&old), &again, NOW),
             Err(PassError::UnknownKey),
             "key 1 keeps the bound it was retired with"
         );
+        // A retired key whose bound has passed is dropped at the next rotation.
+        let later = Keyring::new(4, [(4u8, [4u8; 32])]).unwrap().retaining(
+            &again,
+            until + 2_000_000,
+            until + 3_000_000,
+        );
+        assert_eq!(
+            later.retired_kids().collect::<Vec<_>>(),
+            vec![3],
+            "1 and 2 are past their bound"
+        );
+        // An id reused for a new secret is told apart from a kept key.
+        let reused = Keyring::new(1, [(1u8, [9u8; 32])]).unwrap();
+        assert_eq!(reused.changed_secrets(&old), vec![1]);
+        assert!(old.changed_secrets(&old).is_empty());
         // A key the new ring still has is not retired.
         let kept = Keyring::new(1, [(1u8, [1u8; 32])])
             .unwrap()
-            .retaining(&old, until);
+            .retaining(&old, NOW, until);
         assert_eq!(kept.retired_kids().count(), 0);
     }
 
