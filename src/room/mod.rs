@@ -196,6 +196,8 @@ pub struct Room {
     pub release_header: http::HeaderName,
     cookie_prefix: String,
     health_bits: AtomicU64,
+    /// The portal's load as following gates see it (only the controller takes this lock).
+    follow: std::sync::Mutex<controller::Follow>,
 }
 
 impl Room {
@@ -254,6 +256,7 @@ impl Room {
             )?,
             cookie_prefix: w.cookie_prefix.clone(),
             health_bits: AtomicU64::new(1.0f64.to_bits()),
+            follow: std::sync::Mutex::new(controller::Follow::default()),
         };
         room.restore()?;
         room.start_numbers()?;
