@@ -151,7 +151,8 @@ pub struct RunCfg {
     /// Requests in flight at once from the tool (each holds a connection; the machine's file
     /// descriptor limit bounds it).
     pub max_connections: usize,
-    /// Loopback source addresses people connect from (127.1.x.y; bots use 127.2.0.x).
+    /// Loopback source addresses people connect from (each in its own /24, 127.16.0.1 onwards:
+    /// [`crate::vu::person_address`]; bots use 127.2.0.x).
     pub client_addresses: u16,
     /// Source addresses of the bots.
     pub bot_addresses: u16,

@@ -1,5 +1,5 @@
 //! The virtual users. Each person is a task with its own cookie jar, `User-Agent: surge-vu-N`,
-//! a cohort (header) and a source address (127.1.x.y): `GET /` → `POST /login user=vuN` →
+//! a cohort (header) and a source address (127.16-255.x.1, one /24 each): `GET /` → `POST /login user=vuN` →
 //! `GET /account` (HTML) or `GET /api/account` (JSON) → isolation check → `GET /claim` →
 //! `POST /claim amount=600` → leaves. Whenever a step meets the waiting room, the user waits as
 //! the page does: polls `/.anticamera/status` after `retry_after_seconds`, holding the poll for
@@ -163,14 +163,28 @@ fn client(local: IpAddr, max_idle: usize) -> Client<HttpConnector, Full<Bytes>> 
         .build(connector)
 }
 
+/// The loopback address person-address `i` connects from: each in its own /24
+/// (127.16.0.1, 127.16.1.1, … 127.255.255.1, then 127.16.0.2, …), as people across a country
+/// come from many networks. Packing them into a few /24s would have the proxy's /24 rate-limit
+/// level (`ipv4_aggregates`) see a whole crowd as one network behind a NAT.
+pub fn person_address(i: usize) -> Ipv4Addr {
+    const NETS: usize = 240 * 256;
+    let net = i % NETS;
+    Ipv4Addr::new(
+        127,
+        (16 + net / 256) as u8,
+        (net % 256) as u8,
+        (1 + (i / NETS) % 250) as u8,
+    )
+}
+
 impl Ctx {
     pub fn new(sc: Scenario, target: Uri, start: Instant) -> Ctx {
         let n = usize::from(sc.run.client_addresses);
         let idle = (sc.run.max_connections / n).max(4);
         let clients = (0..n)
             .map(|i| {
-                let ip = Ipv4Addr::new(127, 1, (i / 250) as u8, (i % 250 + 1) as u8);
-                client(IpAddr::V4(ip), idle)
+                client(IpAddr::V4(person_address(i)), idle)
             })
             .collect();
         let bot_clients = (0..sc.run.bot_addresses)
@@ -1013,5 +1027,25 @@ impl PortalAdmin {
             anyhow::bail!("portal {path}: status {}", r.status);
         }
         Ok(serde_json::from_slice(&r.body)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::person_address;
+
+    #[test]
+    fn people_come_from_their_own_24s_on_loopback_apart_from_the_bots() {
+        let mut nets = std::collections::HashSet::new();
+        for i in 0..61_440 {
+            let ip = person_address(i);
+            assert!(ip.is_loopback(), "{ip}");
+            let o = ip.octets();
+            assert!(o[1] >= 16, "never the bots' 127.2.0.x: {ip}");
+            assert!(nets.insert((o[1], o[2])), "one person-address per /24: {ip}");
+        }
+        // Past 61 440 addresses the /24s are reused, with another host number.
+        assert_eq!(person_address(61_440).octets(), [127, 16, 0, 2]);
+        assert_eq!(person_address(65_535).octets()[3], 2);
     }
 }
