@@ -288,6 +288,7 @@ struct Inner {
     origin: Instant,
     busy: Area,
     inside_waiting: Area,
+    new_waiting: Area,
     /// Adaptive state: the fractional limit (f64 bits), the decrease epoch, latency EWMA (f64 ns).
     limit_f: AtomicU64,
     epoch: AtomicU64,
@@ -376,8 +377,9 @@ impl Waiting<'_> {
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        if self.priority == Priority::Inside {
-            self.inner.inside_waiting.leave(self.inner.micros());
+        match self.priority {
+            Priority::Inside => self.inner.inside_waiting.leave(self.inner.micros()),
+            Priority::New => self.inner.new_waiting.leave(self.inner.micros()),
         }
         if let Some(Ok(())) = self.leave() {
             // Granted but nobody will use it: hand the slot on.
@@ -413,6 +415,7 @@ impl Guard {
                 origin: Instant::now(),
                 busy: Area::default(),
                 inside_waiting: Area::default(),
+                new_waiting: Area::default(),
                 limit_f: AtomicU64::new((start as f64).to_bits()),
                 epoch: AtomicU64::new(0),
                 ewma_ns: AtomicU64::new(0f64.to_bits()),
@@ -472,7 +475,10 @@ impl Guard {
                     inner.inside_waiting.enter(inner.micros());
                     w.inside.push_back(waiter);
                 }
-                Priority::New => w.new.push_back(waiter),
+                Priority::New => {
+                    inner.new_waiting.enter(inner.micros());
+                    w.new.push_back(waiter);
+                }
             }
             Waiting {
                 inner,
@@ -546,15 +552,16 @@ impl Guard {
             at_us: now,
             busy_us: self.inner.busy.area(now),
             inside_waiting_us: self.inner.inside_waiting.area(now),
+            new_waiting_us: self.inner.new_waiting.area(now),
         }
     }
 }
 
 /// A reading of the portal's load: the limit and what is at the portal and waiting now, and
-/// two time integrals (in request-microseconds, modulo 2⁴⁸: compare two readings with
-/// [`Load::averages_since`]) of the requests at the portal and of the requests of people
-/// inside waiting for a slot. Exact at the moment of reading: a request still at the portal
-/// counts up to now.
+/// time integrals (in request-microseconds, modulo 2⁴⁸: compare two readings with
+/// [`Load::averages_since`]) of the requests at the portal and of the requests waiting for a
+/// slot, of people inside and of newcomers. Exact at the moment of reading: a request still at
+/// the portal counts up to now.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Load {
     /// The concurrency limit now (fixed, or learned).
@@ -569,18 +576,33 @@ pub struct Load {
     pub busy_us: u64,
     /// Request-microseconds that requests of people inside waited for a slot (modulo 2⁴⁸).
     pub inside_waiting_us: u64,
+    /// Request-microseconds that newcomers' requests (open pages, anonymous traffic) waited
+    /// for a slot (modulo 2⁴⁸).
+    pub new_waiting_us: u64,
+}
+
+/// What [`Load::averages_since`] measures between two readings: average numbers of requests.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LoadAverages {
+    /// At the portal.
+    pub busy: f64,
+    /// Of people inside, waiting for a slot.
+    pub waiting_inside: f64,
+    /// Of newcomers, waiting for a slot.
+    pub waiting_new: f64,
 }
 
 impl Load {
-    /// The average number of requests at the portal and of requests of people inside waiting
-    /// for a slot between `earlier` and this reading; `None` if no time passed.
-    pub fn averages_since(&self, earlier: &Load) -> Option<(f64, f64)> {
+    /// The average numbers of requests at the portal and waiting for a slot between `earlier`
+    /// and this reading; `None` if no time passed.
+    pub fn averages_since(&self, earlier: &Load) -> Option<LoadAverages> {
         let dt = self.at_us.checked_sub(earlier.at_us).filter(|d| *d > 0)? as f64;
         let diff = |a: u64, b: u64| (a.wrapping_sub(b) & Area::MASK) as f64 / dt;
-        Some((
-            diff(self.busy_us, earlier.busy_us),
-            diff(self.inside_waiting_us, earlier.inside_waiting_us),
-        ))
+        Some(LoadAverages {
+            busy: diff(self.busy_us, earlier.busy_us),
+            waiting_inside: diff(self.inside_waiting_us, earlier.inside_waiting_us),
+            waiting_new: diff(self.new_waiting_us, earlier.new_waiting_us),
+        })
     }
 }
 
@@ -1120,7 +1142,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_load_reading_integrates_requests_at_the_portal_and_waiting_inside() {
+    async fn the_load_reading_integrates_requests_at_the_portal_and_waiting() {
         let g = Guard::new(&cfg(
             "max_in_flight = 2\nqueue_size = 10\nqueue_timeout = \"10s\"",
         ));
@@ -1133,24 +1155,30 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(1000)).await;
             drop(p);
         });
+        let g3 = g.clone();
+        let newcomer = tokio::spawn(async move {
+            drop(g3.acquire(Priority::New, Instant::now()).await.unwrap());
+        });
         settle().await;
         assert_eq!(g.load().queued_inside, 1);
         tokio::time::sleep(Duration::from_millis(1000)).await;
         // One second: two at the portal, one waiting inside.
         let l1 = g.load();
-        let (busy, waited) = l1.averages_since(&l0).unwrap();
-        assert!((busy - 2.0).abs() < 0.01, "{busy}");
-        assert!((waited - 1.0).abs() < 0.01, "{waited}");
+        let a1 = l1.averages_since(&l0).unwrap();
+        assert!((a1.busy - 2.0).abs() < 0.01, "{a1:?}");
+        assert!((a1.waiting_inside - 1.0).abs() < 0.01, "{a1:?}");
+        assert!((a1.waiting_new - 1.0).abs() < 0.01, "{a1:?}");
         drop(a);
         settle().await;
         tokio::time::sleep(Duration::from_millis(1000)).await;
         drop(b);
         waiter.await.unwrap();
+        newcomer.await.unwrap();
         // The next second: two at the portal (b and the waiter, let in), nobody waiting.
         let l2 = g.load();
-        let (busy, waited) = l2.averages_since(&l1).unwrap();
-        assert!((busy - 2.0).abs() < 0.01, "{busy}");
-        assert!(waited.abs() < 0.01, "{waited}");
+        let a2 = l2.averages_since(&l1).unwrap();
+        assert!((a2.busy - 2.0).abs() < 0.01, "{a2:?}");
+        assert!(a2.waiting_inside.abs() < 0.01, "{a2:?}");
         assert_eq!((l2.in_flight, l2.queued_inside), (0, 0));
         assert_eq!(l2.averages_since(&l2), None, "no time, no average");
     }

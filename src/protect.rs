@@ -7,7 +7,10 @@
 //! notes whether the portal showed overload; dropping the permit then reports that outcome to
 //! both (the adaptive limit's latency and the breaker's failure count) and frees the slot.
 //! A permit dropped without an observation (the client went away, the request was cancelled)
-//! frees its slot and reports nothing: that says nothing about the portal.
+//! reports nothing: that says nothing about the portal. Its slot is freed when the portal is
+//! done with the request (or the response deadline passes), not when the client leaves: the
+//! forwarding phase lends the slot to the exchange ([`PortalPermit::take_slot`]), which keeps
+//! it while the portal still works on an abandoned request.
 
 use std::time::Instant;
 
@@ -84,6 +87,20 @@ pub async fn enter<'a>(
 }
 
 impl PortalPermit<'_> {
+    /// Takes the guard's slot out for the exchange ([`crate::upstream::Upstream::send`] keeps
+    /// it until the portal is done with the request, even if the client goes away first); give
+    /// it back with [`PortalPermit::restore_slot`] so the outcome is reported with it.
+    pub fn take_slot(&mut self) -> Option<guard::Permit> {
+        self.guard.take()
+    }
+
+    /// Gives back the slot taken with [`PortalPermit::take_slot`].
+    pub fn restore_slot(&mut self, slot: Option<guard::Permit>) {
+        if slot.is_some() {
+            self.guard = slot;
+        }
+    }
+
     /// Notes how the exchange went; the outcome is reported when the permit is dropped.
     /// Overload is a 502–504 from the portal, a connect error, a timeout or a broken exchange;
     /// a problem with the client's own body says nothing about the portal.

@@ -19,6 +19,9 @@ pub const REQUEST_DURATION: &str = "anticamera_request_duration_seconds";
 pub const UPSTREAM_DURATION: &str = "anticamera_upstream_duration_seconds";
 /// Requests currently at the portal.
 pub const UPSTREAM_IN_FLIGHT: &str = "anticamera_upstream_in_flight";
+/// Metric: exchanges with the portal whose client went away first (the portal slot stays
+/// taken until the portal is done with the request).
+pub const UPSTREAM_ABANDONED: &str = "anticamera_upstream_abandoned_total";
 /// Errors, by `kind` (`upstream_connect`, `upstream_timeout`, `body_too_large`, ...).
 pub const ERRORS_TOTAL: &str = "anticamera_errors_total";
 /// Client connections open now.
@@ -159,6 +162,12 @@ pub const FAMILIES: &[(&str, Kind, Unit, &str)] = &[
         Kind::Gauge,
         Unit::Count,
         "1 if a portal address is in rotation, 0 if skipped, by upstream.",
+    ),
+    (
+        UPSTREAM_ABANDONED,
+        Kind::Counter,
+        Unit::Count,
+        "Exchanges with the portal whose client went away first; the portal slot stays taken until the portal is done.",
     ),
     (
         crate::tls::UPSTREAM_TLS_ERRORS,

@@ -194,9 +194,25 @@ impl Upstream {
 
     /// Sends a request (its URI holding only path and query) to the next portal address and
     /// waits for the response head. The response body streams afterwards.
-    pub async fn send(
+    ///
+    /// `keep` (the portal slot) is held for as long as the portal works on the request: it is
+    /// handed back with the answer, or, if this future is dropped first (the client went
+    /// away), held by a task that lets the exchange run to its end or to the response deadline.
+    /// The portal never sees more requests than the guard's limit because a client left.
+    pub async fn send<K: Send + 'static>(
+        &self,
+        req: Request<LimitedBody>,
+        keep: Option<K>,
+    ) -> (Result<Response<Incoming>, UpstreamError>, Option<K>) {
+        let mut keep = keep;
+        let result = self.exchange(req, &mut keep).await;
+        (result, keep)
+    }
+
+    async fn exchange<K: Send + 'static>(
         &self,
         mut req: Request<LimitedBody>,
+        keep: &mut Option<K>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let target = self
             .targets
@@ -217,9 +233,27 @@ impl Upstream {
         *req.version_mut() = http::Version::HTTP_11;
 
         let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + self.response_timeout;
         self.in_flight.increment(1.0);
-        let result = tokio::time::timeout(self.response_timeout, self.client.request(req)).await;
+        let mut exchange = Exchange {
+            fut: Some(self.client.request(req)),
+            keep: keep.take(),
+            deadline,
+        };
+        let result = match exchange.fut.as_mut() {
+            Some(fut) => Some(tokio::time::timeout_at(deadline, fut).await),
+            None => None,
+        };
+        // Over (answered, failed or timed out): nothing left to finish.
+        exchange.fut = None;
+        *keep = exchange.keep.take();
         self.in_flight.decrement(1.0);
+        let Some(result) = result else {
+            // Cannot happen: the exchange was set just above.
+            return Err(UpstreamError::Protocol(
+                "the exchange was over before it began".into(),
+            ));
+        };
         self.duration.record(started.elapsed().as_secs_f64());
         match result {
             Ok(Ok(resp)) => {
@@ -267,4 +301,34 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = inner.source();
     }
     s
+}
+
+/// An exchange with the portal and what must live as long as it (the portal slot). Dropped
+/// before the exchange is over (the client went away and the request's task was cancelled),
+/// it hands both to a task that lets the exchange finish, or the response deadline pass, and
+/// only then lets go of the slot.
+struct Exchange<K: Send + 'static> {
+    fut: Option<hyper_util::client::legacy::ResponseFuture>,
+    keep: Option<K>,
+    deadline: tokio::time::Instant,
+}
+
+impl<K: Send + 'static> Drop for Exchange<K> {
+    fn drop(&mut self) {
+        let (Some(fut), Some(keep)) = (self.fut.take(), self.keep.take()) else {
+            return;
+        };
+        let deadline = self.deadline;
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                metrics::counter!(telemetry::UPSTREAM_ABANDONED).increment(1);
+                rt.spawn(async move {
+                    let _ = tokio::time::timeout_at(deadline, fut).await;
+                    drop(keep);
+                });
+            }
+            // No runtime (shutting down): nothing can wait; the slot goes with it.
+            Err(_) => drop((fut, keep)),
+        }
+    }
 }

@@ -191,6 +191,57 @@ async fn the_portal_never_sees_more_than_the_limit() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_leaves_does_not_free_a_slot_the_portal_still_works_in() {
+    let now = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (n2, p2) = (now.clone(), peak.clone());
+    let up = upstream(move |_req| {
+        let (n, p) = (n2.clone(), p2.clone());
+        async move {
+            let c = n.fetch_add(1, Ordering::SeqCst) + 1;
+            p.fetch_max(c, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            n.fetch_sub(1, Ordering::SeqCst);
+            http::Response::new(full("ok"))
+        }
+    })
+    .await;
+    let p = proxy(
+        up.addr,
+        "",
+        "[upstream_guard]\nmax_in_flight = 2\nreserve_for_inside = 0.0\nqueue_size = 50\nqueue_timeout = \"10s\"\n",
+    );
+    // Two clients send a request and hang up while the portal works on it.
+    for _ in 0..2 {
+        use tokio::io::AsyncWriteExt;
+        let mut c = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+        c.write_all(b"GET /slow HTTP/1.1\r\nhost: portal\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(c);
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(now.load(Ordering::SeqCst), 2, "both at the portal");
+    // Others come at once: they wait for the portal to finish the abandoned requests.
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let addr = p.addr;
+        tasks.push(tokio::spawn(async move { get(addr, "/").await.0 }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    assert!(
+        peak.load(Ordering::SeqCst) <= 2,
+        "the portal saw {} at once, over the limit of 2",
+        peak.load(Ordering::SeqCst)
+    );
+    let (_, _, m) = get(p.admin, "/metrics").await;
+    assert!(m.contains("anticamera_upstream_abandoned_total 2"), "{m}");
+}
+
 #[tokio::test]
 async fn the_circuit_breaker_opens_answers_at_once_and_closes_after_recovery() {
     let port_holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -110,7 +110,10 @@ impl Proxy {
             ctx.portal_conn = Some(capture_connection(&mut req));
         }
         ctx.body_unread = false;
-        let result = self.upstream.send(req).await;
+        // The slot rides with the exchange: if the client goes away while the portal works on
+        // the request, the slot stays taken until the portal is done with it.
+        let (result, slot) = self.upstream.send(req, permit.take_slot()).await;
+        permit.restore_slot(slot);
         permit.observe(&result);
         drop(permit);
         if let Err(e @ (UpstreamError::Timeout(_) | UpstreamError::Protocol(_))) = &result {

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use super::lanes::{GateRuntime, Lane, Switch};
 use super::{metric, Room};
-use crate::guard::Load;
+use crate::guard::{Load, LoadAverages};
 use crate::schedule::{PrequeueOrder, WindowState};
 use crate::waitroom::{GateStats, Mode};
 
@@ -151,13 +151,14 @@ impl Room {
     /// once). People inside read, type or have left: however they use the portal between
     /// pages, it is kept busy, and a short line of their requests (served first by the guard)
     /// takes each slot the moment it frees. The room shrinks by [`SHRINK`] a tick while
-    /// requests of people inside wait, on average over the last second, more than
-    /// [`QUEUE_MOST`] of the portal's limit (a portal that slows down, or a learned limit that
-    /// drops, is followed within a second). `capacity` stays the bound; several following
+    /// requests wait for a slot, on average over the last second, more than [`QUEUE_MOST`] of
+    /// the portal's limit: a portal that slows down, or a learned limit that drops, is followed
+    /// within a second, and a burst of newcomers' open pages (served after people inside) gets
+    /// its share of the portal instead of being shed. `capacity` stays the bound; several following
     /// gates share the idle slots in proportion to the people each has waiting.
     pub fn follow_portal(&self, load: Load) {
         let limit = load.limit.max(1) as f64;
-        let Some((busy, waited, queue)) = self
+        let Some((avg, queue)) = self
             .follow
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -165,6 +166,7 @@ impl Room {
         else {
             return;
         };
+        let (busy, waited) = (avg.busy, avg.waiting_inside);
         let following: Vec<&GateRuntime> = self
             .gates
             .iter()
@@ -231,9 +233,9 @@ impl Room {
     }
 }
 
-/// Requests of people inside waiting for a slot, on average over [`QUEUE_SMOOTHING`], as a
-/// share of the portal's limit, past which a following room shrinks: each such request
-/// waits about as long as a portal request takes.
+/// Requests waiting for a slot (of people inside, and newcomers' open pages), on average over
+/// about a second, as a share of the portal's limit, past which a following room shrinks:
+/// people inside make way for the rest of the portal's traffic.
 const QUEUE_MOST: f64 = 0.5;
 /// How much a following room shrinks a tick.
 const SHRINK: f64 = 0.05;
@@ -246,21 +248,21 @@ const QUEUE_SMOOTHING_US: f64 = 1_000_000.0;
 #[derive(Debug, Default)]
 pub(crate) struct Follow {
     prev: Option<Load>,
-    /// Requests of people inside waiting for a slot, on average over the last second or so.
+    /// Requests waiting for a slot (of people inside and of newcomers), on average over the
+    /// last second or so.
     queue: f64,
 }
 
 impl Follow {
-    /// Takes a new reading; returns the averages since the previous one (requests at the
-    /// portal, requests of people inside waiting) and the queue's smoothed average. `None` for
-    /// the first reading.
-    fn update(&mut self, load: Load) -> Option<(f64, f64, f64)> {
+    /// Takes a new reading; returns the averages since the previous one and the smoothed
+    /// average of all requests waiting for a slot. `None` for the first reading.
+    fn update(&mut self, load: Load) -> Option<(LoadAverages, f64)> {
         let prev = self.prev.replace(load)?;
-        let (busy, waited) = load.averages_since(&prev)?;
+        let avg = load.averages_since(&prev)?;
         let dt = load.at_us.saturating_sub(prev.at_us) as f64;
         let w = (dt / QUEUE_SMOOTHING_US).min(1.0);
-        self.queue += w * (waited - self.queue);
-        Some((busy, waited, self.queue))
+        self.queue += w * (avg.waiting_inside + avg.waiting_new - self.queue);
+        Some((avg, self.queue))
     }
 }
 

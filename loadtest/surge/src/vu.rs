@@ -183,9 +183,7 @@ impl Ctx {
         let n = usize::from(sc.run.client_addresses);
         let idle = (sc.run.max_connections / n).max(4);
         let clients = (0..n)
-            .map(|i| {
-                client(IpAddr::V4(person_address(i)), idle)
-            })
+            .map(|i| client(IpAddr::V4(person_address(i)), idle))
             .collect();
         let bot_clients = (0..sc.run.bot_addresses)
             .map(|i| {
@@ -1042,7 +1040,10 @@ mod tests {
             assert!(ip.is_loopback(), "{ip}");
             let o = ip.octets();
             assert!(o[1] >= 16, "never the bots' 127.2.0.x: {ip}");
-            assert!(nets.insert((o[1], o[2])), "one person-address per /24: {ip}");
+            assert!(
+                nets.insert((o[1], o[2])),
+                "one person-address per /24: {ip}"
+            );
         }
         // Past 61 440 addresses the /24s are reused, with another host number.
         assert_eq!(person_address(61_440).octets(), [127, 16, 0, 2]);
