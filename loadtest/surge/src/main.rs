@@ -92,6 +92,10 @@ struct RunArgs {
     /// Override portal.fault_mode (the 2020 shared cache).
     #[arg(long)]
     fault_mode: bool,
+    /// Override behaviour.plain: the share of people who are plain HTTP clients (follow only
+    /// `Retry-After` on the gated URL), from 0 to 1.
+    #[arg(long)]
+    plain: Option<f64>,
     /// Seed of the random draws (behaviours, cohorts, spike arrivals).
     #[arg(long, default_value_t = 2020)]
     seed: u64,
@@ -150,6 +154,13 @@ fn run_all(args: RunArgs) -> anyhow::Result<i32> {
         sc.run.duration = d;
     }
     sc.portal.fault_mode |= args.fault_mode;
+    if let Some(p) = args.plain {
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&p),
+            "--plain: a share from 0 to 1, not {p}"
+        );
+        sc.behaviour.plain = p;
+    }
     let out = args
         .out
         .clone()
