@@ -270,6 +270,15 @@ async fn route(
                     "text/plain",
                     "draining\n".into(),
                 )
+            } else if let Some((false, mode)) = shared.room.as_ref().and_then(|r| r.store_state()) {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!(
+                        "shared store unreachable (fail_mode {}: nobody new admitted; people inside keep their passes)\n",
+                        mode.as_str()
+                    ),
+                )
             } else if !shared.targets.any_healthy() {
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -125,7 +125,11 @@ impl Room {
                         }
                     }
                 }
-                let before = l.gate.serving();
+                // From the last counter woken up to (a shared store moves it between ticks).
+                let before = match l.woken.load(Ordering::Relaxed) {
+                    0 => l.gate.serving(),
+                    w => w.min(l.gate.serving()),
+                };
                 l.gate.tick(now);
                 l.last_state.store(st, Ordering::Relaxed);
                 if prev != st && prev != u8::MAX {
@@ -133,6 +137,7 @@ impl Room {
                     l.wakers.wake_all();
                 }
                 l.wake_admitted(before);
+                l.woken.store(l.gate.serving(), Ordering::Relaxed);
                 publish(g, l, &l.gate.stats());
             }
         }

@@ -45,6 +45,9 @@ pub struct Lane {
     pub(super) wait_seconds: metrics::Histogram,
     /// Long-polling status requests, by queue position.
     pub(super) wakers: Wakers,
+    /// The serving counter up to which long polls were woken (0: none yet). With a shared
+    /// store serving also moves between ticks (another node's admissions, seen by the mirror).
+    pub(super) woken: std::sync::atomic::AtomicU64,
 }
 
 /// The pre-queue order drawn at an opening: tickets in [start, end) are permuted by a keyed
@@ -81,6 +84,7 @@ impl Lane {
             shuffle: RwLock::new(None),
             last_state: AtomicU8::new(u8::MAX),
             wakers: Wakers::new(),
+            woken: std::sync::atomic::AtomicU64::new(0),
         }
     }
 

@@ -196,6 +196,9 @@ pub struct Room {
     pub release_header: http::HeaderName,
     cookie_prefix: String,
     health_bits: AtomicU64,
+    /// With `[store] kind = "redis"`: this node's membership of the fleet (mirror, leader
+    /// lease); stopped when the room is dropped.
+    fleet: Option<Arc<crate::store::redis::Fleet>>,
 }
 
 impl Room {
@@ -203,6 +206,13 @@ impl Room {
     pub fn new(cfg: &Config, clock: Arc<Clock>) -> Result<Room, RoomError> {
         let (policy, gate_policies) = RoomPolicy::compile(cfg)?;
         let now = clock.now_ms();
+        let fleet = match cfg.store.kind {
+            crate::store::StoreKind::Memory => None,
+            crate::store::StoreKind::Redis => Some(Arc::new(
+                crate::store::redis::Fleet::start(&cfg.store)
+                    .map_err(|e| RoomError::Config("store".into(), e.to_string()))?,
+            )),
+        };
         let mut gates = Vec::new();
         let mut next_lane: u16 = 0;
         for (g, gp) in cfg.gates.iter().zip(gate_policies) {
@@ -218,13 +228,13 @@ impl Room {
                 let cohort_name = c
                     .map(|c| policy.cohorts.name(c).to_string())
                     .unwrap_or_else(|| "all".into());
-                lanes.push(Lane::new(
-                    next_lane,
-                    c,
-                    cohort_name,
-                    &g.name,
-                    Gate::new(&gp.settings, now),
-                ));
+                let gate = match &fleet {
+                    Some(f) => {
+                        Gate::with_store(&gp.settings, Box::new(f.lane(&g.name, &cohort_name)), now)
+                    }
+                    None => Gate::new(&gp.settings, now),
+                };
+                lanes.push(Lane::new(next_lane, c, cohort_name, &g.name, gate));
                 next_lane = next_lane.checked_add(1).ok_or_else(|| {
                     RoomError::Config("gates".into(), "too many gates × cohorts".into())
                 })?;
@@ -254,6 +264,7 @@ impl Room {
             )?,
             cookie_prefix: w.cookie_prefix.clone(),
             health_bits: AtomicU64::new(1.0f64.to_bits()),
+            fleet,
         };
         room.restore()?;
         room.start_numbers()?;
@@ -337,6 +348,12 @@ impl Room {
         }
         self.policy.store(Arc::new(policy));
         Ok(())
+    }
+
+    /// With a shared store: whether it answers, and what this node does while it does not
+    /// (for `/readyz`). `None` with the in-memory store.
+    pub fn store_state(&self) -> Option<(bool, crate::store::FailMode)> {
+        self.fleet.as_ref().map(|f| (f.is_up(), f.fail_mode()))
     }
 
     /// The room's policy now (one lock-free load; a reload may replace it).

@@ -46,6 +46,22 @@
 //!
 //! A shared claimed-once bitmap (a ticket cookie replayed on another node) would be the next
 //! thing to move behind this trait; with one node it is exact as it is.
+//!
+//! # Shared mode
+//!
+//! Per-node reservations and per-node `occupied` units do not survive a fleet without
+//! stickiness: a person admitted by the leader's controller arrives at another node, whose
+//! reservation batches know nothing of them, and their next request lands on a third. A store
+//! shared by several nodes therefore also implements [`SharedAdmission`] (returned by
+//! [`AdmissionStore::shared`]), and the gate then lets the store decide, atomically for the
+//! whole fleet: admissions (serving moved and a batch of places held, in one step, by the
+//! leader only), first claims (a place taken from the ticket's batch, or free room, or the late
+//! line), sessions keyed by *ticket* (so it does not matter which node sees their requests),
+//! their idle expiry and release, and the abandonment of places held. `reserve`/`unreserve`
+//! are then unused. The slot table stays a node-local cache for the lock-free hot path; a
+//! pass whose slot is not held on this node is honoured from its signature and recorded in a
+//! local table of visits, reported to the store in batches by the controller
+//! ([`SharedAdmission::touch`]), which answers which sessions have ended.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -97,6 +113,70 @@ pub trait AdmissionStore: Send + Sync + fmt::Debug {
     fn late_len(&self) -> u32;
     /// Empties the late line (restore from a snapshot, before traffic).
     fn late_clear(&self);
+    /// A store shared by several nodes: the decisions it takes for the whole fleet (see
+    /// "Shared mode" in the module docs). `None` (the default) for a store of one node.
+    fn shared(&self) -> Option<&dyn SharedAdmission> {
+        None
+    }
+}
+
+/// What a first claim found in a shared store ([`SharedAdmission::claim`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedClaim {
+    /// The ticket holds a place now (taken from its batch, from free room, or held already by
+    /// the same owner on another node).
+    Placed,
+    /// Not admitted yet.
+    NotAdmitted,
+    /// The ticket's place is held by another owner (a copied ticket cookie).
+    BoundElsewhere,
+    /// The ticket claimed once and its session has ended.
+    Used,
+    /// Admitted, its held place lapsed and the room is full: in the late line behind `ahead`.
+    Late {
+        /// Late arrivals ahead.
+        ahead: u64,
+    },
+    /// The store did not answer (the fail mode decides: nobody new admitted).
+    Down,
+}
+
+/// The fleet-wide decisions of a store shared by several nodes (module docs, "Shared mode").
+/// Every call may be a round trip; the reads (`pending`, `active`, `holds`, `is_leader`,
+/// `is_up`) come from the node's mirror and cost none.
+pub trait SharedAdmission: Send + Sync + fmt::Debug {
+    /// Whether this node holds the leader lease: only the leader advances admissions.
+    fn is_leader(&self) -> bool;
+    /// Whether the store answered its last call.
+    fn is_up(&self) -> bool;
+    /// Admits up to `want` waiting tickets from `from` (the serving counter this node saw), as
+    /// long as everyone inside and every place held stay within `room`; their places are held
+    /// until `deadline_ms`. Atomic: serving moves only if it was `from`, and only for the
+    /// leader. Returns how many tickets were admitted (0 when none could be).
+    fn admit(&self, from: u64, want: u64, room: u32, now_ms: u64, deadline_ms: u64) -> u64;
+    /// A new arrival when nobody waits: the next ticket taken, admitted and given a session
+    /// for `owner` in one step, if everyone inside stays within `room`. `None`: it must queue.
+    fn admit_now(&self, room: u32, owner: u64, now_ms: u64) -> Option<u64>;
+    /// The first claim of admitted ticket `t` by `owner` (visitor and client binding).
+    fn claim(&self, t: u64, owner: u64, capacity: u32, now_ms: u64) -> SharedClaim;
+    /// Whether `t`'s admission batch still holds places (from the mirror).
+    fn holds(&self, t: u64) -> bool;
+    /// Ends `t`'s session now (the portal's release header). Whether it was inside.
+    fn release(&self, t: u64) -> bool;
+    /// Ends sessions not seen for `session_ms` and gives back places held past their deadline
+    /// and late arrivals gone idle. Returns (sessions ended, places abandoned).
+    fn expire(&self, now_ms: u64, session_ms: u64) -> (u64, u64);
+    /// These tickets' sessions were active on this node since the last call. Returns those
+    /// whose session has ended (this node must stop honouring their passes).
+    fn touch(&self, tickets: &[u64], now_ms: u64) -> Vec<u64>;
+    /// Whether the store lost its sessions (restarted empty) since this node last reported:
+    /// then the next [`SharedAdmission::touch`] should carry every session this node knows,
+    /// which the store takes back in (people inside keep their place).
+    fn wants_all_sessions(&self) -> bool;
+    /// Places held for admitted people not yet arrived, fleet-wide (from the mirror).
+    fn pending(&self) -> u32;
+    /// People inside, fleet-wide (from the mirror).
+    fn active(&self) -> u32;
 }
 
 /// The shared counters of an [`AdmissionStore`].

@@ -1,0 +1,291 @@
+//! The Lua scripts of the Redis store: every write that must be atomic across nodes is one
+//! script, run by Redis as one step.
+//!
+//! Lane scripts get the same 14 keys (`KEYS[1..14]`, see `Lane::keys` in `redis.rs`):
+//! next ticket, serving, sessions (sorted set ticket → last seen ms), owners (hash ticket →
+//! owner), claimed (bitmap), batches (sorted set of batch starts), batch data (hash
+//! `a:b` end, `a:l` places left, `a:d` deadline), places held (`pend`), late line (sorted set
+//! ticket → arrival order), late visits (hash ticket → last seen ms), late sequence, the
+//! leader lease, the epoch and the epoch's birth (ms).
+//!
+//! and `ARGV[1]`, `ARGV[2]` = the highest next ticket and serving counter this node has seen
+//! (the floors: a Redis that comes back empty or behind is raised to them, so counters never go
+//! backwards), `ARGV[3]` = the epoch this node knows (write scripts refuse, `-3`, if Redis was
+//! emptied since or its new epoch is younger than the grace, during which every live node's
+//! sync raises the counters to its floors: no ticket number is handed out twice). Script
+//! arguments start at `ARGV[4]`.
+
+/// Shared by every lane script.
+const PRELUDE: &str = r#"
+local function S(x) return string.format('%d', x) end
+local function num(v, d) if v then return tonumber(v) end return d end
+local function reseed()
+  local fnx, fsv = tonumber(ARGV[1]), tonumber(ARGV[2])
+  local n0 = num(redis.call('GET', KEYS[1]), 1)
+  local s = num(redis.call('GET', KEYS[2]), 1)
+  if fsv > s then s = fsv; redis.call('SET', KEYS[2], S(s)) end
+  local n = n0
+  if fnx > n then n = fnx end
+  if s > n then n = s end
+  if n ~= n0 then redis.call('SET', KEYS[1], S(n)) end
+  return n, s
+end
+local function fenced()
+  local e = redis.call('GET', KEYS[13])
+  if e ~= ARGV[3] then return true end
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  return now - num(redis.call('GET', KEYS[14]), 0) < GRACE_MS
+end
+local function pend() return math.max(0, num(redis.call('GET', KEYS[8]), 0)) end
+local function occupied() return redis.call('ZCARD', KEYS[3]) + pend() end
+local function bit(t) return t % 4294967296 end
+local function late_arrive(ts, now)
+  local r = redis.call('ZRANK', KEYS[9], ts)
+  if r then redis.call('HSET', KEYS[10], ts, now); return r end
+  local len = redis.call('ZCARD', KEYS[9])
+  if len < LATE_MAX then
+    local seq = redis.call('INCR', KEYS[11])
+    redis.call('ZADD', KEYS[9], seq, ts)
+    redis.call('HSET', KEYS[10], ts, now)
+  end
+  return len
+end
+local function late_expire(idle_before)
+  local gone = 0
+  local lt = redis.call('HGETALL', KEYS[10])
+  for i = 1, #lt, 2 do
+    if tonumber(lt[i + 1]) < idle_before then
+      redis.call('ZREM', KEYS[9], lt[i]); redis.call('HDEL', KEYS[10], lt[i]); gone = gone + 1
+    end
+  end
+  return gone
+end
+"#;
+
+/// The script text: the prelude with its constants, then `body`.
+pub(super) fn lane(body: &str, grace_ms: u64) -> String {
+    let prelude = PRELUDE
+        .replace("GRACE_MS", &grace_ms.to_string())
+        .replace("LATE_MAX", &crate::waitroom::late::LATE_MAX.to_string());
+    format!("{prelude}\n{body}")
+}
+
+/// Hands out the next ticket below `ARGV[4]`: {ticket or -1, next, serving}.
+pub(super) const TAKE: &str = r#"
+if fenced() then return {-3, 0, 0} end
+local n, s = reseed()
+if n >= tonumber(ARGV[4]) then return {-1, n, s} end
+redis.call('SET', KEYS[1], S(n + 1))
+return {n, n + 1, s}
+"#;
+
+/// Compare-and-set of serving from `ARGV[4]` to `ARGV[5]` (never past next):
+/// {1 or 0, next, serving}.
+pub(super) const CAS: &str = r#"
+if fenced() then return {-3, 0, 0} end
+local n, s = reseed()
+local from, to = tonumber(ARGV[4]), tonumber(ARGV[5])
+if s ~= from or to < from or to > n then return {0, n, s} end
+redis.call('SET', KEYS[2], S(to))
+return {1, n, to}
+"#;
+
+/// The leader (`ARGV[4]`) admits up to `ARGV[5]` tickets from serving `ARGV[6]` while
+/// everyone inside and every place held stay within `ARGV[7]`, holding their places until
+/// `ARGV[8]`: {admitted or -1 (serving moved) or -2 (not the leader), next, serving}.
+pub(super) const ADMIT: &str = r#"
+if fenced() then return {-3, 0, 0} end
+local n, s = reseed()
+if redis.call('GET', KEYS[12]) ~= ARGV[4] then return {-2, n, s} end
+if s ~= tonumber(ARGV[6]) then return {-1, n, s} end
+local k = math.min(tonumber(ARGV[5]), tonumber(ARGV[7]) - occupied(), n - s)
+if k <= 0 then return {0, n, s} end
+local a = S(s)
+redis.call('SET', KEYS[2], S(s + k))
+redis.call('ZADD', KEYS[6], a, a)
+redis.call('HSET', KEYS[7], a .. ':b', S(s + k), a .. ':l', S(k), a .. ':d', ARGV[8])
+redis.call('INCRBY', KEYS[8], S(k))
+return {k, n, s + k}
+"#;
+
+/// A new arrival when nobody waits and everyone inside stays within `ARGV[4]`: the next ticket
+/// taken, admitted, and its session opened for owner `ARGV[5]` at `ARGV[6]`:
+/// {ticket or -1, next, serving}.
+pub(super) const ADMIT_NOW: &str = r#"
+if fenced() then return {-3, 0, 0} end
+local n, s = reseed()
+if s ~= n or occupied() >= tonumber(ARGV[4]) then return {-1, n, s} end
+local t = S(n)
+redis.call('SET', KEYS[1], S(n + 1))
+redis.call('SET', KEYS[2], S(n + 1))
+redis.call('ZADD', KEYS[3], ARGV[6], t)
+redis.call('HSET', KEYS[4], t, ARGV[5])
+redis.call('SETBIT', KEYS[5], bit(n), 1)
+return {n, n + 1, n + 1}
+"#;
+
+/// First claim of ticket `ARGV[4]` by owner `ARGV[5]`, capacity `ARGV[6]`, at `ARGV[7]`:
+/// {0 placed | 1 not admitted | 2 bound elsewhere | 3 used | 4 late, next, serving, ahead}.
+pub(super) const CLAIM: &str = r#"
+if fenced() then return {-3, 0, 0, 0} end
+local n, s = reseed()
+local ts = ARGV[4]
+local t = tonumber(ts)
+if t >= s then return {1, n, s, 0} end
+local ow = redis.call('HGET', KEYS[4], ts)
+if ow and ow ~= ARGV[5] then return {2, n, s, 0} end
+if redis.call('ZSCORE', KEYS[3], ts) then
+  redis.call('ZADD', KEYS[3], 'GT', ARGV[7], ts)
+  return {0, n, s, 0}
+end
+if redis.call('GETBIT', KEYS[5], bit(t)) == 1 then return {3, n, s, 0} end
+local placed = false
+local a = redis.call('ZREVRANGEBYSCORE', KEYS[6], ts, '-inf', 'LIMIT', 0, 1)[1]
+if a then
+  local b = num(redis.call('HGET', KEYS[7], a .. ':b'), 0)
+  local l = num(redis.call('HGET', KEYS[7], a .. ':l'), 0)
+  if t < b and l > 0 then
+    redis.call('HINCRBY', KEYS[7], a .. ':l', -1)
+    redis.call('SET', KEYS[8], S(math.max(0, pend() - 1)))
+    placed = true
+  end
+end
+if not placed and occupied() < tonumber(ARGV[6]) then placed = true end
+if not placed then return {4, n, s, late_arrive(ts, ARGV[7])} end
+redis.call('ZADD', KEYS[3], ARGV[7], ts)
+redis.call('HSET', KEYS[4], ts, ARGV[5])
+redis.call('SETBIT', KEYS[5], bit(t), 1)
+redis.call('ZREM', KEYS[9], ts)
+redis.call('HDEL', KEYS[10], ts)
+return {0, n, s, 0}
+"#;
+
+/// Ends ticket `ARGV[4]`'s session: 1 if it was inside.
+pub(super) const RELEASE: &str = r#"
+if redis.call('ZREM', KEYS[3], ARGV[4]) == 1 then
+  redis.call('HDEL', KEYS[4], ARGV[4])
+  return 1
+end
+return 0
+"#;
+
+/// At `ARGV[4]`: ends sessions not seen for `ARGV[5]` ms, gives back places held past their
+/// deadline, drops late arrivals not seen for `ARGV[6]` ms: {ended, next, serving, abandoned}.
+pub(super) const EXPIRE: &str = r#"
+local n, s = reseed()
+local now = tonumber(ARGV[4])
+local old = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', '(' .. S(now - tonumber(ARGV[5])))
+for _, m in ipairs(old) do redis.call('ZREM', KEYS[3], m); redis.call('HDEL', KEYS[4], m) end
+local abandoned = 0
+for _, a in ipairs(redis.call('ZRANGE', KEYS[6], 0, -1)) do
+  local l = num(redis.call('HGET', KEYS[7], a .. ':l'), 0)
+  local d = num(redis.call('HGET', KEYS[7], a .. ':d'), 0)
+  if d <= now or l <= 0 then
+    abandoned = abandoned + math.max(l, 0)
+    redis.call('HDEL', KEYS[7], a .. ':b', a .. ':l', a .. ':d')
+    redis.call('ZREM', KEYS[6], a)
+  end
+end
+if abandoned > 0 then redis.call('SET', KEYS[8], S(math.max(0, pend() - abandoned))) end
+late_expire(now - tonumber(ARGV[6]))
+return {#old, n, s, abandoned}
+"#;
+
+/// Sessions `ARGV[6..]` were active at `ARGV[4]`: their last-seen time moves up. With
+/// `ARGV[5]` = 1 (the store lost its data) the missing ones are taken back in; otherwise they
+/// are returned: their session has ended.
+pub(super) const TOUCH: &str = r#"
+local gone = {}
+for i = 6, #ARGV do
+  local ts = ARGV[i]
+  if redis.call('ZSCORE', KEYS[3], ts) then
+    redis.call('ZADD', KEYS[3], 'GT', ARGV[4], ts)
+  elseif ARGV[5] == '1' then
+    redis.call('ZADD', KEYS[3], ARGV[4], ts)
+    redis.call('SETBIT', KEYS[5], bit(tonumber(ts)), 1)
+  else
+    gone[#gone + 1] = tonumber(ts)
+  end
+end
+return gone
+"#;
+
+/// The mirror's read (and the floors applied): {next, serving, sessions, places held, late,
+/// then start and end of each batch with places left}.
+pub(super) const SYNC: &str = r#"
+local n, s = reseed()
+local out = {n, s, redis.call('ZCARD', KEYS[3]), pend(), redis.call('ZCARD', KEYS[9])}
+for _, a in ipairs(redis.call('ZRANGE', KEYS[6], 0, -1)) do
+  local l = num(redis.call('HGET', KEYS[7], a .. ':l'), 0)
+  if l > 0 then
+    out[#out + 1] = tonumber(a)
+    out[#out + 1] = num(redis.call('HGET', KEYS[7], a .. ':b'), 0)
+  end
+end
+return out
+"#;
+
+/// Reserves up to `ARGV[4]` places within capacity `ARGV[5]` (held without a batch):
+/// {reserved, next, serving}. Unused by the gate in shared mode.
+pub(super) const RESERVE: &str = r#"
+local n, s = reseed()
+local got = math.min(tonumber(ARGV[4]), tonumber(ARGV[5]) - occupied())
+if got <= 0 then return {0, n, s} end
+redis.call('INCRBY', KEYS[8], S(got))
+return {got, n, s}
+"#;
+
+/// Gives back `ARGV[4]` places held (saturating at 0).
+pub(super) const UNRESERVE: &str = r#"
+redis.call('SET', KEYS[8], S(math.max(0, pend() - tonumber(ARGV[4]))))
+return 1
+"#;
+
+/// Late arrival `ARGV[4]` seen at `ARGV[5]`: late arrivals ahead of it.
+pub(super) const LATE_ARRIVE: &str = r#"
+return late_arrive(ARGV[4], ARGV[5])
+"#;
+
+/// `ARGV[4]` took a place: 1 if it was in the late line.
+pub(super) const LATE_LEAVE: &str = r#"
+redis.call('HDEL', KEYS[10], ARGV[4])
+return redis.call('ZREM', KEYS[9], ARGV[4])
+"#;
+
+/// Drops late arrivals not seen since `ARGV[4]`: how many.
+pub(super) const LATE_EXPIRE: &str = r#"
+return late_expire(tonumber(ARGV[4]))
+"#;
+
+/// Empties the late line.
+pub(super) const LATE_CLEAR: &str = r#"
+redis.call('DEL', KEYS[9], KEYS[10])
+return 1
+"#;
+
+/// The fleet's step, for node `ARGV[1]`: the leader lease (`KEYS[1]`, taken if free, extended
+/// if held, `ARGV[2]` ms) and the epoch (`KEYS[2]`, created as `ARGV[3]` with its birth in
+/// `KEYS[3]` if Redis has none: it was emptied or is new). With `ARGV[4]` = 1 the lease is
+/// given up instead (a clean stop). Returns {1 if leader, the epoch}.
+pub(super) const FLEET: &str = r#"
+local h = redis.call('GET', KEYS[1])
+if ARGV[4] == '1' then
+  if h == ARGV[1] then redis.call('DEL', KEYS[1]) end
+  return {0, ''}
+end
+local lead = 0
+if h == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2]); lead = 1
+elseif not h then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]); lead = 1
+end
+local e = redis.call('GET', KEYS[2])
+if not e then
+  e = ARGV[3]
+  local t = redis.call('TIME')
+  redis.call('SET', KEYS[2], e)
+  redis.call('SET', KEYS[3], string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)))
+end
+return {lead, e}
+"#;

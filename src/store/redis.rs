@@ -1,0 +1,845 @@
+//! The Redis store: every node pointed at the same Redis, prefix, gates and signing keys is one
+//! waiting room.
+//!
+//! * **Writes that must be atomic across nodes are Lua scripts** (`lua.rs`): taking a ticket
+//!   (bounded increment), the leader's admission (compare-and-set of serving plus the batch of
+//!   places held, in one step), a direct admission, a first claim (a place from the ticket's
+//!   batch, free room or the late line), a release, the expiry of idle sessions and lapsed
+//!   places, the late line.
+//! * **Reads come from a mirror** ([`Lane`]): next ticket, serving, people inside, places
+//!   held, the late line's length and the batches with places left, refreshed by the fleet's
+//!   thread every [`SYNC_MS`] and after every write. A status poll and an admitted person's
+//!   request make no round trip; an arrival makes one (take a ticket, or be let in directly);
+//!   a first claim one; the controller one or two per lane and tick.
+//! * **Sessions are keyed by ticket**, not by node: whichever node sees a person's requests
+//!   reports them (`SharedAdmission::touch`, one batch per lane and tick), so a node that dies
+//!   takes nobody's place with it: the people it served carry on through the others, and the
+//!   sessions nobody reports end after `session_duration` like any idle session.
+//! * **One leader** advances admissions: a lease key (`SET NX PX`, extended by the holder every
+//!   [`SYNC_MS`], [`LEASE_MS`] to live); the admission script also checks that the caller
+//!   holds it, and the compare-and-set on serving means nobody is admitted twice even by a
+//!   leader whose lease lapsed mid-tick. When the leader dies another node takes the lease within
+//!   [`LEASE_MS`] + [`SYNC_MS`].
+//! * **Counters never go backwards**: every script raises next and serving to the highest this
+//!   node has seen (its floors). An *epoch* key tells a Redis that lost its data (restarted
+//!   without persistence, flushed): a node that sees a new epoch re-reports every session it
+//!   knows, and write scripts refuse for [`GRACE_MS`] after an epoch is born (every live node
+//!   raises the counters to its floors meanwhile), so no ticket number is handed out twice.
+//! * **Blocking calls, kept short**: the `AdmissionStore` trait is synchronous and called on
+//!   the workers' runtimes, so calls are blocking round trips on a small pool of connections
+//!   ([`POOL_MAX`]) with `[store] timeout` as read, write and connect deadline. While Redis does
+//!   not answer the request paths do not try at all (they fail at once, as the fail mode says);
+//!   only the fleet's thread probes, every [`SYNC_MS`]. The cost: an arrival's round trip
+//!   occupies its worker thread for that time (sub-millisecond on a LAN; at most `timeout`).
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use redis::{Connection, RedisError, RedisResult, Script};
+
+use super::lua;
+use super::{FailMode, StoreConfig};
+use crate::waitroom::late::LATE_IDLE_MS;
+use crate::waitroom::store::{AdmissionStore, SharedAdmission, SharedClaim, StoreCounters};
+
+/// How often the fleet's thread refreshes the mirrors and the leader lease.
+pub const SYNC_MS: u64 = 50;
+/// The leader lease's time to live in Redis.
+pub const LEASE_MS: u64 = 1_500;
+/// How long this node believes it leads after the lease was extended (under [`LEASE_MS`]:
+/// the lease cannot lapse in Redis while this node still believes it holds it).
+const LEAD_FOR_MS: u64 = 1_000;
+/// After Redis lost its data: write scripts refuse this long, while every live node's sync
+/// raises the counters to what it had seen.
+pub const GRACE_MS: u64 = 500;
+/// Connections kept for reuse.
+pub const POOL_MAX: usize = 8;
+
+/// Metric: round trips to the shared store, by `op`.
+pub const ROUND_TRIPS: &str = "anticamera_store_round_trips_total";
+/// Metric: round trips that failed, by `op`.
+pub const ERRORS: &str = "anticamera_store_errors_total";
+/// Metric: 1 while this node holds the leader lease (advances admissions).
+pub const LEADER: &str = "anticamera_store_leader";
+
+/// Why the store could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The URL does not describe a Redis server (validated before, so unexpected).
+    #[error("store.url: {0}")]
+    Url(String),
+    /// The fleet's thread could not be started.
+    #[error("store: cannot start the sync thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// Checks a `[store] url`: `redis://host:port[/db]` only.
+pub fn check_url(url: &str) -> Result<(), String> {
+    match url.split_once("://").map(|(s, _)| s) {
+        Some("redis") => {}
+        Some("rediss") => return Err(format!(
+            "{url:?}: TLS to Redis (rediss://) is not built in; use redis:// on a private network"
+        )),
+        Some(other) => {
+            return Err(format!(
+                "{url:?}: scheme {other:?} is not supported; write redis://host:port"
+            ))
+        }
+        None => return Err(format!("{url:?}: write redis://host:port")),
+    }
+    redis::Client::open(url)
+        .map(|_| ())
+        .map_err(|e| format!("{url:?}: {e}"))
+}
+
+/// The scripts, hashed once.
+struct Scripts {
+    take: Script,
+    cas: Script,
+    admit: Script,
+    admit_now: Script,
+    claim: Script,
+    release: Script,
+    expire: Script,
+    touch: Script,
+    sync: Script,
+    reserve: Script,
+    unreserve: Script,
+    late_arrive: Script,
+    late_leave: Script,
+    late_expire: Script,
+    late_clear: Script,
+    fleet: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        let l = |body: &str| Script::new(&lua::lane(body, GRACE_MS));
+        Scripts {
+            take: l(lua::TAKE),
+            cas: l(lua::CAS),
+            admit: l(lua::ADMIT),
+            admit_now: l(lua::ADMIT_NOW),
+            claim: l(lua::CLAIM),
+            release: l(lua::RELEASE),
+            expire: l(lua::EXPIRE),
+            touch: l(lua::TOUCH),
+            sync: l(lua::SYNC),
+            reserve: l(lua::RESERVE),
+            unreserve: l(lua::UNRESERVE),
+            late_arrive: l(lua::LATE_ARRIVE),
+            late_leave: l(lua::LATE_LEAVE),
+            late_expire: l(lua::LATE_EXPIRE),
+            late_clear: l(lua::LATE_CLEAR),
+            fleet: Script::new(lua::FLEET),
+        }
+    }
+}
+
+/// The connection to Redis shared by every lane of this node, the leader lease and the epoch.
+struct Inner {
+    node: String,
+    prefix: String,
+    fail_mode: FailMode,
+    timeout: Duration,
+    client: redis::Client,
+    pool: Mutex<Vec<Connection>>,
+    up: AtomicBool,
+    /// Milliseconds since `started` until which this node leads (0: it does not).
+    lead_until: AtomicU64,
+    started: Instant,
+    lanes: Mutex<Vec<Arc<Lane>>>,
+    stop: AtomicBool,
+    /// The epoch this node knows (empty before the first sync).
+    epoch: RwLock<String>,
+    scripts: Scripts,
+}
+
+/// A node's membership of a fleet sharing one Redis: the connection pool, the leader lease,
+/// the epoch and the thread that keeps every lane's mirror fresh. Stopped (and the lease given
+/// up) when dropped.
+pub struct Fleet {
+    inner: Arc<Inner>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet")
+            .field("node", &self.inner.node)
+            .field("up", &self.inner.up.load(Ordering::Relaxed))
+            .field("leader", &self.inner.is_leader())
+            .finish()
+    }
+}
+
+impl Fleet {
+    /// Joins the fleet of `[store]` (kind redis): one first sync (leader lease, epoch), then the
+    /// sync thread. Redis may be down: the node starts in its fail mode and joins when Redis
+    /// answers.
+    pub fn start(cfg: &StoreConfig) -> Result<Fleet, StoreError> {
+        let url = cfg.url.clone().unwrap_or_default();
+        let client =
+            redis::Client::open(url.as_str()).map_err(|e| StoreError::Url(e.to_string()))?;
+        let inner = Arc::new(Inner {
+            node: cfg.node_id(),
+            prefix: cfg.prefix.clone(),
+            fail_mode: cfg.fail_mode,
+            timeout: cfg.timeout.0,
+            client,
+            pool: Mutex::new(Vec::new()),
+            up: AtomicBool::new(true),
+            lead_until: AtomicU64::new(0),
+            started: Instant::now(),
+            lanes: Mutex::new(Vec::new()),
+            stop: AtomicBool::new(false),
+            epoch: RwLock::new(String::new()),
+            scripts: Scripts::new(),
+        });
+        metrics::gauge!(crate::telemetry::STORE_UP).set(1.0);
+        inner.fleet_step();
+        tracing::info!(node = %inner.node, up = inner.is_up(), leader = inner.is_leader(),
+            fail_mode = inner.fail_mode.as_str(), "store: joined the fleet on Redis");
+        let t = inner.clone();
+        let thread = std::thread::Builder::new()
+            .name("anticamera-store".into())
+            .spawn(move || t.run())?;
+        Ok(Fleet {
+            inner,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// The store of one lane (gate `gate`, cohort `cohort`), its mirror kept fresh by this
+    /// fleet's thread.
+    pub fn lane(&self, gate: &str, cohort: &str) -> RedisStore {
+        let lane = Arc::new(Lane::new(&self.inner.prefix, gate, cohort));
+        if let Ok(mut l) = self.inner.lanes.lock() {
+            l.push(lane.clone());
+        }
+        let store = RedisStore {
+            fleet: self.inner.clone(),
+            lane,
+        };
+        store.sync();
+        store
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> &str {
+        &self.inner.node
+    }
+
+    /// Whether Redis answered the last call.
+    pub fn is_up(&self) -> bool {
+        self.inner.is_up()
+    }
+
+    /// Whether this node holds the leader lease.
+    pub fn is_leader(&self) -> bool {
+        self.inner.is_leader()
+    }
+
+    /// What a node does while Redis does not answer.
+    pub fn fail_mode(&self) -> FailMode {
+        self.inner.fail_mode
+    }
+
+    /// Stops the sync thread and gives up the leader lease (another node takes over at once).
+    pub fn stop(&self) {
+        self.inner.stop.store(true, Ordering::Release);
+        let handle = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Inner {
+    fn ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    fn is_leader(&self) -> bool {
+        self.ms() < self.lead_until.load(Ordering::Acquire)
+    }
+
+    fn epoch(&self) -> String {
+        self.epoch.read().map(|e| e.clone()).unwrap_or_default()
+    }
+
+    fn connect(&self) -> RedisResult<Connection> {
+        let c = self.client.get_connection_with_timeout(self.timeout)?;
+        c.set_read_timeout(Some(self.timeout))?;
+        c.set_write_timeout(Some(self.timeout))?;
+        Ok(c)
+    }
+
+    /// One round trip on a pooled connection. While Redis is down, request paths (`probe`
+    /// false) fail at once without trying: only the fleet's thread probes.
+    fn call<T>(
+        &self,
+        op: &'static str,
+        probe: bool,
+        f: impl FnOnce(&mut Connection) -> RedisResult<T>,
+    ) -> Option<T> {
+        if !probe && !self.is_up() {
+            return None;
+        }
+        let pooled = self.pool.lock().ok().and_then(|mut p| p.pop());
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => match self.connect() {
+                Ok(c) => c,
+                Err(e) => {
+                    self.failed(op, &e);
+                    return None;
+                }
+            },
+        };
+        metrics::counter!(ROUND_TRIPS, "op" => op).increment(1);
+        match f(&mut conn) {
+            Ok(v) => {
+                self.answered();
+                if let Ok(mut p) = self.pool.lock() {
+                    if p.len() < POOL_MAX {
+                        p.push(conn);
+                    }
+                }
+                Some(v)
+            }
+            Err(e) => {
+                self.failed(op, &e);
+                None
+            }
+        }
+    }
+
+    fn answered(&self) {
+        if !self.up.swap(true, Ordering::AcqRel) {
+            metrics::gauge!(crate::telemetry::STORE_UP).set(1.0);
+            tracing::warn!(node = %self.node, "store: Redis answers again; resyncing");
+        }
+    }
+
+    fn failed(&self, op: &'static str, e: &RedisError) {
+        metrics::counter!(ERRORS, "op" => op).increment(1);
+        let unreachable = e.is_io_error()
+            || e.is_timeout()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.is_unrecoverable_error();
+        if !unreachable {
+            tracing::error!(op, error = %e, "store: Redis refused a command");
+            return;
+        }
+        if let Ok(mut p) = self.pool.lock() {
+            p.clear();
+        }
+        if self.up.swap(false, Ordering::AcqRel) {
+            metrics::gauge!(crate::telemetry::STORE_UP).set(0.0);
+            self.lead_until.store(0, Ordering::Release);
+            tracing::error!(node = %self.node, op, error = %e, fail_mode = self.fail_mode.as_str(),
+                "store: Redis does not answer; nobody new is admitted until it does (people inside keep their passes)");
+        }
+    }
+
+    /// The fleet's thread: every `SYNC_MS`, the lease and epoch, then every lane's mirror.
+    fn run(self: Arc<Self>) {
+        while !self.stop.load(Ordering::Acquire) {
+            let t0 = Instant::now();
+            self.fleet_step();
+            let lanes: Vec<Arc<Lane>> = self.lanes.lock().map(|l| l.clone()).unwrap_or_default();
+            for lane in lanes {
+                RedisStore {
+                    fleet: self.clone(),
+                    lane,
+                }
+                .sync_probe();
+            }
+            let spent = t0.elapsed();
+            let every = Duration::from_millis(SYNC_MS);
+            if spent < every {
+                std::thread::sleep(every - spent);
+            }
+        }
+        // A clean stop: give the lease up so another node takes over at once.
+        if self.is_leader() {
+            let (k1, k2, k3) = self.fleet_keys();
+            let _: Option<(i64, String)> = self.call("lease", true, |c| {
+                self.scripts
+                    .fleet
+                    .key(&k1)
+                    .key(&k2)
+                    .key(&k3)
+                    .arg(&self.node)
+                    .arg(LEASE_MS)
+                    .arg("")
+                    .arg(1)
+                    .invoke(c)
+            });
+            self.lead_until.store(0, Ordering::Release);
+            metrics::gauge!(LEADER).set(0.0);
+        }
+    }
+
+    fn fleet_keys(&self) -> (String, String, String) {
+        (
+            format!("{}leader", self.prefix),
+            format!("{}epoch", self.prefix),
+            format!("{}epoch_at", self.prefix),
+        )
+    }
+
+    /// The leader lease and the epoch.
+    fn fleet_step(&self) {
+        let (k1, k2, k3) = self.fleet_keys();
+        let fresh = format!("{:016x}", rand::random::<u64>());
+        let sent = self.ms();
+        let r: Option<(i64, String)> = self.call("lease", true, |c| {
+            self.scripts
+                .fleet
+                .key(&k1)
+                .key(&k2)
+                .key(&k3)
+                .arg(&self.node)
+                .arg(LEASE_MS)
+                .arg(&fresh)
+                .arg(0)
+                .invoke(c)
+        });
+        let Some((lead, epoch)) = r else {
+            self.lead_until.store(0, Ordering::Release);
+            metrics::gauge!(LEADER).set(0.0);
+            return;
+        };
+        let was = self.is_leader();
+        if lead == 1 {
+            self.lead_until.store(sent + LEAD_FOR_MS, Ordering::Release);
+        } else {
+            self.lead_until.store(0, Ordering::Release);
+        }
+        if was != (lead == 1) {
+            tracing::info!(node = %self.node, leader = lead == 1, "store: leader lease");
+        }
+        metrics::gauge!(LEADER).set(lead as f64);
+        let known = self.epoch();
+        if known != epoch {
+            if !known.is_empty() {
+                tracing::warn!(node = %self.node, "store: Redis lost its data (new epoch); raising its counters to what this node has seen and re-reporting the sessions it knows");
+                if let Ok(lanes) = self.lanes.lock() {
+                    for l in lanes.iter() {
+                        l.wants_all.store(true, Ordering::Release);
+                    }
+                }
+            }
+            if let Ok(mut e) = self.epoch.write() {
+                *e = epoch;
+            }
+        }
+    }
+}
+
+/// One lane's keys and mirror.
+#[derive(Debug)]
+pub struct Lane {
+    keys: [String; 14],
+    next: AtomicU64,
+    serving: AtomicU64,
+    active: AtomicU32,
+    pending: AtomicU32,
+    late: AtomicU32,
+    /// Batches with places left: (start, end).
+    batches: RwLock<Vec<(u64, u64)>>,
+    /// Redis lost its data: the next activity report carries every session known.
+    wants_all: AtomicBool,
+}
+
+impl Lane {
+    fn new(prefix: &str, gate: &str, cohort: &str) -> Lane {
+        let base = format!("{prefix}lane:{gate}:{cohort}:");
+        let k = |s: &str| format!("{base}{s}");
+        Lane {
+            keys: [
+                k("next"),
+                k("serving"),
+                k("sessions"),
+                k("owners"),
+                k("claimed"),
+                k("batches"),
+                k("batch"),
+                k("held"),
+                k("late"),
+                k("late_seen"),
+                k("late_seq"),
+                format!("{prefix}leader"),
+                format!("{prefix}epoch"),
+                format!("{prefix}epoch_at"),
+            ],
+            next: AtomicU64::new(1),
+            serving: AtomicU64::new(1),
+            active: AtomicU32::new(0),
+            pending: AtomicU32::new(0),
+            late: AtomicU32::new(0),
+            batches: RwLock::new(Vec::new()),
+            wants_all: AtomicBool::new(false),
+        }
+    }
+
+    /// Raises the mirror's counters (they never go backwards).
+    fn raise(&self, next: i64, serving: i64) {
+        if next > 0 {
+            self.next.fetch_max(next as u64, Ordering::AcqRel);
+        }
+        if serving > 0 {
+            self.serving.fetch_max(serving as u64, Ordering::AcqRel);
+        }
+    }
+}
+
+/// One lane's [`AdmissionStore`] on Redis (and its [`SharedAdmission`]).
+pub struct RedisStore {
+    fleet: Arc<Inner>,
+    lane: Arc<Lane>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("node", &self.fleet.node)
+            .field("lane", &self.lane)
+            .finish()
+    }
+}
+
+impl RedisStore {
+    /// Runs lane script `script` with the floors and the epoch, then `args`.
+    fn run<T: redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        probe: bool,
+        script: &Script,
+        args: &[String],
+    ) -> Option<T> {
+        let epoch = self.fleet.epoch();
+        self.fleet.call(op, probe, |c| {
+            let mut inv = script.prepare_invoke();
+            for k in &self.lane.keys {
+                inv.key(k);
+            }
+            inv.arg(self.lane.next.load(Ordering::Acquire))
+                .arg(self.lane.serving.load(Ordering::Acquire))
+                .arg(&epoch);
+            for a in args {
+                inv.arg(a);
+            }
+            inv.invoke(c)
+        })
+    }
+
+    /// A write script answering {result, next, serving, ...}: the mirror raised, `None` when
+    /// Redis did not answer or refused during a resync (`-3`).
+    fn write(&self, op: &'static str, script: &Script, args: &[String]) -> Option<Vec<i64>> {
+        let r: Vec<i64> = self.run(op, false, script, args)?;
+        if r.len() < 3 {
+            return None;
+        }
+        if r[0] == -3 {
+            tracing::debug!(op, "store: write refused while the fleet resyncs");
+            return None;
+        }
+        self.lane.raise(r[1], r[2]);
+        Some(r)
+    }
+
+    /// Refreshes the mirror now (request path: not while Redis is down).
+    fn sync(&self) {
+        self.sync_inner(false);
+    }
+
+    fn sync_probe(&self) {
+        self.sync_inner(true);
+    }
+
+    fn sync_inner(&self, probe: bool) {
+        let Some(r) = self.run::<Vec<i64>>("sync", probe, &self.fleet.scripts.sync, &[]) else {
+            return;
+        };
+        if r.len() < 5 {
+            return;
+        }
+        self.lane.raise(r[0], r[1]);
+        let c = |v: i64| u32::try_from(v.max(0)).unwrap_or(u32::MAX);
+        self.lane.active.store(c(r[2]), Ordering::Release);
+        self.lane.pending.store(c(r[3]), Ordering::Release);
+        self.lane.late.store(c(r[4]), Ordering::Release);
+        let batches: Vec<(u64, u64)> = r[5..]
+            .chunks_exact(2)
+            .map(|p| (p[0].max(0) as u64, p[1].max(0) as u64))
+            .collect();
+        if let Ok(mut b) = self.lane.batches.write() {
+            *b = batches;
+        }
+    }
+}
+
+fn s(v: impl ToString) -> String {
+    v.to_string()
+}
+
+impl AdmissionStore for RedisStore {
+    fn take_ticket(&self, below: u64) -> Option<u64> {
+        let r = self.write("take", &self.fleet.scripts.take, &[s(below)])?;
+        (r[0] > 0).then_some(r[0] as u64)
+    }
+
+    fn next_ticket(&self) -> u64 {
+        self.lane.next.load(Ordering::Acquire)
+    }
+
+    fn serving(&self) -> u64 {
+        self.lane.serving.load(Ordering::Acquire)
+    }
+
+    fn advance_serving(&self, from: u64, to: u64) -> bool {
+        self.write("cas", &self.fleet.scripts.cas, &[s(from), s(to)])
+            .is_some_and(|r| r[0] == 1)
+    }
+
+    fn reserve(&self, n: u32, capacity: u32) -> u32 {
+        let got = self
+            .write("reserve", &self.fleet.scripts.reserve, &[s(n), s(capacity)])
+            .map_or(0, |r| u32::try_from(r[0].max(0)).unwrap_or(0));
+        self.sync();
+        got
+    }
+
+    fn unreserve(&self, n: u32) {
+        let _: Option<i64> = self.run("unreserve", false, &self.fleet.scripts.unreserve, &[s(n)]);
+        self.sync();
+    }
+
+    fn occupied(&self) -> u32 {
+        self.lane
+            .active
+            .load(Ordering::Acquire)
+            .saturating_add(self.lane.pending.load(Ordering::Acquire))
+    }
+
+    fn counters(&self) -> StoreCounters {
+        StoreCounters {
+            next_ticket: self.next_ticket(),
+            serving: self.serving(),
+            occupied: self.occupied(),
+        }
+    }
+
+    fn restore(&self, c: StoreCounters) {
+        // Only ever raises (the floors): Redis holds the fleet's counters.
+        self.lane.raise(c.next_ticket as i64, c.serving as i64);
+        self.sync();
+    }
+
+    fn late_arrive(&self, ticket: u64, now_ms: u64) -> u64 {
+        let ahead: Option<i64> = self.run(
+            "late_arrive",
+            false,
+            &self.fleet.scripts.late_arrive,
+            &[s(ticket), s(now_ms)],
+        );
+        ahead.map_or(0, |a| a.max(0) as u64)
+    }
+
+    fn late_leave(&self, ticket: u64) -> bool {
+        let r: Option<i64> = self.run(
+            "late_leave",
+            false,
+            &self.fleet.scripts.late_leave,
+            &[s(ticket)],
+        );
+        r == Some(1)
+    }
+
+    fn late_first(&self, n: usize) -> Vec<u64> {
+        if n == 0 {
+            return Vec::new();
+        }
+        let key = self.lane.keys[8].clone();
+        self.fleet
+            .call("late_first", false, |c| {
+                redis::cmd("ZRANGE")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(n.saturating_sub(1))
+                    .query::<Vec<u64>>(c)
+            })
+            .unwrap_or_default()
+    }
+
+    fn late_expire(&self, now_ms: u64) -> u32 {
+        let r: Option<i64> = self.run(
+            "late_expire",
+            false,
+            &self.fleet.scripts.late_expire,
+            &[s(now_ms.saturating_sub(LATE_IDLE_MS))],
+        );
+        u32::try_from(r.unwrap_or(0).max(0)).unwrap_or(0)
+    }
+
+    fn late_len(&self) -> u32 {
+        self.lane.late.load(Ordering::Acquire)
+    }
+
+    fn late_clear(&self) {
+        let _: Option<i64> = self.run("late_clear", false, &self.fleet.scripts.late_clear, &[]);
+        self.lane.late.store(0, Ordering::Release);
+    }
+
+    fn shared(&self) -> Option<&dyn SharedAdmission> {
+        Some(self)
+    }
+}
+
+impl SharedAdmission for RedisStore {
+    fn is_leader(&self) -> bool {
+        self.fleet.is_leader()
+    }
+
+    fn is_up(&self) -> bool {
+        self.fleet.is_up()
+    }
+
+    fn admit(&self, from: u64, want: u64, room: u32, _now_ms: u64, deadline_ms: u64) -> u64 {
+        if want == 0 {
+            return 0;
+        }
+        let r = self.write(
+            "admit",
+            &self.fleet.scripts.admit,
+            &[
+                s(&self.fleet.node),
+                s(want),
+                s(from),
+                s(room),
+                s(deadline_ms),
+            ],
+        );
+        let n = r.map_or(0, |r| r[0].max(0) as u64);
+        if n > 0 {
+            self.sync();
+        }
+        n
+    }
+
+    fn admit_now(&self, room: u32, owner: u64, now_ms: u64) -> Option<u64> {
+        let r = self.write(
+            "admit_now",
+            &self.fleet.scripts.admit_now,
+            &[s(room), s(owner), s(now_ms)],
+        )?;
+        if r[0] <= 0 {
+            return None;
+        }
+        self.lane.active.fetch_add(1, Ordering::AcqRel);
+        Some(r[0] as u64)
+    }
+
+    fn claim(&self, t: u64, owner: u64, capacity: u32, now_ms: u64) -> SharedClaim {
+        let Some(r) = self.write(
+            "claim",
+            &self.fleet.scripts.claim,
+            &[s(t), s(owner), s(capacity), s(now_ms)],
+        ) else {
+            return SharedClaim::Down;
+        };
+        let out = match r[0] {
+            0 => SharedClaim::Placed,
+            1 => SharedClaim::NotAdmitted,
+            2 => SharedClaim::BoundElsewhere,
+            3 => SharedClaim::Used,
+            _ => SharedClaim::Late {
+                ahead: r.get(3).copied().unwrap_or(0).max(0) as u64,
+            },
+        };
+        self.sync();
+        out
+    }
+
+    fn holds(&self, t: u64) -> bool {
+        self.lane
+            .batches
+            .read()
+            .map(|b| b.iter().any(|&(a, e)| a <= t && t < e))
+            .unwrap_or(false)
+    }
+
+    fn release(&self, t: u64) -> bool {
+        let r: Option<i64> = self.run("release", false, &self.fleet.scripts.release, &[s(t)]);
+        if r == Some(1) {
+            self.sync();
+            return true;
+        }
+        false
+    }
+
+    fn expire(&self, now_ms: u64, session_ms: u64) -> (u64, u64) {
+        let r = self.write(
+            "expire",
+            &self.fleet.scripts.expire,
+            &[s(now_ms), s(session_ms), s(LATE_IDLE_MS)],
+        );
+        // {ended, next, serving, abandoned}
+        match r {
+            Some(r) if r.len() >= 4 => {
+                let (ended, abandoned) = (r[0].max(0) as u64, r[3].max(0) as u64);
+                if ended + abandoned > 0 {
+                    self.sync();
+                }
+                (ended, abandoned)
+            }
+            _ => (0, 0),
+        }
+    }
+
+    fn touch(&self, tickets: &[u64], now_ms: u64) -> Vec<u64> {
+        let readd = self.lane.wants_all.swap(false, Ordering::AcqRel);
+        let mut args = Vec::with_capacity(tickets.len() + 2);
+        args.push(s(now_ms));
+        args.push(s(u8::from(readd)));
+        args.extend(tickets.iter().map(s));
+        let r: Option<Vec<u64>> = self.run("touch", false, &self.fleet.scripts.touch, &args);
+        match r {
+            Some(gone) => gone,
+            None => {
+                if readd {
+                    // Not reported: try again next tick.
+                    self.lane.wants_all.store(true, Ordering::Release);
+                }
+                Vec::new()
+            }
+        }
+    }
+
+    fn wants_all_sessions(&self) -> bool {
+        self.lane.wants_all.load(Ordering::Acquire)
+    }
+
+    fn pending(&self) -> u32 {
+        self.lane.pending.load(Ordering::Acquire)
+    }
+
+    fn active(&self) -> u32 {
+        self.lane.active.load(Ordering::Acquire)
+    }
+}

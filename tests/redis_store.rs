@@ -1,0 +1,270 @@
+//! The Redis store under the gate, against a real redis-server (scripts/setup-redis): several
+//! "nodes" (each its own `Fleet`, as separate processes would have) over one Redis.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use anticamera::store::redis::{Fleet, RedisStore};
+use anticamera::store::{StoreConfig, StoreKind};
+use anticamera::waitroom::{AdmissionStore, Arrival, Gate, GateSettings, Mode, Occupant};
+use common::RedisServer;
+
+fn cfg(r: &RedisServer, node: &str) -> StoreConfig {
+    StoreConfig {
+        kind: StoreKind::Redis,
+        url: Some(r.url()),
+        node_id: Some(node.into()),
+        ..StoreConfig::default()
+    }
+}
+
+fn settings(capacity: u32) -> GateSettings {
+    GateSettings {
+        capacity,
+        mode: Mode::Open,
+        ..GateSettings::default()
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Waits until `f` holds (polling every 10 ms), failing after `within`.
+fn until(within: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < within, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    t0.elapsed()
+}
+
+fn who(ticket: u64, visitor: u64) -> Occupant {
+    Occupant {
+        ticket,
+        visitor,
+        binding: 1,
+    }
+}
+
+/// Waits past the grace of a new epoch (a fresh Redis is one).
+fn settle() {
+    std::thread::sleep(Duration::from_millis(
+        anticamera::store::redis::GRACE_MS + 150,
+    ));
+}
+
+#[test]
+fn three_nodes_share_one_line_one_capacity_and_one_leader() {
+    let r = RedisServer::start();
+    let fleets: Vec<Fleet> = ["a", "b", "c"]
+        .iter()
+        .map(|n| Fleet::start(&cfg(&r, n)).unwrap())
+        .collect();
+    let gates: Vec<Gate> = fleets
+        .iter()
+        .map(|f| Gate::with_store(&settings(3), Box::new(f.lane("claims", "all")), now()))
+        .collect();
+    settle();
+    until(Duration::from_secs(3), "one leader", || {
+        fleets.iter().filter(|f| f.is_leader()).count() == 1
+    });
+    let leader = fleets.iter().position(|f| f.is_leader()).unwrap();
+
+    // Arrivals spread round-robin: the first three are let in directly (nobody waits, room),
+    // the rest queue, with one ticket order across the nodes.
+    let mut tickets = Vec::new();
+    let mut admitted = Vec::new();
+    for i in 0..9u64 {
+        match gates[(i % 3) as usize].arrive(100 + i, 1, now()) {
+            Arrival::Admitted { ticket, .. } => {
+                admitted.push(ticket);
+                tickets.push(ticket)
+            }
+            Arrival::Queued { ticket } => tickets.push(ticket),
+            Arrival::Unnumbered => panic!("no number"),
+        }
+    }
+    assert_eq!(
+        tickets,
+        (1..=9).collect::<Vec<_>>(),
+        "one order across nodes"
+    );
+    assert_eq!(admitted, vec![1, 2, 3], "capacity 3 holds across the fleet");
+    for g in &gates {
+        // Every node's mirror catches up within a sync.
+        until(Duration::from_millis(500), "mirror", || {
+            g.serving() == 4 && g.next_ticket() == 10 && g.stats().active == 3
+        });
+    }
+
+    // Nobody is admitted while the room is full, whichever node ticks.
+    for g in &gates {
+        g.tick(now());
+    }
+    assert_eq!(gates[0].serving(), 4);
+
+    // Ticket 1 leaves through node b (its slot is node a's): the leader admits ticket 4, and
+    // ticket 4 claims on a node that is not the leader.
+    assert!(
+        gates[1].release(u32::MAX, 1),
+        "released fleet-wide from another node"
+    );
+    assert!(!gates[2].release(u32::MAX, 1), "released once");
+    // Non-leaders do not admit.
+    for (i, g) in gates.iter().enumerate() {
+        if i != leader {
+            assert_eq!(g.tick(now()).admitted, 0);
+        }
+    }
+    assert_eq!(gates[leader].tick(now()).admitted, 1);
+    let other = (leader + 1) % 3;
+    until(Duration::from_millis(500), "mirror", || {
+        gates[other].serving() == 5
+    });
+    assert!(gates[other].status(4).admitted);
+    assert_eq!(gates[other].stats().pending, 1);
+    let slot = gates[other].claim(who(4, 104), now()).unwrap();
+    // The pass is honoured on every node (the third one has no slot for it).
+    for g in &gates {
+        g.touch(slot, who(4, 104), now(), now()).unwrap();
+    }
+    // A copied pass (another client) is refused on a node that knows the ticket's client.
+    let third = (other + 1) % 3;
+    assert!(gates[third].touch(slot, who(4, 999), now(), now()).is_err());
+    // A claim of the same ticket by another client is refused fleet-wide.
+    assert!(gates[third].claim(who(4, 999), now()).is_err());
+
+    // Still full: ticket 5 waits.
+    assert_eq!(gates[leader].tick(now()).admitted, 0);
+    assert!(!gates[0].status(5).admitted);
+    until(Duration::from_millis(500), "occupied", || {
+        gates
+            .iter()
+            .all(|g| g.stats().active == 3 && g.stats().pending == 0)
+    });
+}
+
+#[test]
+fn the_lease_moves_when_the_leader_stops_or_dies() {
+    let r = RedisServer::start();
+    let a = Fleet::start(&cfg(&r, "a")).unwrap();
+    until(Duration::from_secs(2), "a leads", || a.is_leader());
+    let b = Fleet::start(&cfg(&r, "b")).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(a.is_leader() && !b.is_leader(), "one leader at a time");
+    // A clean stop gives the lease up at once.
+    a.stop();
+    assert!(!a.is_leader());
+    let took = until(Duration::from_secs(1), "b takes over", || b.is_leader());
+    assert!(took < Duration::from_millis(500), "{took:?}");
+    // A leader that dies without a word (here: a lease written by a node that is gone): the
+    // lease lapses and b takes over within the lease's time to live.
+    b.stop();
+    assert_eq!(r.cmd("SET anticamera:leader ghost PX 1500"), "+OK");
+    let c = Fleet::start(&cfg(&r, "c")).unwrap();
+    assert!(!c.is_leader());
+    let took = until(Duration::from_secs(3), "c takes over", || c.is_leader());
+    assert!(took <= Duration::from_millis(2_000), "{took:?}");
+    assert_eq!(r.cmd("GET anticamera:leader"), "c");
+}
+
+#[test]
+fn counters_never_go_backwards_when_redis_comes_back_empty() {
+    let mut r = RedisServer::start();
+    let a = Fleet::start(&cfg(&r, "a")).unwrap();
+    let b = Fleet::start(&cfg(&r, "b")).unwrap();
+    let sa: RedisStore = a.lane("claims", "all");
+    let sb: RedisStore = b.lane("claims", "all");
+    settle();
+    let mut seen = Vec::new();
+    for i in 0..20 {
+        let s = if i % 2 == 0 { &sa } else { &sb };
+        seen.push(s.take_ticket(u64::MAX).unwrap());
+    }
+    assert!(sa.advance_serving(sa.serving(), 8) || sb.advance_serving(1, 8));
+    // b's mirror knows the highest number within a sync.
+    until(Duration::from_millis(500), "mirror", || {
+        sb.next_ticket() == 21 && sb.serving() == 8
+    });
+    // Redis restarted empty.
+    r.wipe();
+    r.restart();
+    // Nobody hands out a number until the fleet has resynced...
+    until(Duration::from_secs(2), "back up", || a.is_up() && b.is_up());
+    // ...and then none is handed out twice, and serving is where it was.
+    let t0 = Instant::now();
+    let mut after = Vec::new();
+    while after.len() < 10 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(3),
+            "no numbers after the restart"
+        );
+        let s = if after.len() % 2 == 0 { &sb } else { &sa };
+        if let Some(t) = s.take_ticket(u64::MAX) {
+            after.push(t);
+        } else {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    assert!(
+        after.iter().all(|t| !seen.contains(t)),
+        "{after:?} vs {seen:?}"
+    );
+    assert_eq!(after[0], 21, "{after:?}");
+    assert_eq!(r.cmd("GET anticamera:lane:claims:all:serving"), "8");
+}
+
+#[test]
+fn an_unreachable_redis_closes_admissions_without_a_panic_and_they_resume() {
+    let mut r = RedisServer::start();
+    let a = Fleet::start(&cfg(&r, "a")).unwrap();
+    let g = Gate::with_store(&settings(2), Box::new(a.lane("claims", "all")), now());
+    settle();
+    let Arrival::Admitted { ticket: 1, slot } = g.arrive(1, 1, now()) else {
+        panic!("first arrival admitted");
+    };
+    r.kill();
+    // Everything that needs Redis fails at once (closed): no number, no claim, no admission.
+    let t0 = Instant::now();
+    assert_eq!(g.arrive(2, 1, now()), Arrival::Unnumbered);
+    assert_eq!(g.arrive(3, 1, now()), Arrival::Unnumbered);
+    assert_eq!(g.tick(now()).admitted, 0);
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    assert!(!a.is_up());
+    // The person inside keeps their pass.
+    g.touch(slot, who(1, 1), now(), now()).unwrap();
+    // Redis back (empty): the line resumes after the resync, numbers after the ones seen.
+    r.restart();
+    until(Duration::from_secs(2), "up", || a.is_up());
+    let t0 = Instant::now();
+    loop {
+        // The controller's tick (every 200 ms, within the resync grace) re-reports the
+        // session this node knows before anyone new can be let in.
+        g.tick(now());
+        match g.arrive(4, 1, now()) {
+            Arrival::Unnumbered => {
+                assert!(t0.elapsed() < Duration::from_secs(3));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Arrival::Admitted { ticket, .. } | Arrival::Queued { ticket } => {
+                assert_eq!(ticket, 2);
+                break;
+            }
+        }
+    }
+    // The session inside was re-reported by the node that knows it: capacity 2 holds.
+    let score = r.cmd("ZSCORE anticamera:lane:claims:all:sessions 1");
+    assert!(!score.is_empty(), "session 1 taken back in");
+    assert_eq!(r.cmd("ZCARD anticamera:lane:claims:all:sessions"), ":2");
+    assert!(matches!(
+        g.arrive(5, 1, now()),
+        Arrival::Queued { ticket: 3 }
+    ));
+}
