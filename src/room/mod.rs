@@ -516,7 +516,7 @@ impl Room {
         // 3. A waiting user with a valid ticket.
         if let Some(t) = token.filter(|t| t.kind == Kind::Ticket) {
             let pos = lane.position(t.ticket);
-            let st = lane.gate.status(pos);
+            let st = lane.gate.status_checked(pos);
             if st.admitted {
                 let who = Occupant {
                     ticket: pos,

@@ -70,7 +70,8 @@ pub enum FailMode {
     #[default]
     Closed,
     /// Each node keeps admitting from its own counters, up to its share of the capacity
-    /// (capacity / nodes seen alive), until the store answers again.
+    /// (capacity / nodes seen alive), until the store answers again. Designed, not built yet:
+    /// validation refuses it with a message.
     OpenLocal,
 }
 
@@ -135,6 +136,14 @@ impl StoreConfig {
                 "only used with kind = \"redis\" (the memory store is this process's own)".into(),
             )),
             (StoreKind::Memory, None) => {}
+        }
+        if self.fail_mode == FailMode::OpenLocal {
+            v.push((
+                at("fail_mode"),
+                "\"open-local\" is not built yet in this version: use \"closed\" (nobody new \
+                 admitted while Redis does not answer; people inside keep their passes)"
+                    .into(),
+            ));
         }
         if self.kind == StoreKind::Redis && state_file {
             v.push((

@@ -78,9 +78,11 @@ pub enum StoreError {
 pub fn check_url(url: &str) -> Result<(), String> {
     match url.split_once("://").map(|(s, _)| s) {
         Some("redis") => {}
-        Some("rediss") => return Err(format!(
+        Some("rediss") => {
+            return Err(format!(
             "{url:?}: TLS to Redis (rediss://) is not built in; use redis:// on a private network"
-        )),
+        ))
+        }
         Some(other) => {
             return Err(format!(
                 "{url:?}: scheme {other:?} is not supported; write redis://host:port"
@@ -579,7 +581,6 @@ impl RedisStore {
         if r.len() < 5 {
             return;
         }
-        self.lane.raise(r[0], r[1]);
         let c = |v: i64| u32::try_from(v.max(0)).unwrap_or(u32::MAX);
         self.lane.active.store(c(r[2]), Ordering::Release);
         self.lane.pending.store(c(r[3]), Ordering::Release);
@@ -591,6 +592,8 @@ impl RedisStore {
         if let Ok(mut b) = self.lane.batches.write() {
             *b = batches;
         }
+        // Serving moves after the batches it admitted are in the mirror (see `admit`).
+        self.lane.raise(r[0], r[1]);
     }
 }
 
@@ -724,8 +727,9 @@ impl SharedAdmission for RedisStore {
         if want == 0 {
             return 0;
         }
-        let r = self.write(
+        let r: Option<Vec<i64>> = self.run(
             "admit",
+            false,
             &self.fleet.scripts.admit,
             &[
                 s(&self.fleet.node),
@@ -735,7 +739,18 @@ impl SharedAdmission for RedisStore {
                 s(deadline_ms),
             ],
         );
-        let n = r.map_or(0, |r| r[0].max(0) as u64);
+        let Some(r) = r.filter(|r| r.len() >= 3 && r[0] != -3) else {
+            return 0;
+        };
+        let n = r[0].max(0) as u64;
+        if n > 0 {
+            // The batch is in the mirror before serving moves past it, so a status poll here
+            // never sees an admitted ticket without its held place.
+            if let Ok(mut b) = self.lane.batches.write() {
+                b.push((from, from + n));
+            }
+        }
+        self.lane.raise(r[1], r[2]);
         if n > 0 {
             self.sync();
         }
@@ -833,6 +848,10 @@ impl SharedAdmission for RedisStore {
 
     fn wants_all_sessions(&self) -> bool {
         self.lane.wants_all.load(Ordering::Acquire)
+    }
+
+    fn refresh(&self) {
+        self.sync();
     }
 
     fn pending(&self) -> u32 {

@@ -301,6 +301,25 @@ impl Gate {
         }
     }
 
+    /// [`Gate::status`] for a page request with a ticket: with a shared store, someone near
+    /// the front whom this node's mirror does not show admitted yet is checked against the
+    /// store (one round trip), so a person told "admitted" by another node's fresher mirror
+    /// is not sent back to the queue by this one. Status polls use [`Gate::status`] (no
+    /// round trip).
+    pub fn status_checked(&self, ticket: u64) -> Position {
+        let st = self.status(ticket);
+        if st.admitted {
+            return st;
+        }
+        match self.shared() {
+            Some(sh) if st.ahead <= 2 * u64::from(self.settings.capacity()) + 16 => {
+                sh.refresh();
+                self.status(ticket)
+            }
+            _ => st,
+        }
+    }
+
     /// Estimated wait for someone with `ahead` people in front of them, from
     /// the measured admission rate (or the configured rate cap before any
     /// measurement). None when unknown (paused, no data, unlimited rate).

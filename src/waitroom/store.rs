@@ -173,6 +173,9 @@ pub trait SharedAdmission: Send + Sync + fmt::Debug {
     /// then the next [`SharedAdmission::touch`] should carry every session this node knows,
     /// which the store takes back in (people inside keep their place).
     fn wants_all_sessions(&self) -> bool;
+    /// Refreshes the mirror now (one round trip): a page request of someone near the front
+    /// whom this node's mirror does not show admitted yet, while another node's may.
+    fn refresh(&self);
     /// Places held for admitted people not yet arrived, fleet-wide (from the mirror).
     fn pending(&self) -> u32;
     /// People inside, fleet-wide (from the mirror).

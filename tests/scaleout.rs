@@ -1,0 +1,592 @@
+//! Scale-out, black-box (issue 15): a real redis-server (scripts/setup-redis), three
+//! `anticamera run` processes on loopback sharing it (`[store] kind = "redis"`), a portal
+//! stand-in that counts the people inside, and people whose every request goes to the next
+//! node round-robin (no stickiness).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{full, RedisServer};
+use http::Response;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const CAPACITY: usize = 4;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// What the portal stand-in saw: who is inside now (between their first request and their
+/// `/claim/done`), the most at once, and the order people first came in.
+#[derive(Default)]
+struct Portal {
+    inside: Mutex<HashSet<u64>>,
+    most: AtomicUsize,
+    first_seen: Mutex<Vec<u64>>,
+    seen: Mutex<HashSet<u64>>,
+}
+
+async fn portal(state: Arc<Portal>) -> common::Upstream {
+    common::upstream(move |req| {
+        let state = state.clone();
+        async move {
+            let person: u64 = req
+                .headers()
+                .get("x-person")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let done = req.uri().path() == "/claim/done";
+            if person != 0 {
+                if state.seen.lock().unwrap().insert(person) {
+                    state.first_seen.lock().unwrap().push(person);
+                }
+                let mut inside = state.inside.lock().unwrap();
+                if done {
+                    // Out before the answer (and its release header) reaches anticamera.
+                    inside.remove(&person);
+                } else {
+                    inside.insert(person);
+                    state.most.fetch_max(inside.len(), Ordering::Relaxed);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(15)).await;
+            let mut r = Response::builder().header("x-portal", "1");
+            if done {
+                r = r.header("x-anticamera-release", "1");
+            }
+            r.body(full("portal")).unwrap()
+        }
+    })
+    .await
+}
+
+struct Node {
+    addr: SocketAddr,
+    admin: SocketAddr,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn node_config(
+    dir: &Path,
+    i: usize,
+    portal: SocketAddr,
+    redis: &str,
+) -> (std::path::PathBuf, SocketAddr, SocketAddr) {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let text = format!(
+        "[server]\nlisten = \"{addr}\"\nworkers = 1\n\
+         [admin]\nlisten = \"{admin}\"\n\
+         [upstream]\nurls = [\"http://{portal}\"]\n\
+         [log]\nlevel = \"warn\"\n\
+         [waiting_room]\ntick = \"100ms\"\n\
+         keys = [{{ id = 1, secret = \"scaleout-test-key-0123456789abcdef-0123456789\" }}]\n\
+         [[gates]]\nname = \"claims\"\nprefix = [\"/claim\"]\ncapacity = {CAPACITY}\n\
+         session_duration = \"5s\"\narrival_timeout = \"10s\"\n\
+         [store]\nkind = \"redis\"\nurl = \"{redis}\"\nnode_id = \"node-{i}\"\ntimeout = \"200ms\"\n"
+    );
+    let path = dir.join(format!("node-{i}.toml"));
+    std::fs::write(&path, text).unwrap();
+    (path, addr, admin)
+}
+
+async fn start_node(dir: &Path, i: usize, portal: SocketAddr, redis: &str) -> Node {
+    let (cfg, addr, admin) = node_config(dir, i, portal, redis);
+    let log = std::fs::File::create(dir.join(format!("node-{i}.log"))).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_anticamera"))
+        .arg("run")
+        .arg("--config")
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let node = Node {
+        addr,
+        admin,
+        child: Some(child),
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(a) = get(admin, "/healthz", None, 0).await {
+            if a.status == 200 && TcpStream::connect(addr).await.is_ok() {
+                return node;
+            }
+        }
+        assert!(Instant::now() < deadline, "node {i} did not start");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+}
+
+struct Answer {
+    status: u16,
+    head: String,
+    cookie: Option<String>,
+    body: String,
+}
+
+impl Answer {
+    fn json(&self) -> Option<serde_json::Value> {
+        serde_json::from_str(&self.body).ok()
+    }
+    fn by_portal(&self) -> bool {
+        self.status == 200 && self.head.to_ascii_lowercase().contains("x-portal: 1")
+    }
+}
+
+/// One request on a fresh connection; `None` if the node is unreachable (killed).
+async fn get(addr: SocketAddr, path: &str, cookie: Option<&str>, person: u64) -> Option<Answer> {
+    let go = async {
+        let mut s = TcpStream::connect(addr).await.ok()?;
+        let cookie = cookie
+            .map(|c| format!("Cookie: {c}\r\n"))
+            .unwrap_or_default();
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/json\r\n\
+             User-Agent: person-{person}\r\nX-Person: {person}\r\n{cookie}Connection: close\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let status = head.get(9..12)?.parse().ok()?;
+        let cookie = head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("set-cookie")
+                .then(|| v.trim().split(';').next().unwrap_or("").to_string())
+        });
+        Some(Answer {
+            status,
+            head: head.to_string(),
+            cookie,
+            body: body.to_string(),
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(5), go)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// What happened to the people.
+#[derive(Default, Debug)]
+struct Outcome {
+    /// person → their number (queued people).
+    numbers: HashMap<u64, u64>,
+    /// person → when they first learned they were admitted (ms since the start).
+    admitted_at: HashMap<u64, u64>,
+    /// Requests of admitted people answered by anticamera instead of the portal.
+    bounced: Vec<(u64, u16, String)>,
+    done: HashSet<u64>,
+    /// Answers 503 with a Retry-After while a node could not number anyone.
+    unnumbered: usize,
+}
+
+/// One person: arrives, waits (polling), comes in, makes `clicks` requests, leaves; every
+/// request goes to the next node round-robin, skipping nodes that do not answer.
+async fn person(
+    id: u64,
+    nodes: Arc<Vec<SocketAddr>>,
+    clicks: usize,
+    t0: Instant,
+    out: Arc<Mutex<Outcome>>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut k = id as usize;
+    let mut jar: Option<String> = None;
+    let mut next = |path: String, jar: Option<String>| {
+        let nodes = nodes.clone();
+        k += 1;
+        let start = k;
+        async move {
+            for j in 0..nodes.len() {
+                let addr = nodes[(start + j) % nodes.len()];
+                if let Some(a) = get(addr, &path, jar.as_deref(), id).await {
+                    return Some(a);
+                }
+            }
+            None
+        }
+    };
+    // Arrival.
+    let mut inside = false;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let Some(a) = next("/claim".into(), jar.clone()).await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        if let Some(c) = &a.cookie {
+            jar = Some(c.clone());
+        }
+        if a.by_portal() {
+            inside = true;
+            break;
+        }
+        match a.json().and_then(|j| j["number"].as_u64()) {
+            Some(n) => {
+                out.lock().unwrap().numbers.insert(id, n);
+                break;
+            }
+            None => {
+                out.lock().unwrap().unnumbered += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    // Waiting: poll the status, round-robin.
+    if !inside {
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            if let Some(a) = next("/.anticamera/status?gate=claims".into(), jar.clone()).await {
+                if a.json().is_some_and(|j| j["state"] == "admitted") {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+    }
+    out.lock()
+        .unwrap()
+        .admitted_at
+        .insert(id, t0.elapsed().as_millis() as u64);
+    // Inside: the first request (a claim, or already in), then clicks, then done.
+    let mut paths: Vec<String> = Vec::new();
+    if !inside {
+        paths.push("/claim".into());
+    }
+    for c in 0..clicks {
+        paths.push(format!("/claim/page{c}"));
+    }
+    paths.push("/claim/done".into());
+    for p in paths {
+        let mut tries = 0;
+        loop {
+            let Some(a) = next(p.clone(), jar.clone()).await else {
+                tries += 1;
+                assert!(tries < 100, "no node answers");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            if let Some(c) = &a.cookie {
+                jar = Some(c.clone());
+            }
+            if !a.by_portal() {
+                out.lock()
+                    .unwrap()
+                    .bounced
+                    .push((id, a.status, a.body.clone()));
+            }
+            break;
+        }
+    }
+    out.lock().unwrap().done.insert(id);
+}
+
+/// FIFO across nodes: a person with a smaller number learned of their admission no later than
+/// one with a larger number, within the polling slack (40 ms polls, 50 ms mirror, 100 ms tick).
+fn inversions(o: &Outcome, slack_ms: u64) -> Vec<(u64, u64)> {
+    let mut by_number: Vec<(u64, u64)> = o
+        .numbers
+        .iter()
+        .filter_map(|(p, n)| o.admitted_at.get(p).map(|t| (*n, *t)))
+        .collect();
+    by_number.sort();
+    let mut bad = Vec::new();
+    for (i, a) in by_number.iter().enumerate() {
+        for b in &by_number[i + 1..] {
+            if a.1 > b.1 + slack_ms {
+                bad.push((a.0, b.0));
+            }
+        }
+    }
+    bad
+}
+
+async fn fleet(dir: &Path, portal: SocketAddr, redis: &str) -> Vec<Node> {
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        nodes.push(start_node(dir, i, portal, redis).await);
+    }
+    // A fresh Redis is a new epoch: writes wait out the resync grace.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    nodes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_one_line_one_capacity_nobody_bounced_and_a_node_killed_loses_nobody() {
+    let redis = RedisServer::start();
+    let state = Arc::new(Portal::default());
+    let up = portal(state.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = fleet(dir.path(), up.addr, &redis.url()).await;
+    let addrs = Arc::new(nodes.iter().map(|n| n.addr).collect::<Vec<_>>());
+    let out = Arc::new(Mutex::new(Outcome::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let t0 = Instant::now();
+    let people = 36u64;
+    let mut tasks = Vec::new();
+    for id in 1..=people {
+        tasks.push(tokio::spawn(person(
+            id,
+            addrs.clone(),
+            4,
+            t0,
+            out.clone(),
+            stop.clone(),
+        )));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Mid-run, the leader dies without a word (SIGKILL), with people waiting and inside.
+    let waiting_at_kill = loop {
+        {
+            let o = out.lock().unwrap();
+            if o.done.len() >= 8 {
+                break o.numbers.len()
+                    - o.admitted_at
+                        .iter()
+                        .filter(|(p, _)| o.numbers.contains_key(p))
+                        .count();
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the run does not progress"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(
+        waiting_at_kill >= 5,
+        "only {waiting_at_kill} waiting when the node died"
+    );
+    let leader = redis.cmd("GET anticamera:leader");
+    let dead: usize = leader.trim_start_matches("node-").parse().unwrap();
+    nodes[dead].kill();
+    let killed = Instant::now();
+    let took = loop {
+        let now_leader = redis.cmd("GET anticamera:leader");
+        if !now_leader.is_empty() && now_leader != leader {
+            break killed.elapsed();
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(5),
+            "nobody took the lease over"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        took <= Duration::from_millis(2_000),
+        "leader hand-over took {took:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for t in tasks {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if tokio::time::timeout(left, t).await.is_err() {
+            stop.store(true, Ordering::Relaxed);
+        }
+    }
+    let o = out.lock().unwrap();
+    let logs: String = (0..3)
+        .map(|i| {
+            std::fs::read_to_string(dir.path().join(format!("node-{i}.log"))).unwrap_or_default()
+        })
+        .collect::<Vec<_>>()
+        .join("\n---\n");
+    assert!(!logs.contains("panicked"), "{logs}");
+    assert_eq!(
+        o.done.len() as u64,
+        people,
+        "every journey done: {o:?}\n{logs}"
+    );
+    assert!(
+        o.bounced.is_empty(),
+        "admitted people sent back by another node: {:?}",
+        o.bounced
+    );
+    let most = state.most.load(Ordering::Relaxed);
+    assert!(
+        most <= CAPACITY,
+        "{most} people inside the portal at once, capacity {CAPACITY}"
+    );
+    assert!(most >= 2, "the run never filled the room ({most})");
+    // One order across the nodes: numbers are unique.
+    let mut numbers: Vec<u64> = o.numbers.values().copied().collect();
+    numbers.sort();
+    let unique: HashSet<u64> = numbers.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        numbers.len(),
+        "a number handed out twice: {numbers:?}"
+    );
+    assert!(
+        numbers.len() as u64 >= people - CAPACITY as u64 * 2,
+        "most people queued: {numbers:?}"
+    );
+    let bad = inversions(&o, 600);
+    assert!(
+        bad.is_empty(),
+        "admitted out of order across nodes: {bad:?}"
+    );
+    assert!(state.inside.lock().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_killed_closes_every_node_without_a_panic_and_back_empty_no_number_twice() {
+    let mut redis = RedisServer::start();
+    let state = Arc::new(Portal::default());
+    let up = portal(state.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = fleet(dir.path(), up.addr, &redis.url()).await;
+    // Fill the room and queue a few, round-robin.
+    let mut passes = Vec::new();
+    let mut tickets = Vec::new();
+    for p in 1..=(CAPACITY as u64 + 3) {
+        let n = &nodes[(p % 3) as usize];
+        let a = get(n.addr, "/claim", None, p).await.unwrap();
+        let c = a.cookie.clone().unwrap();
+        if a.by_portal() {
+            passes.push((p, c));
+        } else {
+            tickets.push((p, a.json().unwrap()["number"].as_u64().unwrap(), c));
+        }
+    }
+    assert_eq!(passes.len(), CAPACITY);
+    let before: Vec<u64> = tickets.iter().map(|t| t.1).collect();
+    assert_eq!(before, vec![5, 6, 7]);
+
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for n in &nodes {
+        // /readyz says so.
+        let r = get(n.admin, "/readyz", None, 0).await.unwrap();
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert!(r.body.contains("fail_mode closed"), "{}", r.body);
+        // Nobody new: come back in a second.
+        let a = get(n.addr, "/claim", None, 99).await.unwrap();
+        assert_eq!(a.status, 503, "{}", a.body);
+        assert!(a.head.to_ascii_lowercase().contains("retry-after"));
+        assert!(a.cookie.is_none(), "no number handed out: {}", a.head);
+        // People inside keep their passes, on every node.
+        for (p, c) in &passes {
+            let a = get(n.addr, "/claim/page", Some(c), *p).await.unwrap();
+            assert!(a.by_portal(), "{} {}", a.status, a.body);
+        }
+        // Waiting people keep their place (the node's mirror).
+        let (p, num, c) = &tickets[0];
+        let a = get(n.addr, "/.anticamera/status?gate=claims", Some(c), *p)
+            .await
+            .unwrap();
+        assert_eq!(
+            a.json().unwrap()["number"].as_u64(),
+            Some(*num),
+            "{}",
+            a.body
+        );
+    }
+    let metrics = get(nodes[0].admin, "/metrics", None, 0).await.unwrap().body;
+    assert!(metrics.contains("anticamera_store_up 0"), "{metrics}");
+
+    // Back, empty: after the resync nobody gets a number already handed out, and the people
+    // waiting are let in as places free up.
+    redis.wipe();
+    redis.restart();
+    let t0 = Instant::now();
+    let mut fresh = Vec::new();
+    while fresh.len() < 3 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "no number after Redis came back"
+        );
+        let n = &nodes[fresh.len() % 3];
+        let a = get(n.addr, "/claim", None, 200 + fresh.len() as u64)
+            .await
+            .unwrap();
+        if let Some(num) = a.json().and_then(|j| j["number"].as_u64()) {
+            fresh.push(num);
+        } else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert!(
+        fresh.iter().all(|n| *n > 7),
+        "a number handed out twice: {fresh:?}"
+    );
+    for n in &nodes {
+        let r = get(n.admin, "/readyz", None, 0).await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    // The people inside were re-reported, so the room is still full: nobody jumped in.
+    assert_eq!(
+        redis.cmd("ZCARD anticamera:lane:claims:all:sessions"),
+        format!(":{CAPACITY}")
+    );
+    // One leaves (on another node than the one that admitted them): the first waiting is next.
+    let (p, c) = &passes[0];
+    let a = get(nodes[2].addr, "/claim/done", Some(c), *p)
+        .await
+        .unwrap();
+    assert!(a.by_portal());
+    let (p, num, c) = &tickets[0];
+    let t0 = Instant::now();
+    loop {
+        let a = get(
+            nodes[(t0.elapsed().as_millis() % 3) as usize].addr,
+            "/.anticamera/status?gate=claims",
+            Some(c),
+            *p,
+        )
+        .await
+        .unwrap();
+        if a.json().is_some_and(|j| j["state"] == "admitted") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "number {num} never admitted: {}",
+            a.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let a = get(nodes[0].addr, "/claim", Some(c), *p).await.unwrap();
+    assert!(a.by_portal(), "{} {}", a.status, a.body);
+    let logs: String = (0..3)
+        .map(|i| {
+            std::fs::read_to_string(dir.path().join(format!("node-{i}.log"))).unwrap_or_default()
+        })
+        .collect();
+    assert!(!logs.contains("panicked"), "{logs}");
+}
