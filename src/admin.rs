@@ -270,20 +270,29 @@ async fn route(
                     "text/plain",
                     "draining\n".into(),
                 )
-            } else if let Some((false, mode)) = shared.room.as_ref().and_then(|r| r.store_state()) {
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain",
-                    format!(
-                        "shared store unreachable (fail_mode {}: nobody new admitted; people inside keep their passes)\n",
-                        mode.as_str()
-                    ),
-                )
             } else if !shared.targets.any_healthy() {
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "text/plain",
                     "no portal address in rotation\n".into(),
+                )
+            } else if let Some((false, mode)) = shared.room.as_ref().and_then(|r| r.store_state()) {
+                // Still 200: Redis is every node's, so a 503 here would take the whole fleet
+                // out of the balancer and cut off the people inside, who keep their passes.
+                // Alerting uses anticamera_store_up.
+                text(
+                    StatusCode::OK,
+                    "text/plain",
+                    format!(
+                        "ready, degraded: shared store unreachable (fail_mode {}: {})\n",
+                        mode.as_str(),
+                        match mode {
+                            crate::store::FailMode::Closed =>
+                                "nobody new admitted; people inside keep their passes",
+                            crate::store::FailMode::OpenLocal =>
+                                "this node admits up to its share of the capacity on its own",
+                        }
+                    ),
                 )
             } else {
                 text(StatusCode::OK, "text/plain", "ready\n".into())

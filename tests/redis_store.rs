@@ -268,3 +268,63 @@ fn an_unreachable_redis_closes_admissions_without_a_panic_and_they_resume() {
         Arrival::Queued { ticket: 3 }
     ));
 }
+
+#[test]
+fn open_local_admits_each_nodes_share_during_an_outage_and_the_store_takes_them_in() {
+    let mut r = RedisServer::start();
+    let open_local = |node: &str| StoreConfig {
+        fail_mode: anticamera::store::FailMode::OpenLocal,
+        ..cfg(&r, node)
+    };
+    let a = Fleet::start(&open_local("a")).unwrap();
+    let b = Fleet::start(&open_local("b")).unwrap();
+    let ga = Gate::with_store(&settings(4), Box::new(a.lane("claims", "all")), now());
+    let gb = Gate::with_store(&settings(4), Box::new(b.lane("claims", "all")), now());
+    settle();
+    // Both nodes seen alive: each may hold 4 / 2 = 2 people on its own.
+    r.kill();
+    until(Duration::from_secs(2), "down", || !a.is_up() && !b.is_up());
+    let mut let_in = Vec::new();
+    for (g, base) in [(&ga, 10), (&gb, 20)] {
+        for i in 0..3u64 {
+            match g.arrive(base + i, 1, now()) {
+                Arrival::Admitted { ticket, slot } => let_in.push((ticket, slot, base + i)),
+                a => assert_eq!(a, Arrival::Unnumbered, "past the share: come back"),
+            }
+        }
+    }
+    assert_eq!(let_in.len(), 4, "2 per node: {let_in:?}");
+    let numbers: std::collections::HashSet<u64> = let_in.iter().map(|t| t.0).collect();
+    assert_eq!(numbers.len(), 4, "numbers distinct across nodes");
+    assert!(numbers
+        .iter()
+        .all(|t| *t >= anticamera::waitroom::store::OUTAGE_MIN));
+    // Their passes are honoured on both nodes.
+    for &(t, slot, visitor) in &let_in {
+        ga.touch(slot, who(t, visitor), now(), now()).unwrap();
+        gb.touch(slot, who(t, visitor), now(), now()).unwrap();
+    }
+    // Redis back: the sessions opened meanwhile are taken in (the room is full), and the
+    // line's numbers resume.
+    r.restart();
+    until(Duration::from_secs(2), "up", || a.is_up() && b.is_up());
+    std::thread::sleep(Duration::from_millis(anticamera::store::redis::GRACE_MS));
+    ga.tick(now());
+    gb.tick(now());
+    assert_eq!(r.cmd("ZCARD anticamera:lane:claims:all:sessions"), ":4");
+    until(Duration::from_secs(2), "mirror", || ga.stats().active == 4);
+    let t0 = Instant::now();
+    loop {
+        match ga.arrive(99, 1, now()) {
+            Arrival::Queued { ticket } => {
+                assert!(ticket < 1000, "{ticket}");
+                break;
+            }
+            Arrival::Unnumbered => {
+                assert!(t0.elapsed() < Duration::from_secs(3));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            a => panic!("the room is full: {a:?}"),
+        }
+    }
+}

@@ -65,10 +65,13 @@ end
 
 /// The script text: the prelude with its constants, then `body`.
 pub(super) fn lane(body: &str, grace_ms: u64) -> String {
-    let prelude = PRELUDE
+    format!("{PRELUDE}\n{body}")
         .replace("GRACE_MS", &grace_ms.to_string())
-        .replace("LATE_MAX", &crate::waitroom::late::LATE_MAX.to_string());
-    format!("{prelude}\n{body}")
+        .replace("LATE_MAX", &crate::waitroom::late::LATE_MAX.to_string())
+        .replace(
+            "OUTAGE_MIN",
+            &crate::waitroom::store::OUTAGE_MIN.to_string(),
+        )
 }
 
 /// Hands out the next ticket below `ARGV[4]`: {ticket or -1, next, serving}.
@@ -193,17 +196,20 @@ return {#old, n, s, abandoned}
 "#;
 
 /// Sessions `ARGV[6..]` were active at `ARGV[4]`: their last-seen time moves up. With
-/// `ARGV[5]` = 1 (the store lost its data) the missing ones are taken back in; otherwise they
-/// are returned: their session has ended.
+/// `ARGV[5]` = 1 (the store lost its data) the missing ones are taken back in, and so are
+/// numbers of people let in during an outage (`open-local`); otherwise they are returned:
+/// their session has ended.
 pub(super) const TOUCH: &str = r#"
 local gone = {}
 for i = 6, #ARGV do
   local ts = ARGV[i]
   if redis.call('ZSCORE', KEYS[3], ts) then
     redis.call('ZADD', KEYS[3], 'GT', ARGV[4], ts)
-  elseif ARGV[5] == '1' then
+  elseif ARGV[5] == '1' or tonumber(ts) >= OUTAGE_MIN then
+    -- Taken back in: Redis lost its data, or a person let in by a node while Redis did not
+    -- answer (fail_mode open-local: their numbers are above OUTAGE_MIN).
     redis.call('ZADD', KEYS[3], ARGV[4], ts)
-    redis.call('SETBIT', KEYS[5], bit(tonumber(ts)), 1)
+    if tonumber(ts) < OUTAGE_MIN then redis.call('SETBIT', KEYS[5], bit(tonumber(ts)), 1) end
   else
     gone[#gone + 1] = tonumber(ts)
   end
@@ -272,7 +278,8 @@ pub(super) const FLEET: &str = r#"
 local h = redis.call('GET', KEYS[1])
 if ARGV[4] == '1' then
   if h == ARGV[1] then redis.call('DEL', KEYS[1]) end
-  return {0, ''}
+  redis.call('ZREM', KEYS[4], ARGV[1])
+  return {0, '', 0}
 end
 local lead = 0
 if h == ARGV[1] then
@@ -280,12 +287,15 @@ if h == ARGV[1] then
 elseif not h then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]); lead = 1
 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local e = redis.call('GET', KEYS[2])
 if not e then
   e = ARGV[3]
-  local t = redis.call('TIME')
   redis.call('SET', KEYS[2], e)
-  redis.call('SET', KEYS[3], string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)))
+  redis.call('SET', KEYS[3], string.format('%d', now))
 end
-return {lead, e}
+redis.call('ZADD', KEYS[4], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - 5000)
+return {lead, e, redis.call('ZCARD', KEYS[4])}
 "#;

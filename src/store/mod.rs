@@ -69,9 +69,10 @@ pub enum FailMode {
     /// number, people inside keep their passes) until the store answers again.
     #[default]
     Closed,
-    /// Each node keeps admitting from its own counters, up to its share of the capacity
-    /// (capacity / nodes seen alive), until the store answers again. Designed, not built yet:
-    /// validation refuses it with a message.
+    /// Each node lets new arrivals in on its own, while the people it holds slots for stay
+    /// within its share of the capacity (capacity / nodes seen alive at the last sync), with
+    /// numbers of its own; waiting people keep their number and the line moves again when the
+    /// store answers, which takes the sessions opened meanwhile in.
     OpenLocal,
 }
 
@@ -136,14 +137,6 @@ impl StoreConfig {
                 "only used with kind = \"redis\" (the memory store is this process's own)".into(),
             )),
             (StoreKind::Memory, None) => {}
-        }
-        if self.fail_mode == FailMode::OpenLocal {
-            v.push((
-                at("fail_mode"),
-                "\"open-local\" is not built yet in this version: use \"closed\" (nobody new \
-                 admitted while Redis does not answer; people inside keep their passes)"
-                    .into(),
-            ));
         }
         if self.kind == StoreKind::Redis && state_file {
             v.push((

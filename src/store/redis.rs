@@ -155,6 +155,12 @@ struct Inner {
     stop: AtomicBool,
     /// The epoch this node knows (empty before the first sync).
     epoch: RwLock<String>,
+    /// Nodes seen alive in the fleet at the last sync (this one included).
+    nodes_alive: AtomicU32,
+    /// This process's 20 random bits in the numbers it hands out during an outage.
+    salt: u64,
+    /// Numbers handed out during outages so far.
+    outage_seq: AtomicU64,
     scripts: Scripts,
 }
 
@@ -197,6 +203,9 @@ impl Fleet {
             lanes: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
             epoch: RwLock::new(String::new()),
+            nodes_alive: AtomicU32::new(1),
+            salt: rand::random::<u64>() & 0xF_FFFF,
+            outage_seq: AtomicU64::new(0),
             scripts: Scripts::new(),
         });
         metrics::gauge!(crate::telemetry::STORE_UP).set(1.0);
@@ -378,13 +387,14 @@ impl Inner {
         }
         // A clean stop: give the lease up so another node takes over at once.
         if self.is_leader() {
-            let (k1, k2, k3) = self.fleet_keys();
-            let _: Option<(i64, String)> = self.call("lease", true, |c| {
+            let [k1, k2, k3, k4] = self.fleet_keys();
+            let _: Option<(i64, String, i64)> = self.call("lease", true, |c| {
                 self.scripts
                     .fleet
                     .key(&k1)
                     .key(&k2)
                     .key(&k3)
+                    .key(&k4)
                     .arg(&self.node)
                     .arg(LEASE_MS)
                     .arg("")
@@ -396,36 +406,42 @@ impl Inner {
         }
     }
 
-    fn fleet_keys(&self) -> (String, String, String) {
-        (
+    fn fleet_keys(&self) -> [String; 4] {
+        [
             format!("{}leader", self.prefix),
             format!("{}epoch", self.prefix),
             format!("{}epoch_at", self.prefix),
-        )
+            format!("{}nodes", self.prefix),
+        ]
     }
 
     /// The leader lease and the epoch.
     fn fleet_step(&self) {
-        let (k1, k2, k3) = self.fleet_keys();
+        let [k1, k2, k3, k4] = self.fleet_keys();
         let fresh = format!("{:016x}", rand::random::<u64>());
         let sent = self.ms();
-        let r: Option<(i64, String)> = self.call("lease", true, |c| {
+        let r: Option<(i64, String, i64)> = self.call("lease", true, |c| {
             self.scripts
                 .fleet
                 .key(&k1)
                 .key(&k2)
                 .key(&k3)
+                .key(&k4)
                 .arg(&self.node)
                 .arg(LEASE_MS)
                 .arg(&fresh)
                 .arg(0)
                 .invoke(c)
         });
-        let Some((lead, epoch)) = r else {
+        let Some((lead, epoch, nodes)) = r else {
             self.lead_until.store(0, Ordering::Release);
             metrics::gauge!(LEADER).set(0.0);
             return;
         };
+        self.nodes_alive.store(
+            u32::try_from(nodes.max(1)).unwrap_or(u32::MAX),
+            Ordering::Release,
+        );
         let was = self.is_leader();
         if lead == 1 {
             self.lead_until.store(sent + LEAD_FOR_MS, Ordering::Release);
@@ -852,6 +868,18 @@ impl SharedAdmission for RedisStore {
 
     fn refresh(&self) {
         self.sync();
+    }
+
+    fn local_share(&self, capacity: u32) -> Option<u32> {
+        if self.fleet.is_up() || self.fleet.fail_mode != FailMode::OpenLocal {
+            return None;
+        }
+        Some(capacity / self.fleet.nodes_alive.load(Ordering::Acquire).max(1))
+    }
+
+    fn outage_ticket(&self) -> u64 {
+        let n = self.fleet.outage_seq.fetch_add(1, Ordering::AcqRel) & ((1 << 40) - 1);
+        crate::waitroom::store::OUTAGE_MIN | (self.fleet.salt << 40) | n
     }
 
     fn pending(&self) -> u32 {

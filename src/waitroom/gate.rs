@@ -202,6 +202,9 @@ impl Gate {
     /// The direct-admission half of [`Gate::arrive`]: `None` when the visitor
     /// must queue (no ticket taken in that case).
     pub fn try_admit_now(&self, visitor: u64, binding: u32, now_ms: u64) -> Option<Arrival> {
+        if let Some(sh) = self.shared().filter(|sh| !sh.is_up()) {
+            return self.admit_local(sh, visitor, binding, now_ms);
+        }
         if self.mode() != Mode::Open
             || self.store.serving() != self.store.next_ticket()
             || self.store.occupied() >= self.room_for_new()
@@ -271,6 +274,34 @@ impl Gate {
         let who = Occupant { ticket: t, ..who };
         let slot = self.slots.grab(who, now_ms).unwrap_or(NO_SLOT);
         Some(Arrival::Admitted { ticket: t, slot })
+    }
+
+    /// The shared store does not answer: with `fail_mode = "open-local"` this node lets new
+    /// arrivals in on its own while the people it holds slots for stay within its share of the
+    /// capacity, with numbers of its own ([`SharedAdmission::outage_ticket`]); the store takes
+    /// their sessions in when it answers again. People already waiting keep their number (the
+    /// line moves again with the store). With `closed`, nobody.
+    fn admit_local(
+        &self,
+        sh: &dyn SharedAdmission,
+        visitor: u64,
+        binding: u32,
+        now_ms: u64,
+    ) -> Option<Arrival> {
+        let share = sh.local_share(self.settings.capacity())?;
+        if self.mode() != Mode::Open || self.slots.active() >= share {
+            return None;
+        }
+        let who = Occupant {
+            ticket: sh.outage_ticket(),
+            visitor,
+            binding,
+        };
+        let slot = self.slots.grab(who, now_ms)?;
+        Some(Arrival::Admitted {
+            ticket: who.ticket,
+            slot,
+        })
     }
 
     /// The capacity new admissions may fill: late arrivals were admitted once, so as much

@@ -120,6 +120,12 @@ pub trait AdmissionStore: Send + Sync + fmt::Debug {
     }
 }
 
+/// Numbers at or above this are those a node hands out on its own while the shared store does
+/// not answer (`fail_mode = "open-local"`): far above any number the store hands out, and
+/// distinct per node ([`SharedAdmission::outage_ticket`]). The store takes their sessions in
+/// when it answers again.
+pub const OUTAGE_MIN: u64 = 1 << 62;
+
 /// What a first claim found in a shared store ([`SharedAdmission::claim`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SharedClaim {
@@ -176,6 +182,13 @@ pub trait SharedAdmission: Send + Sync + fmt::Debug {
     /// Refreshes the mirror now (one round trip): a page request of someone near the front
     /// whom this node's mirror does not show admitted yet, while another node's may.
     fn refresh(&self);
+    /// While the store does not answer and the fail mode is `open-local`: how many people this
+    /// node may have inside (its share of `capacity`: capacity over the nodes seen alive);
+    /// `None` when the store answers, or the fail mode is `closed`.
+    fn local_share(&self, capacity: u32) -> Option<u32>;
+    /// A number for someone this node lets in on its own during an outage (`open-local`): at
+    /// or above [`OUTAGE_MIN`], never handed out by another node or by the store.
+    fn outage_ticket(&self) -> u64;
     /// Places held for admitted people not yet arrived, fleet-wide (from the mirror).
     fn pending(&self) -> u32;
     /// People inside, fleet-wide (from the mirror).
