@@ -328,3 +328,117 @@ fn open_local_admits_each_nodes_share_during_an_outage_and_the_store_takes_them_
         }
     }
 }
+
+#[test]
+fn every_store_operation_runs_against_redis() {
+    // Each script at least once, checked by its result (a Lua error would only be logged).
+    let r = RedisServer::start();
+    let a = Fleet::start(&cfg(&r, "a")).unwrap();
+    let s = a.lane("claims", "all");
+    settle();
+    assert_eq!(s.take_ticket(3), Some(1));
+    assert_eq!(s.take_ticket(3), Some(2));
+    assert_eq!(s.take_ticket(3), None, "bounded by the ceiling");
+    assert_eq!(s.next_ticket(), 3);
+    assert!(!s.advance_serving(2, 3), "compare-and-set: serving is 1");
+    assert!(s.advance_serving(1, 2));
+    assert!(!s.advance_serving(2, 9), "never past next");
+    assert_eq!(s.serving(), 2);
+    assert_eq!(s.reserve(5, 3), 3);
+    assert_eq!(s.reserve(1, 3), 0);
+    s.unreserve(2);
+    assert_eq!(s.occupied(), 1);
+    s.unreserve(9);
+    assert_eq!(s.occupied(), 0);
+    assert_eq!(s.late_arrive(7, 1_000), 0);
+    assert_eq!(s.late_arrive(3, 1_001), 1);
+    assert_eq!(s.late_arrive(7, 1_002), 0, "a visit keeps its place");
+    until(Duration::from_millis(500), "late_len", || s.late_len() == 2);
+    assert_eq!(s.late_first(5), vec![7, 3]);
+    assert!(s.late_leave(7));
+    assert!(!s.late_leave(7));
+    assert_eq!(
+        s.late_expire(1_001 + anticamera::waitroom::late::LATE_IDLE_MS + 1),
+        1
+    );
+    s.late_arrive(9, 5_000);
+    s.late_clear();
+    assert!(s.late_first(5).is_empty());
+    s.restore(anticamera::waitroom::store::StoreCounters {
+        next_ticket: 50,
+        serving: 40,
+        occupied: 0,
+    });
+    assert_eq!((s.next_ticket(), s.serving()), (50, 40), "raised");
+    assert_eq!(r.cmd("GET anticamera:lane:claims:all:next"), "50");
+    s.restore(anticamera::waitroom::store::StoreCounters {
+        next_ticket: 5,
+        serving: 4,
+        occupied: 0,
+    });
+    assert_eq!((s.next_ticket(), s.serving()), (50, 40), "never lowered");
+}
+
+#[test]
+fn a_late_arrival_waits_in_one_late_line_across_nodes() {
+    let r = RedisServer::start();
+    let fa = Fleet::start(&cfg(&r, "a")).unwrap();
+    until(Duration::from_secs(2), "a leads", || fa.is_leader());
+    let fb = Fleet::start(&cfg(&r, "b")).unwrap();
+    let s = GateSettings {
+        arrival_timeout: Duration::from_millis(200),
+        ..settings(1)
+    };
+    let ga = Gate::with_store(&s, Box::new(fa.lane("claims", "all")), now());
+    let gb = Gate::with_store(&s, Box::new(fb.lane("claims", "all")), now());
+    settle();
+    let Arrival::Admitted { ticket: 1, slot } = ga.arrive(1, 1, now()) else {
+        panic!("room: let in")
+    };
+    assert_eq!(gb.arrive(2, 1, now()), Arrival::Queued { ticket: 2 });
+    assert!(gb.release(slot, 1));
+    assert_eq!(ga.tick(now()).admitted, 1, "the leader admits 2");
+    // 2 does not come within its arrival timeout: its place is given up...
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(ga.tick(now()).abandoned, 1);
+    // ...and taken by a newcomer let in directly.
+    until(Duration::from_millis(500), "mirror", || {
+        gb.stats().pending == 0
+    });
+    let Arrival::Admitted { ticket: 3, slot } = gb.arrive(3, 1, now()) else {
+        panic!("free room and nobody waiting")
+    };
+    // 2 comes back to node b, then polls node a: one late line, first in it.
+    assert_eq!(
+        gb.claim(who(2, 2), now()),
+        Err(anticamera::waitroom::ClaimError::Late { ahead: 0 })
+    );
+    // (node a's mirror sees the room full within a sync)
+    until(Duration::from_millis(500), "mirror", || {
+        ga.stats().active == 1
+    });
+    assert_eq!(
+        ga.turn(2, now()),
+        anticamera::waitroom::Turn::Late { ahead: 0 }
+    );
+    until(Duration::from_millis(500), "late on both", || {
+        ga.stats().late == 1 && gb.stats().late == 1
+    });
+    // A newcomer does not pass them: the free place is kept for the late line.
+    assert!(gb.release(slot, 3));
+    until(Duration::from_millis(500), "mirror", || {
+        ga.stats().active == 0 && gb.stats().active == 0
+    });
+    assert_eq!(ga.arrive(4, 1, now()), Arrival::Queued { ticket: 4 });
+    assert_eq!(ga.late_to_wake(), vec![2]);
+    // 2 takes it on node a and leaves the late line.
+    ga.claim(who(2, 2), now()).unwrap();
+    until(Duration::from_millis(500), "late line empty", || {
+        ga.stats().late == 0 && gb.stats().late == 0
+    });
+    assert_eq!(
+        ga.tick(now()).admitted,
+        0,
+        "the room is full again: 4 waits"
+    );
+}

@@ -594,3 +594,96 @@ async fn redis_killed_closes_every_node_without_a_panic_and_back_empty_no_number
         .collect();
     assert!(!logs.contains("panicked"), "{logs}");
 }
+
+/// `anticamera_store_round_trips_total` by op, summed over the nodes.
+async fn round_trips(nodes: &[Node]) -> HashMap<String, f64> {
+    let mut by_op = HashMap::new();
+    for n in nodes {
+        let m = get(n.admin, "/metrics", None, 0).await.unwrap().body;
+        for l in m.lines() {
+            let Some(rest) = l.strip_prefix("anticamera_store_round_trips_total{op=\"") else {
+                continue;
+            };
+            let (op, v) = rest.split_once("\"} ").unwrap();
+            *by_op.entry(op.to_string()).or_insert(0.0) += v.parse::<f64>().unwrap();
+        }
+    }
+    by_op
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn status_polls_and_admitted_requests_make_no_round_trip() {
+    let redis = RedisServer::start();
+    let state = Arc::new(Portal::default());
+    let up = portal(state.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = fleet(dir.path(), up.addr, &redis.url()).await;
+    let addrs = Arc::new(nodes.iter().map(|n| n.addr).collect::<Vec<_>>());
+    let out = Arc::new(Mutex::new(Outcome::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let before = round_trips(&nodes).await;
+    let t0 = Instant::now();
+    let people = 30u64;
+    let clicks = 6;
+    let mut tasks = Vec::new();
+    for id in 1..=people {
+        tasks.push(tokio::spawn(person(
+            id,
+            addrs.clone(),
+            clicks,
+            t0,
+            out.clone(),
+            stop.clone(),
+        )));
+    }
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(60), t)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let after = round_trips(&nodes).await;
+    let d = |op: &str| after.get(op).unwrap_or(&0.0) - before.get(op).unwrap_or(&0.0);
+    let o = out.lock().unwrap();
+    assert_eq!(o.done.len() as u64, people);
+    assert!(o.bounced.is_empty(), "{:?}", o.bounced);
+    // What people's requests cost: an arrival (take, or admit_now then take), a first claim,
+    // a refresh for a page near the front, a release; never a status poll or a click.
+    let request_ops: f64 = [
+        "take",
+        "admit_now",
+        "claim",
+        "refresh",
+        "release",
+        "late_arrive",
+    ]
+    .iter()
+    .map(|op| d(op))
+    .sum();
+    let background: f64 = [
+        "sync",
+        "lease",
+        "touch",
+        "expire",
+        "admit",
+        "sync_after_write",
+    ]
+    .iter()
+    .map(|op| d(op))
+    .sum();
+    eprintln!(
+        "round trips: {people} people, {clicks} clicks each, {secs:.1} s: {request_ops} from \
+         requests ({:.2} per person), {background} background ({:.0}/s for 3 nodes); by op: {:?}",
+        request_ops / people as f64,
+        background / secs,
+        after.keys().map(|k| (k.clone(), d(k))).collect::<Vec<_>>()
+    );
+    // Each person made `clicks` + 2 requests inside and polled many times: if either cost a
+    // round trip this would be far above 5 per person.
+    assert!(
+        request_ops <= 5.0 * people as f64,
+        "{request_ops} round trips from {people} people's requests"
+    );
+    assert!(d("claim") <= people as f64 + 2.0, "one first claim each");
+}

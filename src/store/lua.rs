@@ -40,6 +40,12 @@ end
 local function pend() return math.max(0, num(redis.call('GET', KEYS[8]), 0)) end
 local function occupied() return redis.call('ZCARD', KEYS[3]) + pend() end
 local function bit(t) return t % 4294967296 end
+local function counts(r)
+  r[#r + 1] = redis.call('ZCARD', KEYS[3])
+  r[#r + 1] = pend()
+  r[#r + 1] = redis.call('ZCARD', KEYS[9])
+  return r
+end
 local function late_arrive(ts, now)
   local r = redis.call('ZRANK', KEYS[9], ts)
   if r then redis.call('HSET', KEYS[10], ts, now); return r end
@@ -129,20 +135,21 @@ return {n, n + 1, n + 1}
 "#;
 
 /// First claim of ticket `ARGV[4]` by owner `ARGV[5]`, capacity `ARGV[6]`, at `ARGV[7]`:
-/// {0 placed | 1 not admitted | 2 bound elsewhere | 3 used | 4 late, next, serving, ahead}.
+/// {0 placed | 1 not admitted | 2 bound elsewhere | 3 used | 4 late, next, serving, ahead,
+/// then the mirror's sessions, places held, late line}.
 pub(super) const CLAIM: &str = r#"
 if fenced() then return {-3, 0, 0, 0} end
 local n, s = reseed()
 local ts = ARGV[4]
 local t = tonumber(ts)
-if t >= s then return {1, n, s, 0} end
+if t >= s then return counts({1, n, s, 0}) end
 local ow = redis.call('HGET', KEYS[4], ts)
-if ow and ow ~= ARGV[5] then return {2, n, s, 0} end
+if ow and ow ~= ARGV[5] then return counts({2, n, s, 0}) end
 if redis.call('ZSCORE', KEYS[3], ts) then
   redis.call('ZADD', KEYS[3], 'GT', ARGV[7], ts)
-  return {0, n, s, 0}
+  return counts({0, n, s, 0})
 end
-if redis.call('GETBIT', KEYS[5], bit(t)) == 1 then return {3, n, s, 0} end
+if redis.call('GETBIT', KEYS[5], bit(t)) == 1 then return counts({3, n, s, 0}) end
 local placed = false
 local a = redis.call('ZREVRANGEBYSCORE', KEYS[6], ts, '-inf', 'LIMIT', 0, 1)[1]
 if a then
@@ -155,22 +162,23 @@ if a then
   end
 end
 if not placed and occupied() < tonumber(ARGV[6]) then placed = true end
-if not placed then return {4, n, s, late_arrive(ts, ARGV[7])} end
+if not placed then return counts({4, n, s, late_arrive(ts, ARGV[7])}) end
 redis.call('ZADD', KEYS[3], ARGV[7], ts)
 redis.call('HSET', KEYS[4], ts, ARGV[5])
 redis.call('SETBIT', KEYS[5], bit(t), 1)
 redis.call('ZREM', KEYS[9], ts)
 redis.call('HDEL', KEYS[10], ts)
-return {0, n, s, 0}
+return counts({0, n, s, 0})
 "#;
 
-/// Ends ticket `ARGV[4]`'s session: 1 if it was inside.
+/// Ends ticket `ARGV[4]`'s session: {1 if it was inside, then the mirror's sessions, places
+/// held, late line}.
 pub(super) const RELEASE: &str = r#"
 if redis.call('ZREM', KEYS[3], ARGV[4]) == 1 then
   redis.call('HDEL', KEYS[4], ARGV[4])
-  return 1
+  return counts({1})
 end
-return 0
+return counts({0})
 "#;
 
 /// At `ARGV[4]`: ends sessions not seen for `ARGV[5]` ms, gives back places held past their

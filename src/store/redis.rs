@@ -515,6 +515,14 @@ impl Lane {
         }
     }
 
+    /// The mirror's people inside, places held and late line, as a script read them.
+    fn counts(&self, active: i64, pending: i64, late: i64) {
+        let c = |v: i64| u32::try_from(v.max(0)).unwrap_or(u32::MAX);
+        self.active.store(c(active), Ordering::Release);
+        self.pending.store(c(pending), Ordering::Release);
+        self.late.store(c(late), Ordering::Release);
+    }
+
     /// Raises the mirror's counters (they never go backwards).
     fn raise(&self, next: i64, serving: i64) {
         if next > 0 {
@@ -581,26 +589,24 @@ impl RedisStore {
         Some(r)
     }
 
-    /// Refreshes the mirror now (request path: not while Redis is down).
+    /// Refreshes the mirror now, after a write (request path: not while Redis is down).
     fn sync(&self) {
-        self.sync_inner(false);
+        self.sync_inner("sync_after_write", false);
     }
 
+    /// The fleet thread's refresh (probes while Redis is down).
     fn sync_probe(&self) {
-        self.sync_inner(true);
+        self.sync_inner("sync", true);
     }
 
-    fn sync_inner(&self, probe: bool) {
-        let Some(r) = self.run::<Vec<i64>>("sync", probe, &self.fleet.scripts.sync, &[]) else {
+    fn sync_inner(&self, op: &'static str, probe: bool) {
+        let Some(r) = self.run::<Vec<i64>>(op, probe, &self.fleet.scripts.sync, &[]) else {
             return;
         };
         if r.len() < 5 {
             return;
         }
-        let c = |v: i64| u32::try_from(v.max(0)).unwrap_or(u32::MAX);
-        self.lane.active.store(c(r[2]), Ordering::Release);
-        self.lane.pending.store(c(r[3]), Ordering::Release);
-        self.lane.late.store(c(r[4]), Ordering::Release);
+        self.lane.counts(r[2], r[3], r[4]);
         let batches: Vec<(u64, u64)> = r[5..]
             .chunks_exact(2)
             .map(|p| (p[0].max(0) as u64, p[1].max(0) as u64))
@@ -794,6 +800,9 @@ impl SharedAdmission for RedisStore {
         ) else {
             return SharedClaim::Down;
         };
+        if let [.., act, pend, late] = r[..] {
+            self.lane.counts(act, pend, late);
+        }
         let out = match r[0] {
             0 => SharedClaim::Placed,
             1 => SharedClaim::NotAdmitted,
@@ -803,7 +812,6 @@ impl SharedAdmission for RedisStore {
                 ahead: r.get(3).copied().unwrap_or(0).max(0) as u64,
             },
         };
-        self.sync();
         out
     }
 
@@ -816,12 +824,14 @@ impl SharedAdmission for RedisStore {
     }
 
     fn release(&self, t: u64) -> bool {
-        let r: Option<i64> = self.run("release", false, &self.fleet.scripts.release, &[s(t)]);
-        if r == Some(1) {
-            self.sync();
-            return true;
+        let r: Option<Vec<i64>> = self.run("release", false, &self.fleet.scripts.release, &[s(t)]);
+        match r.as_deref() {
+            Some(&[released, act, pend, late]) => {
+                self.lane.counts(act, pend, late);
+                released == 1
+            }
+            _ => false,
         }
-        false
     }
 
     fn expire(&self, now_ms: u64, session_ms: u64) -> (u64, u64) {
@@ -867,7 +877,7 @@ impl SharedAdmission for RedisStore {
     }
 
     fn refresh(&self) {
-        self.sync();
+        self.sync_inner("refresh", false);
     }
 
     fn local_share(&self, capacity: u32) -> Option<u32> {
