@@ -14,6 +14,10 @@
 //! | `POST /admin/gates/NAME/resume` | back to the configured mode |
 //! | `POST /admin/gates/NAME/queue-all` | everybody queues, even with room |
 //! | `POST /admin/gates/NAME/limits` with `{"capacity": N, "admit_per_minute": M}` | change either at runtime |
+//!
+//! With `[store] kind = "redis"` the switches and limits are the fleet's: a change is written to
+//! Redis first (503 and nothing applied when it does not answer) and every node applies it at its
+//! next tick after its next sync.
 //! | `POST /admin/reload` | re-read the config file and apply it (as `SIGHUP` does; see [`crate::reload`]) |
 //!
 //! Every admin API request leaves one audit line (log target `anticamera::audit`): the method
@@ -440,11 +444,27 @@ async fn gates_api(req: Request<Incoming>, shared: &Shared) -> Response<Full<Byt
             };
             use crate::room::Switch;
             use crate::waitroom::Mode;
+            let switch = match *action {
+                "pause" => Some(Switch::Forced(Mode::Paused)),
+                "resume" => Some(Switch::Configured),
+                "queue-all" => Some(Switch::Forced(Mode::QueueAll)),
+                "open" => Some(Switch::Forced(Mode::Open)),
+                _ => None,
+            };
             match *action {
-                "pause" => g.set_switch(Switch::Forced(Mode::Paused)),
-                "resume" => g.set_switch(Switch::Configured),
-                "queue-all" => g.set_switch(Switch::Forced(Mode::QueueAll)),
-                "open" => g.set_switch(Switch::Forced(Mode::Open)),
+                "pause" | "resume" | "queue-all" | "open" => {
+                    // With a shared store the switch is the fleet's: published first, so a
+                    // change Redis did not take is not applied on this node alone.
+                    if room.publish_admin(name, switch, None, None).is_err() {
+                        return error(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "the shared store does not answer: not applied (the switch is the fleet's)",
+                        );
+                    }
+                    if let Some(sw) = switch {
+                        g.set_switch(sw);
+                    }
+                }
                 "limits" => {
                     #[derive(serde::Deserialize)]
                     #[serde(deny_unknown_fields)]
@@ -471,6 +491,17 @@ async fn gates_api(req: Request<Incoming>, shared: &Shared) -> Response<Full<Byt
                         if c == 0 || c > 1 << 20 {
                             return error(StatusCode::BAD_REQUEST, "capacity must be 1..=1048576");
                         }
+                    }
+                    if room
+                        .publish_admin(name, None, l.capacity, l.admit_per_minute)
+                        .is_err()
+                    {
+                        return error(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "the shared store does not answer: not applied (the limits are the fleet's)",
+                        );
+                    }
+                    if let Some(c) = l.capacity {
                         g.capacity.store(c, std::sync::atomic::Ordering::Relaxed);
                     }
                     if let Some(r) = l.admit_per_minute {

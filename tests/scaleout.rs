@@ -20,6 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const CAPACITY: usize = 4;
+const TOKEN: &str = "scaleout-admin-token-0123456789";
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -105,7 +106,7 @@ fn node_config(
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let text = format!(
         "[server]\nlisten = \"{addr}\"\nworkers = 1\n\
-         [admin]\nlisten = \"{admin}\"\n\
+         [admin]\nlisten = \"{admin}\"\ntoken = \"{TOKEN}\"\n\
          [upstream]\nurls = [\"http://{portal}\"]\n\
          [log]\nlevel = \"warn\"\n\
          [waiting_room]\ntick = \"100ms\"\n\
@@ -686,4 +687,79 @@ async fn status_polls_and_admitted_requests_make_no_round_trip() {
         "{request_ops} round trips from {people} people's requests"
     );
     assert!(d("claim") <= people as f64 + 2.0, "one first claim each");
+}
+
+/// An admin API call with the token.
+async fn admin(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    (
+        head[9..12].parse().unwrap(),
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_admin_switch_or_limit_set_on_one_node_applies_to_every_node() {
+    let redis = RedisServer::start();
+    let state = Arc::new(Portal::default());
+    let up = portal(state.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = fleet(dir.path(), up.addr, &redis.url()).await;
+    let (st, _) = admin(nodes[0].admin, "POST", "/admin/gates/claims/pause", "").await;
+    assert_eq!(st, 200);
+    let (st, _) = admin(
+        nodes[1].admin,
+        "POST",
+        "/admin/gates/claims/limits",
+        "{\"capacity\": 7}",
+    )
+    .await;
+    assert_eq!(st, 200);
+    let t0 = Instant::now();
+    for n in &nodes {
+        loop {
+            let (_, g) = admin(n.admin, "GET", "/admin/gates/claims", "").await;
+            if g["switch"] == "paused" && g["capacity"] == 7 {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(2),
+                "not applied on every node: {g}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // Paused on every node: a newcomer waits even with the room empty, wherever they arrive.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    for (i, n) in nodes.iter().enumerate() {
+        let a = get(n.addr, "/claim", None, 500 + i as u64).await.unwrap();
+        assert_eq!(a.status, 503, "node {i}: {}", a.body);
+    }
+    // Resumed from a third node: the line moves.
+    let (st, _) = admin(nodes[2].admin, "POST", "/admin/gates/claims/resume", "").await;
+    assert_eq!(st, 200);
+    let t0 = Instant::now();
+    loop {
+        let (_, g) = admin(nodes[0].admin, "GET", "/admin/gates/claims", "").await;
+        if g["switch"] == "configured" && g["waiting"] == 0 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(3), "not resumed: {g}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Redis down: a switch is refused rather than applied on one node.
+    drop(redis);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (st, _) = admin(nodes[0].admin, "POST", "/admin/gates/claims/pause", "").await;
+    assert_eq!(st, 503);
 }

@@ -14,6 +14,7 @@ impl Room {
     /// The controller: aligns modes and capacities with schedules and shares, advances the
     /// queues, shuffles pre-queues at opening, publishes metrics.
     pub fn tick(&self) {
+        self.follow_fleet_admin();
         let now = self.clock.now_ms();
         let now_dt = self.clock.now();
         let health = self.health();

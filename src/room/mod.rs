@@ -356,6 +356,54 @@ impl Room {
         self.fleet.as_ref().map(|f| (f.is_up(), f.fail_mode()))
     }
 
+    /// With a shared store: publishes an admin change of `gate` to every node (`switch` as
+    /// [`Switch`] is spelled: `configured` or a mode). `Ok` without a shared store (nothing to
+    /// publish); `Err` when Redis did not take it.
+    pub fn publish_admin(
+        &self,
+        gate: &str,
+        switch: Option<Switch>,
+        capacity: Option<u32>,
+        admit_per_minute: Option<u32>,
+    ) -> Result<(), ()> {
+        let Some(f) = &self.fleet else { return Ok(()) };
+        let sw = switch.map(|s| match s {
+            Switch::Configured => "configured",
+            Switch::Forced(m) => m.as_str(),
+        });
+        if f.publish_admin(gate, sw, capacity, admit_per_minute) {
+            Ok(())
+        } else {
+            Err(())
+        }
+    }
+
+    /// With a shared store: applies the admin changes another node published (at each tick).
+    fn follow_fleet_admin(&self) {
+        let Some(f) = &self.fleet else { return };
+        for g in &self.gates {
+            let Some(a) = f.take_admin(&g.name) else {
+                continue;
+            };
+            use crate::waitroom::Mode;
+            let sw = match a.switch.as_str() {
+                "paused" => Switch::Forced(Mode::Paused),
+                "queue_all" => Switch::Forced(Mode::QueueAll),
+                "open" => Switch::Forced(Mode::Open),
+                _ => Switch::Configured,
+            };
+            g.set_switch(sw);
+            if let Some(c) = a.capacity.filter(|c| *c > 0) {
+                g.capacity.store(c, Ordering::Relaxed);
+            }
+            if let Some(r) = a.admit_per_minute {
+                g.admit_per_minute.store(r, Ordering::Relaxed);
+            }
+            tracing::info!(gate = %g.name, switch = %a.switch, capacity = ?a.capacity,
+                admit_per_minute = ?a.admit_per_minute, "admin change from the fleet applied");
+        }
+    }
+
     /// The room's policy now (one lock-free load; a reload may replace it).
     #[inline]
     pub fn policy(&self) -> Guard<Arc<RoomPolicy>> {

@@ -161,7 +161,24 @@ struct Inner {
     salt: u64,
     /// Numbers handed out during outages so far.
     outage_seq: AtomicU64,
+    /// The gates whose admin settings this node follows (names), and the fleet's settings for
+    /// each as last read, with the version this node last applied.
+    admin: Mutex<std::collections::HashMap<String, (Option<GateAdmin>, u64)>>,
     scripts: Scripts,
+}
+
+/// What the admin API set for one gate, shared by the fleet (`POST /admin/gates/NAME/...` on
+/// any node applies on every node within a sync and a tick).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GateAdmin {
+    /// `configured`, `paused`, `queue_all` or `open`.
+    pub switch: String,
+    /// The capacity set, if any.
+    pub capacity: Option<u32>,
+    /// The admissions per minute set, if any.
+    pub admit_per_minute: Option<u32>,
+    /// Bumped by every change.
+    pub version: u64,
 }
 
 /// A node's membership of a fleet sharing one Redis: the connection pool, the leader lease,
@@ -206,6 +223,7 @@ impl Fleet {
             nodes_alive: AtomicU32::new(1),
             salt: rand::random::<u64>() & 0xF_FFFF,
             outage_seq: AtomicU64::new(0),
+            admin: Mutex::new(std::collections::HashMap::new()),
             scripts: Scripts::new(),
         });
         metrics::gauge!(crate::telemetry::STORE_UP).set(1.0);
@@ -226,6 +244,9 @@ impl Fleet {
     /// fleet's thread.
     pub fn lane(&self, gate: &str, cohort: &str) -> RedisStore {
         let lane = Arc::new(Lane::new(&self.inner.prefix, gate, cohort));
+        if let Ok(mut a) = self.inner.admin.lock() {
+            a.entry(gate.to_string()).or_insert((None, 0));
+        }
         if let Ok(mut l) = self.inner.lanes.lock() {
             l.push(lane.clone());
         }
@@ -235,6 +256,48 @@ impl Fleet {
         };
         store.sync();
         store
+    }
+
+    /// Publishes an admin change of gate `gate` to the fleet (`switch`, and the limits when
+    /// given). False when Redis did not take it.
+    pub fn publish_admin(
+        &self,
+        gate: &str,
+        switch: Option<&str>,
+        capacity: Option<u32>,
+        admit_per_minute: Option<u32>,
+    ) -> bool {
+        let key = format!("{}admin:{gate}", self.inner.prefix);
+        self.inner
+            .call("admin", false, |c| {
+                let mut p = redis::pipe();
+                p.atomic();
+                if let Some(sw) = switch {
+                    p.hset(&key, "switch", sw).ignore();
+                }
+                if let Some(cap) = capacity {
+                    p.hset(&key, "capacity", cap).ignore();
+                }
+                if let Some(apm) = admit_per_minute {
+                    p.hset(&key, "admit_per_minute", apm).ignore();
+                }
+                p.hincr(&key, "version", 1).ignore();
+                p.query::<()>(c)
+            })
+            .is_some()
+    }
+
+    /// The fleet's admin settings of `gate`, once per change (`None` when unchanged since the
+    /// last call, or never set).
+    pub fn take_admin(&self, gate: &str) -> Option<GateAdmin> {
+        let mut m = self.inner.admin.lock().ok()?;
+        let (cur, applied) = m.get_mut(gate)?;
+        let a = cur.clone()?;
+        if a.version <= *applied {
+            return None;
+        }
+        *applied = a.version;
+        Some(a)
     }
 
     /// This node's id.
@@ -371,6 +434,7 @@ impl Inner {
         while !self.stop.load(Ordering::Acquire) {
             let t0 = Instant::now();
             self.fleet_step();
+            self.admin_step();
             let lanes: Vec<Arc<Lane>> = self.lanes.lock().map(|l| l.clone()).unwrap_or_default();
             for lane in lanes {
                 RedisStore {
@@ -413,6 +477,43 @@ impl Inner {
             format!("{}epoch_at", self.prefix),
             format!("{}nodes", self.prefix),
         ]
+    }
+
+    /// The fleet's admin settings of every gate (one pipelined round trip).
+    fn admin_step(&self) {
+        let gates: Vec<String> = match self.admin.lock() {
+            Ok(a) => a.keys().cloned().collect(),
+            Err(_) => return,
+        };
+        if gates.is_empty() {
+            return;
+        }
+        let got: Option<Vec<std::collections::HashMap<String, String>>> =
+            self.call("admin_read", true, |c| {
+                let mut p = redis::pipe();
+                for g in &gates {
+                    p.hgetall(format!("{}admin:{g}", self.prefix));
+                }
+                p.query(c)
+            });
+        let Some(got) = got else { return };
+        let Ok(mut a) = self.admin.lock() else { return };
+        for (g, h) in gates.iter().zip(got) {
+            let version = h.get("version").and_then(|v| v.parse().ok()).unwrap_or(0);
+            if version == 0 {
+                continue;
+            }
+            let entry = a.entry(g.clone()).or_insert((None, 0));
+            entry.0 = Some(GateAdmin {
+                switch: h
+                    .get("switch")
+                    .cloned()
+                    .unwrap_or_else(|| "configured".into()),
+                capacity: h.get("capacity").and_then(|v| v.parse().ok()),
+                admit_per_minute: h.get("admit_per_minute").and_then(|v| v.parse().ok()),
+                version,
+            });
+        }
     }
 
     /// The leader lease and the epoch.
@@ -464,6 +565,12 @@ impl Inner {
             }
             if let Ok(mut e) = self.epoch.write() {
                 *e = epoch;
+            }
+            // Admin versions start again in an emptied Redis.
+            if let Ok(mut a) = self.admin.lock() {
+                for v in a.values_mut() {
+                    v.1 = 0;
+                }
             }
         }
     }
