@@ -442,3 +442,39 @@ fn a_late_arrival_waits_in_one_late_line_across_nodes() {
         "the room is full again: 4 waits"
     );
 }
+
+#[test]
+fn a_redis_restarted_with_its_data_is_a_new_epoch_too() {
+    // Persistence may lose the last writes (appendfsync everysec), and a promoted replica may
+    // lag: any new Redis process gets the same resync as an empty one.
+    let mut r = RedisServer::start_with(true);
+    let a = Fleet::start(&cfg(&r, "a")).unwrap();
+    let s = a.lane("claims", "all");
+    settle();
+    for want in 1..=5 {
+        assert_eq!(s.take_ticket(u64::MAX), Some(want));
+    }
+    let epoch = r.cmd("GET anticamera:epoch");
+    assert!(!epoch.is_empty());
+    r.restart();
+    assert_eq!(
+        r.cmd("GET anticamera:lane:claims:all:next"),
+        "6",
+        "data kept"
+    );
+    until(Duration::from_secs(2), "new epoch", || {
+        let e = r.cmd("GET anticamera:epoch");
+        !e.is_empty() && e != epoch
+    });
+    // Fenced while the fleet resyncs, then the numbers go on.
+    assert_eq!(s.take_ticket(u64::MAX), None, "no number during the grace");
+    let t0 = Instant::now();
+    let t = loop {
+        if let Some(t) = s.take_ticket(u64::MAX) {
+            break t;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(3));
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(t, 6);
+}

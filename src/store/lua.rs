@@ -297,11 +297,17 @@ elseif not h then
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- A new epoch when Redis has none (emptied, or new) and also when the Redis process is not the
+-- one that last saw this fleet (restarted, even with its data: persistence may have lost the
+-- last writes; a replica promoted): the nodes then raise the counters and re-report sessions
+-- during the grace before anyone writes.
+local rid = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)') or ''
 local e = redis.call('GET', KEYS[2])
-if not e then
+if not e or redis.call('GET', KEYS[5]) ~= rid then
   e = ARGV[3]
   redis.call('SET', KEYS[2], e)
   redis.call('SET', KEYS[3], string.format('%d', now))
+  redis.call('SET', KEYS[5], rid)
 end
 redis.call('ZADD', KEYS[4], now, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - 5000)

@@ -21,8 +21,10 @@
 //!   leader whose lease lapsed mid-tick. When the leader dies another node takes the lease within
 //!   [`LEASE_MS`] + [`SYNC_MS`].
 //! * **Counters never go backwards**: every script raises next and serving to the highest this
-//!   node has seen (its floors). An *epoch* key tells a Redis that lost its data (restarted
-//!   without persistence, flushed): a node that sees a new epoch re-reports every session it
+//!   node has seen (its floors). An *epoch* key, born again whenever Redis has none (flushed,
+//!   restarted without persistence) or its process is not the one the epoch was born in
+//!   (restarted with its data, which may have lost the last writes; a promoted replica), tells
+//!   a Redis that may have lost data: a node that sees a new epoch re-reports every session it
 //!   knows, and write scripts refuse for [`GRACE_MS`] after an epoch is born (every live node
 //!   raises the counters to its floors meanwhile), so no ticket number is handed out twice.
 //! * **Blocking calls, kept short**: the `AdmissionStore` trait is synchronous and called on
@@ -451,7 +453,7 @@ impl Inner {
         }
         // A clean stop: give the lease up so another node takes over at once.
         if self.is_leader() {
-            let [k1, k2, k3, k4] = self.fleet_keys();
+            let [k1, k2, k3, k4, k5] = self.fleet_keys();
             let _: Option<(i64, String, i64)> = self.call("lease", true, |c| {
                 self.scripts
                     .fleet
@@ -459,6 +461,7 @@ impl Inner {
                     .key(&k2)
                     .key(&k3)
                     .key(&k4)
+                    .key(&k5)
                     .arg(&self.node)
                     .arg(LEASE_MS)
                     .arg("")
@@ -470,12 +473,13 @@ impl Inner {
         }
     }
 
-    fn fleet_keys(&self) -> [String; 4] {
+    fn fleet_keys(&self) -> [String; 5] {
         [
             format!("{}leader", self.prefix),
             format!("{}epoch", self.prefix),
             format!("{}epoch_at", self.prefix),
             format!("{}nodes", self.prefix),
+            format!("{}redis_run_id", self.prefix),
         ]
     }
 
@@ -518,7 +522,7 @@ impl Inner {
 
     /// The leader lease and the epoch.
     fn fleet_step(&self) {
-        let [k1, k2, k3, k4] = self.fleet_keys();
+        let [k1, k2, k3, k4, k5] = self.fleet_keys();
         let fresh = format!("{:016x}", rand::random::<u64>());
         let sent = self.ms();
         let r: Option<(i64, String, i64)> = self.call("lease", true, |c| {
@@ -528,6 +532,7 @@ impl Inner {
                 .key(&k2)
                 .key(&k3)
                 .key(&k4)
+                .key(&k5)
                 .arg(&self.node)
                 .arg(LEASE_MS)
                 .arg(&fresh)
