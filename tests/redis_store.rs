@@ -478,3 +478,88 @@ fn a_redis_restarted_with_its_data_is_a_new_epoch_too() {
     };
     assert_eq!(t, 6);
 }
+
+/// Two in-process nodes with a pre-queue drawn at random at opening.
+fn prequeue_node(r: &RedisServer, node: &str, portal: std::net::SocketAddr) -> common::Proxy {
+    common::proxy_from(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [upstream]\nurls = [\"http://{portal}\"]\n\
+         [waiting_room]\nkeys = [{{ id = 1, secret = \"prequeue-test-key-0123456789abcdef0123\" }}]\n\
+         [[gates]]\nname = \"claims\"\nprefix = [\"/claim\"]\ncapacity = 3\n\
+         [gates.schedule]\nprequeue = \"15m\"\nprequeue_order = \"random\"\n\
+         [[gates.schedule.windows]]\nstart = \"16:00\"\nend = \"18:00\"\n\
+         [store]\nkind = \"redis\"\nurl = \"{}\"\nnode_id = \"{node}\"\n",
+        r.url()
+    ))
+}
+
+async fn ask(addr: std::net::SocketAddr, path: &str, jar: &mut common::Jar) -> serde_json::Value {
+    let mut b =
+        http::Request::get(format!("http://{addr}{path}")).header("accept", "application/json");
+    if let Some(c) = jar.header() {
+        b = b.header("cookie", c);
+    }
+    let (_, h, body) = common::send(b.body(common::full("")).unwrap()).await;
+    jar.absorb(&h);
+    common::json(&body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_prequeue_draw_at_opening_is_the_same_on_every_node() {
+    let r = RedisServer::start();
+    let portal = common::slow_upstream(Duration::ZERO, "portal").await;
+    let (a, b) = (
+        prequeue_node(&r, "a", portal.addr),
+        prequeue_node(&r, "b", portal.addr),
+    );
+    for p in [&a, &b] {
+        p.clock().freeze_at(common::rome(2026, 4, 2, 15, 50));
+        p.tick();
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut jars = Vec::new();
+    for i in 0..24 {
+        let mut jar = common::Jar::default();
+        let node = if i % 2 == 0 { &a } else { &b };
+        let v = ask(node.addr, "/claim", &mut jar).await;
+        assert_eq!(v["state"], "prequeue", "{v}");
+        jars.push(jar);
+    }
+    // Opening: both nodes' controllers draw; the first draw is everyone's.
+    for p in [&a, &b] {
+        p.clock().freeze_at(common::rome(2026, 4, 2, 16, 0));
+    }
+    a.tick();
+    b.tick();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let mut on_a = Vec::new();
+    for jar in jars.iter_mut() {
+        let va = ask(a.addr, "/.anticamera/status?gate=claims", jar).await;
+        let vb = ask(b.addr, "/.anticamera/status?gate=claims", jar).await;
+        assert_eq!(
+            (va["state"].clone(), va["number"].clone()),
+            (vb["state"].clone(), vb["number"].clone()),
+            "{va} vs {vb}"
+        );
+        on_a.push(va["number"].as_u64().unwrap_or(0));
+    }
+    let mut sorted = on_a.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        (1..=24).collect::<Vec<_>>(),
+        "a permutation: {on_a:?}"
+    );
+    assert_ne!(
+        on_a,
+        (1..=24).collect::<Vec<_>>(),
+        "drawn, not arrival order"
+    );
+    // A node that starts after the opening takes the same draw.
+    let c = prequeue_node(&r, "c", portal.addr);
+    c.clock().freeze_at(common::rome(2026, 4, 2, 16, 0));
+    for (jar, n) in jars.iter_mut().zip(&on_a) {
+        let v = ask(c.addr, "/.anticamera/status?gate=claims", jar).await;
+        assert_eq!(v["number"].as_u64().unwrap_or(0), *n, "{v}");
+    }
+}

@@ -108,22 +108,6 @@ impl Config {
         }
         v.extend(self.isolation.validate());
         v.extend(self.store.validate(self.waiting_room.state_file.is_some()));
-        if self.store.kind == crate::store::StoreKind::Redis {
-            for (i, g) in self.gates.iter().enumerate() {
-                let Some(sc) = &g.schedule else { continue };
-                let prequeue = crate::util::duration::parse(&sc.prequeue)
-                    .map(|d| !d.is_zero())
-                    .unwrap_or(false);
-                if prequeue && sc.prequeue_order == crate::schedule::PrequeueOrder::Random {
-                    v.push((
-                        format!("gates[{i}].schedule.prequeue_order"),
-                        "with [store] kind = \"redis\" the random draw at opening is not shared \
-                         between nodes yet (each would draw its own order): set \"arrival\""
-                            .into(),
-                    ));
-                }
-            }
-        }
         if self.microcache.max_entries == 0 {
             v.push(("microcache.max_entries".into(), "must be at least 1".into()));
         }

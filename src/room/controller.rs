@@ -60,7 +60,10 @@ impl Room {
                 .map(|l| match (&gp.schedule, l.cohort) {
                     (Some(s), Some(c)) => match s.state(c, now_dt) {
                         WindowState::Open { .. } => 2,
-                        WindowState::PreQueue { .. } => 1,
+                        WindowState::PreQueue { opens_at } => {
+                            l.opens_at_s.store(opens_at.timestamp(), Ordering::Relaxed);
+                            1
+                        }
                         WindowState::Closed { .. } => 0,
                     },
                     _ => 2,
@@ -118,8 +121,14 @@ impl Room {
                     if let Some(sched) = &gp.schedule {
                         if sched.prequeue_order() == PrequeueOrder::Random {
                             let stats = l.gate.stats();
-                            let key: [u8; 32] = rand::random();
-                            l.set_shuffle(stats.serving, stats.next_ticket, key);
+                            // With a shared store every node applies the first node's draw.
+                            let (start, end, key) = l.gate.agree_shuffle(
+                                l.opens_at_s.load(Ordering::Relaxed),
+                                stats.serving,
+                                stats.next_ticket,
+                                rand::random(),
+                            );
+                            l.set_shuffle(start, end, key);
                             tracing::info!(gate = %g.name, cohort = %l.cohort_name,
                                 waiting = stats.next_ticket - stats.serving,
                                 "window opened: pre-queue shuffled");

@@ -48,6 +48,9 @@ pub struct Lane {
     /// The serving counter up to which long polls were woken (0: none yet). With a shared
     /// store serving also moves between ticks (another node's admissions, seen by the mirror).
     pub(super) woken: std::sync::atomic::AtomicU64,
+    /// While pre-queued: the opening (Unix seconds) it waits for, naming the draw a shared
+    /// store agrees on at that opening.
+    pub(super) opens_at_s: std::sync::atomic::AtomicI64,
 }
 
 /// The pre-queue order drawn at an opening: tickets in [start, end) are permuted by a keyed
@@ -85,6 +88,7 @@ impl Lane {
             last_state: AtomicU8::new(u8::MAX),
             wakers: Wakers::new(),
             woken: std::sync::atomic::AtomicU64::new(0),
+            opens_at_s: std::sync::atomic::AtomicI64::new(0),
         }
     }
 

@@ -268,6 +268,14 @@ impl Room {
         };
         room.restore()?;
         room.start_numbers()?;
+        // A node joining a shared room after an opening takes the fleet's pre-queue draw.
+        for g in &room.gates {
+            for l in &g.lanes {
+                if let Some((start, end, key)) = l.gate.last_shared_shuffle() {
+                    l.set_shuffle(start, end, key);
+                }
+            }
+        }
         room.tick();
         Ok(room)
     }

@@ -313,3 +313,13 @@ redis.call('ZADD', KEYS[4], now, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - 5000)
 return {lead, e, redis.call('ZCARD', KEYS[4])}
 "#;
+
+/// The pre-queue draw of the opening `ARGV[4]`: set to `ARGV[5]` (start, end, key in hex) by
+/// the first node, kept 2 days; also remembered as the last draw. Returns the draw in force.
+pub(super) const SHUFFLE: &str = r#"
+local k = KEYS[6] .. ':shuffle:' .. ARGV[4]
+redis.call('SET', k, ARGV[5], 'NX', 'EX', 172800)
+local v = redis.call('GET', k)
+redis.call('SET', KEYS[6] .. ':shuffle:last', v)
+return v
+"#;

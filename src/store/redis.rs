@@ -114,6 +114,7 @@ struct Scripts {
     late_leave: Script,
     late_expire: Script,
     late_clear: Script,
+    shuffle: Script,
     fleet: Script,
 }
 
@@ -136,6 +137,7 @@ impl Scripts {
             late_leave: l(lua::LATE_LEAVE),
             late_expire: l(lua::LATE_EXPIRE),
             late_clear: l(lua::LATE_CLEAR),
+            shuffle: l(lua::SHUFFLE),
             fleet: Script::new(lua::FLEET),
         }
     }
@@ -735,6 +737,26 @@ fn s(v: impl ToString) -> String {
     v.to_string()
 }
 
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// "start end hexkey" as the shuffle script keeps it.
+fn parse_shuffle(v: &str) -> Option<(u64, u64, [u8; 32])> {
+    let mut it = v.split(' ');
+    let start = it.next()?.parse().ok()?;
+    let end = it.next()?.parse().ok()?;
+    let h = it.next()?;
+    if h.len() != 64 {
+        return None;
+    }
+    let mut key = [0u8; 32];
+    for (i, k) in key.iter_mut().enumerate() {
+        *k = u8::from_str_radix(h.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some((start, end, key))
+}
+
 impl AdmissionStore for RedisStore {
     fn take_ticket(&self, below: u64) -> Option<u64> {
         let r = self.write("take", &self.fleet.scripts.take, &[s(below)])?;
@@ -1002,6 +1024,31 @@ impl SharedAdmission for RedisStore {
     fn outage_ticket(&self) -> u64 {
         let n = self.fleet.outage_seq.fetch_add(1, Ordering::AcqRel) & ((1 << 40) - 1);
         crate::waitroom::store::OUTAGE_MIN | (self.fleet.salt << 40) | n
+    }
+
+    fn agree_shuffle(
+        &self,
+        opening_s: i64,
+        start: u64,
+        end: u64,
+        key: [u8; 32],
+    ) -> Option<(u64, u64, [u8; 32])> {
+        let proposal = format!("{start} {end} {}", hex(&key));
+        let v: String = self.run(
+            "shuffle",
+            false,
+            &self.fleet.scripts.shuffle,
+            &[s(opening_s), proposal],
+        )?;
+        parse_shuffle(&v)
+    }
+
+    fn last_shuffle(&self) -> Option<(u64, u64, [u8; 32])> {
+        let key = format!("{}:shuffle:last", self.lane.keys[5]);
+        let v: Option<String> = self.fleet.call("shuffle_last", false, |c| {
+            redis::cmd("GET").arg(&key).query(c)
+        })?;
+        parse_shuffle(&v?)
     }
 
     fn pending(&self) -> u32 {

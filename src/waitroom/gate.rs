@@ -693,6 +693,36 @@ impl Gate {
         }
     }
 
+    /// The pre-queue draw at an opening: with a shared store every node applies the one the
+    /// first of them proposed (`opening_s` names the opening); otherwise, or when the store
+    /// does not answer, this node's own proposal.
+    pub fn agree_shuffle(
+        &self,
+        opening_s: i64,
+        start: u64,
+        end: u64,
+        key: [u8; 32],
+    ) -> (u64, u64, [u8; 32]) {
+        match self.shared() {
+            Some(sh) => sh
+                .agree_shuffle(opening_s, start, end, key)
+                .unwrap_or_else(|| {
+                    tracing::warn!(
+                        "waitroom: the shared store did not answer at the opening: this node \
+                         draws the pre-queue order on its own"
+                    );
+                    (start, end, key)
+                }),
+            None => (start, end, key),
+        }
+    }
+
+    /// With a shared store: the last pre-queue draw the fleet agreed on (a node starting after
+    /// an opening applies it).
+    pub fn last_shared_shuffle(&self) -> Option<(u64, u64, [u8; 32])> {
+        self.shared()?.last_shuffle()
+    }
+
     /// Every session this node knows to be on (its slots and the other nodes' passes it
     /// honours): re-reported when the shared store lost its data.
     pub fn known_sessions(&self) -> Vec<u64> {

@@ -189,6 +189,18 @@ pub trait SharedAdmission: Send + Sync + fmt::Debug {
     /// A number for someone this node lets in on its own during an outage (`open-local`): at
     /// or above [`OUTAGE_MIN`], never handed out by another node or by the store.
     fn outage_ticket(&self) -> u64;
+    /// The pre-queue draw at the opening that began at `opening_s` (Unix seconds): the first
+    /// node to ask fixes it (`start`, `end`, `key` as it proposes), every other node gets that
+    /// one. `None` when the store does not answer.
+    fn agree_shuffle(
+        &self,
+        opening_s: i64,
+        start: u64,
+        end: u64,
+        key: [u8; 32],
+    ) -> Option<(u64, u64, [u8; 32])>;
+    /// The last pre-queue draw agreed (for a node that starts after an opening).
+    fn last_shuffle(&self) -> Option<(u64, u64, [u8; 32])>;
     /// Places held for admitted people not yet arrived, fleet-wide (from the mirror).
     fn pending(&self) -> u32;
     /// People inside, fleet-wide (from the mirror).
