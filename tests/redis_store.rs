@@ -501,7 +501,8 @@ async fn ask(addr: std::net::SocketAddr, path: &str, jar: &mut common::Jar) -> s
     }
     let (_, h, body) = common::send(b.body(common::full("")).unwrap()).await;
     jar.absorb(&h);
-    common::json(&body)
+    // The portal's own answer is not JSON: Null.
+    serde_json::from_str(&body).unwrap_or(serde_json::Value::Null)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -562,4 +563,63 @@ async fn the_prequeue_draw_at_opening_is_the_same_on_every_node() {
         let v = ask(c.addr, "/.anticamera/status?gate=claims", jar).await;
         assert_eq!(v["number"].as_u64().unwrap_or(0), *n, "{v}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_long_poll_on_another_node_wakes_when_the_leader_admits() {
+    let r = RedisServer::start();
+    let portal = common::upstream(|req: http::Request<hyper::body::Incoming>| async move {
+        let mut b = http::Response::builder();
+        if req.uri().path() == "/claim/done" {
+            b = b.header("x-anticamera-release", "1");
+        }
+        b.body(common::full("portal")).unwrap()
+    })
+    .await;
+    // Controller ticks 5 s apart: only the mirror can wake the poll in time.
+    let node = |id: &str| {
+        common::proxy_from(&format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [upstream]\nurls = [\"http://{}\"]\n\
+             [waiting_room]\ntick = \"5s\"\n\
+             keys = [{{ id = 1, secret = \"longpoll-test-key-0123456789abcdef0123\" }}]\n\
+             [[gates]]\nname = \"claims\"\nprefix = [\"/claim\"]\ncapacity = 1\n\
+             [store]\nkind = \"redis\"\nurl = \"{}\"\nnode_id = \"{id}\"\n",
+            portal.addr,
+            r.url()
+        ))
+    };
+    let (a, b) = (node("a"), node("b"));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (leader, other) = if r.cmd("GET anticamera:leader") == "a" {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    let mut p1 = common::Jar::default();
+    let v = ask(leader.addr, "/claim", &mut p1).await;
+    assert!(
+        v.is_null(),
+        "let in directly (the portal's answer is not JSON): {v}"
+    );
+    let mut p2 = common::Jar::default();
+    let v = ask(other.addr, "/claim", &mut p2).await;
+    assert_eq!(v["state"], "waiting", "{v}");
+    // p2 holds a poll on the other node; p1 leaves through the leader, which admits p2 at once.
+    let poll = {
+        let addr = other.addr;
+        let mut jar = p2.clone();
+        tokio::spawn(async move {
+            let v = ask(addr, "/.anticamera/status?gate=claims&wait=10", &mut jar).await;
+            (v, Instant::now())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t0 = Instant::now();
+    let v = ask(leader.addr, "/claim/done", &mut p1).await;
+    assert!(v.is_null());
+    let (v, answered) = poll.await.unwrap();
+    assert_eq!(v["state"], "admitted", "{v}");
+    let took = answered.duration_since(t0);
+    assert!(took < Duration::from_millis(500), "woke after {took:?}");
 }

@@ -234,7 +234,13 @@ impl Room {
                     }
                     None => Gate::new(&gp.settings, now),
                 };
-                lanes.push(Lane::new(next_lane, c, cohort_name, &g.name, gate));
+                let lane = Lane::new(next_lane, c, cohort_name, &g.name, gate);
+                // A shared store's mirror moves serving between ticks (another node admitted):
+                // the held long polls of the positions admitted wake at once.
+                let wakers = lane.wakers.clone();
+                lane.gate
+                    .on_serving_moved(Box::new(move |from, to| wakers.wake(from, to)));
+                lanes.push(lane);
                 next_lane = next_lane.checked_add(1).ok_or_else(|| {
                     RoomError::Config("gates".into(), "too many gates × cohorts".into())
                 })?;

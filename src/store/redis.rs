@@ -583,8 +583,10 @@ impl Inner {
     }
 }
 
+/// Called when the mirror's serving counter moves up.
+type OnMove = Box<dyn Fn(u64, u64) + Send + Sync>;
+
 /// One lane's keys and mirror.
-#[derive(Debug)]
 pub struct Lane {
     keys: [String; 14],
     next: AtomicU64,
@@ -596,6 +598,20 @@ pub struct Lane {
     batches: RwLock<Vec<(u64, u64)>>,
     /// Redis lost its data: the next activity report carries every session known.
     wants_all: AtomicBool,
+    on_move: std::sync::OnceLock<OnMove>,
+}
+
+impl std::fmt::Debug for Lane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lane")
+            .field("keys", &self.keys[0])
+            .field("next", &self.next)
+            .field("serving", &self.serving)
+            .field("active", &self.active)
+            .field("pending", &self.pending)
+            .field("late", &self.late)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Lane {
@@ -626,6 +642,7 @@ impl Lane {
             late: AtomicU32::new(0),
             batches: RwLock::new(Vec::new()),
             wants_all: AtomicBool::new(false),
+            on_move: std::sync::OnceLock::new(),
         }
     }
 
@@ -643,7 +660,13 @@ impl Lane {
             self.next.fetch_max(next as u64, Ordering::AcqRel);
         }
         if serving > 0 {
-            self.serving.fetch_max(serving as u64, Ordering::AcqRel);
+            let to = serving as u64;
+            let from = self.serving.fetch_max(to, Ordering::AcqRel);
+            if from < to {
+                if let Some(f) = self.on_move.get() {
+                    f(from, to);
+                }
+            }
         }
     }
 }
@@ -1024,6 +1047,10 @@ impl SharedAdmission for RedisStore {
     fn outage_ticket(&self) -> u64 {
         let n = self.fleet.outage_seq.fetch_add(1, Ordering::AcqRel) & ((1 << 40) - 1);
         crate::waitroom::store::OUTAGE_MIN | (self.fleet.salt << 40) | n
+    }
+
+    fn on_serving_moved(&self, f: Box<dyn Fn(u64, u64) + Send + Sync>) {
+        let _ = self.lane.on_move.set(f);
     }
 
     fn agree_shuffle(

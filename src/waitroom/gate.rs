@@ -717,6 +717,15 @@ impl Gate {
         }
     }
 
+    /// With a shared store: `f(from, to)` is called whenever serving moves up in the mirror
+    /// (another node's admission seen by a sync). Nothing without one (serving moves only in
+    /// this node's own calls).
+    pub fn on_serving_moved(&self, f: Box<dyn Fn(u64, u64) + Send + Sync>) {
+        if let Some(sh) = self.shared() {
+            sh.on_serving_moved(f);
+        }
+    }
+
     /// With a shared store: the last pre-queue draw the fleet agreed on (a node starting after
     /// an opening applies it).
     pub fn last_shared_shuffle(&self) -> Option<(u64, u64, [u8; 32])> {

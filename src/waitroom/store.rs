@@ -201,6 +201,9 @@ pub trait SharedAdmission: Send + Sync + fmt::Debug {
     ) -> Option<(u64, u64, [u8; 32])>;
     /// The last pre-queue draw agreed (for a node that starts after an opening).
     fn last_shuffle(&self) -> Option<(u64, u64, [u8; 32])>;
+    /// Calls `f(from, to)` whenever the mirror's serving counter moves up (from the store's
+    /// thread or a write), so held long polls wake within a sync of another node's admission.
+    fn on_serving_moved(&self, f: Box<dyn Fn(u64, u64) + Send + Sync>);
     /// Places held for admitted people not yet arrived, fleet-wide (from the mirror).
     fn pending(&self) -> u32;
     /// People inside, fleet-wide (from the mirror).
