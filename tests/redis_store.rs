@@ -623,3 +623,35 @@ async fn a_held_long_poll_on_another_node_wakes_when_the_leader_admits() {
     let took = answered.duration_since(t0);
     assert!(took < Duration::from_millis(500), "woke after {took:?}");
 }
+
+#[test]
+fn a_rate_cap_holds_for_the_fleet_not_per_node() {
+    let r = RedisServer::start();
+    let fa = Fleet::start(&cfg(&r, "a")).unwrap();
+    until(Duration::from_secs(2), "a leads", || fa.is_leader());
+    let fb = Fleet::start(&cfg(&r, "b")).unwrap();
+    let s = GateSettings {
+        admit_per_minute: 60,
+        ..settings(100)
+    };
+    let ga = Gate::with_store(&s, Box::new(fa.lane("claims", "all")), now());
+    let gb = Gate::with_store(&s, Box::new(fb.lane("claims", "all")), now());
+    settle();
+    let mut direct = Vec::new();
+    for i in 0..10u64 {
+        let (g, node) = if i % 2 == 0 { (&ga, "a") } else { (&gb, "b") };
+        if let Arrival::Admitted { ticket, .. } = g.arrive(i, 1, now()) {
+            direct.push((ticket, node));
+        }
+    }
+    // 60 a minute with two seconds of burst: at most 2 let in, all by the leader's bucket.
+    assert!(!direct.is_empty() && direct.len() <= 2, "{direct:?}");
+    assert!(direct.iter().all(|(_, n)| *n == "a"), "{direct:?}");
+    // The non-leader never admits; the leader's bucket is spent.
+    assert_eq!(gb.tick(now()).admitted, 0);
+    assert_eq!(ga.tick(now()).admitted, 0);
+    until(Duration::from_millis(500), "mirror", || {
+        gb.serving() == ga.serving()
+    });
+    assert_eq!(gb.serving() - 1, direct.len() as u64);
+}

@@ -252,9 +252,10 @@ impl Gate {
     }
 
     /// Direct admission through a shared store: one round trip takes the next ticket, admits it
-    /// and opens its session if nobody waits and there is room fleet-wide. With a rate cap
-    /// nobody is let in directly: the leader paces every admission (a per-node bucket would let
-    /// each node spend the whole rate).
+    /// and opens its session if nobody waits and there is room fleet-wide. With a rate cap only
+    /// the leader lets people in directly, from the bucket it paces every admission with (a
+    /// bucket per node would let each node spend the whole rate); elsewhere they take a number
+    /// and the leader lets them in at its next tick.
     fn admit_now_shared(
         &self,
         sh: &dyn SharedAdmission,
@@ -262,15 +263,27 @@ impl Gate {
         binding: u32,
         now_ms: u64,
     ) -> Option<Arrival> {
-        if self.settings.admit_per_minute() > 0 {
-            return None;
-        }
         let who = Occupant {
             ticket: 0,
             visitor,
             binding,
         };
-        let t = sh.admit_now(self.room_for_new(), owner_of(who), now_ms)?;
+        let apm = self.settings.admit_per_minute();
+        let t = if apm > 0 {
+            if !sh.is_leader() {
+                return None;
+            }
+            let mut ctl = self.lock();
+            ctl.bucket.refill(apm, now_ms);
+            if ctl.bucket.allowance(apm) == 0 {
+                return None;
+            }
+            let t = sh.admit_now(self.room_for_new(), owner_of(who), now_ms)?;
+            ctl.bucket.spend(apm, 1);
+            t
+        } else {
+            sh.admit_now(self.room_for_new(), owner_of(who), now_ms)?
+        };
         let who = Occupant { ticket: t, ..who };
         let slot = self.slots.grab(who, now_ms).unwrap_or(NO_SLOT);
         Some(Arrival::Admitted { ticket: t, slot })
