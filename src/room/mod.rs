@@ -364,6 +364,15 @@ impl Room {
         Ok(())
     }
 
+    /// With a shared store: stops this node's store thread and gives the leader lease up (a
+    /// clean shutdown). Nothing with the in-memory store.
+    pub fn leave_fleet(&self) {
+        if let Some(f) = &self.fleet {
+            f.stop();
+            tracing::info!(node = %f.node(), "store: left the fleet");
+        }
+    }
+
     /// With a shared store: whether it answers, and what this node does while it does not
     /// (for `/readyz`). `None` with the in-memory store.
     pub fn store_state(&self) -> Option<(bool, crate::store::FailMode)> {
