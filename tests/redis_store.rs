@@ -622,6 +622,32 @@ async fn a_held_long_poll_on_another_node_wakes_when_the_leader_admits() {
     assert_eq!(v["state"], "admitted", "{v}");
     let took = answered.duration_since(t0);
     assert!(took < Duration::from_millis(500), "woke after {took:?}");
+    // p2 comes in on the other node; their pass works on the leader too, but not copied to
+    // another client (another User-Agent), even on a node that never saw the pass before.
+    let v = ask(other.addr, "/claim", &mut p2).await;
+    assert!(v.is_null(), "in: {v}");
+    let v = ask(leader.addr, "/claim/page", &mut p2).await;
+    assert!(v.is_null(), "the pass is honoured on the other node: {v}");
+    let c = common::proxy_from(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [upstream]\nurls = [\"http://{}\"]\n\
+         [waiting_room]\nkeys = [{{ id = 1, secret = \"longpoll-test-key-0123456789abcdef0123\" }}]\n\
+         [[gates]]\nname = \"claims\"\nprefix = [\"/claim\"]\ncapacity = 1\n\
+         [store]\nkind = \"redis\"\nurl = \"{}\"\nnode_id = \"c\"\n",
+        portal.addr,
+        r.url()
+    ));
+    let copied = http::Request::get(format!("http://{}/claim/page", c.addr))
+        .header("accept", "application/json")
+        .header("user-agent", "another-browser")
+        .header("cookie", p2.header().unwrap())
+        .body(common::full(""))
+        .unwrap();
+    let (st, _, body) = common::send(copied).await;
+    assert_eq!(st, 503, "a copied pass is refused: {body}");
+    // The owner's own requests still go through on that node.
+    let v = ask(c.addr, "/claim/page", &mut p2).await;
+    assert!(v.is_null(), "{v}");
 }
 
 #[test]

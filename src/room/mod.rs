@@ -524,12 +524,20 @@ impl Room {
                 .map(|s| s.may_stay(cohort, issued, now_dt))
                 .unwrap_or(true);
             if allowed {
-                match lane.gate.touch(
-                    t.slot,
-                    Occupant::from_token(&t, binding),
-                    t.issued_at_ms,
-                    now,
-                ) {
+                // With a shared store a node may see a pass first from a client other than the
+                // one it was issued to (its slot is another node's): the binding signed in the
+                // pass is what the slot would have remembered.
+                let touched = if lane.gate.is_shared() && t.binding != binding {
+                    Err(TouchError::BoundElsewhere)
+                } else {
+                    lane.gate.touch(
+                        t.slot,
+                        Occupant::from_token(&t, binding),
+                        t.issued_at_ms,
+                        now,
+                    )
+                };
+                match touched {
                     Ok(()) => {
                         let open_now = gp
                             .schedule
