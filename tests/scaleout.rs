@@ -359,7 +359,11 @@ async fn three_nodes_one_line_one_capacity_nobody_bounced_and_a_node_killed_lose
     let out = Arc::new(Mutex::new(Outcome::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let t0 = Instant::now();
-    let people = 36u64;
+    // ANTICAMERA_SCALEOUT_PEOPLE=300 for a bigger run by hand.
+    let people: u64 = std::env::var("ANTICAMERA_SCALEOUT_PEOPLE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(36);
     let mut tasks = Vec::new();
     for id in 1..=people {
         tasks.push(tokio::spawn(person(
