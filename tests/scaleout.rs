@@ -650,9 +650,11 @@ async fn status_polls_and_admitted_requests_make_no_round_trip() {
     let secs = t0.elapsed().as_secs_f64();
     let after = round_trips(&nodes).await;
     let d = |op: &str| after.get(op).unwrap_or(&0.0) - before.get(op).unwrap_or(&0.0);
-    let o = out.lock().unwrap();
-    assert_eq!(o.done.len() as u64, people);
-    assert!(o.bounced.is_empty(), "{:?}", o.bounced);
+    {
+        let o = out.lock().unwrap();
+        assert_eq!(o.done.len() as u64, people);
+        assert!(o.bounced.is_empty(), "{:?}", o.bounced);
+    }
     // What people's requests cost: an arrival (take, or admit_now then take), a first claim,
     // a refresh for a page near the front, a release; never a status poll or a click.
     let request_ops: f64 = [
@@ -691,6 +693,31 @@ async fn status_polls_and_admitted_requests_make_no_round_trip() {
         "{request_ops} round trips from {people} people's requests"
     );
     assert!(d("claim") <= people as f64 + 2.0, "one first claim each");
+    // A node's /metrics with the store's families passes `promtool check metrics`
+    // (scripts/setup-prometheus installs it).
+    let text = get(nodes[0].admin, "/metrics", None, 0).await.unwrap().body;
+    assert!(text.contains("anticamera_store_leader"), "{text}");
+    let mut child = Command::new("/usr/bin/promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool: run scripts/setup-prometheus");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// An admin API call with the token.
