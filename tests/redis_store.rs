@@ -681,3 +681,34 @@ fn a_rate_cap_holds_for_the_fleet_not_per_node() {
     });
     assert_eq!(gb.serving() - 1, direct.len() as u64);
 }
+
+#[test]
+fn a_node_started_while_redis_is_down_joins_when_it_answers() {
+    let mut r = RedisServer::start();
+    r.kill();
+    let t0 = Instant::now();
+    let a = Fleet::start(&cfg(&r, "a")).unwrap();
+    let g = Gate::with_store(&settings(2), Box::new(a.lane("claims", "all")), now());
+    assert!(t0.elapsed() < Duration::from_secs(2), "start does not hang");
+    assert!(!a.is_up() && !a.is_leader());
+    assert_eq!(
+        g.arrive(1, 1, now()),
+        Arrival::Unnumbered,
+        "closed: nobody new"
+    );
+    r.restart();
+    until(Duration::from_secs(2), "joined", || {
+        a.is_up() && a.is_leader()
+    });
+    let t0 = Instant::now();
+    loop {
+        match g.arrive(1, 1, now()) {
+            Arrival::Admitted { ticket: 1, .. } => break,
+            Arrival::Unnumbered => {
+                assert!(t0.elapsed() < Duration::from_secs(3));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            a => panic!("{a:?}"),
+        }
+    }
+}
