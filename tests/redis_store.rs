@@ -141,6 +141,15 @@ fn three_nodes_share_one_line_one_capacity_and_one_leader() {
     // A claim of the same ticket by another client is refused fleet-wide.
     assert!(gates[third].claim(who(4, 999), now()).is_err());
 
+    // Its page polling another node while the room is full: inside, not late.
+    until(Duration::from_millis(500), "mirror", || {
+        gates[third].stats().active == 3 && gates[third].stats().pending == 0
+    });
+    assert_eq!(
+        gates[third].turn(4, now()),
+        anticamera::waitroom::Turn::Ready
+    );
+    assert_eq!(r.cmd("ZCARD anticamera:lane:claims:all:late"), ":0");
     // Still full: ticket 5 waits.
     assert_eq!(gates[leader].tick(now()).admitted, 0);
     assert!(!gates[0].status(5).admitted);

@@ -47,6 +47,8 @@ local function counts(r)
   return r
 end
 local function late_arrive(ts, now)
+  -- Inside already (claimed on another node): not late. -1.
+  if redis.call('ZSCORE', KEYS[3], ts) then return -1 end
   local r = redis.call('ZRANK', KEYS[9], ts)
   if r then redis.call('HSET', KEYS[10], ts, now); return r end
   local len = redis.call('ZCARD', KEYS[9])

@@ -43,7 +43,7 @@ use redis::{Connection, RedisError, RedisResult, Script};
 use super::lua;
 use super::{FailMode, StoreConfig};
 use crate::waitroom::late::LATE_IDLE_MS;
-use crate::waitroom::store::{AdmissionStore, SharedAdmission, SharedClaim, StoreCounters};
+use crate::waitroom::store::{AdmissionStore, SharedAdmission, SharedClaim, StoreCounters, INSIDE};
 
 /// How often the fleet's thread refreshes the mirrors and the leader lease.
 pub const SYNC_MS: u64 = 50;
@@ -840,7 +840,11 @@ impl AdmissionStore for RedisStore {
             &self.fleet.scripts.late_arrive,
             &[s(ticket), s(now_ms)],
         );
-        ahead.map_or(0, |a| a.max(0) as u64)
+        match ahead {
+            // Inside already (claimed on another node).
+            Some(a) if a < 0 => INSIDE,
+            a => a.map_or(0, |a| a as u64),
+        }
     }
 
     fn late_leave(&self, ticket: u64) -> bool {

@@ -454,8 +454,10 @@ impl Gate {
         if held || self.store.occupied() < self.settings.capacity() {
             return Turn::Ready;
         }
-        Turn::Late {
-            ahead: self.join_late(t, now_ms),
+        match self.join_late(t, now_ms) {
+            // A shared store: it claimed on another node.
+            super::store::INSIDE => Turn::Ready,
+            ahead => Turn::Late { ahead },
         }
     }
 

@@ -100,7 +100,8 @@ pub trait AdmissionStore: Send + Sync + fmt::Debug {
     fn restore(&self, counters: StoreCounters);
     /// Records that late arrival `ticket` is here now: it joins the back of the late line if
     /// new (unless the line is full), else its visit is refreshed. Returns how many late
-    /// arrivals came back before it.
+    /// arrivals came back before it; a shared store returns [`INSIDE`] for a ticket that holds
+    /// a place already (claimed on another node), which is not late.
     fn late_arrive(&self, ticket: u64, now_ms: u64) -> u64;
     /// `ticket` took a place: it leaves the late line. Returns whether it was in it.
     fn late_leave(&self, ticket: u64) -> bool;
@@ -119,6 +120,9 @@ pub trait AdmissionStore: Send + Sync + fmt::Debug {
         None
     }
 }
+
+/// What a shared store's `late_arrive` answers for a ticket that holds a place already.
+pub const INSIDE: u64 = u64::MAX;
 
 /// Numbers at or above this are those a node hands out on its own while the shared store does
 /// not answer (`fail_mode = "open-local"`): far above any number the store hands out, and
