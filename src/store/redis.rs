@@ -599,6 +599,12 @@ pub struct Lane {
     /// Redis lost its data: the next activity report carries every session known.
     wants_all: AtomicBool,
     on_move: std::sync::OnceLock<OnMove>,
+    /// Bumped (under `apply`) by every write that updates the counts or batches from its own
+    /// answer: a sync whose read started before such a write does not overwrite it with
+    /// older values.
+    gen: AtomicU64,
+    /// Held while counts and batches are replaced.
+    apply: Mutex<()>,
 }
 
 impl std::fmt::Debug for Lane {
@@ -643,7 +649,16 @@ impl Lane {
             batches: RwLock::new(Vec::new()),
             wants_all: AtomicBool::new(false),
             on_move: std::sync::OnceLock::new(),
+            gen: AtomicU64::new(0),
+            apply: Mutex::new(()),
         }
+    }
+
+    /// A write's own answer updates the mirror: newer than any sync read before it.
+    fn written(&self, f: impl FnOnce()) {
+        let _g = self.apply.lock().unwrap_or_else(|e| e.into_inner());
+        self.gen.fetch_add(1, Ordering::AcqRel);
+        f();
     }
 
     /// The mirror's people inside, places held and late line, as a script read them.
@@ -737,19 +752,26 @@ impl RedisStore {
     }
 
     fn sync_inner(&self, op: &'static str, probe: bool) {
+        let gen = self.lane.gen.load(Ordering::Acquire);
         let Some(r) = self.run::<Vec<i64>>(op, probe, &self.fleet.scripts.sync, &[]) else {
             return;
         };
         if r.len() < 5 {
             return;
         }
-        self.lane.counts(r[2], r[3], r[4]);
-        let batches: Vec<(u64, u64)> = r[5..]
-            .chunks_exact(2)
-            .map(|p| (p[0].max(0) as u64, p[1].max(0) as u64))
-            .collect();
-        if let Ok(mut b) = self.lane.batches.write() {
-            *b = batches;
+        {
+            let _g = self.lane.apply.lock().unwrap_or_else(|e| e.into_inner());
+            // A write answered meanwhile: its values may be newer than this read.
+            if self.lane.gen.load(Ordering::Acquire) == gen {
+                self.lane.counts(r[2], r[3], r[4]);
+                let batches: Vec<(u64, u64)> = r[5..]
+                    .chunks_exact(2)
+                    .map(|p| (p[0].max(0) as u64, p[1].max(0) as u64))
+                    .collect();
+                if let Ok(mut b) = self.lane.batches.write() {
+                    *b = batches;
+                }
+            }
         }
         // Serving moves after the batches it admitted are in the mirror (see `admit`).
         self.lane.raise(r[0], r[1]);
@@ -929,9 +951,11 @@ impl SharedAdmission for RedisStore {
         if n > 0 {
             // The batch is in the mirror before serving moves past it, so a status poll here
             // never sees an admitted ticket without its held place.
-            if let Ok(mut b) = self.lane.batches.write() {
-                b.push((from, from + n));
-            }
+            self.lane.written(|| {
+                if let Ok(mut b) = self.lane.batches.write() {
+                    b.push((from, from + n));
+                }
+            });
         }
         self.lane.raise(r[1], r[2]);
         if n > 0 {
@@ -949,7 +973,9 @@ impl SharedAdmission for RedisStore {
         if r[0] <= 0 {
             return None;
         }
-        self.lane.active.fetch_add(1, Ordering::AcqRel);
+        self.lane.written(|| {
+            self.lane.active.fetch_add(1, Ordering::AcqRel);
+        });
         Some(r[0] as u64)
     }
 
@@ -962,7 +988,7 @@ impl SharedAdmission for RedisStore {
             return SharedClaim::Down;
         };
         if let [.., act, pend, late] = r[..] {
-            self.lane.counts(act, pend, late);
+            self.lane.written(|| self.lane.counts(act, pend, late));
         }
         let out = match r[0] {
             0 => SharedClaim::Placed,
@@ -988,7 +1014,7 @@ impl SharedAdmission for RedisStore {
         let r: Option<Vec<i64>> = self.run("release", false, &self.fleet.scripts.release, &[s(t)]);
         match r.as_deref() {
             Some(&[released, act, pend, late]) => {
-                self.lane.counts(act, pend, late);
+                self.lane.written(|| self.lane.counts(act, pend, late));
                 released == 1
             }
             _ => false,
