@@ -208,7 +208,7 @@ pub const BREAKER_STATE: &str = "anticamera_breaker_state";
 /// (multiplicative decrease); when it is healthy again they recover (additive increase).
 fn feed_back(shared: &Shared, room: &crate::room::Room) {
     if let Some(g) = &shared.guard {
-        room.follow_portal(g.in_flight(), g.current_limit(), g.queued_inside());
+        room.follow_portal(g.load());
     }
     let mut f = room.health();
     let mut struggling = false;

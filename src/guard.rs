@@ -14,7 +14,10 @@
 //!   is less than half full, and is the one displaced when the queue is full.
 //! - [`Priority::Inside`] (users already admitted, e.g. a claim being submitted) may use every
 //!   slot, may fill the whole queue, and when the queue is full displaces the youngest queued
-//!   `New` waiter. Queued `Inside` waiters are always served before queued `New` ones.
+//!   `New` waiter. Queued `Inside` waiters are served before queued `New` ones, except that a
+//!   `New` waiter that has waited a quarter of `queue_timeout` goes first: a standing line of
+//!   requests from inside (admission that follows the portal keeps a short one) must not starve
+//!   the open pages until their deadline.
 //!
 //! # Adaptive limit (`mode = "adaptive"`): AIMD with a latency threshold
 //!
@@ -230,6 +233,8 @@ type Grant = Result<(), ShedReason>;
 
 struct Waiter {
     id: u64,
+    /// When it joined the queue (new arrivals older than [`Inner::aged`] go first).
+    since: Instant,
     tx: oneshot::Sender<Grant>,
 }
 
@@ -278,6 +283,11 @@ struct Inner {
     queued: AtomicUsize,
     waiters: Mutex<Waiters>,
 
+    /// The portal's load over time, for admission that follows it: the time integral of the
+    /// slots held and of the requests of people inside waiting for one (see [`Area`]).
+    origin: Instant,
+    busy: Area,
+    inside_waiting: Area,
     /// Adaptive state: the fractional limit (f64 bits), the decrease epoch, latency EWMA (f64 ns).
     limit_f: AtomicU64,
     epoch: AtomicU64,
@@ -335,6 +345,7 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
+        self.inner.busy.leave(self.inner.micros());
         self.inner.release();
     }
 }
@@ -365,6 +376,9 @@ impl Waiting<'_> {
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
+        if self.priority == Priority::Inside {
+            self.inner.inside_waiting.leave(self.inner.micros());
+        }
         if let Some(Ok(())) = self.leave() {
             // Granted but nobody will use it: hand the slot on.
             self.inner.release();
@@ -396,6 +410,9 @@ impl Guard {
                 in_flight: AtomicUsize::new(0),
                 queued: AtomicUsize::new(0),
                 waiters: Mutex::new(Waiters::default()),
+                origin: Instant::now(),
+                busy: Area::default(),
+                inside_waiting: Area::default(),
                 limit_f: AtomicU64::new((start as f64).to_bits()),
                 epoch: AtomicU64::new(0),
                 ewma_ns: AtomicU64::new(0f64.to_bits()),
@@ -445,9 +462,16 @@ impl Guard {
             let (tx, rx) = oneshot::channel();
             let id = w.next_id;
             w.next_id = w.next_id.wrapping_add(1);
-            let waiter = Waiter { id, tx };
+            let waiter = Waiter {
+                id,
+                since: Instant::now(),
+                tx,
+            };
             match priority {
-                Priority::Inside => w.inside.push_back(waiter),
+                Priority::Inside => {
+                    inner.inside_waiting.enter(inner.micros());
+                    w.inside.push_back(waiter);
+                }
                 Priority::New => w.new.push_back(waiter),
             }
             Waiting {
@@ -478,10 +502,12 @@ impl Guard {
     }
 
     fn permit(&self, arrived: Instant, queued: bool) -> Permit {
+        let granted = Instant::now();
+        self.inner.busy.enter(self.inner.micros_at(granted));
         Permit {
             inner: self.inner.clone(),
             waited: if queued {
-                Instant::now().saturating_duration_since(arrived)
+                granted.saturating_duration_since(arrived)
             } else {
                 Duration::ZERO
             },
@@ -505,14 +531,105 @@ impl Guard {
         self.inner.queued.load(Ordering::Relaxed)
     }
 
-    /// Requests of users already inside waiting in the queue (takes the queue's lock: for the
-    /// controller, not the request path).
+    /// Requests of users already inside waiting in the queue.
     pub fn queued_inside(&self) -> usize {
-        self.inner.lock().inside.len()
+        self.inner.inside_waiting.count()
+    }
+
+    /// The portal's load so far, for admission that follows it (see [`Load`]).
+    pub fn load(&self) -> Load {
+        let now = self.inner.micros();
+        Load {
+            limit: self.current_limit(),
+            in_flight: self.in_flight(),
+            queued_inside: self.inner.inside_waiting.count(),
+            at_us: now,
+            busy_us: self.inner.busy.area(now),
+            inside_waiting_us: self.inner.inside_waiting.area(now),
+        }
+    }
+}
+
+/// A reading of the portal's load: the limit and what is at the portal and waiting now, and
+/// two time integrals (in request-microseconds, modulo 2⁴⁸: compare two readings with
+/// [`Load::averages_since`]) of the requests at the portal and of the requests of people
+/// inside waiting for a slot. Exact at the moment of reading: a request still at the portal
+/// counts up to now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Load {
+    /// The concurrency limit now (fixed, or learned).
+    pub limit: usize,
+    /// Requests at the portal now.
+    pub in_flight: usize,
+    /// Requests of people inside waiting for a slot now.
+    pub queued_inside: usize,
+    /// When this was read, in microseconds since the guard started.
+    pub at_us: u64,
+    /// Request-microseconds at the portal, in total (modulo 2⁴⁸).
+    pub busy_us: u64,
+    /// Request-microseconds that requests of people inside waited for a slot (modulo 2⁴⁸).
+    pub inside_waiting_us: u64,
+}
+
+impl Load {
+    /// The average number of requests at the portal and of requests of people inside waiting
+    /// for a slot between `earlier` and this reading; `None` if no time passed.
+    pub fn averages_since(&self, earlier: &Load) -> Option<(f64, f64)> {
+        let dt = self.at_us.checked_sub(earlier.at_us).filter(|d| *d > 0)? as f64;
+        let diff = |a: u64, b: u64| (a.wrapping_sub(b) & Area::MASK) as f64 / dt;
+        Some((
+            diff(self.busy_us, earlier.busy_us),
+            diff(self.inside_waiting_us, earlier.inside_waiting_us),
+        ))
+    }
+}
+
+/// The time integral of a count (requests at the portal, requests waiting), kept lock-free
+/// in one word so that a reading is consistent: the count in the low 16 bits and, above it,
+/// `A` = (the sum of the exit times of those who left − the sum of the entry times of all who
+/// entered) in microseconds modulo 2⁴⁸. The integral up to `t` is `A + count × t`. Entering
+/// at `t` adds `−t` to `A` and one to the count, leaving adds `t` and takes one away: a single
+/// `fetch_add` each. Counts stay below 2¹⁶ (the guard's limits and queue are far below it; a
+/// larger count would carry into `A` and only spoil the averages, never a permit).
+#[derive(Debug, Default)]
+struct Area(AtomicU64);
+
+impl Area {
+    const MASK: u64 = (1 << 48) - 1;
+
+    fn enter(&self, now_us: u64) {
+        self.0.fetch_add(
+            now_us.wrapping_neg().wrapping_shl(16).wrapping_add(1),
+            Ordering::Relaxed,
+        );
+    }
+
+    fn leave(&self, now_us: u64) {
+        self.0
+            .fetch_add(now_us.wrapping_shl(16).wrapping_sub(1), Ordering::Relaxed);
+    }
+
+    fn count(&self) -> usize {
+        (self.0.load(Ordering::Relaxed) & 0xffff) as usize
+    }
+
+    /// The integral up to `now_us`, modulo 2⁴⁸.
+    fn area(&self, now_us: u64) -> u64 {
+        let w = self.0.load(Ordering::Relaxed);
+        ((w >> 16).wrapping_add((w & 0xffff).wrapping_mul(now_us))) & Self::MASK
     }
 }
 
 impl Inner {
+    /// Microseconds since the guard started.
+    fn micros(&self) -> u64 {
+        self.micros_at(Instant::now())
+    }
+
+    fn micros_at(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.origin).as_micros() as u64
+    }
+
     fn lock(&self) -> MutexGuard<'_, Waiters> {
         self.waiters.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -577,7 +694,16 @@ impl Inner {
         }
         let mut w = self.lock();
         loop {
-            let (queue, cap) = if !w.inside.is_empty() {
+            // People inside first, but a new arrival's request that has waited a quarter of the
+            // queue timeout goes before them: a standing line of requests from inside (admission
+            // that follows the portal keeps one) must not starve the open pages.
+            let aged = w
+                .new
+                .front()
+                .is_some_and(|n| n.since.elapsed() >= self.queue_timeout / 4);
+            let (queue, cap) = if aged {
+                (&mut w.new, self.cap(Priority::New))
+            } else if !w.inside.is_empty() {
                 (&mut w.inside, self.cap(Priority::Inside))
             } else if !w.new.is_empty() {
                 (&mut w.new, self.cap(Priority::New))
@@ -956,6 +1082,77 @@ mod tests {
             t.await.unwrap();
         }
         assert_eq!(*order.lock().unwrap(), [2, 3, 0, 1]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_request_that_waited_a_quarter_of_the_timeout_goes_before_inside() {
+        let g = Guard::new(&cfg(
+            "max_in_flight = 1\nreserve_for_inside = 0.0\nqueue_size = 10\nqueue_timeout = \"4s\"",
+        ));
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut held = Some(g.acquire(Priority::Inside, Instant::now()).await.unwrap());
+        let spawn = |i: usize, prio: Priority| {
+            let (g, order) = (g.clone(), order.clone());
+            tokio::spawn(async move {
+                let p = g.acquire(prio, Instant::now()).await.unwrap();
+                order.lock().unwrap().push(i);
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                drop(p);
+            })
+        };
+        // A new request queues; for two seconds people inside keep the one slot busy.
+        let mut tasks = vec![spawn(0, Priority::New)];
+        settle().await;
+        for i in 1..=3 {
+            tasks.push(spawn(i, Priority::Inside));
+            settle().await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        drop(held.take());
+        settle().await;
+        for t in tasks {
+            t.await.unwrap();
+        }
+        // Each inside request holds the slot 400 ms: at 0.5 s and 0.9 s the new request had
+        // waited less than a quarter of the timeout (1 s) and inside went first; at 1.3 s it
+        // went before the inside request still queued.
+        assert_eq!(*order.lock().unwrap(), [1, 2, 0, 3]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_load_reading_integrates_requests_at_the_portal_and_waiting_inside() {
+        let g = Guard::new(&cfg(
+            "max_in_flight = 2\nqueue_size = 10\nqueue_timeout = \"10s\"",
+        ));
+        let l0 = g.load();
+        let a = g.acquire(Priority::Inside, Instant::now()).await.unwrap();
+        let b = g.acquire(Priority::Inside, Instant::now()).await.unwrap();
+        let g2 = g.clone();
+        let waiter = tokio::spawn(async move {
+            let p = g2.acquire(Priority::Inside, Instant::now()).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+            drop(p);
+        });
+        settle().await;
+        assert_eq!(g.load().queued_inside, 1);
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        // One second: two at the portal, one waiting inside.
+        let l1 = g.load();
+        let (busy, waited) = l1.averages_since(&l0).unwrap();
+        assert!((busy - 2.0).abs() < 0.01, "{busy}");
+        assert!((waited - 1.0).abs() < 0.01, "{waited}");
+        drop(a);
+        settle().await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        drop(b);
+        waiter.await.unwrap();
+        // The next second: two at the portal (b and the waiter, let in), nobody waiting.
+        let l2 = g.load();
+        let (busy, waited) = l2.averages_since(&l1).unwrap();
+        assert!((busy - 2.0).abs() < 0.01, "{busy}");
+        assert!(waited.abs() < 0.01, "{waited}");
+        assert_eq!((l2.in_flight, l2.queued_inside), (0, 0));
+        assert_eq!(l2.averages_since(&l2), None, "no time, no average");
     }
 
     #[tokio::test(start_paused = true)]

@@ -141,28 +141,28 @@ async fn a_held_request_is_forwarded_the_moment_the_place_is_its_own() {
         200,
         "A is let in"
     );
-    // A newcomer is answered at once (its ticket comes with this answer): never held.
-    let t0 = std::time::Instant::now();
-    assert_eq!(b.send(p.addr, "GET", "/claim", 200).await, 503);
-    assert!(t0.elapsed() < std::time::Duration::from_secs(1));
-
-    // B asks again, as any HTTP client would: held, not answered "wait".
+    // B, a newcomer at the front, is held too (its ticket rides in the held request), not
+    // answered "wait" and left to sleep a Retry-After while its place sits idle.
     let addr = p.addr;
     let held = tokio::spawn(async move {
         let status = b.send(addr, "GET", "/claim", 200).await;
-        (status, std::time::Instant::now())
+        (status, std::time::Instant::now(), b)
     });
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert!(!held.is_finished(), "B's request is held while A is inside");
     let released = std::time::Instant::now();
     assert_eq!(a.send(p.addr, "POST", "/claim/submit", 200).await, 200);
-    let (status, at) = held.await.unwrap();
+    let (status, at, mut b) = held.await.unwrap();
     assert_eq!(status, 200, "B's held request reached the portal");
     assert!(
         at.duration_since(released) < std::time::Duration::from_secs(1),
         "forwarded as soon as the place was free: {:?}",
         at.duration_since(released)
     );
+    // B holds a pass now: its next request goes straight through.
+    let t0 = std::time::Instant::now();
+    assert_eq!(b.send(p.addr, "GET", "/claim/form", 200).await, 200);
+    assert!(t0.elapsed() < std::time::Duration::from_secs(1));
     p.stop().await;
 }
 
@@ -172,8 +172,10 @@ async fn a_held_request_whose_hold_ends_first_is_answered_wait() {
     let p = proxy_from(&held_config(portal.addr, "1s"));
     let mut a = Browser::default();
     let mut b = Browser::default();
+    let mut c = Browser::default();
     assert_eq!(a.send(p.addr, "GET", "/claim", 200).await, 200);
-    assert_eq!(b.send(p.addr, "GET", "/claim", 200).await, 503);
+    // B arrives: held for the hold and no longer, then told to wait with the ticket it was
+    // given, so it keeps its place.
     let t0 = std::time::Instant::now();
     assert_eq!(
         b.send(p.addr, "GET", "/claim", 200).await,
@@ -184,6 +186,31 @@ async fn a_held_request_whose_hold_ends_first_is_answered_wait() {
     assert!(
         held >= std::time::Duration::from_millis(900) && held < std::time::Duration::from_secs(3),
         "held for the hold and no longer: {held:?}"
+    );
+    assert!(b.jar.header().is_some(), "the answer carries B's ticket");
+    let t0 = std::time::Instant::now();
+    assert_eq!(
+        b.send(p.addr, "GET", "/claim", 200).await,
+        503,
+        "still waiting"
+    );
+    let held = t0.elapsed();
+    assert!(
+        held >= std::time::Duration::from_millis(900) && held < std::time::Duration::from_secs(3),
+        "held again: {held:?}"
+    );
+    // C comes after B; A leaves: the place is B's, not C's.
+    assert_eq!(c.send(p.addr, "GET", "/claim", 200).await, 503);
+    assert_eq!(a.send(p.addr, "POST", "/claim/submit", 200).await, 200);
+    assert_eq!(
+        c.send(p.addr, "GET", "/claim", 200).await,
+        503,
+        "B is first"
+    );
+    assert_eq!(
+        b.send(p.addr, "GET", "/claim", 200).await,
+        200,
+        "B kept its place"
     );
     p.stop().await;
 }

@@ -6,9 +6,12 @@
 //! Bounds: only people with fewer than [`HOLD_AHEAD`] ahead of them, or expected within
 //! `waiting_room.hold_front`, are held; at most `waiting_room.hold_front` (off by default) per
 //! request; at most [`MAX_HELD`] requests per process at once (a held request costs its
-//! connection's memory and one timer, no thread). A new arrival is never held (its ticket is
-//! only being handed out with this answer), nor anyone in a pre-queue or a closed window. When
-//! the hold ends first, the answer is the queue page with the position at that moment.
+//! connection's memory and one timer, no thread). A new arrival at the front is held too (a
+//! plain client would otherwise sleep its first `Retry-After` while its place, offered a tick
+//! later, sits idle): the ticket it was just given rides in the held request
+//! ([`carry_cookie`]) and on the answer if the hold ends first. Nobody in a pre-queue or a
+//! closed window is held. When the hold ends first, the answer is the queue page with the
+//! position at that moment.
 
 use std::sync::atomic::Ordering;
 
@@ -47,12 +50,27 @@ impl Drop for Held<'_> {
     }
 }
 
+/// Puts the `name=value` of a `Set-Cookie` the room just gave into the request's cookies, so
+/// that a held new arrival is looked up by the ticket it was handed. The room's own cookies are
+/// stripped from the request before it is forwarded.
+pub(super) fn carry_cookie(headers: &mut http::HeaderMap, set_cookie: &http::HeaderValue) {
+    let pair = set_cookie
+        .to_str()
+        .ok()
+        .and_then(|s| s.split(';').next())
+        .map(str::trim)
+        .and_then(|p| http::HeaderValue::from_str(p).ok());
+    if let Some(v) = pair {
+        headers.append(http::header::COOKIE, v);
+    }
+}
+
 impl Proxy {
     /// How long to hold this request: the room's answer is "wait" for someone at the front who
     /// already holds a ticket, and holding is on.
     pub(super) fn may_hold(&self, d: &Decision) -> Option<std::time::Duration> {
         let hold = self.shared.config.load().waiting_room.hold_front.0;
-        if hold.is_zero() || d.set_cookie.is_some() {
+        if hold.is_zero() {
             return None;
         }
         let front = match &d.answer {

@@ -80,7 +80,17 @@ impl Proxy {
         if let Some(GateRoute { gate, cohort }) = ctx.gate {
             let mut d = room.decide(gate, cohort, head);
             if let Some(hold) = self.may_hold(&d) {
-                if let Some(later) = self.hold(room, gate, cohort, head, ctx, hold).await {
+                // A new arrival at the front is held too: the ticket it was just given goes
+                // into the request for the hold (own cookies are stripped below, before
+                // forwarding), and onto the answer if it still has to wait.
+                let ticket = d.set_cookie.clone();
+                if let Some(c) = &ticket {
+                    super::hold::carry_cookie(&mut head.headers, c);
+                }
+                if let Some(mut later) = self.hold(room, gate, cohort, head, ctx, hold).await {
+                    if later.answer.is_some() && later.set_cookie.is_none() {
+                        later.set_cookie = ticket;
+                    }
                     d = later;
                 }
             }

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 
 use super::lanes::{GateRuntime, Lane, Switch};
 use super::{metric, Room};
+use crate::guard::Load;
 use crate::schedule::{PrequeueOrder, WindowState};
 use crate::waitroom::{GateStats, Mode};
 
@@ -154,38 +155,81 @@ impl Room {
     }
 
     /// Admission that follows the portal (`admission = "portal"`), run by the controller each
-    /// tick with the portal guard's readings: requests at the portal now (`in_flight`), its
-    /// concurrency limit (fixed or learned) and requests of people inside waiting for a portal
-    /// slot (`queued_inside`). Each such gate's room for people inside starts at the limit and
-    /// grows by a tenth a tick while the portal has room (fewer than 90% of its limit in use,
-    /// nobody inside waiting for a slot), people wait, and the room is full; it shrinks by 15% a
-    /// tick while people inside wait for a portal slot (a portal that slows down is followed
-    /// within a second at the default 200 ms tick). `capacity` stays the bound.
-    pub fn follow_portal(&self, in_flight: usize, limit: usize, queued_inside: usize) {
-        let limit = limit.max(1) as u32;
-        for g in &self.gates {
-            if !g.policy().follow_portal {
-                // Not (or no longer) following: nothing learned to resume from later.
-                g.steering.store(0, Ordering::Relaxed);
-                continue;
-            }
+    /// tick with a reading of the portal guard ([`Load`]).
+    ///
+    /// The signal is the portal's own use over the last tick, measured exactly (time
+    /// integrals, not samples): the slots it left idle while people waited are room for more
+    /// people. Each tick a full room grows by the slots left idle (less the requests of people
+    /// inside that waited for a slot, and the people already let in and not yet here: each
+    /// brings a request), times the people one slot serves (the inverse of the average use of
+    /// the portal per person inside, at most [`PER_IDLE_SLOT`]: people just let in ask at
+    /// once). People inside read, type or have left: however they use the portal between
+    /// pages, it is kept busy, and a short line of their requests (served first by the guard)
+    /// takes each slot the moment it frees. The room shrinks by [`SHRINK`] a tick while
+    /// requests of people inside wait, on average over the last second, more than
+    /// [`QUEUE_MOST`] of the portal's limit (a portal that slows down, or a learned limit that
+    /// drops, is followed within a second). `capacity` stays the bound; several following
+    /// gates share the idle slots in proportion to the people each has waiting.
+    pub fn follow_portal(&self, load: Load) {
+        let limit = load.limit.max(1) as f64;
+        let Some((busy, waited, queue)) = self
+            .follow
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .update(load)
+        else {
+            return;
+        };
+        let following: Vec<&GateRuntime> = self
+            .gates
+            .iter()
+            .filter(|g| {
+                let on = g.policy().follow_portal;
+                if !on {
+                    // Not (or no longer) following: nothing learned to resume from later.
+                    g.steering.store(0, Ordering::Relaxed);
+                }
+                on
+            })
+            .collect();
+        let rooms: Vec<(u32, u32, u64)> = following
+            .iter()
+            .map(|g| {
+                g.lanes.iter().fold((0, 0, 0), |(a, p, w), l| {
+                    let s = l.gate.stats();
+                    (a + s.active, p + s.pending, w + s.waiting)
+                })
+            })
+            .collect();
+        let pending: u32 = rooms.iter().map(|r| r.1).sum();
+        let inside_all: u32 = rooms.iter().map(|r| r.0 + r.1).sum();
+        let waiting_all: u64 = rooms.iter().map(|r| r.2).sum();
+        let idle = limit - busy - waited - f64::from(pending);
+        let crowded = queue > QUEUE_MOST * limit;
+        for (g, &(active, pending, waiting)) in following.iter().zip(&rooms) {
             let bound = g.capacity.load(Ordering::Relaxed).max(1);
             let cur = match g.steering.load(Ordering::Relaxed) {
-                0 => limit.min(bound),
+                0 => (limit as u32).min(bound),
                 n => n.min(bound),
             };
-            let (occupied, waiting) = g.lanes.iter().fold((0u32, 0u64), |(o, w), l| {
-                let s = l.gate.stats();
-                (o + s.active + s.pending, w + s.waiting)
-            });
-            let next = if queued_inside > 0 {
-                ((f64::from(cur) * 0.85) as u32).max(1)
-            } else if (in_flight as u32) * 10 < limit * 9 && waiting > 0 && occupied + 1 >= cur {
-                cur.saturating_add((cur / 10).max(1)).min(bound)
+            let occupied = active + pending;
+            let next = if crowded {
+                // Shrink from the people inside, not from a room that was never filled.
+                (f64::from(cur.min(occupied.max(1))) * (1.0 - SHRINK)) as u32
+            } else if waiting > 0 && occupied + 1 >= cur && idle >= 1.0 {
+                // People inside use the portal part of the time: an idle slot is room for
+                // more than one of them (as many as one slot's worth of their average use),
+                // but at most [`PER_IDLE_SLOT`], since people just let in ask at once.
+                let share = waiting as f64 / waiting_all.max(1) as f64;
+                let per_person = (busy + waited) / f64::from(inside_all.max(1));
+                let people = (1.0 / per_person.max(1e-3)).clamp(1.0, PER_IDLE_SLOT);
+                cur.saturating_add((idle * share * people).floor() as u32)
             } else {
                 cur
             };
-            g.steering.store(next, Ordering::Relaxed);
+            tracing::trace!(gate = %g.name, busy, waited, queue, active, pending, waiting, cur, next,
+                "following the portal");
+            g.steering.store(next.clamp(1, bound), Ordering::Relaxed);
         }
     }
 
@@ -199,6 +243,39 @@ impl Room {
     pub fn set_health(&self, f: f64) {
         self.health_bits
             .store(f.clamp(0.01, 1.0).to_bits(), Ordering::Relaxed);
+    }
+}
+
+/// Requests of people inside waiting for a slot, on average over [`QUEUE_SMOOTHING`], as a
+/// share of the portal's limit, past which a following room shrinks: each such request
+/// waits about as long as a portal request takes.
+const QUEUE_MOST: f64 = 0.5;
+/// How much a following room shrinks a tick.
+const SHRINK: f64 = 0.05;
+/// People let in per idle portal slot and tick, at most.
+const PER_IDLE_SLOT: f64 = 2.0;
+/// The queue of people inside is averaged over about this long.
+const QUEUE_SMOOTHING_US: f64 = 1_000_000.0;
+
+/// The portal's load as the room follows it: the previous reading and the queue's average.
+#[derive(Debug, Default)]
+pub(crate) struct Follow {
+    prev: Option<Load>,
+    /// Requests of people inside waiting for a slot, on average over the last second or so.
+    queue: f64,
+}
+
+impl Follow {
+    /// Takes a new reading; returns the averages since the previous one (requests at the
+    /// portal, requests of people inside waiting) and the queue's smoothed average. `None` for
+    /// the first reading.
+    fn update(&mut self, load: Load) -> Option<(f64, f64, f64)> {
+        let prev = self.prev.replace(load)?;
+        let (busy, waited) = load.averages_since(&prev)?;
+        let dt = load.at_us.saturating_sub(prev.at_us) as f64;
+        let w = (dt / QUEUE_SMOOTHING_US).min(1.0);
+        self.queue += w * (waited - self.queue);
+        Some((busy, waited, self.queue))
     }
 }
 

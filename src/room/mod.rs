@@ -196,6 +196,8 @@ pub struct Room {
     pub release_header: http::HeaderName,
     cookie_prefix: String,
     health_bits: AtomicU64,
+    /// The portal's load as following gates see it (only the controller takes this lock).
+    follow: std::sync::Mutex<controller::Follow>,
     /// With `[store] kind = "redis"`: this node's membership of the fleet (mirror, leader
     /// lease); stopped when the room is dropped.
     fleet: Option<Arc<crate::store::redis::Fleet>>,
@@ -270,6 +272,7 @@ impl Room {
             )?,
             cookie_prefix: w.cookie_prefix.clone(),
             health_bits: AtomicU64::new(1.0f64.to_bits()),
+            follow: std::sync::Mutex::new(controller::Follow::default()),
             fleet,
         };
         room.restore()?;
