@@ -206,8 +206,9 @@ struct Outcome {
     numbers: HashMap<u64, u64>,
     /// person → when they first learned they were admitted (ms since the start).
     admitted_at: HashMap<u64, u64>,
-    /// Requests of admitted people answered by anticamera instead of the portal.
-    bounced: Vec<(u64, u16, String)>,
+    /// Requests of admitted people answered by anticamera instead of the portal: person,
+    /// status, body, when (ms since the start).
+    bounced: Vec<(u64, u16, String, u64)>,
     done: HashSet<u64>,
     /// Answers 503 with a Retry-After while a node could not number anyone.
     unnumbered: usize,
@@ -294,7 +295,7 @@ async fn person(
         paths.push(format!("/claim/page{c}"));
     }
     paths.push("/claim/done".into());
-    for p in paths {
+    for (i, p) in paths.into_iter().enumerate() {
         let mut tries = 0;
         loop {
             let Some(a) = next(p.clone(), jar.clone()).await else {
@@ -307,10 +308,18 @@ async fn person(
                 jar = Some(c.clone());
             }
             if !a.by_portal() {
+                let at = t0.elapsed().as_millis() as u64;
                 out.lock()
                     .unwrap()
                     .bounced
-                    .push((id, a.status, a.body.clone()));
+                    .push((id, a.status, a.body.clone(), at));
+                // Not in yet (their first request): come back, as a page does.
+                if i == 0 && !inside && !stop.load(Ordering::Relaxed) {
+                    tries += 1;
+                    assert!(tries < 600, "person {id} never got in");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
             }
             break;
         }
@@ -817,4 +826,138 @@ async fn an_admin_switch_or_limit_set_on_one_node_applies_to_every_node() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (st, _) = admin(nodes[0].admin, "POST", "/admin/gates/claims/pause", "").await;
     assert_eq!(st, 503);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_killed_mid_surge_closes_then_back_empty_resyncs_without_a_number_twice() {
+    let mut redis = RedisServer::start();
+    let state = Arc::new(Portal::default());
+    let up = portal(state.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = fleet(dir.path(), up.addr, &redis.url()).await;
+    let addrs = Arc::new(nodes.iter().map(|n| n.addr).collect::<Vec<_>>());
+    let out = Arc::new(Mutex::new(Outcome::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let t0 = Instant::now();
+    let people = 60u64;
+    let mut tasks = Vec::new();
+    for id in 1..=people {
+        tasks.push(tokio::spawn(person(
+            id,
+            addrs.clone(),
+            4,
+            t0,
+            out.clone(),
+            stop.clone(),
+        )));
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    // Mid-surge: Redis dies for a second and a half and comes back empty.
+    loop {
+        if out.lock().unwrap().done.len() >= 10 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the run does not progress"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let killed_at = t0.elapsed().as_millis() as u64;
+    let waiting_then = {
+        let o = out.lock().unwrap();
+        o.numbers
+            .keys()
+            .filter(|p| !o.admitted_at.contains_key(p))
+            .count()
+    };
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    for n in &nodes {
+        let r = get(n.admin, "/readyz", None, 0).await.unwrap();
+        assert!(r.body.contains("degraded"), "{}", r.body);
+    }
+    // Newcomers during the outage: asked to come back (closed), in after the resync.
+    for id in people + 1..=people + 10 {
+        tasks.push(tokio::spawn(person(
+            id,
+            addrs.clone(),
+            2,
+            t0,
+            out.clone(),
+            stop.clone(),
+        )));
+    }
+    let people = people + 10;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    redis.wipe();
+    redis.restart();
+    let back_at = t0.elapsed().as_millis() as u64;
+    for t in tasks {
+        if tokio::time::timeout(Duration::from_secs(60), t)
+            .await
+            .is_err()
+        {
+            stop.store(true, Ordering::Relaxed);
+        }
+    }
+    let o = out.lock().unwrap();
+    let logs: String = (0..3)
+        .map(|i| {
+            std::fs::read_to_string(dir.path().join(format!("node-{i}.log"))).unwrap_or_default()
+        })
+        .collect();
+    assert!(!logs.contains("panicked"), "{logs}");
+    assert!(
+        waiting_then >= 5,
+        "only {waiting_then} waiting when Redis died"
+    );
+    assert_eq!(o.done.len() as u64, people, "every journey done: {o:?}");
+    // Closed while Redis was away: newcomers were asked to come back...
+    assert!(o.unnumbered > 0, "{o:?}");
+    // ...and the only people answered by anticamera after their admission are those whose
+    // first request fell while Redis was away or resyncing; nobody inside lost their pass.
+    let resynced = back_at + 1_000;
+    let outside: Vec<_> = o
+        .bounced
+        .iter()
+        .filter(|b| b.3 < killed_at || b.3 > resynced)
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "sent back outside the outage (Redis killed at {killed_at} ms, back at {back_at} ms): \
+         {:?}; admitted at {:?}",
+        outside.iter().map(|b| (b.0, b.3)).collect::<Vec<_>>(),
+        outside
+            .iter()
+            .map(|b| (b.0, o.admitted_at.get(&b.0)))
+            .collect::<Vec<_>>()
+    );
+    // Redis came back empty: no number handed out twice over the whole run.
+    let numbers: Vec<u64> = o.numbers.values().copied().collect();
+    let unique: HashSet<u64> = numbers.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        numbers.len(),
+        "a number handed out twice: {numbers:?}"
+    );
+    let most = state.most.load(Ordering::Relaxed);
+    assert!(
+        most <= CAPACITY,
+        "{most} inside the portal at once, capacity {CAPACITY}"
+    );
+    // The line moved again soon after Redis came back: places given back during the outage
+    // (the portal's release header) were not kept until session_duration (5 s) of idleness.
+    let first_after = o
+        .admitted_at
+        .values()
+        .filter(|t| **t > back_at)
+        .min()
+        .copied();
+    let first_after = first_after.expect("admissions after the resync");
+    assert!(
+        first_after < back_at + 2_000,
+        "first admission {} ms after Redis came back",
+        first_after - back_at
+    );
 }

@@ -1,12 +1,13 @@
 //! The Lua scripts of the Redis store: every write that must be atomic across nodes is one
 //! script, run by Redis as one step.
 //!
-//! Lane scripts get the same 14 keys (`KEYS[1..14]`, see `Lane::keys` in `redis.rs`):
+//! Lane scripts get the same 15 keys (`KEYS[1..15]`, see `Lane::keys` in `redis.rs`):
 //! next ticket, serving, sessions (sorted set ticket → last seen ms), owners (hash ticket →
 //! owner), claimed (bitmap), batches (sorted set of batch starts), batch data (hash
 //! `a:b` end, `a:l` places left, `a:d` deadline), places held (`pend`), late line (sorted set
 //! ticket → arrival order), late visits (hash ticket → last seen ms), late sequence, the
-//! leader lease, the epoch and the epoch's birth (ms).
+//! leader lease, the epoch and the epoch's birth (ms), and the sessions released lately
+//! (sorted set ticket → ms).
 //!
 //! and `ARGV[1]`, `ARGV[2]` = the highest next ticket and serving counter this node has seen
 //! (the floors: a Redis that comes back empty or behind is raised to them, so counters never go
@@ -173,9 +174,12 @@ redis.call('HDEL', KEYS[10], ts)
 return counts({0, n, s, 0})
 "#;
 
-/// Ends ticket `ARGV[4]`'s session: {1 if it was inside, then the mirror's sessions, places
-/// held, late line}.
+/// Ends ticket `ARGV[4]`'s session (at `ARGV[5]`): {1 if it was inside, then the mirror's
+/// sessions, places held, late line}.
 pub(super) const RELEASE: &str = r#"
+-- Remembered for a session's length, so that a node re-reporting the sessions it knows after
+-- Redis lost its data does not bring this one back.
+redis.call('ZADD', KEYS[15], ARGV[5], ARGV[4])
 if redis.call('ZREM', KEYS[3], ARGV[4]) == 1 then
   redis.call('HDEL', KEYS[4], ARGV[4])
   return counts({1})
@@ -190,6 +194,7 @@ local n, s = reseed()
 local now = tonumber(ARGV[4])
 local old = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', '(' .. S(now - tonumber(ARGV[5])))
 for _, m in ipairs(old) do redis.call('ZREM', KEYS[3], m); redis.call('HDEL', KEYS[4], m) end
+redis.call('ZREMRANGEBYSCORE', KEYS[15], '-inf', '(' .. S(now - tonumber(ARGV[5])))
 local abandoned = 0
 for _, a in ipairs(redis.call('ZRANGE', KEYS[6], 0, -1)) do
   local l = num(redis.call('HGET', KEYS[7], a .. ':l'), 0)
@@ -207,21 +212,26 @@ return {#old, n, s, abandoned}
 
 /// Sessions `ARGV[6..]` were active at `ARGV[4]`: their last-seen time moves up. With
 /// `ARGV[5]` = 1 (the store lost its data) the missing ones are taken back in, and so are
-/// numbers of people let in during an outage (`open-local`); otherwise they are returned:
-/// their session has ended.
+/// numbers of people let in during an outage (`open-local`), unless released lately;
+/// otherwise they are returned (as strings): their session has ended. With `ARGV[5]` = 2
+/// nothing is written: the sessions that have ended are returned.
 pub(super) const TOUCH: &str = r#"
 local gone = {}
 for i = 6, #ARGV do
   local ts = ARGV[i]
-  if redis.call('ZSCORE', KEYS[3], ts) then
+  if ARGV[5] == '2' then
+    -- Only asked whether the session is still on.
+    if not redis.call('ZSCORE', KEYS[3], ts) then gone[#gone + 1] = ts end
+  elseif redis.call('ZSCORE', KEYS[3], ts) then
     redis.call('ZADD', KEYS[3], 'GT', ARGV[4], ts)
-  elseif ARGV[5] == '1' or tonumber(ts) >= OUTAGE_MIN then
+  elseif (ARGV[5] == '1' or tonumber(ts) >= OUTAGE_MIN)
+      and not redis.call('ZSCORE', KEYS[15], ts) then
     -- Taken back in: Redis lost its data, or a person let in by a node while Redis did not
     -- answer (fail_mode open-local: their numbers are above OUTAGE_MIN).
     redis.call('ZADD', KEYS[3], ARGV[4], ts)
     if tonumber(ts) < OUTAGE_MIN then redis.call('SETBIT', KEYS[5], bit(tonumber(ts)), 1) end
   else
-    gone[#gone + 1] = tonumber(ts)
+    gone[#gone + 1] = ts
   end
 end
 return gone
@@ -324,4 +334,28 @@ redis.call('SET', k, ARGV[5], 'NX', 'EX', 172800)
 local v = redis.call('GET', k)
 redis.call('SET', KEYS[6] .. ':shuffle:last', v)
 return v
+"#;
+
+/// After Redis lost its data: the batches of held places this node's mirror knew (`ARGV[6..]`,
+/// start and end pairs), taken back in with at most `ARGV[5]` places in all (the places held
+/// the mirror knew), held until `ARGV[4]`. A batch already there (another node did it) is left
+/// alone. Returns how many places were held again.
+pub(super) const RESTORE_HELD: &str = r#"
+local left = tonumber(ARGV[5])
+local added = 0
+for i = 6, #ARGV - 1, 2 do
+  local a, b = ARGV[i], ARGV[i + 1]
+  if left <= 0 then break end
+  if not redis.call('ZSCORE', KEYS[6], a) then
+    local k = math.min(tonumber(b) - tonumber(a), left)
+    if k > 0 then
+      redis.call('ZADD', KEYS[6], a, a)
+      redis.call('HSET', KEYS[7], a .. ':b', b, a .. ':l', S(k), a .. ':d', ARGV[4])
+      redis.call('INCRBY', KEYS[8], S(k))
+      left = left - k
+      added = added + k
+    end
+  end
+end
+return added
 "#;

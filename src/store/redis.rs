@@ -57,6 +57,11 @@ const LEAD_FOR_MS: u64 = 1_000;
 pub const GRACE_MS: u64 = 500;
 /// Connections kept for reuse.
 pub const POOL_MAX: usize = 8;
+/// Releases remembered per lane to be sent again after Redis lost its data (about 16 bytes
+/// each), for at most [`RECENT_RELEASE_MS`].
+pub const RECENT_RELEASES: usize = 1 << 16;
+/// How long a release is remembered for that.
+pub const RECENT_RELEASE_MS: u64 = 30 * 60 * 1000;
 
 /// Metric: round trips to the shared store, by `op`.
 pub const ROUND_TRIPS: &str = "anticamera_store_round_trips_total";
@@ -115,6 +120,7 @@ struct Scripts {
     late_expire: Script,
     late_clear: Script,
     shuffle: Script,
+    restore_held: Script,
     fleet: Script,
 }
 
@@ -138,6 +144,7 @@ impl Scripts {
             late_expire: l(lua::LATE_EXPIRE),
             late_clear: l(lua::LATE_CLEAR),
             shuffle: l(lua::SHUFFLE),
+            restore_held: l(lua::RESTORE_HELD),
             fleet: Script::new(lua::FLEET),
         }
     }
@@ -566,6 +573,23 @@ impl Inner {
                 tracing::warn!(node = %self.node, "store: Redis lost its data (new epoch); raising its counters to what this node has seen and re-reporting the sessions it knows");
                 if let Ok(lanes) = self.lanes.lock() {
                     for l in lanes.iter() {
+                        // What the mirror held before the loss (the lanes' syncs come after
+                        // this step and will read the emptied Redis).
+                        let batches = l.batches.read().map(|b| b.clone()).unwrap_or_default();
+                        let pending = l.pending.load(Ordering::Acquire);
+                        if let Ok(mut h) = l.lost_held.lock() {
+                            *h = Some((batches, pending));
+                        }
+                        // The releases made through this node are sent again (the lanes'
+                        // syncs send them), before anyone is let in after the resync grace.
+                        let recent: Vec<(u64, u64)> = l
+                            .recent_releases
+                            .lock()
+                            .map(|r| r.iter().copied().collect())
+                            .unwrap_or_default();
+                        if let Ok(mut u) = l.unsent_releases.lock() {
+                            u.extend(recent);
+                        }
                         l.wants_all.store(true, Ordering::Release);
                     }
                 }
@@ -586,9 +610,12 @@ impl Inner {
 /// Called when the mirror's serving counter moves up.
 type OnMove = Box<dyn Fn(u64, u64) + Send + Sync>;
 
+/// Batches with places left (start, end) and the places held, as a mirror knew them.
+type Held = (Vec<(u64, u64)>, u32);
+
 /// One lane's keys and mirror.
 pub struct Lane {
-    keys: [String; 14],
+    keys: [String; 15],
     next: AtomicU64,
     serving: AtomicU64,
     active: AtomicU32,
@@ -605,6 +632,15 @@ pub struct Lane {
     gen: AtomicU64,
     /// Held while counts and batches are replaced.
     apply: Mutex<()>,
+    /// Releases (ticket, ms) made while Redis did not answer, sent when it answers again.
+    unsent_releases: Mutex<Vec<(u64, u64)>>,
+    /// Releases made through this node lately (ticket, ms; at most [`RECENT_RELEASES`]): sent
+    /// again when Redis lost its data, so that no node reports those sessions back in.
+    recent_releases: Mutex<std::collections::VecDeque<(u64, u64)>>,
+    /// When Redis lost its data: the batches with places left and the places held that the
+    /// mirror knew just before (what `restore_held` takes back in; the next sync reads the
+    /// emptied Redis).
+    lost_held: Mutex<Option<Held>>,
 }
 
 impl std::fmt::Debug for Lane {
@@ -640,6 +676,7 @@ impl Lane {
                 format!("{prefix}leader"),
                 format!("{prefix}epoch"),
                 format!("{prefix}epoch_at"),
+                k("released"),
             ],
             next: AtomicU64::new(1),
             serving: AtomicU64::new(1),
@@ -651,6 +688,9 @@ impl Lane {
             on_move: std::sync::OnceLock::new(),
             gen: AtomicU64::new(0),
             apply: Mutex::new(()),
+            unsent_releases: Mutex::new(Vec::new()),
+            recent_releases: Mutex::new(std::collections::VecDeque::new()),
+            lost_held: Mutex::new(None),
         }
     }
 
@@ -746,9 +786,64 @@ impl RedisStore {
         self.sync_inner("sync_after_write", false);
     }
 
-    /// The fleet thread's refresh (probes while Redis is down).
+    /// The fleet thread's refresh (probes while Redis is down); then the releases made while
+    /// Redis did not answer are sent.
     fn sync_probe(&self) {
         self.sync_inner("sync", true);
+        if !self.fleet.is_up() {
+            return;
+        }
+        let unsent: Vec<(u64, u64)> = match self.lane.unsent_releases.lock() {
+            Ok(mut u) if !u.is_empty() => std::mem::take(&mut *u),
+            _ => return,
+        };
+        let mut left = Vec::new();
+        for (t, at) in unsent {
+            if self.send_release(t, at, true).is_none() {
+                left.push((t, at));
+            }
+        }
+        if !left.is_empty() {
+            if let Ok(mut u) = self.lane.unsent_releases.lock() {
+                u.extend(left);
+            }
+        } else {
+            tracing::info!("store: releases made while Redis did not answer were sent");
+        }
+    }
+
+    /// The touch script in `mode` (0 report, 1 report and take back in, 2 only check): the
+    /// sessions that have ended, `None` when Redis did not answer.
+    fn touch_script(
+        &self,
+        op: &'static str,
+        tickets: &[u64],
+        now_ms: u64,
+        mode: u8,
+    ) -> Option<Vec<u64>> {
+        let mut args = Vec::with_capacity(tickets.len() + 2);
+        args.push(s(now_ms));
+        args.push(s(mode));
+        args.extend(tickets.iter().map(s));
+        let gone: Vec<String> = self.run(op, false, &self.fleet.scripts.touch, &args)?;
+        Some(gone.iter().filter_map(|t| t.parse().ok()).collect())
+    }
+
+    /// The release script: whether `t` was inside, `None` when Redis did not answer.
+    fn send_release(&self, t: u64, at_ms: u64, probe: bool) -> Option<bool> {
+        let r: Option<Vec<i64>> = self.run(
+            "release",
+            probe,
+            &self.fleet.scripts.release,
+            &[s(t), s(at_ms)],
+        );
+        match r.as_deref()? {
+            &[released, act, pend, late] => {
+                self.lane.written(|| self.lane.counts(act, pend, late));
+                Some(released == 1)
+            }
+            _ => Some(false),
+        }
     }
 
     fn sync_inner(&self, op: &'static str, probe: bool) {
@@ -780,6 +875,14 @@ impl RedisStore {
 
 fn s(v: impl ToString) -> String {
     v.to_string()
+}
+
+/// Milliseconds since the Unix epoch (releases made while Redis does not answer are stamped).
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 fn hex(b: &[u8]) -> String {
@@ -1011,13 +1114,26 @@ impl SharedAdmission for RedisStore {
     }
 
     fn release(&self, t: u64) -> bool {
-        let r: Option<Vec<i64>> = self.run("release", false, &self.fleet.scripts.release, &[s(t)]);
-        match r.as_deref() {
-            Some(&[released, act, pend, late]) => {
-                self.lane.written(|| self.lane.counts(act, pend, late));
-                released == 1
+        let now = wall_ms();
+        if let Ok(mut r) = self.lane.recent_releases.lock() {
+            while r.len() >= RECENT_RELEASES
+                || r.front()
+                    .is_some_and(|&(_, at)| now.saturating_sub(at) > RECENT_RELEASE_MS)
+            {
+                r.pop_front();
             }
-            _ => false,
+            r.push_back((t, now));
+        }
+        match self.send_release(t, now, false) {
+            Some(released) => released,
+            None => {
+                // Redis does not answer: sent when it does (the fleet thread), so the place is
+                // given back then rather than after `session_duration` of idleness.
+                if let Ok(mut u) = self.lane.unsent_releases.lock() {
+                    u.push((t, now));
+                }
+                true
+            }
         }
     }
 
@@ -1040,27 +1156,52 @@ impl SharedAdmission for RedisStore {
         }
     }
 
-    fn touch(&self, tickets: &[u64], now_ms: u64) -> Vec<u64> {
+    fn touch(&self, tickets: &[u64], now_ms: u64) -> Option<Vec<u64>> {
         let readd = self.lane.wants_all.swap(false, Ordering::AcqRel);
-        let mut args = Vec::with_capacity(tickets.len() + 2);
-        args.push(s(now_ms));
-        args.push(s(u8::from(readd)));
-        args.extend(tickets.iter().map(s));
-        let r: Option<Vec<u64>> = self.run("touch", false, &self.fleet.scripts.touch, &args);
-        match r {
-            Some(gone) => gone,
-            None => {
-                if readd {
-                    // Not reported: try again next tick.
-                    self.lane.wants_all.store(true, Ordering::Release);
-                }
-                Vec::new()
-            }
+        let r = self.touch_script("touch", tickets, now_ms, u8::from(readd));
+        if r.is_none() && readd {
+            // Not reported: again next tick.
+            self.lane.wants_all.store(true, Ordering::Release);
         }
+        r
+    }
+
+    fn check(&self, tickets: &[u64]) -> Option<Vec<u64>> {
+        self.touch_script("check", tickets, 0, 2)
     }
 
     fn wants_all_sessions(&self) -> bool {
         self.lane.wants_all.load(Ordering::Acquire)
+    }
+
+    fn restore_held(&self, deadline_ms: u64) -> u32 {
+        let lost = self.lane.lost_held.lock().ok().and_then(|mut h| h.take());
+        let Some((batches, pending)) = lost else {
+            return 0;
+        };
+        if batches.is_empty() || pending == 0 {
+            return 0;
+        }
+        let mut args = vec![s(deadline_ms), s(pending)];
+        for (a, b) in batches {
+            args.push(s(a));
+            args.push(s(b));
+        }
+        let added: Option<i64> = self.run(
+            "restore_held",
+            false,
+            &self.fleet.scripts.restore_held,
+            &args,
+        );
+        let added = u32::try_from(added.unwrap_or(0).max(0)).unwrap_or(0);
+        if added > 0 {
+            tracing::warn!(
+                places = added,
+                "store: places held for admitted people taken back in after Redis lost its data"
+            );
+            self.sync();
+        }
+        added
     }
 
     fn refresh(&self) {

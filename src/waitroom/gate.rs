@@ -72,7 +72,13 @@ pub struct Gate {
     visits: Visits,
     /// Shared store only: the second of the last activity report (`Gate::tick`).
     reported_s: std::sync::atomic::AtomicU32,
+    /// Shared store only: ticks, to check the cache every `CHECK_EVERY`.
+    checks: AtomicU64,
 }
+
+/// Shared store only: every this many ticks (2 s at the default 200 ms), the sessions in this
+/// node's cache are checked against the store.
+const CHECK_EVERY: u64 = 10;
 
 /// The owner of a session in a shared store: visitor and client binding together.
 fn owner_of(who: Occupant) -> u64 {
@@ -126,6 +132,7 @@ impl Gate {
             }),
             visits: Visits::new(),
             reported_s: std::sync::atomic::AtomicU32::new(0),
+            checks: AtomicU64::new(0),
         };
         gate.apply(settings);
         gate
@@ -677,15 +684,37 @@ impl Gate {
         let now_s = super::slots::secs(now_ms);
         let since = self.reported_s.swap(now_s, Ordering::AcqRel);
         let mut seen = if sh.wants_all_sessions() {
+            sh.restore_held(now_ms + self.settings.arrival_timeout_ms());
             self.known_sessions()
         } else {
             self.slots.tickets_seen_since(since)
         };
         seen.extend(self.visits.take_seen(now_ms, session_ms.max(1_000)));
         if !seen.is_empty() {
-            for t in sh.touch(&seen, now_ms) {
-                self.slots.release_ticket(t);
-                self.visits.gone(t);
+            match sh.touch(&seen, now_ms) {
+                Some(gone) => self.forget(&gone),
+                None => {
+                    // Not reported (the store did not answer): again at the next tick, so a
+                    // session active during an outage is not taken for idle after it.
+                    let _ = self.reported_s.compare_exchange(
+                        now_s,
+                        since,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    );
+                    self.visits.seen_again(&seen);
+                }
+            }
+        }
+        // Every CHECK_EVERY ticks: which sessions of this node's cache have ended elsewhere
+        // (released on another node): forgotten here, so they are not reported back in if the
+        // store loses its data.
+        if self.checks.fetch_add(1, Ordering::Relaxed) % CHECK_EVERY == 0 {
+            let known = self.known_sessions();
+            if !known.is_empty() {
+                if let Some(gone) = sh.check(&known) {
+                    self.forget(&gone);
+                }
             }
         }
         let (expired, abandoned) = if sh.is_leader() {
@@ -745,6 +774,15 @@ impl Gate {
     /// an opening applies it).
     pub fn last_shared_shuffle(&self) -> Option<(u64, u64, [u8; 32])> {
         self.shared()?.last_shuffle()
+    }
+
+    /// The store said these sessions ended: this node's cache forgets them and stops
+    /// honouring their passes.
+    fn forget(&self, gone: &[u64]) {
+        for &t in gone {
+            self.slots.release_ticket(t);
+            self.visits.gone(t);
+        }
     }
 
     /// Every session this node knows to be on (its slots and the other nodes' passes it

@@ -177,12 +177,21 @@ pub trait SharedAdmission: Send + Sync + fmt::Debug {
     /// and late arrivals gone idle. Returns (sessions ended, places abandoned).
     fn expire(&self, now_ms: u64, session_ms: u64) -> (u64, u64);
     /// These tickets' sessions were active on this node since the last call. Returns those
-    /// whose session has ended (this node must stop honouring their passes).
-    fn touch(&self, tickets: &[u64], now_ms: u64) -> Vec<u64>;
+    /// whose session has ended (this node must stop honouring their passes); `None` when the
+    /// store did not answer (report them again).
+    fn touch(&self, tickets: &[u64], now_ms: u64) -> Option<Vec<u64>>;
+    /// Which of these sessions have ended (nothing written): the sessions this node keeps in
+    /// its cache though nobody asked for a while (released on another node, say), so that
+    /// it forgets them rather than report them back after the store lost its data.
+    fn check(&self, tickets: &[u64]) -> Option<Vec<u64>>;
     /// Whether the store lost its sessions (restarted empty) since this node last reported:
     /// then the next [`SharedAdmission::touch`] should carry every session this node knows,
     /// which the store takes back in (people inside keep their place).
     fn wants_all_sessions(&self) -> bool;
+    /// Redis lost its data: takes back in the batches of places held for admitted people this
+    /// node's mirror knew (at most as many places as it knew held), held until `deadline_ms`,
+    /// so people admitted before the loss still find their place. Returns the places held again.
+    fn restore_held(&self, deadline_ms: u64) -> u32;
     /// Refreshes the mirror now (one round trip): a page request of someone near the front
     /// whom this node's mirror does not show admitted yet, while another node's may.
     fn refresh(&self);

@@ -112,6 +112,15 @@ impl Visits {
         out
     }
 
+    /// A report to the store did not go through: these are reported again next time.
+    pub(super) fn seen_again(&self, tickets: &[u64]) {
+        for &t in tickets {
+            if let Some(v) = self.shard(t).get_mut(&t) {
+                v.dirty = true;
+            }
+        }
+    }
+
     /// The store said `t`'s session ended: its pass is refused here from now on.
     pub(super) fn gone(&self, t: u64) {
         if let Some(v) = self.shard(t).get_mut(&t) {
