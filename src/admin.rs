@@ -106,10 +106,13 @@ pub async fn limiter_upkeep(shared: Arc<Shared>, mut shutdown: watch::Receiver<b
     let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut last_sweep = tokio::time::Instant::now();
+    // With a shared store: the node count and the limiter the fleet's limits were divided for.
+    let mut divided: Option<(u32, usize)> = None;
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = every.tick() => {
+                divide_fleet_limits(&shared, &mut divided);
                 let limiter = shared.limiter.load_full();
                 let Some(limiter) = limiter.as_deref() else { continue };
                 let keys = limiter.len_by_kind();
@@ -131,6 +134,47 @@ pub async fn limiter_upkeep(shared: Arc<Shared>, mut shutdown: watch::Receiver<b
             }
         }
     }
+}
+
+/// With a shared store, the per-gate and per-cohort rate limits are the fleet's: each node
+/// enforces its share (divided by the nodes alive, [`RateLimitsConfig::shared_by`]), rebuilt
+/// when the count changes or a reload replaced the limiter (buckets start full then, as after
+/// a reload).
+///
+/// [`RateLimitsConfig::shared_by`]: crate::ratelimit::RateLimitsConfig::shared_by
+fn divide_fleet_limits(shared: &Shared, divided: &mut Option<(u32, usize)>) {
+    let Some(nodes) = shared.room.as_ref().and_then(|r| r.fleet_nodes()) else {
+        return;
+    };
+    let config = shared.config.load();
+    let Some(rl) = config
+        .rate_limits
+        .as_ref()
+        .filter(|r| r.per_gate.is_some() || r.per_cohort.is_some())
+    else {
+        return;
+    };
+    let current = shared
+        .limiter
+        .load_full()
+        .map_or(0, |l| Arc::as_ptr(&l) as usize);
+    match *divided {
+        Some((n, ptr)) if n == nodes && ptr == current => return,
+        // As configured for one node: nothing to divide.
+        None if nodes == 1 => {
+            *divided = Some((1, current));
+            return;
+        }
+        _ => {}
+    }
+    let limiter = Arc::new(crate::ratelimit::RateLimiter::new(&rl.shared_by(nodes)));
+    let ptr = Arc::as_ptr(&limiter) as usize;
+    shared.limiter.store(Some(limiter));
+    *divided = Some((nodes, ptr));
+    tracing::info!(
+        nodes,
+        "rate limits: per_gate and per_cohort divided among the nodes alive"
+    );
 }
 
 /// Runs the waiting room's controller until `shutdown`: ticks every `waiting_room.tick`, saves

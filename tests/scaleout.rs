@@ -101,6 +101,7 @@ fn node_config(
     i: usize,
     portal: SocketAddr,
     redis: &str,
+    extra: &str,
 ) -> (std::path::PathBuf, SocketAddr, SocketAddr) {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -113,15 +114,15 @@ fn node_config(
          keys = [{{ id = 1, secret = \"scaleout-test-key-0123456789abcdef-0123456789\" }}]\n\
          [[gates]]\nname = \"claims\"\nprefix = [\"/claim\"]\ncapacity = {CAPACITY}\n\
          session_duration = \"5s\"\narrival_timeout = \"10s\"\n\
-         [store]\nkind = \"redis\"\nurl = \"{redis}\"\nnode_id = \"node-{i}\"\ntimeout = \"200ms\"\n"
+         [store]\nkind = \"redis\"\nurl = \"{redis}\"\nnode_id = \"node-{i}\"\ntimeout = \"200ms\"\n{extra}"
     );
     let path = dir.join(format!("node-{i}.toml"));
     std::fs::write(&path, text).unwrap();
     (path, addr, admin)
 }
 
-async fn start_node(dir: &Path, i: usize, portal: SocketAddr, redis: &str) -> Node {
-    let (cfg, addr, admin) = node_config(dir, i, portal, redis);
+async fn start_node(dir: &Path, i: usize, portal: SocketAddr, redis: &str, extra: &str) -> Node {
+    let (cfg, addr, admin) = node_config(dir, i, portal, redis, extra);
     let log = std::fs::File::create(dir.join(format!("node-{i}.log"))).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_anticamera"))
         .arg("run")
@@ -348,9 +349,14 @@ fn inversions(o: &Outcome, slack_ms: u64) -> Vec<(u64, u64)> {
 }
 
 async fn fleet(dir: &Path, portal: SocketAddr, redis: &str) -> Vec<Node> {
+    fleet_with(dir, portal, redis, "").await
+}
+
+/// Three nodes, `extra` TOML appended to each one's config.
+async fn fleet_with(dir: &Path, portal: SocketAddr, redis: &str, extra: &str) -> Vec<Node> {
     let mut nodes = Vec::new();
     for i in 0..3 {
-        nodes.push(start_node(dir, i, portal, redis).await);
+        nodes.push(start_node(dir, i, portal, redis, extra).await);
     }
     // A fresh Redis is a new epoch: writes wait out the resync grace.
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -959,5 +965,36 @@ async fn redis_killed_mid_surge_closes_then_back_empty_resyncs_without_a_number_
         first_after < back_at + 2_000,
         "first admission {} ms after Redis came back",
         first_after - back_at
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_per_gate_rate_limit_holds_for_the_fleet() {
+    let redis = RedisServer::start();
+    let state = Arc::new(Portal::default());
+    let up = portal(state.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = fleet_with(
+        dir.path(),
+        up.addr,
+        &redis.url(),
+        "[rate_limits]\nper_gate = { rate = \"3/s\", burst = 30 }\n",
+    )
+    .await;
+    // Each node sees the three alive and enforces a third (rebuilt within a second).
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let mut allowed = 0;
+    for i in 0..90u64 {
+        let a = get(nodes[(i % 3) as usize].addr, "/claim", None, 1_000 + i)
+            .await
+            .unwrap();
+        if a.status != 429 {
+            allowed += 1;
+        }
+    }
+    // A burst of 30 for the fleet (+ 3/s while the requests go out), not 30 per node.
+    assert!(
+        (27..=40).contains(&allowed),
+        "{allowed} of 90 requests let through by 3 nodes sharing a burst of 30"
     );
 }

@@ -376,6 +376,12 @@ impl Room {
         }
     }
 
+    /// With a shared store: the nodes seen alive in the fleet (`None` with the in-memory
+    /// store).
+    pub fn fleet_nodes(&self) -> Option<u32> {
+        self.fleet.as_ref().map(|f| f.nodes_alive())
+    }
+
     /// With a shared store: whether it answers, and what this node does while it does not
     /// (for `/readyz`). `None` with the in-memory store.
     pub fn store_state(&self) -> Option<(bool, crate::store::FailMode)> {

@@ -311,6 +311,11 @@ impl Fleet {
         Some(a)
     }
 
+    /// Nodes seen alive in the fleet at the last sync (this one included; at least 1).
+    pub fn nodes_alive(&self) -> u32 {
+        self.inner.nodes_alive.load(Ordering::Acquire).max(1)
+    }
+
     /// This node's id.
     pub fn node(&self) -> &str {
         &self.inner.node
