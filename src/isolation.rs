@@ -197,8 +197,15 @@ pub const CONNECTIONS_RETIRED: &str = "anticamera_isolation_connections_retired_
 /// Every `reason` of [`REFUSED`] (exported at 0 from start-up).
 pub const REFUSED_REASONS: &[&str] = &["leak", "request_id_missing", "request_id_mismatch"];
 
+/// With a shared store: binds a session to a user fleet-wide on a node's first sight of it
+/// (`Some(false)`: another node bound it to someone else; `None`: the store did not answer).
+pub type FleetBinder = Box<dyn Fn(u64, u64, u64) -> Option<bool> + Send + Sync>;
+
 /// The isolation stage.
 pub struct Isolation {
+    /// With a shared store: the fleet's bindings, asked on this node's first sight of a
+    /// session (a round trip on that response only).
+    fleet_binder: std::sync::OnceLock<FleetBinder>,
     session_cookies: Vec<String>,
     leak_header: Option<HeaderName>,
     strip: Vec<HeaderName>,
@@ -253,6 +260,7 @@ impl Isolation {
             strip.push(h.clone());
         }
         Isolation {
+            fleet_binder: std::sync::OnceLock::new(),
             session_cookies: cfg.session_cookies.clone(),
             leak_header,
             strip,
@@ -405,13 +413,41 @@ impl Isolation {
         }
     }
 
+    /// With a shared store: the fleet's bindings decide a session this node sees first
+    /// (set once, when the room joins its fleet).
+    pub fn set_fleet_binder(&self, b: FleetBinder) {
+        let _ = self.fleet_binder.set(b);
+    }
+
     /// Binds `session` to `user` on first sight; false if it is bound to someone else.
     fn bind(&self, session: u64, user: u64, now_ms: u64) -> bool {
         let shard = &self.bindings[(session as usize) % SHARDS];
+        {
+            let Ok(mut map) = shard.lock() else {
+                return false;
+            };
+            if let Some((bound, seen)) = map.get_mut(&session) {
+                if now_ms.saturating_sub(*seen) <= self.idle_ms {
+                    if *bound != user {
+                        return false;
+                    }
+                    *seen = now_ms;
+                    return true;
+                }
+            }
+        }
+        // First sight on this node: with a shared store another node may have bound it (asked
+        // without holding the shard's lock). The store silent: this node's binding alone.
+        if let Some(b) = self.fleet_binder.get() {
+            if b(session, user, self.idle_ms) == Some(false) {
+                return false;
+            }
+        }
         let Ok(mut map) = shard.lock() else {
             return false;
         };
         match map.get_mut(&session) {
+            // Bound meanwhile by a concurrent response of the same session.
             Some((bound, seen)) if now_ms.saturating_sub(*seen) <= self.idle_ms => {
                 if *bound != user {
                     return false;

@@ -66,6 +66,11 @@ async fn portal(state: Arc<Portal>) -> common::Upstream {
             }
             tokio::time::sleep(Duration::from_millis(15)).await;
             let mut r = Response::builder().header("x-portal", "1");
+            // The page is stamped for the user the test says (a portal leaking pages when
+            // told to).
+            if let Some(u) = req.headers().get("x-want-user") {
+                r = r.header("x-user", u.clone());
+            }
             if done {
                 r = r.header("x-anticamera-release", "1");
             }
@@ -997,4 +1002,48 @@ async fn a_per_gate_rate_limit_holds_for_the_fleet() {
         (27..=40).contains(&allowed),
         "{allowed} of 90 requests let through by 3 nodes sharing a burst of 30"
     );
+}
+
+/// A request with the portal's session cookie, asking the portal stand-in to stamp the page
+/// for `user`.
+async fn as_user(addr: SocketAddr, session: &str, user: &str) -> u16 {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET /account HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: sid={session}\r\n\
+         X-Want-User: {user}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    String::from_utf8_lossy(&buf)[9..12].parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_leak_guard_binds_a_session_for_the_fleet() {
+    let mut redis = RedisServer::start();
+    let state = Arc::new(Portal::default());
+    let up = portal(state.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = fleet_with(
+        dir.path(),
+        up.addr,
+        &redis.url(),
+        "[isolation]\nsession_cookies = [\"sid\"]\nleak_guard_header = \"x-user\"\n",
+    )
+    .await;
+    // Alice's session, first seen on node 0: bound to her for the fleet.
+    assert_eq!(as_user(nodes[0].addr, "abc", "alice").await, 200);
+    // The portal leaks Bob's page into Alice's session on a node that never saw the session:
+    // refused there too, and on the third.
+    assert_eq!(as_user(nodes[1].addr, "abc", "bob").await, 502);
+    assert_eq!(as_user(nodes[2].addr, "abc", "bob").await, 502);
+    // Alice's own pages go through everywhere.
+    for n in &nodes {
+        assert_eq!(as_user(n.addr, "abc", "alice").await, 200);
+    }
+    // Redis down: each node still guards the sessions it has seen (fail-open for new ones).
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(as_user(nodes[1].addr, "abc", "bob").await, 502);
+    assert_eq!(as_user(nodes[1].addr, "xyz", "carol").await, 200);
 }

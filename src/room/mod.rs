@@ -376,6 +376,11 @@ impl Room {
         }
     }
 
+    /// With a shared store: this node's membership of the fleet.
+    pub fn fleet(&self) -> Option<Arc<crate::store::redis::Fleet>> {
+        self.fleet.clone()
+    }
+
     /// With a shared store: the nodes seen alive in the fleet (`None` with the in-memory
     /// store).
     pub fn fleet_nodes(&self) -> Option<u32> {

@@ -359,3 +359,14 @@ for i = 6, #ARGV - 1, 2 do
 end
 return added
 "#;
+
+/// The leak guard's binding of session `KEYS[1]` to user `ARGV[1]` for `ARGV[2]` ms: taken if
+/// free, extended if the same user's; 0 if bound to another user.
+pub(super) const BIND: &str = r#"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"#;

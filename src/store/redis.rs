@@ -121,6 +121,7 @@ struct Scripts {
     late_clear: Script,
     shuffle: Script,
     restore_held: Script,
+    bind: Script,
     fleet: Script,
 }
 
@@ -145,6 +146,7 @@ impl Scripts {
             late_clear: l(lua::LATE_CLEAR),
             shuffle: l(lua::SHUFFLE),
             restore_held: l(lua::RESTORE_HELD),
+            bind: Script::new(lua::BIND),
             fleet: Script::new(lua::FLEET),
         }
     }
@@ -309,6 +311,22 @@ impl Fleet {
         }
         *applied = a.version;
         Some(a)
+    }
+
+    /// The leak guard's binding of `session` to `user`, fleet-wide, for `idle_ms`: whether
+    /// the session is this user's (taken if free); `None` when Redis did not answer.
+    pub fn bind_session(&self, session: u64, user: u64, idle_ms: u64) -> Option<bool> {
+        let key = format!("{}bind:{session:016x}", self.inner.prefix);
+        let r: i64 = self.inner.call("bind", false, |c| {
+            self.inner
+                .scripts
+                .bind
+                .key(&key)
+                .arg(user)
+                .arg(idle_ms.max(1))
+                .invoke(c)
+        })?;
+        Some(r == 1)
     }
 
     /// Nodes seen alive in the fleet at the last sync (this one included; at least 1).
