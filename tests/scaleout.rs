@@ -20,6 +20,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const CAPACITY: usize = 4;
+
+/// One scenario at a time: each starts three anticamera processes and a redis-server, and
+/// their timings (lease hand-over, wake-ups, resync) are asserted; run side by side on a small
+/// machine they would measure each other.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const TOKEN: &str = "scaleout-admin-token-0123456789";
 
 fn free_port() -> u16 {
@@ -370,6 +375,7 @@ async fn fleet_with(dir: &Path, portal: SocketAddr, redis: &str, extra: &str) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_nodes_one_line_one_capacity_nobody_bounced_and_a_node_killed_loses_nobody() {
+    let _serial = SERIAL.lock().await;
     let redis = RedisServer::start();
     let state = Arc::new(Portal::default());
     let up = portal(state.clone()).await;
@@ -491,6 +497,7 @@ async fn three_nodes_one_line_one_capacity_nobody_bounced_and_a_node_killed_lose
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_killed_closes_every_node_without_a_panic_and_back_empty_no_number_twice() {
+    let _serial = SERIAL.lock().await;
     let mut redis = RedisServer::start();
     let state = Arc::new(Portal::default());
     let up = portal(state.clone()).await;
@@ -638,6 +645,7 @@ async fn round_trips(nodes: &[Node]) -> HashMap<String, f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn status_polls_and_admitted_requests_make_no_round_trip() {
+    let _serial = SERIAL.lock().await;
     let redis = RedisServer::start();
     let state = Arc::new(Portal::default());
     let up = portal(state.clone()).await;
@@ -761,6 +769,7 @@ async fn admin(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_admin_switch_or_limit_set_on_one_node_applies_to_every_node() {
+    let _serial = SERIAL.lock().await;
     let redis = RedisServer::start();
     let state = Arc::new(Portal::default());
     let up = portal(state.clone()).await;
@@ -841,6 +850,7 @@ async fn an_admin_switch_or_limit_set_on_one_node_applies_to_every_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_killed_mid_surge_closes_then_back_empty_resyncs_without_a_number_twice() {
+    let _serial = SERIAL.lock().await;
     let mut redis = RedisServer::start();
     let state = Arc::new(Portal::default());
     let up = portal(state.clone()).await;
@@ -975,6 +985,7 @@ async fn redis_killed_mid_surge_closes_then_back_empty_resyncs_without_a_number_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_per_gate_rate_limit_holds_for_the_fleet() {
+    let _serial = SERIAL.lock().await;
     let redis = RedisServer::start();
     let state = Arc::new(Portal::default());
     let up = portal(state.clone()).await;
@@ -1020,6 +1031,7 @@ async fn as_user(addr: SocketAddr, session: &str, user: &str) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_leak_guard_binds_a_session_for_the_fleet() {
+    let _serial = SERIAL.lock().await;
     let mut redis = RedisServer::start();
     let state = Arc::new(Portal::default());
     let up = portal(state.clone()).await;
