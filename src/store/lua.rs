@@ -5,7 +5,7 @@
 //! next ticket, serving, sessions (sorted set ticket → last seen ms), owners (hash ticket →
 //! owner), claimed (bitmap), batches (sorted set of batch starts), batch data (hash
 //! `a:b` end, `a:l` places left, `a:d` deadline), places held (`pend`), late line (sorted set
-//! ticket → arrival order), late visits (hash ticket → last seen ms), late sequence, the
+//! ticket → arrival order), late visits (sorted set ticket → last seen ms), late sequence, the
 //! leader lease, the epoch and the epoch's birth (ms), and the sessions released lately
 //! (sorted set ticket → ms).
 //!
@@ -51,24 +51,22 @@ local function late_arrive(ts, now)
   -- Inside already (claimed on another node): not late. -1.
   if redis.call('ZSCORE', KEYS[3], ts) then return -1 end
   local r = redis.call('ZRANK', KEYS[9], ts)
-  if r then redis.call('HSET', KEYS[10], ts, now); return r end
+  if r then redis.call('ZADD', KEYS[10], now, ts); return r end
   local len = redis.call('ZCARD', KEYS[9])
   if len < LATE_MAX then
     local seq = redis.call('INCR', KEYS[11])
     redis.call('ZADD', KEYS[9], seq, ts)
-    redis.call('HSET', KEYS[10], ts, now)
+    redis.call('ZADD', KEYS[10], now, ts)
   end
   return len
 end
 local function late_expire(idle_before)
-  local gone = 0
-  local lt = redis.call('HGETALL', KEYS[10])
-  for i = 1, #lt, 2 do
-    if tonumber(lt[i + 1]) < idle_before then
-      redis.call('ZREM', KEYS[9], lt[i]); redis.call('HDEL', KEYS[10], lt[i]); gone = gone + 1
-    end
+  -- Only those not seen since (a sorted set by last visit: no scan of the whole line).
+  local idle = redis.call('ZRANGEBYSCORE', KEYS[10], '-inf', '(' .. S(idle_before))
+  for _, t in ipairs(idle) do
+    redis.call('ZREM', KEYS[9], t); redis.call('ZREM', KEYS[10], t)
   end
-  return gone
+  return #idle
 end
 "#;
 
@@ -170,7 +168,7 @@ redis.call('ZADD', KEYS[3], ARGV[7], ts)
 redis.call('HSET', KEYS[4], ts, ARGV[5])
 redis.call('SETBIT', KEYS[5], bit(t), 1)
 redis.call('ZREM', KEYS[9], ts)
-redis.call('HDEL', KEYS[10], ts)
+redis.call('ZREM', KEYS[10], ts)
 return counts({0, n, s, 0})
 "#;
 
@@ -275,7 +273,7 @@ return late_arrive(ARGV[4], ARGV[5])
 
 /// `ARGV[4]` took a place: 1 if it was in the late line.
 pub(super) const LATE_LEAVE: &str = r#"
-redis.call('HDEL', KEYS[10], ARGV[4])
+redis.call('ZREM', KEYS[10], ARGV[4])
 return redis.call('ZREM', KEYS[9], ARGV[4])
 "#;
 
