@@ -728,3 +728,32 @@ fn a_node_started_while_redis_is_down_joins_when_it_answers() {
         }
     }
 }
+
+#[test]
+fn a_leak_guard_binding_in_use_outlives_its_idle_time_for_a_node_that_never_saw_it() {
+    let mut r = RedisServer::start();
+    let a = Fleet::start(&cfg(&r, "a")).unwrap();
+    let b = Fleet::start(&cfg(&r, "b")).unwrap();
+    let idle = 300;
+    assert_eq!(a.bind_session(7, 1, idle), Some(true));
+    // Node a serves the session from its own table for three idle times, refreshing the
+    // fleet's binding as the leak guard does (a quarter of the idle time apart).
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_millis(3 * idle) {
+        a.queue_binding(7, 1, idle);
+        std::thread::sleep(Duration::from_millis(idle / 4));
+    }
+    // A node that has never seen the session cannot bind it to someone else.
+    assert_eq!(b.bind_session(7, 2, idle), Some(false));
+    assert_eq!(b.bind_session(7, 1, idle), Some(true));
+
+    // A binding made while Redis did not answer is written when it does.
+    r.kill();
+    until(Duration::from_secs(2), "down", || !a.is_up());
+    assert_eq!(a.bind_session(8, 1, 60_000), None);
+    a.queue_binding(8, 1, 60_000);
+    r.restart();
+    until(Duration::from_secs(3), "written", || {
+        b.bind_session(8, 2, 60_000) == Some(false)
+    });
+}

@@ -55,6 +55,10 @@ const LEAD_FOR_MS: u64 = 1_000;
 /// After Redis lost its data: write scripts refuse this long, while every live node's sync
 /// raises the counters to what it had seen.
 pub const GRACE_MS: u64 = 500;
+/// Leak-guard bindings waiting to be written to Redis, at most.
+pub const BINDS_MAX: usize = 1 << 16;
+/// Leak-guard bindings written per round trip of the fleet step.
+const BINDS_PER_STEP: usize = 1024;
 /// Connections kept for reuse.
 pub const POOL_MAX: usize = 8;
 /// Releases remembered per lane to be sent again after Redis lost its data (about 16 bytes
@@ -177,6 +181,11 @@ struct Inner {
     /// The gates whose admin settings this node follows (names), and the fleet's settings for
     /// each as last read, with the version this node last applied.
     admin: Mutex<std::collections::HashMap<String, (Option<GateAdmin>, u64)>>,
+    /// Leak-guard bindings (session → user, idle ms) to write in the next fleet step: the
+    /// refreshes of bindings in use and those made while Redis did not answer.
+    binds: Mutex<std::collections::HashMap<u64, (u64, u64)>>,
+    /// Bindings dropped because [`BINDS_MAX`] were waiting (logged once per outage).
+    binds_dropped: AtomicU64,
     scripts: Scripts,
 }
 
@@ -237,6 +246,8 @@ impl Fleet {
             salt: rand::random::<u64>() & 0xF_FFFF,
             outage_seq: AtomicU64::new(0),
             admin: Mutex::new(std::collections::HashMap::new()),
+            binds: Mutex::new(std::collections::HashMap::new()),
+            binds_dropped: AtomicU64::new(0),
             scripts: Scripts::new(),
         });
         metrics::gauge!(crate::telemetry::STORE_UP).set(1.0);
@@ -327,6 +338,24 @@ impl Fleet {
                 .invoke(c)
         })?;
         Some(r == 1)
+    }
+
+    /// Queues the leak guard's binding of `session` to `user` for `idle_ms`, written to the
+    /// fleet by the next fleet step (every [`SYNC_MS`], no round trip here): refreshes a
+    /// binding in use, or writes one made while Redis did not answer. At most
+    /// [`BINDS_MAX`] wait; more are dropped (and logged).
+    pub fn queue_binding(&self, session: u64, user: u64, idle_ms: u64) {
+        let Ok(mut b) = self.inner.binds.lock() else {
+            return;
+        };
+        if b.len() >= BINDS_MAX && !b.contains_key(&session) {
+            drop(b);
+            if self.inner.binds_dropped.fetch_add(1, Ordering::AcqRel) == 0 {
+                tracing::warn!("store: too many leak-guard bindings wait for Redis; some are not refreshed in the fleet");
+            }
+            return;
+        }
+        b.insert(session, (user, idle_ms));
     }
 
     /// Nodes seen alive in the fleet at the last sync (this one included; at least 1).
@@ -469,6 +498,7 @@ impl Inner {
             let t0 = Instant::now();
             self.fleet_step();
             self.admin_step();
+            self.binds_step();
             let lanes: Vec<Arc<Lane>> = self.lanes.lock().map(|l| l.clone()).unwrap_or_default();
             for lane in lanes {
                 RedisStore {
@@ -549,6 +579,53 @@ impl Inner {
                 admit_per_minute: h.get("admit_per_minute").and_then(|v| v.parse().ok()),
                 version,
             });
+        }
+    }
+
+    /// The leak-guard bindings queued (refreshes, and those made while Redis did not answer),
+    /// one pipelined round trip; put back if Redis did not answer.
+    fn binds_step(&self) {
+        let batch: Vec<(u64, (u64, u64))> = match self.binds.lock() {
+            Ok(mut b) if !b.is_empty() => {
+                let keys: Vec<u64> = b.keys().take(BINDS_PER_STEP).copied().collect();
+                keys.into_iter()
+                    .filter_map(|k| b.remove(&k).map(|v| (k, v)))
+                    .collect()
+            }
+            _ => return,
+        };
+        let got: Option<Vec<i64>> = self.call("bind_batch", true, |c| {
+            let mut p = redis::pipe();
+            for (session, (user, idle_ms)) in &batch {
+                p.cmd("EVAL")
+                    .arg(lua::BIND)
+                    .arg(1)
+                    .arg(format!("{}bind:{session:016x}", self.prefix))
+                    .arg(user)
+                    .arg((*idle_ms).max(1));
+            }
+            p.query(c)
+        });
+        match got {
+            Some(r) => {
+                self.binds_dropped.store(0, Ordering::Release);
+                let taken = r.iter().filter(|&&v| v != 1).count();
+                if taken > 0 {
+                    tracing::warn!(
+                        sessions = taken,
+                        "store: leak-guard bindings made here are another user's in the fleet (bound elsewhere while Redis did not answer)"
+                    );
+                }
+            }
+            None => {
+                if let Ok(mut b) = self.binds.lock() {
+                    for (k, v) in batch {
+                        if b.len() < BINDS_MAX {
+                            b.entry(k).or_insert(v);
+                        }
+                    }
+                }
+            }
         }
     }
 
