@@ -757,3 +757,46 @@ fn a_leak_guard_binding_in_use_outlives_its_idle_time_for_a_node_that_never_saw_
         b.bind_session(8, 2, 60_000) == Some(false)
     });
 }
+
+#[test]
+fn an_admin_change_after_redis_came_back_empty_applies_on_every_node() {
+    let mut r = RedisServer::start();
+    let a = Fleet::start(&cfg(&r, "a")).unwrap();
+    let b = Fleet::start(&cfg(&r, "b")).unwrap();
+    let _la = a.lane("claims", "all");
+    let _lb = b.lane("claims", "all");
+    for sw in ["paused", "queue_all", "paused"] {
+        assert!(a.publish_admin("claims", Some(sw), None, None));
+    }
+    let mut got = (None, None);
+    until(Duration::from_secs(2), "both follow", || {
+        if let Some(x) = a.take_admin("claims") {
+            got.0 = Some(x);
+        }
+        if let Some(x) = b.take_admin("claims") {
+            got.1 = Some(x);
+        }
+        got.0.as_ref().is_some_and(|x| x.version == 3)
+            && got.1.as_ref().is_some_and(|x| x.version == 3)
+    });
+    // Redis restarted empty; then one change on b.
+    r.wipe();
+    r.restart();
+    until(Duration::from_secs(3), "back up", || a.is_up() && b.is_up());
+    settle();
+    assert!(b.publish_admin("claims", Some("open"), Some(7), None));
+    let mut after = (None, None);
+    until(Duration::from_secs(2), "both apply it", || {
+        if let Some(x) = a.take_admin("claims") {
+            after.0 = Some(x);
+        }
+        if let Some(x) = b.take_admin("claims") {
+            after.1 = Some(x);
+        }
+        after.0.as_ref().is_some_and(|x| x.switch == "open")
+            && after.1.as_ref().is_some_and(|x| x.switch == "open")
+    });
+    let (x, y) = (after.0.unwrap(), after.1.unwrap());
+    assert_eq!((x.capacity, y.capacity), (Some(7), Some(7)));
+    assert!(x.version > 3, "{x:?}");
+}

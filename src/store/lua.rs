@@ -368,3 +368,16 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 "#;
+
+/// An admin change of gate `KEYS[1]`: fields and values from `ARGV[2]`, its version above both
+/// the stored one and the publishing node's floor `ARGV[1]` (versions never go backwards, even
+/// after Redis lost its data). Returns the new version.
+pub(super) const ADMIN: &str = r#"
+local v = tonumber(redis.call('HGET', KEYS[1], 'version') or '0') or 0
+local f = tonumber(ARGV[1]) or 0
+if f > v then v = f end
+v = v + 1
+for i = 2, #ARGV - 1, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', KEYS[1], 'version', string.format('%d', v))
+return v
+"#;

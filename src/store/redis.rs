@@ -126,6 +126,7 @@ struct Scripts {
     shuffle: Script,
     restore_held: Script,
     bind: Script,
+    admin: Script,
     fleet: Script,
 }
 
@@ -151,6 +152,7 @@ impl Scripts {
             shuffle: l(lua::SHUFFLE),
             restore_held: l(lua::RESTORE_HELD),
             bind: Script::new(lua::BIND),
+            admin: Script::new(lua::ADMIN),
             fleet: Script::new(lua::FLEET),
         }
     }
@@ -292,21 +294,36 @@ impl Fleet {
         admit_per_minute: Option<u32>,
     ) -> bool {
         let key = format!("{}admin:{gate}", self.inner.prefix);
+        // Versions only move up, even after Redis lost its data: the new one is above both
+        // what Redis holds and the highest this node has seen.
+        let floor = self
+            .inner
+            .admin
+            .lock()
+            .ok()
+            .and_then(|m| {
+                m.get(gate)
+                    .map(|(cur, applied)| cur.as_ref().map_or(0, |a| a.version).max(*applied))
+            })
+            .unwrap_or(0);
+        let mut fields: Vec<(&str, String)> = Vec::new();
+        if let Some(sw) = switch {
+            fields.push(("switch", sw.to_string()));
+        }
+        if let Some(cap) = capacity {
+            fields.push(("capacity", cap.to_string()));
+        }
+        if let Some(apm) = admit_per_minute {
+            fields.push(("admit_per_minute", apm.to_string()));
+        }
         self.inner
             .call("admin", false, |c| {
-                let mut p = redis::pipe();
-                p.atomic();
-                if let Some(sw) = switch {
-                    p.hset(&key, "switch", sw).ignore();
+                let mut inv = self.inner.scripts.admin.key(&key);
+                inv.arg(floor);
+                for (k, v) in &fields {
+                    inv.arg(*k).arg(v);
                 }
-                if let Some(cap) = capacity {
-                    p.hset(&key, "capacity", cap).ignore();
-                }
-                if let Some(apm) = admit_per_minute {
-                    p.hset(&key, "admit_per_minute", apm).ignore();
-                }
-                p.hincr(&key, "version", 1).ignore();
-                p.query::<()>(c)
+                inv.invoke::<i64>(c)
             })
             .is_some()
     }
@@ -317,7 +334,9 @@ impl Fleet {
         let mut m = self.inner.admin.lock().ok()?;
         let (cur, applied) = m.get_mut(gate)?;
         let a = cur.clone()?;
-        if a.version <= *applied {
+        // `!=`, not `<`: a Redis emptied and published to by a node that had seen less starts
+        // its versions lower.
+        if a.version == *applied {
             return None;
         }
         *applied = a.version;
@@ -697,10 +716,12 @@ impl Inner {
             if let Ok(mut e) = self.epoch.write() {
                 *e = epoch;
             }
-            // Admin versions start again in an emptied Redis.
+            // The settings read from the Redis of the last epoch are not the fleet's any more:
+            // the next change published (its version above every node's, see
+            // `publish_admin`) applies everywhere; until then each node keeps what it applied.
             if let Ok(mut a) = self.admin.lock() {
                 for v in a.values_mut() {
-                    v.1 = 0;
+                    v.0 = None;
                 }
             }
         }
