@@ -800,3 +800,44 @@ fn an_admin_change_after_redis_came_back_empty_applies_on_every_node() {
     assert_eq!((x.capacity, y.capacity), (Some(7), Some(7)));
     assert!(x.version > 3, "{x:?}");
 }
+
+#[test]
+fn after_redis_came_back_empty_a_copied_ticket_from_another_client_is_not_placed() {
+    use anticamera::waitroom::ClaimError;
+    let mut r = RedisServer::start();
+    let a = Fleet::start(&cfg(&r, "a")).unwrap();
+    let b = Fleet::start(&cfg(&r, "b")).unwrap();
+    let ga = Gate::with_store(&settings(5), Box::new(a.lane("claims", "all")), now());
+    let gb = Gate::with_store(&settings(5), Box::new(b.lane("claims", "all")), now());
+    settle();
+    let Arrival::Admitted { ticket: t1, .. } = ga.arrive(100, 1, now()) else {
+        panic!("not let in")
+    };
+    let Arrival::Admitted {
+        ticket: t2,
+        slot: s2,
+    } = ga.arrive(101, 1, now())
+    else {
+        panic!("not let in")
+    };
+    // t2's session ends through node a (the portal's release).
+    assert!(ga.release(s2, t2));
+    // Redis restarted empty; the nodes re-report what they know, node a with the owners.
+    r.wipe();
+    r.restart();
+    until(Duration::from_secs(3), "back up", || a.is_up() && b.is_up());
+    let key = format!("ZSCORE anticamera:lane:claims:all:sessions {t1}");
+    until(Duration::from_secs(5), "t1 taken back in", || {
+        ga.tick(now());
+        gb.tick(now());
+        !r.cmd(&key).is_empty()
+    });
+    settle();
+    // Copies of both tickets, from another client, on node b.
+    let c1 = gb.claim(who(t1, 999), now());
+    assert!(matches!(c1, Err(ClaimError::BoundElsewhere)), "{c1:?}");
+    let c2 = gb.claim(who(t2, 998), now());
+    assert!(c2.is_err(), "a released ticket is not placed again: {c2:?}");
+    // The owner itself still is.
+    assert!(gb.claim(who(t1, 100), now()).is_ok());
+}

@@ -178,6 +178,10 @@ pub(super) const RELEASE: &str = r#"
 -- Remembered for a session's length, so that a node re-reporting the sessions it knows after
 -- Redis lost its data does not bring this one back.
 redis.call('ZADD', KEYS[15], ARGV[5], ARGV[4])
+-- Claimed for good (an admitted ticket): a release sent again after a data loss marks it
+-- used, so a copy of its ticket is not placed again.
+local t = tonumber(ARGV[4])
+if t and t < num(redis.call('GET', KEYS[2]), 1) then redis.call('SETBIT', KEYS[5], bit(t), 1) end
 if redis.call('ZREM', KEYS[3], ARGV[4]) == 1 then
   redis.call('HDEL', KEYS[4], ARGV[4])
   return counts({1})
@@ -209,24 +213,32 @@ return {#old, n, s, abandoned}
 "#;
 
 /// Sessions `ARGV[6..]` were active at `ARGV[4]`: their last-seen time moves up. With
-/// `ARGV[5]` = 1 (the store lost its data) the missing ones are taken back in, and so are
-/// numbers of people let in during an outage (`open-local`), unless released lately;
-/// otherwise they are returned (as strings): their session has ended. With `ARGV[5]` = 2
-/// nothing is written: the sessions that have ended are returned.
+/// `ARGV[5]` = 1 (the store lost its data) the arguments are pairs (ticket, owner) and the
+/// missing ones are taken back in with their owner and their ticket marked claimed (so a
+/// copied ticket is refused as bound elsewhere, not placed again), unless released lately;
+/// numbers of people let in during an outage (`open-local`) are taken in too; otherwise they
+/// are returned (as strings): their session has ended. With `ARGV[5]` = 2 nothing is written:
+/// the sessions that have ended are returned.
 pub(super) const TOUCH: &str = r#"
 local gone = {}
-for i = 6, #ARGV do
+local step = 1
+if ARGV[5] == '1' then step = 2 end
+for i = 6, #ARGV, step do
   local ts = ARGV[i]
+  local ow = nil
+  if step == 2 then ow = ARGV[i + 1] end
   if ARGV[5] == '2' then
     -- Only asked whether the session is still on.
     if not redis.call('ZSCORE', KEYS[3], ts) then gone[#gone + 1] = ts end
   elseif redis.call('ZSCORE', KEYS[3], ts) then
     redis.call('ZADD', KEYS[3], 'GT', ARGV[4], ts)
+    if ow and ow ~= '0' then redis.call('HSETNX', KEYS[4], ts, ow) end
   elseif (ARGV[5] == '1' or tonumber(ts) >= OUTAGE_MIN)
       and not redis.call('ZSCORE', KEYS[15], ts) then
     -- Taken back in: Redis lost its data, or a person let in by a node while Redis did not
     -- answer (fail_mode open-local: their numbers are above OUTAGE_MIN).
     redis.call('ZADD', KEYS[3], ARGV[4], ts)
+    if ow and ow ~= '0' then redis.call('HSET', KEYS[4], ts, ow) end
     if tonumber(ts) < OUTAGE_MIN then redis.call('SETBIT', KEYS[5], bit(tonumber(ts)), 1) end
   else
     gone[#gone + 1] = ts

@@ -933,7 +933,7 @@ impl RedisStore {
         }
     }
 
-    /// The touch script in `mode` (0 report, 1 report and take back in, 2 only check): the
+    /// The touch script in `mode` (0 report, 2 only check; 1 is [`SharedAdmission::touch_all`]): the
     /// sessions that have ended, `None` when Redis did not answer.
     fn touch_script(
         &self,
@@ -1278,13 +1278,25 @@ impl SharedAdmission for RedisStore {
     }
 
     fn touch(&self, tickets: &[u64], now_ms: u64) -> Option<Vec<u64>> {
-        let readd = self.lane.wants_all.swap(false, Ordering::AcqRel);
-        let r = self.touch_script("touch", tickets, now_ms, u8::from(readd));
-        if r.is_none() && readd {
+        self.touch_script("touch", tickets, now_ms, 0)
+    }
+
+    fn touch_all(&self, sessions: &[(u64, u64)], now_ms: u64) -> Option<Vec<u64>> {
+        self.lane.wants_all.store(false, Ordering::Release);
+        let mut args = Vec::with_capacity(2 * sessions.len() + 2);
+        args.push(s(now_ms));
+        args.push(s(1));
+        for (t, owner) in sessions {
+            args.push(s(t));
+            args.push(s(owner));
+        }
+        let r: Option<Vec<String>> = self.run("touch_all", false, &self.fleet.scripts.touch, &args);
+        let Some(gone) = r else {
             // Not reported: again next tick.
             self.lane.wants_all.store(true, Ordering::Release);
-        }
-        r
+            return None;
+        };
+        Some(gone.iter().filter_map(|t| t.parse().ok()).collect())
     }
 
     fn check(&self, tickets: &[u64]) -> Option<Vec<u64>> {

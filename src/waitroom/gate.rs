@@ -683,26 +683,47 @@ impl Gate {
         self.slots.expire_idle(now_ms, session_ms, || {});
         let now_s = super::slots::secs(now_ms);
         let since = self.reported_s.swap(now_s, Ordering::AcqRel);
-        let mut seen = if sh.wants_all_sessions() {
+        if sh.wants_all_sessions() {
             sh.restore_held(now_ms + self.settings.arrival_timeout_ms());
-            self.known_sessions()
-        } else {
-            self.slots.tickets_seen_since(since)
-        };
-        seen.extend(self.visits.take_seen(now_ms, session_ms.max(1_000)));
-        if !seen.is_empty() {
-            match sh.touch(&seen, now_ms) {
+            // Every session known, with its owner: the store takes them back in as they were.
+            let mut all: Vec<(u64, u64)> = self
+                .slots
+                .occupants()
+                .into_iter()
+                .chain(self.visits.all_live_owners())
+                .map(|w| (w.ticket, owner_of(w)))
+                .collect();
+            all.sort_unstable();
+            all.dedup_by_key(|p| p.0);
+            let _ = self.visits.take_seen(now_ms, session_ms.max(1_000));
+            match sh.touch_all(&all, now_ms) {
                 Some(gone) => self.forget(&gone),
                 None => {
-                    // Not reported (the store did not answer): again at the next tick, so a
-                    // session active during an outage is not taken for idle after it.
                     let _ = self.reported_s.compare_exchange(
                         now_s,
                         since,
                         Ordering::AcqRel,
                         Ordering::Acquire,
                     );
-                    self.visits.seen_again(&seen);
+                }
+            }
+        } else {
+            let mut seen = self.slots.tickets_seen_since(since);
+            seen.extend(self.visits.take_seen(now_ms, session_ms.max(1_000)));
+            if !seen.is_empty() {
+                match sh.touch(&seen, now_ms) {
+                    Some(gone) => self.forget(&gone),
+                    None => {
+                        // Not reported (the store did not answer): again at the next tick, so a
+                        // session active during an outage is not taken for idle after it.
+                        let _ = self.reported_s.compare_exchange(
+                            now_s,
+                            since,
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        );
+                        self.visits.seen_again(&seen);
+                    }
                 }
             }
         }

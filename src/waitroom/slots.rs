@@ -302,6 +302,27 @@ impl SlotTable {
         out
     }
 
+    /// Every occupant held here (re-reported with their owner after the store lost its data).
+    pub(super) fn occupants(&self) -> Vec<Occupant> {
+        let mut out = Vec::new();
+        for i in 0..self.len() {
+            let Some(s) = self.get(i) else { continue };
+            let tk = s.ticket();
+            if tk != 0 && tk & CLAIMING == 0 {
+                let who = Occupant {
+                    ticket: tk,
+                    visitor: s.visitor.load(Ordering::Acquire),
+                    binding: s.binding.load(Ordering::Acquire),
+                };
+                // Released or taken by another meanwhile: not this occupant's facts.
+                if s.ticket() == tk {
+                    out.push(who);
+                }
+            }
+        }
+        out
+    }
+
     /// Frees the slot `ticket` holds, wherever it is (a shared store said its session ended).
     pub(super) fn release_ticket(&self, ticket: u64) -> bool {
         (0..self.len()).any(|i| self.release(i, ticket))

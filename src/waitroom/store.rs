@@ -180,6 +180,11 @@ pub trait SharedAdmission: Send + Sync + fmt::Debug {
     /// whose session has ended (this node must stop honouring their passes); `None` when the
     /// store did not answer (report them again).
     fn touch(&self, tickets: &[u64], now_ms: u64) -> Option<Vec<u64>>;
+    /// After the store lost its data ([`SharedAdmission::wants_all_sessions`]): every session
+    /// this node knows, as (ticket, owner), taken back in with their owner (so a copied ticket
+    /// is still refused as bound elsewhere), unless released lately. Returns the sessions that
+    /// have ended; `None` when the store did not answer (report them again).
+    fn touch_all(&self, sessions: &[(u64, u64)], now_ms: u64) -> Option<Vec<u64>>;
     /// Which of these sessions have ended (nothing written): the sessions this node keeps in
     /// its cache though nobody asked for a while (released on another node, say), so that
     /// it forgets them rather than report them back after the store lost its data.

@@ -102,6 +102,21 @@ impl Visits {
         out
     }
 
+    /// Every pass remembered and not gone, with its owner (re-reported after the store lost
+    /// its data).
+    pub(super) fn all_live_owners(&self) -> Vec<Occupant> {
+        let mut out = Vec::new();
+        for s in self.shards.iter() {
+            let m = s.lock().unwrap_or_else(|e| e.into_inner());
+            out.extend(m.iter().filter(|(_, v)| !v.gone).map(|(t, v)| Occupant {
+                ticket: *t,
+                visitor: v.visitor,
+                binding: v.binding,
+            }));
+        }
+        out
+    }
+
     /// Every ticket remembered and not gone (re-reported after the store lost its data).
     pub(super) fn all_live(&self) -> Vec<u64> {
         let mut out = Vec::new();
