@@ -599,7 +599,11 @@ async fn a_held_long_poll_on_another_node_wakes_when_the_leader_admits() {
         ))
     };
     let (a, b) = (node("a"), node("b"));
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // A fresh Redis is a new epoch: writes wait out its grace (two 5 s ticks).
+    tokio::time::sleep(Duration::from_millis(
+        anticamera::store::redis::grace_ms(Duration::from_secs(5)) + 200,
+    ))
+    .await;
     let (leader, other) = if r.cmd("GET anticamera:leader") == "a" {
         (&a, &b)
     } else {
@@ -840,4 +844,11 @@ fn after_redis_came_back_empty_a_copied_ticket_from_another_client_is_not_placed
     assert!(c2.is_err(), "a released ticket is not placed again: {c2:?}");
     // The owner itself still is.
     assert!(gb.claim(who(t1, 100), now()).is_ok());
+}
+
+#[test]
+fn the_resync_grace_covers_two_ticks_and_two_syncs() {
+    use anticamera::store::redis::{grace_ms, GRACE_MS, SYNC_MS};
+    assert_eq!(grace_ms(Duration::from_millis(100)), GRACE_MS);
+    assert_eq!(grace_ms(Duration::from_secs(1)), 2_000 + 2 * SYNC_MS);
 }

@@ -585,11 +585,22 @@ async fn redis_killed_closes_every_node_without_a_panic_and_back_empty_no_number
         let r = get(n.admin, "/readyz", None, 0).await.unwrap();
         assert_eq!((r.status, r.body.as_str()), (200, "ready\n"));
     }
-    // The people inside were re-reported, so the room is still full: nobody jumped in.
-    assert_eq!(
-        redis.cmd("ZCARD anticamera:lane:claims:all:sessions"),
-        format!(":{CAPACITY}")
-    );
+    // The people inside were re-reported, so the room is still full: nobody jumped in, no
+    // place is held for anyone, and serving has not moved past the first waiting (checked
+    // again a few ticks later: no admission ran ahead of the re-reports).
+    for _ in 0..2 {
+        assert_eq!(
+            redis.cmd("ZCARD anticamera:lane:claims:all:sessions"),
+            format!(":{CAPACITY}")
+        );
+        let held = redis.cmd("GET anticamera:lane:claims:all:held");
+        assert!(held.is_empty() || held == "0", "places held: {held}");
+        assert_eq!(
+            redis.cmd("GET anticamera:lane:claims:all:serving"),
+            format!("{}", before[0])
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     // One leaves (on another node than the one that admitted them): the first waiting is next.
     let (p, c) = &passes[0];
     let a = get(nodes[2].addr, "/claim/done", Some(c), *p)

@@ -211,7 +211,7 @@ impl Room {
         let fleet = match cfg.store.kind {
             crate::store::StoreKind::Memory => None,
             crate::store::StoreKind::Redis => Some(Arc::new(
-                crate::store::redis::Fleet::start(&cfg.store)
+                crate::store::redis::Fleet::start_ticking(&cfg.store, cfg.waiting_room.tick.0)
                     .map_err(|e| RoomError::Config("store".into(), e.to_string()))?,
             )),
         };

@@ -25,8 +25,10 @@
 //!   restarted without persistence) or its process is not the one the epoch was born in
 //!   (restarted with its data, which may have lost the last writes; a promoted replica), tells
 //!   a Redis that may have lost data: a node that sees a new epoch re-reports every session it
-//!   knows, and write scripts refuse for [`GRACE_MS`] after an epoch is born (every live node
-//!   raises the counters to its floors meanwhile), so no ticket number is handed out twice.
+//!   knows, and write scripts refuse for a grace after an epoch is born ([`grace_ms`]: at
+//!   least [`GRACE_MS`], and two ticks and two syncs; every live node raises the counters to
+//!   its floors and re-reports its sessions meanwhile), so no ticket number is handed out
+//!   twice and nobody is let in ahead of the sessions re-reported.
 //! * **Blocking calls, kept short**: the `AdmissionStore` trait is synchronous and called on
 //!   the workers' runtimes, so calls are blocking round trips on a small pool of connections
 //!   ([`POOL_MAX`]) with `[store] timeout` as read, write and connect deadline. While Redis does
@@ -52,9 +54,17 @@ pub const LEASE_MS: u64 = 1_500;
 /// How long this node believes it leads after the lease was extended (under [`LEASE_MS`]:
 /// the lease cannot lapse in Redis while this node still believes it holds it).
 const LEAD_FOR_MS: u64 = 1_000;
-/// After Redis lost its data: write scripts refuse this long, while every live node's sync
-/// raises the counters to what it had seen.
+/// After Redis lost its data: write scripts refuse at least this long (see [`grace_ms`]),
+/// while every live node's sync raises the counters to what it had seen.
 pub const GRACE_MS: u64 = 500;
+
+/// The resync grace of a fleet whose controller ticks every `tick`: long enough for every live
+/// node to notice the new epoch (a sync) and re-report its sessions (a tick), twice over:
+/// max([`GRACE_MS`], 2 × tick + 2 × [`SYNC_MS`]).
+pub fn grace_ms(tick: Duration) -> u64 {
+    let tick = u64::try_from(tick.as_millis()).unwrap_or(u64::MAX / 4);
+    GRACE_MS.max(tick.saturating_mul(2).saturating_add(2 * SYNC_MS))
+}
 /// Leak-guard bindings waiting to be written to Redis, at most.
 pub const BINDS_MAX: usize = 1 << 16;
 /// Leak-guard bindings written per round trip of the fleet step.
@@ -131,8 +141,8 @@ struct Scripts {
 }
 
 impl Scripts {
-    fn new() -> Self {
-        let l = |body: &str| Script::new(&lua::lane(body, GRACE_MS));
+    fn new(grace_ms: u64) -> Self {
+        let l = |body: &str| Script::new(&lua::lane(body, grace_ms));
         Scripts {
             take: l(lua::TAKE),
             cas: l(lua::CAS),
@@ -228,6 +238,12 @@ impl Fleet {
     /// sync thread. Redis may be down: the node starts in its fail mode and joins when Redis
     /// answers.
     pub fn start(cfg: &StoreConfig) -> Result<Fleet, StoreError> {
+        Self::start_ticking(cfg, Duration::ZERO)
+    }
+
+    /// [`Fleet::start`] for nodes whose controller ticks every `tick` (`[waiting_room] tick`):
+    /// the resync grace after Redis lost its data is [`grace_ms`] of it.
+    pub fn start_ticking(cfg: &StoreConfig, tick: Duration) -> Result<Fleet, StoreError> {
         let url = cfg.url.clone().unwrap_or_default();
         let client =
             redis::Client::open(url.as_str()).map_err(|e| StoreError::Url(e.to_string()))?;
@@ -250,7 +266,7 @@ impl Fleet {
             admin: Mutex::new(std::collections::HashMap::new()),
             binds: Mutex::new(std::collections::HashMap::new()),
             binds_dropped: AtomicU64::new(0),
-            scripts: Scripts::new(),
+            scripts: Scripts::new(grace_ms(tick)),
         });
         metrics::gauge!(crate::telemetry::STORE_UP).set(1.0);
         inner.fleet_step();
