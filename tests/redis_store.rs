@@ -852,3 +852,20 @@ fn the_resync_grace_covers_two_ticks_and_two_syncs() {
     assert_eq!(grace_ms(Duration::from_millis(100)), GRACE_MS);
     assert_eq!(grace_ms(Duration::from_secs(1)), 2_000 + 2 * SYNC_MS);
 }
+
+#[test]
+fn a_redis_that_answers_but_cannot_serve_counts_as_down() {
+    let r = RedisServer::start();
+    let a = Fleet::start(&cfg(&r, "a")).unwrap();
+    let g = Gate::with_store(&settings(5), Box::new(a.lane("claims", "all")), now());
+    settle();
+    assert!(a.is_up());
+    // Out of memory: every write is refused with OOM.
+    assert_eq!(r.cmd("CONFIG SET maxmemory-policy noeviction"), "+OK");
+    assert_eq!(r.cmd("CONFIG SET maxmemory 1"), "+OK");
+    until(Duration::from_secs(2), "down", || !a.is_up());
+    assert!(!a.is_leader());
+    assert_eq!(g.arrive(1, 1, now()), Arrival::Unnumbered, "closed");
+    assert_eq!(r.cmd("CONFIG SET maxmemory 0"), "+OK");
+    until(Duration::from_secs(2), "up again", || a.is_up());
+}

@@ -311,14 +311,17 @@ if ARGV[4] == '1' then
   redis.call('ZREM', KEYS[4], ARGV[1])
   return {0, '', 0}
 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- The first write is one Redis refuses when out of memory (a script that has written once is
+-- let finish): so a Redis that cannot take writes fails this probe and counts as down.
+redis.call('ZADD', KEYS[4], now, ARGV[1])
 local lead = 0
 if h == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2]); lead = 1
 elseif not h then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]); lead = 1
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 -- A new epoch when Redis has none (emptied, or new) and also when the Redis process is not the
 -- one that last saw this fleet (restarted, even with its data: persistence may have lost the
 -- last writes; a replica promoted): the nodes then raise the counters and re-report sessions
@@ -331,7 +334,6 @@ if not e or redis.call('GET', KEYS[5]) ~= rid then
   redis.call('SET', KEYS[3], string.format('%d', now))
   redis.call('SET', KEYS[5], rid)
 end
-redis.call('ZADD', KEYS[4], now, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - 5000)
 return {lead, e, redis.call('ZCARD', KEYS[4])}
 "#;

@@ -196,6 +196,9 @@ struct Inner {
     /// Leak-guard bindings (session → user, idle ms) to write in the next fleet step: the
     /// refreshes of bindings in use and those made while Redis did not answer.
     binds: Mutex<std::collections::HashMap<u64, (u64, u64)>>,
+    /// When (ms since `started`) a refused command was last logged, and how many since.
+    refused_logged: AtomicU64,
+    refused_quiet: AtomicU64,
     /// Bindings dropped because [`BINDS_MAX`] were waiting (logged once per outage).
     binds_dropped: AtomicU64,
     scripts: Scripts,
@@ -266,6 +269,8 @@ impl Fleet {
             admin: Mutex::new(std::collections::HashMap::new()),
             binds: Mutex::new(std::collections::HashMap::new()),
             binds_dropped: AtomicU64::new(0),
+            refused_logged: AtomicU64::new(0),
+            refused_quiet: AtomicU64::new(0),
             scripts: Scripts::new(grace_ms(tick)),
         });
         metrics::gauge!(crate::telemetry::STORE_UP).set(1.0);
@@ -512,8 +517,30 @@ impl Inner {
             || e.is_connection_dropped()
             || e.is_connection_refusal()
             || e.is_unrecoverable_error();
-        if !unreachable {
-            tracing::error!(op, error = %e, "store: Redis refused a command");
+        // Replies of a Redis that answers but cannot serve: loading its data, a replica (or a
+        // primary without its replicas), out of memory, busy with a script, or refusing writes
+        // after a failed save. As good as down: the fail mode applies until the fleet's probe
+        // goes through.
+        let unavailable = matches!(
+            e.code(),
+            Some("LOADING" | "READONLY" | "MASTERDOWN" | "OOM" | "BUSY" | "MISCONF")
+        );
+        if !unreachable && !unavailable {
+            // Once a second at most (a request path may meet it on every request).
+            let now = self.ms();
+            let last = self.refused_logged.load(Ordering::Acquire);
+            if (last == 0 || now.saturating_sub(last) >= 1_000)
+                && self
+                    .refused_logged
+                    .compare_exchange(last, now.max(1), Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            {
+                let more = self.refused_quiet.swap(0, Ordering::AcqRel);
+                tracing::error!(op, error = %e, more_since_last_log = more,
+                    "store: Redis refused a command");
+            } else {
+                self.refused_quiet.fetch_add(1, Ordering::AcqRel);
+            }
             return;
         }
         if let Ok(mut p) = self.pool.lock() {
@@ -523,7 +550,7 @@ impl Inner {
             metrics::gauge!(crate::telemetry::STORE_UP).set(0.0);
             self.lead_until.store(0, Ordering::Release);
             tracing::error!(node = %self.node, op, error = %e, fail_mode = self.fail_mode.as_str(),
-                "store: Redis does not answer; nobody new is admitted until it does (people inside keep their passes)");
+                "store: Redis does not answer or cannot serve; nobody new is admitted until it does (people inside keep their passes)");
         }
     }
 
