@@ -384,6 +384,12 @@ pub const FAMILIES: &[(&str, Kind, Unit, &str)] = &[
         "Round trips to the shared admission store that failed, by op.",
     ),
     (
+        crate::store::redis::BUSY,
+        Kind::Counter,
+        Unit::Count,
+        "Request-path round trips to the shared store not made because too many were in flight (the fail mode answered), by op.",
+    ),
+    (
         crate::store::redis::LEADER,
         Kind::Gauge,
         Unit::Count,

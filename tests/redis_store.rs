@@ -869,3 +869,41 @@ fn a_redis_that_answers_but_cannot_serve_counts_as_down() {
     assert_eq!(r.cmd("CONFIG SET maxmemory 0"), "+OK");
     until(Duration::from_secs(2), "up again", || a.is_up());
 }
+
+#[test]
+fn a_slow_redis_holds_a_request_path_call_at_most_the_short_deadline() {
+    use anticamera::store::redis::REQUEST_TIMEOUT_MS;
+    let r = RedisServer::start();
+    let a = Fleet::start(&StoreConfig {
+        timeout: anticamera::config::Dur(Duration::from_secs(2)),
+        ..cfg(&r, "a")
+    })
+    .unwrap();
+    settle();
+    assert_eq!(a.bind_session(1, 1, 60_000), Some(true));
+    // Redis stalls (a slow command on its one thread): a first binding gives up after the
+    // request deadline, not the whole [store] timeout.
+    let port = r.port;
+    let stall = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        // A script that spins for a second (Redis serves nobody else meanwhile).
+        let lua = "local function ms() local t = redis.call('TIME') \
+                   return t[1] * 1000 + t[2] / 1000 end \
+                   local s = ms() while ms() < s + 1000 do end return 1";
+        let cmd = format!("*3\r\n$4\r\nEVAL\r\n${}\r\n{lua}\r\n$1\r\n0\r\n", lua.len());
+        s.write_all(cmd.as_bytes()).unwrap();
+        let mut b = [0u8; 16];
+        let _ = s.read(&mut b);
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let t0 = Instant::now();
+    assert_eq!(a.bind_session(2, 1, 60_000), None);
+    assert!(
+        t0.elapsed() < Duration::from_millis(3 * REQUEST_TIMEOUT_MS),
+        "{:?}",
+        t0.elapsed()
+    );
+    stall.join().unwrap();
+    until(Duration::from_secs(3), "up again", || a.is_up());
+}

@@ -30,11 +30,16 @@
 //!   its floors and re-reports its sessions meanwhile), so no ticket number is handed out
 //!   twice and nobody is let in ahead of the sessions re-reported.
 //! * **Blocking calls, kept short**: the `AdmissionStore` trait is synchronous and called on
-//!   the workers' runtimes, so calls are blocking round trips on a small pool of connections
-//!   ([`POOL_MAX`]) with `[store] timeout` as read, write and connect deadline. While Redis does
-//!   not answer the request paths do not try at all (they fail at once, as the fail mode says);
-//!   only the fleet's thread probes, every [`SYNC_MS`]. The cost: an arrival's round trip
-//!   occupies its worker thread for that time (sub-millisecond on a LAN; at most `timeout`).
+//!   the workers' runtimes (each a current-thread runtime: while a call waits, every
+//!   connection of that worker waits), so calls are blocking round trips on a small pool of
+//!   connections (at most [`POOL_MAX`] kept idle; more may be opened while busy). A request's
+//!   call (arrival, first claim, release, first leak-guard binding) has a deadline of
+//!   [`REQUEST_TIMEOUT_MS`] (at most `[store] timeout`) and at most [`REQUEST_CALLS_MAX`] are
+//!   in flight per node: past that the fail mode answers at once, no waiting. The controller's
+//!   and the fleet thread's calls get the whole `[store] timeout`. After a call failed, the
+//!   request paths do not try until the fleet's thread, which probes every [`SYNC_MS`], gets
+//!   an answer. Known work: moving the store calls of the request paths and of the tick off
+//!   the workers (`spawn_blocking` or an async connection), so a slow Redis holds no worker.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -81,6 +86,52 @@ pub const RECENT_RELEASE_MS: u64 = 30 * 60 * 1000;
 pub const ROUND_TRIPS: &str = "anticamera_store_round_trips_total";
 /// Metric: round trips that failed, by `op`.
 pub const ERRORS: &str = "anticamera_store_errors_total";
+/// Metric: request-path calls not made because [`REQUEST_CALLS_MAX`] were in flight, by `op`
+/// (the fail mode answered).
+pub const BUSY: &str = "anticamera_store_busy_total";
+/// Deadline of a request's round trip (an arrival, a claim, a release, a first leak-guard
+/// binding), at most `[store] timeout`: a worker serves every connection on its thread, so a
+/// slow Redis must not hold it long. The controller's and the fleet thread's calls (bulk) get
+/// the whole `[store] timeout`.
+pub const REQUEST_TIMEOUT_MS: u64 = 100;
+/// Request-path round trips in flight at once, per node; past it the fail mode answers.
+pub const REQUEST_CALLS_MAX: u32 = POOL_MAX as u32;
+
+/// The round trips made for a request (short deadline, capped in number).
+fn is_request_op(op: &str) -> bool {
+    matches!(
+        op,
+        "take"
+            | "admit_now"
+            | "claim"
+            | "release"
+            | "bind"
+            | "late_arrive"
+            | "late_leave"
+            | "refresh"
+    )
+}
+
+/// One of [`REQUEST_CALLS_MAX`] request-path calls in flight; given back when dropped.
+struct RequestPermit<'a>(&'a AtomicU32);
+
+impl<'a> RequestPermit<'a> {
+    /// A permit if fewer than [`REQUEST_CALLS_MAX`] are out; never waits.
+    fn take(n: &'a AtomicU32) -> Option<Self> {
+        n.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+            (v < REQUEST_CALLS_MAX).then_some(v + 1)
+        })
+        .ok()
+        .map(|_| RequestPermit(n))
+    }
+}
+
+impl Drop for RequestPermit<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Metric: 1 while this node holds the leader lease (advances admissions).
 pub const LEADER: &str = "anticamera_store_leader";
 
@@ -196,6 +247,8 @@ struct Inner {
     /// Leak-guard bindings (session → user, idle ms) to write in the next fleet step: the
     /// refreshes of bindings in use and those made while Redis did not answer.
     binds: Mutex<std::collections::HashMap<u64, (u64, u64)>>,
+    /// Request-path calls in flight (at most [`REQUEST_CALLS_MAX`]).
+    request_calls: AtomicU32,
     /// When (ms since `started`) a refused command was last logged, and how many since.
     refused_logged: AtomicU64,
     refused_quiet: AtomicU64,
@@ -269,6 +322,7 @@ impl Fleet {
             admin: Mutex::new(std::collections::HashMap::new()),
             binds: Mutex::new(std::collections::HashMap::new()),
             binds_dropped: AtomicU64::new(0),
+            request_calls: AtomicU32::new(0),
             refused_logged: AtomicU64::new(0),
             refused_quiet: AtomicU64::new(0),
             scripts: Scripts::new(grace_ms(tick)),
@@ -456,11 +510,8 @@ impl Inner {
         self.epoch.read().map(|e| e.clone()).unwrap_or_default()
     }
 
-    fn connect(&self) -> RedisResult<Connection> {
-        let c = self.client.get_connection_with_timeout(self.timeout)?;
-        c.set_read_timeout(Some(self.timeout))?;
-        c.set_write_timeout(Some(self.timeout))?;
-        Ok(c)
+    fn connect(&self, deadline: Duration) -> RedisResult<Connection> {
+        self.client.get_connection_with_timeout(deadline)
     }
 
     /// One round trip on a pooled connection. While Redis is down, request paths (`probe`
@@ -474,10 +525,29 @@ impl Inner {
         if !probe && !self.is_up() {
             return None;
         }
+        // A request's call: a short deadline, and at most REQUEST_CALLS_MAX at once (no permit:
+        // none is waited for, the fail mode answers at once).
+        let request = !probe && is_request_op(op);
+        let _permit = if request {
+            match RequestPermit::take(&self.request_calls) {
+                Some(p) => Some(p),
+                None => {
+                    metrics::counter!(BUSY, "op" => op).increment(1);
+                    return None;
+                }
+            }
+        } else {
+            None
+        };
+        let deadline = if request {
+            self.timeout.min(Duration::from_millis(REQUEST_TIMEOUT_MS))
+        } else {
+            self.timeout
+        };
         let pooled = self.pool.lock().ok().and_then(|mut p| p.pop());
         let mut conn = match pooled {
             Some(c) => c,
-            None => match self.connect() {
+            None => match self.connect(deadline) {
                 Ok(c) => c,
                 Err(e) => {
                     self.failed(op, &e);
@@ -485,6 +555,13 @@ impl Inner {
                 }
             },
         };
+        if let Err(e) = conn
+            .set_read_timeout(Some(deadline))
+            .and_then(|()| conn.set_write_timeout(Some(deadline)))
+        {
+            self.failed(op, &e);
+            return None;
+        }
         metrics::counter!(ROUND_TRIPS, "op" => op).increment(1);
         match f(&mut conn) {
             Ok(v) => {
