@@ -387,6 +387,17 @@ fn store_defaults_to_memory_and_redis_is_checked_with_line_and_key() {
     assert!(keys.contains(&("store.timeout", Some(6))), "{keys:?}");
     assert!(keys.contains(&("store.node_id", Some(7))), "{keys:?}");
 
+    // A prefix that does not end with ':' could run into another room's keys.
+    let i = issues(&format!(
+        "{MIN}[store]\nkind = \"redis\"\nurl = \"redis://r:6379\"\nprefix = \"shop\"\n"
+    ));
+    assert_eq!(
+        (i[0].key.as_str(), i[0].line),
+        ("store.prefix", Some(6)),
+        "{i:?}"
+    );
+    assert!(i[0].reason.contains("end with ':'"), "{i:?}");
+
     // A url without redis is a mistake, not silently ignored.
     let i = issues(&format!("{MIN}[store]\nurl = \"redis://r:6379\"\n"));
     assert_eq!(

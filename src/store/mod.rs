@@ -107,6 +107,15 @@ impl StoreConfig {
                 at("prefix"),
                 "1-64 printable characters without spaces, e.g. \"anticamera:\"".into(),
             ));
+        } else if !self.prefix.ends_with(':') {
+            v.push((
+                at("prefix"),
+                format!(
+                    "must end with ':' (e.g. \"{}:\"), so one room's keys never run into \
+                     another's; no room's prefix may start another's",
+                    self.prefix
+                ),
+            ));
         }
         if let Some(id) = &self.node_id {
             if id.is_empty()
