@@ -218,8 +218,16 @@ return {#old, n, s, abandoned}
 /// copied ticket is refused as bound elsewhere, not placed again), unless released lately;
 /// numbers of people let in during an outage (`open-local`) are taken in too; otherwise they
 /// are returned (as strings): their session has ended. With `ARGV[5]` = 2 nothing is written:
-/// the sessions that have ended are returned.
+/// the sessions that have ended are returned. `{'-3'}` while the node's epoch is not Redis's
+/// or (modes 0 and 2) during the resync grace: nothing written, report again.
 pub(super) const TOUCH: &str = r#"
+-- Not while this node does not know Redis's epoch (Redis lost its data and this node has not
+-- seen it yet), nor, except for the re-report itself, during the resync grace: a session
+-- missing then may be one another node has yet to re-report, not one that ended. {'-3'}:
+-- report again later.
+if redis.call('GET', KEYS[13]) ~= ARGV[3] or (ARGV[5] ~= '1' and fenced()) then
+  return {'-3'}
+end
 local gone = {}
 local step = 1
 if ARGV[5] == '1' then step = 2 end

@@ -1067,7 +1067,7 @@ impl RedisStore {
         args.push(s(mode));
         args.extend(tickets.iter().map(s));
         let gone: Vec<String> = self.run(op, false, &self.fleet.scripts.touch, &args)?;
-        Some(gone.iter().filter_map(|t| t.parse().ok()).collect())
+        parse_gone(&gone)
     }
 
     /// The release script: whether `t` was inside, `None` when Redis did not answer.
@@ -1112,6 +1112,15 @@ impl RedisStore {
         // Serving moves after the batches it admitted are in the mirror (see `admit`).
         self.lane.raise(r[0], r[1]);
     }
+}
+
+/// The touch script's answer: the sessions that have ended; `None` when it refused (`-3`: the
+/// epoch is new to this node, or the fleet resyncs), so they are reported again.
+fn parse_gone(gone: &[String]) -> Option<Vec<u64>> {
+    if gone.first().is_some_and(|g| g == "-3") {
+        return None;
+    }
+    Some(gone.iter().filter_map(|t| t.parse().ok()).collect())
 }
 
 fn s(v: impl ToString) -> String {
@@ -1411,12 +1420,12 @@ impl SharedAdmission for RedisStore {
             args.push(s(owner));
         }
         let r: Option<Vec<String>> = self.run("touch_all", false, &self.fleet.scripts.touch, &args);
-        let Some(gone) = r else {
+        let gone = r.as_deref().and_then(parse_gone);
+        if gone.is_none() {
             // Not reported: again next tick.
             self.lane.wants_all.store(true, Ordering::Release);
-            return None;
-        };
-        Some(gone.iter().filter_map(|t| t.parse().ok()).collect())
+        }
+        gone
     }
 
     fn check(&self, tickets: &[u64]) -> Option<Vec<u64>> {
