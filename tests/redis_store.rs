@@ -171,16 +171,17 @@ fn the_lease_moves_when_the_leader_stops_or_dies() {
     // A clean stop gives the lease up at once.
     a.stop();
     assert!(!a.is_leader());
-    let took = until(Duration::from_secs(1), "b takes over", || b.is_leader());
-    assert!(took < Duration::from_millis(500), "{took:?}");
+    // (Bounds 2-3 times what an idle machine takes: other tests may run alongside.)
+    let took = until(Duration::from_secs(3), "b takes over", || b.is_leader());
+    assert!(took < Duration::from_millis(1_250), "{took:?}");
     // A leader that dies without a word (here: a lease written by a node that is gone): the
     // lease lapses and b takes over within the lease's time to live.
     b.stop();
     assert_eq!(r.cmd("SET anticamera:leader ghost PX 1500"), "+OK");
     let c = Fleet::start(&cfg(&r, "c")).unwrap();
     assert!(!c.is_leader());
-    let took = until(Duration::from_secs(3), "c takes over", || c.is_leader());
-    assert!(took <= Duration::from_millis(2_000), "{took:?}");
+    let took = until(Duration::from_secs(6), "c takes over", || c.is_leader());
+    assert!(took <= Duration::from_millis(4_000), "{took:?}");
     assert_eq!(r.cmd("GET anticamera:leader"), "c");
 }
 
@@ -634,7 +635,8 @@ async fn a_held_long_poll_on_another_node_wakes_when_the_leader_admits() {
     let (v, answered) = poll.await.unwrap();
     assert_eq!(v["state"], "admitted", "{v}");
     let took = answered.duration_since(t0);
-    assert!(took < Duration::from_millis(500), "woke after {took:?}");
+    // Well under the 5 s tick (2-3 times what an idle machine takes).
+    assert!(took < Duration::from_millis(1_250), "woke after {took:?}");
     // p2 comes in on the other node; their pass works on the leader too, but not copied to
     // another client (another User-Agent), even on a node that never saw the pass before.
     let v = ask(other.addr, "/claim", &mut p2).await;

@@ -434,13 +434,14 @@ async fn three_nodes_one_line_one_capacity_nobody_bounced_and_a_node_killed_lose
             break killed.elapsed();
         }
         assert!(
-            killed.elapsed() < Duration::from_secs(5),
+            killed.elapsed() < Duration::from_secs(8),
             "nobody took the lease over"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(
-        took <= Duration::from_millis(2_000),
+        // The lease lives 1.5 s; twice that and more for a loaded machine.
+        took <= Duration::from_millis(4_000),
         "leader hand-over took {took:?}"
     );
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -845,7 +846,7 @@ async fn an_admin_switch_or_limit_set_on_one_node_applies_to_every_node() {
             break;
         }
         assert!(
-            t0.elapsed() < Duration::from_millis(1_200),
+            t0.elapsed() < Duration::from_millis(3_000),
             "lease not handed over"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;

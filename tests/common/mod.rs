@@ -428,9 +428,19 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
-            if self.ping() {
+            // Ours, not another test's server that took the port while this one was down.
+            if self.ping() && self.is_ours() {
                 return;
             }
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            assert!(
+                exited.is_none(),
+                "redis-server could not start again on port {} (taken meanwhile?): {exited:?}",
+                self.port
+            );
             assert!(
                 std::time::Instant::now() < deadline,
                 "redis-server did not answer on port {}",
@@ -463,6 +473,27 @@ impl RedisServer {
             let _ = r.read_line(&mut out);
         }
         out.trim_end().to_string()
+    }
+
+    /// Whether the server answering on the port is this one (its `dir` is this one's).
+    fn is_ours(&self) -> bool {
+        use std::io::{BufRead, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        if s.write_all(b"CONFIG GET dir\r\n").is_err() {
+            return false;
+        }
+        let dir = std::fs::canonicalize(self.dir.path()).unwrap_or_else(|_| self.dir.path().into());
+        std::io::BufReader::new(s)
+            .lines()
+            .take(5)
+            .map_while(Result::ok)
+            .any(|l| {
+                let l = std::path::Path::new(l.trim_end());
+                l == dir || l == self.dir.path()
+            })
     }
 
     /// Whether it answers PING now.
