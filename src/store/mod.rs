@@ -27,9 +27,10 @@ pub struct StoreConfig {
     pub url: Option<String>,
     /// Prefix of every key anticamera writes (several rooms may share one Redis).
     pub prefix: String,
-    /// Deadline of one Redis round trip (connect, send, answer). A request that needs one
-    /// (an arrival, a first admission, a release) waits at most this long before the fail mode
-    /// decides.
+    /// Deadline of one Redis round trip (connect, send, answer) of the controller and the
+    /// fleet's thread. A request that needs one (an arrival, a first claim, a release, a first
+    /// leak-guard binding) waits at most the shorter
+    /// [`REQUEST_TIMEOUT_MS`](redis::REQUEST_TIMEOUT_MS) of it before the fail mode decides.
     pub timeout: Dur,
     /// What a node does while Redis does not answer: `closed` or `open-local`.
     pub fail_mode: FailMode,
