@@ -14,6 +14,10 @@
 //! | `POST /admin/gates/NAME/resume` | back to the configured mode |
 //! | `POST /admin/gates/NAME/queue-all` | everybody queues, even with room |
 //! | `POST /admin/gates/NAME/limits` with `{"capacity": N, "admit_per_minute": M}` | change either at runtime |
+//!
+//! With `[store] kind = "redis"` the switches and limits are the fleet's: a change is written to
+//! Redis first (503 and nothing applied when it does not answer) and every node applies it at its
+//! next tick after its next sync.
 //! | `POST /admin/reload` | re-read the config file and apply it (as `SIGHUP` does; see [`crate::reload`]) |
 //!
 //! Every admin API request leaves one audit line (log target `anticamera::audit`): the method
@@ -102,10 +106,13 @@ pub async fn limiter_upkeep(shared: Arc<Shared>, mut shutdown: watch::Receiver<b
     let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut last_sweep = tokio::time::Instant::now();
+    // With a shared store: the node count and the limiter the fleet's limits were divided for.
+    let mut divided: Option<(u32, usize)> = None;
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = every.tick() => {
+                divide_fleet_limits(&shared, &mut divided);
                 let limiter = shared.limiter.load_full();
                 let Some(limiter) = limiter.as_deref() else { continue };
                 let keys = limiter.len_by_kind();
@@ -127,6 +134,47 @@ pub async fn limiter_upkeep(shared: Arc<Shared>, mut shutdown: watch::Receiver<b
             }
         }
     }
+}
+
+/// With a shared store, the per-gate and per-cohort rate limits are the fleet's: each node
+/// enforces its share (divided by the nodes alive, [`RateLimitsConfig::shared_by`]), rebuilt
+/// when the count changes or a reload replaced the limiter (buckets start full then, as after
+/// a reload).
+///
+/// [`RateLimitsConfig::shared_by`]: crate::ratelimit::RateLimitsConfig::shared_by
+fn divide_fleet_limits(shared: &Shared, divided: &mut Option<(u32, usize)>) {
+    let Some(nodes) = shared.room.as_ref().and_then(|r| r.fleet_nodes()) else {
+        return;
+    };
+    let config = shared.config.load();
+    let Some(rl) = config
+        .rate_limits
+        .as_ref()
+        .filter(|r| r.per_gate.is_some() || r.per_cohort.is_some())
+    else {
+        return;
+    };
+    let current = shared
+        .limiter
+        .load_full()
+        .map_or(0, |l| Arc::as_ptr(&l) as usize);
+    match *divided {
+        Some((n, ptr)) if n == nodes && ptr == current => return,
+        // As configured for one node: nothing to divide.
+        None if nodes == 1 => {
+            *divided = Some((1, current));
+            return;
+        }
+        _ => {}
+    }
+    let limiter = Arc::new(crate::ratelimit::RateLimiter::new(&rl.shared_by(nodes)));
+    let ptr = Arc::as_ptr(&limiter) as usize;
+    shared.limiter.store(Some(limiter));
+    *divided = Some((nodes, ptr));
+    tracing::info!(
+        nodes,
+        "rate limits: per_gate and per_cohort divided among the nodes alive"
+    );
 }
 
 /// Runs the waiting room's controller until `shutdown`: ticks every `waiting_room.tick`, saves
@@ -276,6 +324,24 @@ async fn route(
                     "text/plain",
                     "no portal address in rotation\n".into(),
                 )
+            } else if let Some((false, mode)) = shared.room.as_ref().and_then(|r| r.store_state()) {
+                // Still 200: Redis is every node's, so a 503 here would take the whole fleet
+                // out of the balancer and cut off the people inside, who keep their passes.
+                // Alerting uses anticamera_store_up.
+                text(
+                    StatusCode::OK,
+                    "text/plain",
+                    format!(
+                        "ready, degraded: shared store unreachable (fail_mode {}: {})\n",
+                        mode.as_str(),
+                        match mode {
+                            crate::store::FailMode::Closed =>
+                                "nobody new admitted; people inside keep their passes",
+                            crate::store::FailMode::OpenLocal =>
+                                "this node admits up to its share of the capacity on its own",
+                        }
+                    ),
+                )
             } else {
                 text(StatusCode::OK, "text/plain", "ready\n".into())
             }
@@ -422,11 +488,27 @@ async fn gates_api(req: Request<Incoming>, shared: &Shared) -> Response<Full<Byt
             };
             use crate::room::Switch;
             use crate::waitroom::Mode;
+            let switch = match *action {
+                "pause" => Some(Switch::Forced(Mode::Paused)),
+                "resume" => Some(Switch::Configured),
+                "queue-all" => Some(Switch::Forced(Mode::QueueAll)),
+                "open" => Some(Switch::Forced(Mode::Open)),
+                _ => None,
+            };
             match *action {
-                "pause" => g.set_switch(Switch::Forced(Mode::Paused)),
-                "resume" => g.set_switch(Switch::Configured),
-                "queue-all" => g.set_switch(Switch::Forced(Mode::QueueAll)),
-                "open" => g.set_switch(Switch::Forced(Mode::Open)),
+                "pause" | "resume" | "queue-all" | "open" => {
+                    // With a shared store the switch is the fleet's: published first, so a
+                    // change Redis did not take is not applied on this node alone.
+                    if room.publish_admin(name, switch, None, None).is_err() {
+                        return error(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "the shared store does not answer: not applied (the switch is the fleet's)",
+                        );
+                    }
+                    if let Some(sw) = switch {
+                        g.set_switch(sw);
+                    }
+                }
                 "limits" => {
                     #[derive(serde::Deserialize)]
                     #[serde(deny_unknown_fields)]
@@ -453,6 +535,17 @@ async fn gates_api(req: Request<Incoming>, shared: &Shared) -> Response<Full<Byt
                         if c == 0 || c > 1 << 20 {
                             return error(StatusCode::BAD_REQUEST, "capacity must be 1..=1048576");
                         }
+                    }
+                    if room
+                        .publish_admin(name, None, l.capacity, l.admit_per_minute)
+                        .is_err()
+                    {
+                        return error(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "the shared store does not answer: not applied (the limits are the fleet's)",
+                        );
+                    }
+                    if let Some(c) = l.capacity {
                         g.capacity.store(c, std::sync::atomic::Ordering::Relaxed);
                     }
                     if let Some(r) = l.admit_per_minute {

@@ -197,12 +197,28 @@ pub const CONNECTIONS_RETIRED: &str = "anticamera_isolation_connections_retired_
 /// Every `reason` of [`REFUSED`] (exported at 0 from start-up).
 pub const REFUSED_REASONS: &[&str] = &["leak", "request_id_missing", "request_id_mismatch"];
 
+/// With a shared store: binds a session to a user fleet-wide on a node's first sight of it
+/// (`Some(false)`: another node bound it to someone else; `None`: the store did not answer).
+pub type FleetBinder = Box<dyn Fn(u64, u64, u64) -> Option<bool> + Send + Sync>;
+
+/// With a shared store: queues a binding (session, user, idle ms) to be written to the fleet
+/// in the store's next batch (no round trip on the request path): the refresh of a binding
+/// in use, so that it does not lapse in Redis while this node serves it from its own table,
+/// and a binding made while the store did not answer.
+pub type FleetRefresher = Box<dyn Fn(u64, u64, u64) + Send + Sync>;
+
+/// A binding in a node's table: (user, last seen ms, last told to the fleet ms).
+type Binding = (u64, u64, u64);
+
 /// The isolation stage.
 pub struct Isolation {
+    /// With a shared store: the fleet's bindings, asked on this node's first sight of a
+    /// session (a round trip on that response only).
+    fleet_binder: std::sync::OnceLock<(FleetBinder, FleetRefresher)>,
     session_cookies: Vec<String>,
     leak_header: Option<HeaderName>,
     strip: Vec<HeaderName>,
-    bindings: Vec<Mutex<HashMap<u64, (u64, u64)>>>,
+    bindings: Vec<Mutex<HashMap<u64, Binding>>>,
     cap_per_shard: usize,
     idle_ms: u64,
     anonymous: Vec<HeaderValue>,
@@ -253,6 +269,7 @@ impl Isolation {
             strip.push(h.clone());
         }
         Isolation {
+            fleet_binder: std::sync::OnceLock::new(),
             session_cookies: cfg.session_cookies.clone(),
             leak_header,
             strip,
@@ -405,24 +422,68 @@ impl Isolation {
         }
     }
 
+    /// With a shared store: the fleet's bindings decide a session this node sees first, and
+    /// the bindings this node serves are refreshed in the fleet (set once, when the room joins
+    /// its fleet).
+    pub fn set_fleet_binder(&self, b: FleetBinder, refresh: FleetRefresher) {
+        let _ = self.fleet_binder.set((b, refresh));
+    }
+
+    /// Queues a refresh of the fleet's binding when it was last told more than a quarter of
+    /// the idle time ago (so it never lapses in Redis while in use here).
+    fn refresh_fleet(&self, session: u64, b: &mut Binding, now_ms: u64) {
+        if let Some((_, refresh)) = self.fleet_binder.get() {
+            if now_ms.saturating_sub(b.2) > self.idle_ms / 4 {
+                refresh(session, b.0, self.idle_ms);
+                b.2 = now_ms;
+            }
+        }
+    }
+
     /// Binds `session` to `user` on first sight; false if it is bound to someone else.
     fn bind(&self, session: u64, user: u64, now_ms: u64) -> bool {
         let shard = &self.bindings[(session as usize) % SHARDS];
+        {
+            let Ok(mut map) = shard.lock() else {
+                return false;
+            };
+            if let Some(b) = map.get_mut(&session) {
+                if now_ms.saturating_sub(b.1) <= self.idle_ms {
+                    if b.0 != user {
+                        return false;
+                    }
+                    b.1 = now_ms;
+                    self.refresh_fleet(session, b, now_ms);
+                    return true;
+                }
+            }
+        }
+        // First sight on this node: with a shared store another node may have bound it (asked
+        // without holding the shard's lock). The store silent: this node's binding alone,
+        // queued for the fleet (written when the store answers).
+        if let Some((bind, refresh)) = self.fleet_binder.get() {
+            match bind(session, user, self.idle_ms) {
+                Some(false) => return false,
+                Some(true) => {}
+                None => refresh(session, user, self.idle_ms),
+            }
+        }
         let Ok(mut map) = shard.lock() else {
             return false;
         };
         match map.get_mut(&session) {
-            Some((bound, seen)) if now_ms.saturating_sub(*seen) <= self.idle_ms => {
-                if *bound != user {
+            // Bound meanwhile by a concurrent response of the same session.
+            Some(b) if now_ms.saturating_sub(b.1) <= self.idle_ms => {
+                if b.0 != user {
                     return false;
                 }
-                *seen = now_ms;
+                b.1 = now_ms;
             }
             _ => {
                 if map.len() >= self.cap_per_shard {
                     evict_oldest_quarter(&mut map);
                 }
-                map.insert(session, (user, now_ms));
+                map.insert(session, (user, now_ms, now_ms));
             }
         }
         true
@@ -492,11 +553,11 @@ fn fresh_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
-fn evict_oldest_quarter(map: &mut HashMap<u64, (u64, u64)>) {
-    let mut seen: Vec<u64> = map.values().map(|(_, s)| *s).collect();
+fn evict_oldest_quarter(map: &mut HashMap<u64, Binding>) {
+    let mut seen: Vec<u64> = map.values().map(|b| b.1).collect();
     seen.sort_unstable();
     let cut = seen.get(seen.len() / 4).copied().unwrap_or(0);
-    map.retain(|_, (_, s)| *s > cut);
+    map.retain(|_, b| b.1 > cut);
 }
 
 #[cfg(test)]
@@ -564,6 +625,51 @@ mod tests {
         let mut h = stamped("alice");
         h.append("x-portal-user", "bob".parse().unwrap());
         assert_eq!(i.check_response(s, &mut h, 6), Verdict::Leak);
+    }
+
+    #[test]
+    fn a_fleet_binding_in_use_is_refreshed_and_one_made_while_the_store_is_silent_is_queued() {
+        use std::sync::Arc;
+        let i = iso_with(|c| {
+            c.leak_guard_idle = crate::config::Dur(std::time::Duration::from_millis(400))
+        });
+        let queued = Arc::new(Mutex::new(Vec::new()));
+        let answer = Arc::new(Mutex::new(Some(true)));
+        let (q, a) = (queued.clone(), answer.clone());
+        i.set_fleet_binder(
+            Box::new(move |_, _, _| *a.lock().unwrap()),
+            Box::new(move |s, u, idle| q.lock().unwrap().push((s, u, idle))),
+        );
+        // First sight, the store answers: nothing queued. Hits within a quarter of the idle
+        // time neither.
+        for t in [0, 50, 100] {
+            assert_eq!(
+                i.check_response(Some(1), &mut stamped("alice"), t),
+                Verdict::Deliver
+            );
+        }
+        assert!(queued.lock().unwrap().is_empty());
+        // Later hits refresh the fleet's binding once per quarter of the idle time.
+        for t in [150, 160, 270, 360] {
+            assert_eq!(
+                i.check_response(Some(1), &mut stamped("alice"), t),
+                Verdict::Deliver
+            );
+        }
+        let alice = crate::util::hash::hash_bytes(b"alice");
+        assert_eq!(
+            *queued.lock().unwrap(),
+            vec![(1, alice, 400), (1, alice, 400)]
+        );
+        // The store silent at first sight: the binding is queued for when it answers.
+        *answer.lock().unwrap() = None;
+        queued.lock().unwrap().clear();
+        assert_eq!(
+            i.check_response(Some(2), &mut stamped("bob"), 500),
+            Verdict::Deliver
+        );
+        let bob = crate::util::hash::hash_bytes(b"bob");
+        assert_eq!(*queued.lock().unwrap(), vec![(2, bob, 400)]);
     }
 
     #[test]

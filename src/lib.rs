@@ -30,6 +30,7 @@ pub(crate) mod room;
 pub mod route;
 pub mod schedule;
 pub mod server;
+pub mod store;
 pub(crate) mod telemetry;
 pub(crate) mod tls;
 pub(crate) mod upstream;

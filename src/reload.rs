@@ -11,7 +11,8 @@
 //!
 //! What needs a restart is named, never half-applied: the listeners and workers (`server`,
 //! `admin.listen`), the portal side (`upstream`, `upstream_guard`), `isolation`, `microcache`,
-//! `forwarding`, `log`, and of `waiting_room` the cookie names, `Secure` flag, release header,
+//! `forwarding`, `log`, `store` (moving a running node to another store would split its
+//! line), and of `waiting_room` the cookie names, `Secure` flag, release header,
 //! state file and controller timers; and the lanes (adding, removing, renaming or reordering
 //! gates, adding or removing a gate's opening hours, changing cohort names). A file that changes
 //! only those is refused with the list. A file that also changes reloadable settings has those
@@ -190,6 +191,11 @@ const RESTART_ONLY: &[RestartOnly] = &[
         name: "isolation",
         value: |c| section(&c.isolation),
         keep: |o, n| n.isolation = o.isolation.clone(),
+    },
+    RestartOnly {
+        name: "store",
+        value: |c| section(&c.store),
+        keep: |o, n| n.store = o.store.clone(),
     },
     RestartOnly {
         name: "microcache",

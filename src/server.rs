@@ -216,6 +216,9 @@ impl RunningServer {
                 Ok(()) => tracing::info!("waiting-room state saved"),
                 Err(e) => tracing::error!(error = %e, "cannot save waiting-room state"),
             }
+            // A shared store: give the leader lease up now (another node takes over within a
+            // sync rather than when the lease lapses).
+            room.leave_fleet();
         }
     }
 

@@ -45,8 +45,8 @@ pub const CONFIG_RELOAD_TOTAL: &str = "anticamera_config_reload_total";
 /// each successful reload.
 pub const CONFIG_LAST_RELOAD_SUCCESS: &str =
     "anticamera_config_last_reload_success_timestamp_seconds";
-/// 1 while the shared admission store answers, 0 when it does not. Declared for the shared
-/// (multi-node) store, which will export it; the in-memory store never does.
+/// 1 while the shared admission store answers, 0 when it does not (`[store] kind = "redis"`;
+/// the in-memory store never exports it).
 pub const STORE_UP: &str = "anticamera_store_up";
 /// 1 while a waiting-room lane lets new people in, 0 while it admits nobody new (window closed,
 /// pre-queue, or paused by the admin API), by `gate` and `cohort`.
@@ -379,6 +379,30 @@ pub const FAMILIES: &[(&str, Kind, Unit, &str)] = &[
         Kind::Gauge,
         Unit::Count,
         "1 while the shared admission store answers, 0 when it does not.",
+    ),
+    (
+        crate::store::redis::ROUND_TRIPS,
+        Kind::Counter,
+        Unit::Count,
+        "Round trips to the shared admission store (Redis), by op.",
+    ),
+    (
+        crate::store::redis::ERRORS,
+        Kind::Counter,
+        Unit::Count,
+        "Round trips to the shared admission store that failed, by op.",
+    ),
+    (
+        crate::store::redis::BUSY,
+        Kind::Counter,
+        Unit::Count,
+        "Request-path round trips to the shared store not made because too many were in flight (the fail mode answered), by op.",
+    ),
+    (
+        crate::store::redis::LEADER,
+        Kind::Gauge,
+        Unit::Count,
+        "1 while this node holds the shared store's leader lease (it advances admissions).",
     ),
 ];
 

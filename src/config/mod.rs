@@ -136,6 +136,10 @@ pub struct Config {
     /// Micro-cache for public informational pages (off by default).
     #[serde(default)]
     pub microcache: crate::microcache::MicrocacheConfig,
+    /// Where the waiting room's counters live: this process (default) or Redis, shared by
+    /// several nodes (`[store]`).
+    #[serde(default)]
+    pub store: crate::store::StoreConfig,
     /// Holidays and closures shared by gates (`[calendars.NAME]`, named by a schedule's
     /// `calendar`).
     #[serde(default)]

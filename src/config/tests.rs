@@ -318,3 +318,108 @@ fn routing_and_gate_hosts_are_checked_with_their_key() {
     let unknown = issues(&format!("{MIN}[routing]\ncase_sensitive = true\n"));
     assert_eq!(unknown[0].key, "routing.case_sensitive");
 }
+
+#[test]
+fn store_defaults_to_memory_and_redis_is_checked_with_line_and_key() {
+    let c = Config::parse(MIN).unwrap();
+    assert_eq!(c.store.kind, crate::store::StoreKind::Memory);
+    let c = Config::parse(&format!(
+        "{MIN}[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:6379/2\"\nprefix = \"claims:\"\n\
+         timeout = \"100ms\"\nfail_mode = \"closed\"\nnode_id = \"node-a\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.store.kind, crate::store::StoreKind::Redis);
+    assert_eq!(c.store.node_id(), "node-a");
+    // Random per process when not given.
+    let d = crate::store::StoreConfig::default();
+    assert_ne!(d.node_id(), d.node_id());
+
+    let i = issues(&format!("{MIN}[store]\nkind = \"redis\"\n"));
+    assert_eq!(
+        (i[0].key.as_str(), i[0].line),
+        ("store.kind", Some(4)),
+        "{i:?}"
+    );
+    assert!(i[0].reason.contains("url"), "{i:?}");
+
+    let i = issues(&format!(
+        "{MIN}[store]\nkind = \"redis\"\nurl = \"http://127.0.0.1:6379\"\n"
+    ));
+    assert_eq!(
+        (i[0].key.as_str(), i[0].line),
+        ("store.url", Some(5)),
+        "{i:?}"
+    );
+    assert!(i[0].reason.contains("redis://"), "{i:?}");
+
+    let i = issues(&format!(
+        "{MIN}[store]\nkind = \"redis\"\nurl = \"rediss://r:6379\"\n"
+    ));
+    assert!(i[0].reason.contains("TLS"), "{i:?}");
+
+    let i = issues(&format!(
+        "{MIN}[store]\nkind = \"redis\"\nurl = \"redis://r:6379\"\nfail_mode = \"open\"\n"
+    ));
+    assert_eq!(
+        (i[0].key.as_str(), i[0].line),
+        ("store.fail_mode", Some(6)),
+        "{i:?}"
+    );
+    assert!(i[0].reason.contains("closed"), "{i:?}");
+
+    let c = Config::parse(&format!(
+        "{MIN}[store]\nkind = \"redis\"\nurl = \"redis://r:6379\"\nfail_mode = \"open-local\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.store.fail_mode, crate::store::FailMode::OpenLocal);
+
+    let i = issues(&format!("{MIN}[store]\nkind = \"etcd\"\n"));
+    assert_eq!(
+        (i[0].key.as_str(), i[0].line),
+        ("store.kind", Some(4)),
+        "{i:?}"
+    );
+
+    let i = issues(&format!(
+        "{MIN}[store]\nkind = \"redis\"\nurl = \"redis://r:6379\"\ntimeout = \"0s\"\nnode_id = \"a b\"\n"
+    ));
+    let keys: Vec<_> = i.iter().map(|i| (i.key.as_str(), i.line)).collect();
+    assert!(keys.contains(&("store.timeout", Some(6))), "{keys:?}");
+    assert!(keys.contains(&("store.node_id", Some(7))), "{keys:?}");
+
+    // A prefix that does not end with ':' could run into another room's keys.
+    let i = issues(&format!(
+        "{MIN}[store]\nkind = \"redis\"\nurl = \"redis://r:6379\"\nprefix = \"shop\"\n"
+    ));
+    assert_eq!(
+        (i[0].key.as_str(), i[0].line),
+        ("store.prefix", Some(6)),
+        "{i:?}"
+    );
+    assert!(i[0].reason.contains("end with ':'"), "{i:?}");
+
+    // A url without redis is a mistake, not silently ignored.
+    let i = issues(&format!("{MIN}[store]\nurl = \"redis://r:6379\"\n"));
+    assert_eq!(
+        (i[0].key.as_str(), i[0].line),
+        ("store.url", Some(4)),
+        "{i:?}"
+    );
+
+    // A random draw at opening is agreed through Redis: allowed.
+    let sched = "[[gates]]\nname = \"c\"\nprefix = [\"/c\"]\n[gates.schedule]\nprequeue = \"30m\"\n\
+                 [[gates.schedule.windows]]\ndays = [\"mon\"]\nstart = \"08:00\"\nend = \"12:00\"\n\
+                 [waiting_room]\nkeys = [{ id = 1, secret = \"store-test-key-0123456789abcdef0123\" }]\n\
+                 [store]\nkind = \"redis\"\nurl = \"redis://r:6379\"\n";
+    Config::parse(&format!("{MIN}{sched}")).unwrap();
+
+    // The state file is one node's: refused with a shared store.
+    let i = issues(&format!(
+        "{MIN}[waiting_room]\nstate_file = \"s.json\"\n[store]\nkind = \"redis\"\nurl = \"redis://r:6379\"\n"
+    ));
+    assert_eq!(
+        (i[0].key.as_str(), i[0].line),
+        ("store.kind", Some(6)),
+        "{i:?}"
+    );
+}

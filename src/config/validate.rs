@@ -107,6 +107,7 @@ impl Config {
             }
         }
         v.extend(self.isolation.validate());
+        v.extend(self.store.validate(self.waiting_room.state_file.is_some()));
         if self.microcache.max_entries == 0 {
             v.push(("microcache.max_entries".into(), "must be at least 1".into()));
         }

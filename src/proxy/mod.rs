@@ -111,7 +111,22 @@ impl Shared {
             breaker: guard_cfg
                 .as_ref()
                 .map(|g| Breaker::new(&g.breaker, Instant::now())),
-            isolation: Isolation::new(&config.isolation),
+            isolation: {
+                let iso = Isolation::new(&config.isolation);
+                // With a shared store a session's binding is the fleet's.
+                if let Some(fleet) = room.as_ref().and_then(|r| r.fleet()) {
+                    let f2 = fleet.clone();
+                    iso.set_fleet_binder(
+                        Box::new(move |session, user, idle_ms| {
+                            fleet.bind_session(session, user, idle_ms)
+                        }),
+                        Box::new(move |session, user, idle_ms| {
+                            f2.queue_binding(session, user, idle_ms)
+                        }),
+                    );
+                }
+                iso
+            },
             microcache: config
                 .microcache
                 .enabled

@@ -248,6 +248,26 @@ impl Default for RateLimitsConfig {
 }
 
 impl RateLimitsConfig {
+    /// This config for one of `nodes` nodes sharing one waiting room (`[store] kind =
+    /// "redis"`): the per-gate and per-cohort limits, which are the fleet's, divided among
+    /// them (rate and burst; a balancer spreading requests evenly makes the sum the configured
+    /// limit). Per-session and per-address limits stay each node's.
+    pub fn shared_by(&self, nodes: u32) -> RateLimitsConfig {
+        let n = nodes.max(1);
+        let div = |l: &LimitConfig| LimitConfig {
+            rate: Rate {
+                count: l.rate.count,
+                per: l.rate.per.saturating_mul(n),
+            },
+            burst: Some(l.burst.unwrap_or(l.rate.count).div_ceil(n).max(1)),
+        };
+        RateLimitsConfig {
+            per_gate: self.per_gate.as_ref().map(div),
+            per_cohort: self.per_cohort.as_ref().map(div),
+            ..self.clone()
+        }
+    }
+
     /// IPv6 aggregate levels when `ipv6_aggregates` is absent: a /48 (one site, RFC 6177) shares
     /// 16 × the `per_address` quota, a /32 (typically one ISP's allocation) 1024 ×.
     pub const DEFAULT_IPV6_AGGREGATES: [AggregateConfig; 2] =

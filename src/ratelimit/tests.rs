@@ -519,3 +519,27 @@ fn eviction_prefers_idle_buckets() {
         "busy clients kept their spent buckets: {busy_left}/500"
     );
 }
+
+#[test]
+fn fleet_limits_are_divided_among_the_nodes_and_per_client_limits_are_not() {
+    let cfg: RateLimitsConfig = toml::from_str(
+        "per_gate = { rate = \"30/s\", burst = 60 }\nper_cohort = { rate = \"10/s\" }\n\
+         per_address = { rate = \"5/s\", burst = 10 }\n",
+    )
+    .unwrap();
+    let d = cfg.shared_by(3);
+    let g = d.per_gate.unwrap();
+    assert_eq!(
+        (g.rate.count, g.rate.per, g.burst),
+        (30, Duration::from_secs(3), Some(20))
+    );
+    let c = d.per_cohort.unwrap();
+    assert_eq!((c.rate.per, c.burst), (Duration::from_secs(3), Some(4)));
+    let a = d.per_address.unwrap();
+    assert_eq!((a.rate.per, a.burst), (Duration::from_secs(1), Some(10)));
+    let one = cfg.shared_by(1).per_gate.unwrap();
+    assert_eq!(
+        (one.rate.per, one.burst),
+        (Duration::from_secs(1), Some(60))
+    );
+}

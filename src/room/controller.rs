@@ -15,6 +15,7 @@ impl Room {
     /// The controller: aligns modes and capacities with schedules and shares, advances the
     /// queues, shuffles pre-queues at opening, publishes metrics.
     pub fn tick(&self) {
+        self.follow_fleet_admin();
         let now = self.clock.now_ms();
         let now_dt = self.clock.now();
         let health = self.health();
@@ -60,7 +61,10 @@ impl Room {
                 .map(|l| match (&gp.schedule, l.cohort) {
                     (Some(s), Some(c)) => match s.state(c, now_dt) {
                         WindowState::Open { .. } => 2,
-                        WindowState::PreQueue { .. } => 1,
+                        WindowState::PreQueue { opens_at } => {
+                            l.opens_at_s.store(opens_at.timestamp(), Ordering::Relaxed);
+                            1
+                        }
                         WindowState::Closed { .. } => 0,
                     },
                     _ => 2,
@@ -118,15 +122,25 @@ impl Room {
                     if let Some(sched) = &gp.schedule {
                         if sched.prequeue_order() == PrequeueOrder::Random {
                             let stats = l.gate.stats();
-                            let key: [u8; 32] = rand::random();
-                            l.set_shuffle(stats.serving, stats.next_ticket, key);
+                            // With a shared store every node applies the first node's draw.
+                            let (start, end, key) = l.gate.agree_shuffle(
+                                l.opens_at_s.load(Ordering::Relaxed),
+                                stats.serving,
+                                stats.next_ticket,
+                                rand::random(),
+                            );
+                            l.set_shuffle(start, end, key);
                             tracing::info!(gate = %g.name, cohort = %l.cohort_name,
                                 waiting = stats.next_ticket - stats.serving,
                                 "window opened: pre-queue shuffled");
                         }
                     }
                 }
-                let before = l.gate.serving();
+                // From the last counter woken up to (a shared store moves it between ticks).
+                let before = match l.woken.load(Ordering::Relaxed) {
+                    0 => l.gate.serving(),
+                    w => w.min(l.gate.serving()),
+                };
                 l.gate.tick(now);
                 l.last_state.store(st, Ordering::Relaxed);
                 if prev != st && prev != u8::MAX {
@@ -134,6 +148,7 @@ impl Room {
                     l.wakers.wake_all();
                 }
                 l.wake_admitted(before);
+                l.woken.store(l.gate.serving(), Ordering::Relaxed);
                 publish(g, l, &l.gate.stats());
             }
         }

@@ -44,7 +44,13 @@ pub struct Lane {
     /// `anticamera_waitroom_wait_seconds` for this gate and cohort.
     pub(super) wait_seconds: metrics::Histogram,
     /// Long-polling status requests, by queue position.
-    pub(super) wakers: Wakers,
+    pub(super) wakers: Arc<Wakers>,
+    /// The serving counter up to which long polls were woken (0: none yet). With a shared
+    /// store serving also moves between ticks (another node's admissions, seen by the mirror).
+    pub(super) woken: std::sync::atomic::AtomicU64,
+    /// While pre-queued: the opening (Unix seconds) it waits for, naming the draw a shared
+    /// store agrees on at that opening.
+    pub(super) opens_at_s: std::sync::atomic::AtomicI64,
 }
 
 /// The pre-queue order drawn at an opening: tickets in [start, end) are permuted by a keyed
@@ -80,7 +86,9 @@ impl Lane {
             gate,
             shuffle: RwLock::new(None),
             last_state: AtomicU8::new(u8::MAX),
-            wakers: Wakers::new(),
+            wakers: Arc::new(Wakers::new()),
+            woken: std::sync::atomic::AtomicU64::new(0),
+            opens_at_s: std::sync::atomic::AtomicI64::new(0),
         }
     }
 

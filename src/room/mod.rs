@@ -198,6 +198,9 @@ pub struct Room {
     health_bits: AtomicU64,
     /// The portal's load as following gates see it (only the controller takes this lock).
     follow: std::sync::Mutex<controller::Follow>,
+    /// With `[store] kind = "redis"`: this node's membership of the fleet (mirror, leader
+    /// lease); stopped when the room is dropped.
+    fleet: Option<Arc<crate::store::redis::Fleet>>,
 }
 
 impl Room {
@@ -205,6 +208,13 @@ impl Room {
     pub fn new(cfg: &Config, clock: Arc<Clock>) -> Result<Room, RoomError> {
         let (policy, gate_policies) = RoomPolicy::compile(cfg)?;
         let now = clock.now_ms();
+        let fleet = match cfg.store.kind {
+            crate::store::StoreKind::Memory => None,
+            crate::store::StoreKind::Redis => Some(Arc::new(
+                crate::store::redis::Fleet::start_ticking(&cfg.store, cfg.waiting_room.tick.0)
+                    .map_err(|e| RoomError::Config("store".into(), e.to_string()))?,
+            )),
+        };
         let mut gates = Vec::new();
         let mut next_lane: u16 = 0;
         for (g, gp) in cfg.gates.iter().zip(gate_policies) {
@@ -220,13 +230,19 @@ impl Room {
                 let cohort_name = c
                     .map(|c| policy.cohorts.name(c).to_string())
                     .unwrap_or_else(|| "all".into());
-                lanes.push(Lane::new(
-                    next_lane,
-                    c,
-                    cohort_name,
-                    &g.name,
-                    Gate::new(&gp.settings, now),
-                ));
+                let gate = match &fleet {
+                    Some(f) => {
+                        Gate::with_store(&gp.settings, Box::new(f.lane(&g.name, &cohort_name)), now)
+                    }
+                    None => Gate::new(&gp.settings, now),
+                };
+                let lane = Lane::new(next_lane, c, cohort_name, &g.name, gate);
+                // A shared store's mirror moves serving between ticks (another node admitted):
+                // the held long polls of the positions admitted wake at once.
+                let wakers = lane.wakers.clone();
+                lane.gate
+                    .on_serving_moved(Box::new(move |from, to| wakers.wake(from, to)));
+                lanes.push(lane);
                 next_lane = next_lane.checked_add(1).ok_or_else(|| {
                     RoomError::Config("gates".into(), "too many gates × cohorts".into())
                 })?;
@@ -257,9 +273,18 @@ impl Room {
             cookie_prefix: w.cookie_prefix.clone(),
             health_bits: AtomicU64::new(1.0f64.to_bits()),
             follow: std::sync::Mutex::new(controller::Follow::default()),
+            fleet,
         };
         room.restore()?;
         room.start_numbers()?;
+        // A node joining a shared room after an opening takes the fleet's pre-queue draw.
+        for g in &room.gates {
+            for l in &g.lanes {
+                if let Some((start, end, key)) = l.gate.last_shared_shuffle() {
+                    l.set_shuffle(start, end, key);
+                }
+            }
+        }
         room.tick();
         Ok(room)
     }
@@ -340,6 +365,80 @@ impl Room {
         }
         self.policy.store(Arc::new(policy));
         Ok(())
+    }
+
+    /// With a shared store: stops this node's store thread and gives the leader lease up (a
+    /// clean shutdown). Nothing with the in-memory store.
+    pub fn leave_fleet(&self) {
+        if let Some(f) = &self.fleet {
+            f.stop();
+            tracing::info!(node = %f.node(), "store: left the fleet");
+        }
+    }
+
+    /// With a shared store: this node's membership of the fleet.
+    pub fn fleet(&self) -> Option<Arc<crate::store::redis::Fleet>> {
+        self.fleet.clone()
+    }
+
+    /// With a shared store: the nodes seen alive in the fleet (`None` with the in-memory
+    /// store).
+    pub fn fleet_nodes(&self) -> Option<u32> {
+        self.fleet.as_ref().map(|f| f.nodes_alive())
+    }
+
+    /// With a shared store: whether it answers, and what this node does while it does not
+    /// (for `/readyz`). `None` with the in-memory store.
+    pub fn store_state(&self) -> Option<(bool, crate::store::FailMode)> {
+        self.fleet.as_ref().map(|f| (f.is_up(), f.fail_mode()))
+    }
+
+    /// With a shared store: publishes an admin change of `gate` to every node (`switch` as
+    /// [`Switch`] is spelled: `configured` or a mode). `Ok` without a shared store (nothing to
+    /// publish); `Err` when Redis did not take it.
+    pub fn publish_admin(
+        &self,
+        gate: &str,
+        switch: Option<Switch>,
+        capacity: Option<u32>,
+        admit_per_minute: Option<u32>,
+    ) -> Result<(), ()> {
+        let Some(f) = &self.fleet else { return Ok(()) };
+        let sw = switch.map(|s| match s {
+            Switch::Configured => "configured",
+            Switch::Forced(m) => m.as_str(),
+        });
+        if f.publish_admin(gate, sw, capacity, admit_per_minute) {
+            Ok(())
+        } else {
+            Err(())
+        }
+    }
+
+    /// With a shared store: applies the admin changes another node published (at each tick).
+    fn follow_fleet_admin(&self) {
+        let Some(f) = &self.fleet else { return };
+        for g in &self.gates {
+            let Some(a) = f.take_admin(&g.name) else {
+                continue;
+            };
+            use crate::waitroom::Mode;
+            let sw = match a.switch.as_str() {
+                "paused" => Switch::Forced(Mode::Paused),
+                "queue_all" => Switch::Forced(Mode::QueueAll),
+                "open" => Switch::Forced(Mode::Open),
+                _ => Switch::Configured,
+            };
+            g.set_switch(sw);
+            if let Some(c) = a.capacity.filter(|c| *c > 0) {
+                g.capacity.store(c, Ordering::Relaxed);
+            }
+            if let Some(r) = a.admit_per_minute {
+                g.admit_per_minute.store(r, Ordering::Relaxed);
+            }
+            tracing::info!(gate = %g.name, switch = %a.switch, capacity = ?a.capacity,
+                admit_per_minute = ?a.admit_per_minute, "admin change from the fleet applied");
+        }
     }
 
     /// The room's policy now (one lock-free load; a reload may replace it).
@@ -439,12 +538,20 @@ impl Room {
                 .map(|s| s.may_stay(cohort, issued, now_dt))
                 .unwrap_or(true);
             if allowed {
-                match lane.gate.touch(
-                    t.slot,
-                    Occupant::from_token(&t, binding),
-                    t.issued_at_ms,
-                    now,
-                ) {
+                // With a shared store a node may see a pass first from a client other than the
+                // one it was issued to (its slot is another node's): the binding signed in the
+                // pass is what the slot would have remembered.
+                let touched = if lane.gate.is_shared() && t.binding != binding {
+                    Err(TouchError::BoundElsewhere)
+                } else {
+                    lane.gate.touch(
+                        t.slot,
+                        Occupant::from_token(&t, binding),
+                        t.issued_at_ms,
+                        now,
+                    )
+                };
+                match touched {
                     Ok(()) => {
                         let open_now = gp
                             .schedule
@@ -502,7 +609,7 @@ impl Room {
         // 3. A waiting user with a valid ticket.
         if let Some(t) = token.filter(|t| t.kind == Kind::Ticket) {
             let pos = lane.position(t.ticket);
-            let st = lane.gate.status(pos);
+            let st = lane.gate.status_checked(pos);
             if st.admitted {
                 let who = Occupant {
                     ticket: pos,

@@ -37,7 +37,8 @@ use super::sequence::{Sequence, Unsure};
 use super::settings::{GateSettings, LiveSettings, Mode};
 use super::slots::{Found, Occupant, SlotTable, Touched, CLAIMING, MAX_CAPACITY};
 use super::snapshot::{GateSnapshot, RestoreError, SnapshotCounters, SNAPSHOT_FORMAT};
-use super::store::{AdmissionStore, MemoryStore, StoreCounters};
+use super::store::{AdmissionStore, MemoryStore, SharedAdmission, SharedClaim, StoreCounters};
+use super::visits::Visits;
 
 /// Controller state, under one lock: touched by `tick`, `admit`, a direct admission, and
 /// snapshots.
@@ -67,7 +68,26 @@ pub struct Gate {
     /// After a crash: the numbers that may never have been handed out (set before traffic).
     unsure: std::sync::OnceLock<Unsure>,
     ctl: Mutex<Controller>,
+    /// Shared store only: passes honoured here whose slot is not held here.
+    visits: Visits,
+    /// Shared store only: the second of the last activity report (`Gate::tick`).
+    reported_s: std::sync::atomic::AtomicU32,
+    /// Shared store only: ticks, to check the cache every `CHECK_EVERY`.
+    checks: AtomicU64,
 }
+
+/// Shared store only: every this many ticks (2 s at the default 200 ms), the sessions in this
+/// node's cache are checked against the store.
+const CHECK_EVERY: u64 = 10;
+
+/// The owner of a session in a shared store: visitor and client binding together.
+fn owner_of(who: Occupant) -> u64 {
+    who.visitor ^ u64::from(who.binding).rotate_left(32)
+}
+
+/// A pass issued without a slot on this node (shared store: the slot table was full here):
+/// honoured through the visits table on every node.
+pub const NO_SLOT: u32 = u32::MAX;
 
 impl std::fmt::Debug for Gate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -110,6 +130,9 @@ impl Gate {
                 pace: Pace::default(),
                 cursor: Cursor::default(),
             }),
+            visits: Visits::new(),
+            reported_s: std::sync::atomic::AtomicU32::new(0),
+            checks: AtomicU64::new(0),
         };
         gate.apply(settings);
         gate
@@ -136,6 +159,17 @@ impl Gate {
     /// Switches the mode at runtime.
     pub fn set_mode(&self, mode: Mode) {
         self.settings.set_mode(mode);
+    }
+
+    /// The store's fleet-wide decisions, when it is shared by several nodes.
+    #[inline]
+    fn shared(&self) -> Option<&dyn SharedAdmission> {
+        self.store.shared()
+    }
+
+    /// Whether this gate's store is shared by several nodes.
+    pub fn is_shared(&self) -> bool {
+        self.shared().is_some()
     }
 
     fn lock(&self) -> MutexGuard<'_, Controller> {
@@ -175,11 +209,17 @@ impl Gate {
     /// The direct-admission half of [`Gate::arrive`]: `None` when the visitor
     /// must queue (no ticket taken in that case).
     pub fn try_admit_now(&self, visitor: u64, binding: u32, now_ms: u64) -> Option<Arrival> {
+        if let Some(sh) = self.shared().filter(|sh| !sh.is_up()) {
+            return self.admit_local(sh, visitor, binding, now_ms);
+        }
         if self.mode() != Mode::Open
             || self.store.serving() != self.store.next_ticket()
             || self.store.occupied() >= self.room_for_new()
         {
             return None;
+        }
+        if let Some(sh) = self.shared() {
+            return self.admit_now_shared(sh, visitor, binding, now_ms);
         }
         let mut ctl = self.lock();
         let apm = self.settings.admit_per_minute();
@@ -218,6 +258,72 @@ impl Gate {
         })
     }
 
+    /// Direct admission through a shared store: one round trip takes the next ticket, admits it
+    /// and opens its session if nobody waits and there is room fleet-wide. With a rate cap only
+    /// the leader lets people in directly, from the bucket it paces every admission with (a
+    /// bucket per node would let each node spend the whole rate); elsewhere they take a number
+    /// and the leader lets them in at its next tick.
+    fn admit_now_shared(
+        &self,
+        sh: &dyn SharedAdmission,
+        visitor: u64,
+        binding: u32,
+        now_ms: u64,
+    ) -> Option<Arrival> {
+        let who = Occupant {
+            ticket: 0,
+            visitor,
+            binding,
+        };
+        let apm = self.settings.admit_per_minute();
+        let t = if apm > 0 {
+            if !sh.is_leader() {
+                return None;
+            }
+            let mut ctl = self.lock();
+            ctl.bucket.refill(apm, now_ms);
+            if ctl.bucket.allowance(apm) == 0 {
+                return None;
+            }
+            let t = sh.admit_now(self.room_for_new(), owner_of(who), now_ms)?;
+            ctl.bucket.spend(apm, 1);
+            t
+        } else {
+            sh.admit_now(self.room_for_new(), owner_of(who), now_ms)?
+        };
+        let who = Occupant { ticket: t, ..who };
+        let slot = self.slots.grab(who, now_ms).unwrap_or(NO_SLOT);
+        Some(Arrival::Admitted { ticket: t, slot })
+    }
+
+    /// The shared store does not answer: with `fail_mode = "open-local"` this node lets new
+    /// arrivals in on its own while the people it holds slots for stay within its share of the
+    /// capacity, with numbers of its own ([`SharedAdmission::outage_ticket`]); the store takes
+    /// their sessions in when it answers again. People already waiting keep their number (the
+    /// line moves again with the store). With `closed`, nobody.
+    fn admit_local(
+        &self,
+        sh: &dyn SharedAdmission,
+        visitor: u64,
+        binding: u32,
+        now_ms: u64,
+    ) -> Option<Arrival> {
+        let share = sh.local_share(self.settings.capacity())?;
+        if self.mode() != Mode::Open || self.slots.active() >= share {
+            return None;
+        }
+        let who = Occupant {
+            ticket: sh.outage_ticket(),
+            visitor,
+            binding,
+        };
+        let slot = self.slots.grab(who, now_ms)?;
+        Some(Arrival::Admitted {
+            ticket: who.ticket,
+            slot,
+        })
+    }
+
     /// The capacity new admissions may fill: late arrivals were admitted once, so as much
     /// room as there are of them is kept for them (taken by whichever comes first).
     fn room_for_new(&self) -> u32 {
@@ -243,6 +349,25 @@ impl Gate {
         Position {
             ahead: ticket.saturating_sub(serving),
             admitted: ticket != 0 && ticket < serving,
+        }
+    }
+
+    /// [`Gate::status`] for a page request with a ticket: with a shared store, someone near
+    /// the front whom this node's mirror does not show admitted yet is checked against the
+    /// store (one round trip), so a person told "admitted" by another node's fresher mirror
+    /// is not sent back to the queue by this one. Status polls use [`Gate::status`] (no
+    /// round trip).
+    pub fn status_checked(&self, ticket: u64) -> Position {
+        let st = self.status(ticket);
+        if st.admitted {
+            return st;
+        }
+        match self.shared() {
+            Some(sh) if st.ahead <= 2 * u64::from(self.settings.capacity()) + 16 => {
+                sh.refresh();
+                self.status(ticket)
+            }
+            _ => st,
         }
     }
 
@@ -272,6 +397,9 @@ impl Gate {
         if serving - t > CLAIM_WINDOW {
             return Err(ClaimError::TooOld);
         }
+        if let Some(sh) = self.shared() {
+            return self.claim_shared(sh, who, now_ms);
+        }
         if self.claims.mark(t) {
             return self.find_claimed(who);
         }
@@ -293,6 +421,26 @@ impl Gate {
         }
     }
 
+    /// A first claim through a shared store (any node: the place was held fleet-wide by the
+    /// leader's admission). This node's slot is only a cache for its hot path: without a free
+    /// one the pass names [`NO_SLOT`] and is honoured through the visits table.
+    fn claim_shared(
+        &self,
+        sh: &dyn SharedAdmission,
+        who: Occupant,
+        now_ms: u64,
+    ) -> Result<u32, ClaimError> {
+        match sh.claim(who.ticket, owner_of(who), self.settings.capacity(), now_ms) {
+            SharedClaim::Placed => Ok(self.slots.grab(who, now_ms).unwrap_or(NO_SLOT)),
+            SharedClaim::NotAdmitted => Err(ClaimError::NotAdmitted),
+            SharedClaim::BoundElsewhere => Err(ClaimError::BoundElsewhere),
+            SharedClaim::Used => Err(ClaimError::AlreadyUsed),
+            SharedClaim::Late { ahead } => Err(ClaimError::Late { ahead }),
+            // Nobody new is let in while the store does not answer (fail mode `closed`).
+            SharedClaim::Down => Err(ClaimError::Busy),
+        }
+    }
+
     /// Whether admitted ticket `t` can take its place now. `Ready` when a claim would find
     /// one: its batch still holds its reservation, there is free room (room is kept free for
     /// late arrivals ahead of anyone new), or it has claimed already. Otherwise it has come
@@ -306,14 +454,17 @@ impl Gate {
             // Not admitted, or too old to claim: the claim gives the answer.
             return Turn::Ready;
         }
-        if self.claims.is_marked(t)
-            || self.reservations.holds(t)
-            || self.store.occupied() < self.settings.capacity()
-        {
+        let held = match self.shared() {
+            Some(sh) => sh.holds(t),
+            None => self.claims.is_marked(t) || self.reservations.holds(t),
+        };
+        if held || self.store.occupied() < self.settings.capacity() {
             return Turn::Ready;
         }
-        Turn::Late {
-            ahead: self.join_late(t, now_ms),
+        match self.join_late(t, now_ms) {
+            // A shared store: it claimed on another node.
+            super::store::INSIDE => Turn::Ready,
+            ahead => Turn::Late { ahead },
         }
     }
 
@@ -390,6 +541,9 @@ impl Gate {
         match self.slots.touch(slot, who, now_ms) {
             Touched::Held => Ok(()),
             Touched::BoundElsewhere => Err(TouchError::BoundElsewhere),
+            // Shared store: the slot is another node's (or this node's cache let it go); the
+            // signed pass is honoured, its activity reported to the store at the next tick.
+            Touched::Free | Touched::Gone if self.is_shared() => self.visits.see(who, now_ms),
             Touched::Free => self.reclaim(slot, who, pass_issued_ms, now_ms),
             Touched::Gone => Err(TouchError::Expired),
         }
@@ -462,6 +616,16 @@ impl Gate {
     /// Ends a session now (the portal's release header). Returns false if the
     /// slot was not held by `ticket`.
     pub fn release(&self, slot: u32, ticket: u64) -> bool {
+        if let Some(sh) = self.shared() {
+            // The session is the fleet's (keyed by ticket); this node's slot is a cache.
+            self.slots.release(slot, ticket);
+            self.visits.gone(ticket);
+            if !sh.release(ticket) {
+                return false;
+            }
+            self.released.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
         if !self.slots.release(slot, ticket) {
             return false;
         }
@@ -478,6 +642,9 @@ impl Gate {
     /// expire idle sessions and stale reservations, then admit as many
     /// waiting tickets as room and the rate cap allow.
     pub fn tick(&self, now_ms: u64) -> TickReport {
+        if let Some(sh) = self.shared() {
+            return self.tick_shared(sh, now_ms);
+        }
         let expired = self
             .slots
             .expire_idle(now_ms, self.settings.session_ms(), || {
@@ -506,6 +673,147 @@ impl Gate {
         }
     }
 
+    /// The controller step with a shared store: reports this node's activity (its slots and
+    /// the passes of other nodes seen since the last tick) and stops honouring sessions that
+    /// ended; the leader also ends idle sessions and lapsed places fleet-wide, and admits.
+    fn tick_shared(&self, sh: &dyn SharedAdmission, now_ms: u64) -> TickReport {
+        let session_ms = self.settings.session_ms();
+        // This node's slot cache: a slot idle here may be busy on another node, so nothing is
+        // given back to the store (the store's own expiry decides).
+        self.slots.expire_idle(now_ms, session_ms, || {});
+        let now_s = super::slots::secs(now_ms);
+        let since = self.reported_s.swap(now_s, Ordering::AcqRel);
+        if sh.wants_all_sessions() {
+            sh.restore_held(now_ms + self.settings.arrival_timeout_ms());
+            // Every session known, with its owner: the store takes them back in as they were.
+            let mut all: Vec<(u64, u64)> = self
+                .slots
+                .occupants()
+                .into_iter()
+                .chain(self.visits.all_live_owners())
+                .map(|w| (w.ticket, owner_of(w)))
+                .collect();
+            all.sort_unstable();
+            all.dedup_by_key(|p| p.0);
+            let _ = self.visits.take_seen(now_ms, session_ms.max(1_000));
+            match sh.touch_all(&all, now_ms) {
+                Some(gone) => self.forget(&gone),
+                None => {
+                    let _ = self.reported_s.compare_exchange(
+                        now_s,
+                        since,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    );
+                }
+            }
+        } else {
+            let mut seen = self.slots.tickets_seen_since(since);
+            seen.extend(self.visits.take_seen(now_ms, session_ms.max(1_000)));
+            if !seen.is_empty() {
+                match sh.touch(&seen, now_ms) {
+                    Some(gone) => self.forget(&gone),
+                    None => {
+                        // Not reported (the store did not answer): again at the next tick, so a
+                        // session active during an outage is not taken for idle after it.
+                        let _ = self.reported_s.compare_exchange(
+                            now_s,
+                            since,
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        );
+                        self.visits.seen_again(&seen);
+                    }
+                }
+            }
+        }
+        // Every CHECK_EVERY ticks: which sessions of this node's cache have ended elsewhere
+        // (released on another node): forgotten here, so they are not reported back in if the
+        // store loses its data.
+        if self.checks.fetch_add(1, Ordering::Relaxed) % CHECK_EVERY == 0 {
+            let known = self.known_sessions();
+            if !known.is_empty() {
+                if let Some(gone) = sh.check(&known) {
+                    self.forget(&gone);
+                }
+            }
+        }
+        let (expired, abandoned) = if sh.is_leader() {
+            sh.expire(now_ms, session_ms)
+        } else {
+            (0, 0)
+        };
+        self.expired.fetch_add(expired, Ordering::Relaxed);
+        let mut ctl = self.lock();
+        let waiting = self.store.next_ticket() > self.store.serving();
+        let admitted = self.admit_locked(&mut ctl, now_ms);
+        let reading = ctl
+            .pace
+            .update(self.store.serving(), self.store.occupied(), waiting, now_ms);
+        self.pace.publish(reading);
+        TickReport {
+            admitted,
+            expired,
+            abandoned,
+        }
+    }
+
+    /// The pre-queue draw at an opening: with a shared store every node applies the one the
+    /// first of them proposed (`opening_s` names the opening); otherwise, or when the store
+    /// does not answer, this node's own proposal.
+    pub fn agree_shuffle(
+        &self,
+        opening_s: i64,
+        start: u64,
+        end: u64,
+        key: [u8; 32],
+    ) -> (u64, u64, [u8; 32]) {
+        match self.shared() {
+            Some(sh) => sh
+                .agree_shuffle(opening_s, start, end, key)
+                .unwrap_or_else(|| {
+                    tracing::warn!(
+                        "waitroom: the shared store did not answer at the opening: this node \
+                         draws the pre-queue order on its own"
+                    );
+                    (start, end, key)
+                }),
+            None => (start, end, key),
+        }
+    }
+
+    /// With a shared store: `f(from, to)` is called whenever serving moves up in the mirror
+    /// (another node's admission seen by a sync). Nothing without one (serving moves only in
+    /// this node's own calls).
+    pub fn on_serving_moved(&self, f: Box<dyn Fn(u64, u64) + Send + Sync>) {
+        if let Some(sh) = self.shared() {
+            sh.on_serving_moved(f);
+        }
+    }
+
+    /// With a shared store: the last pre-queue draw the fleet agreed on (a node starting after
+    /// an opening applies it).
+    pub fn last_shared_shuffle(&self) -> Option<(u64, u64, [u8; 32])> {
+        self.shared()?.last_shuffle()
+    }
+
+    /// The store said these sessions ended: this node's cache forgets them and stops
+    /// honouring their passes.
+    fn forget(&self, gone: &[u64]) {
+        for &t in gone {
+            self.slots.release_ticket(t);
+            self.visits.gone(t);
+        }
+    }
+
+    /// Every session this node knows to be on (its slots and the other nodes' passes it
+    /// honours): re-reported when the shared store lost its data.
+    pub fn known_sessions(&self) -> Vec<u64> {
+        let mut v = self.slots.tickets_seen_since(0);
+        v.extend(self.visits.all_live());
+        v
+    }
+
     /// Only the admission half of [`Gate::tick`]: admits as many waiting tickets as room and
     /// the rate cap allow, right now. Called when a place frees up (the portal's release
     /// header), so the next in line does not wait for the next tick.
@@ -523,6 +831,23 @@ impl Gate {
             return 0;
         }
         let allowance = ctl.bucket.allowance(apm);
+        if let Some(sh) = self.shared() {
+            // Only the leader admits; the store moves serving and holds the places in one
+            // step, fleet-wide (a compare-and-set: nobody is admitted twice).
+            if !sh.is_leader() {
+                return 0;
+            }
+            let deadline = now_ms + self.settings.arrival_timeout_ms();
+            let n = sh.admit(
+                serving,
+                waiting.min(allowance),
+                self.room_for_new(),
+                now_ms,
+                deadline,
+            );
+            ctl.bucket.spend(apm, n);
+            return n;
+        }
         let want = u32::try_from(waiting.min(allowance)).unwrap_or(u32::MAX);
         let mut n = self.store.reserve(want, self.room_for_new());
         // After a crash, unsure numbers nobody has asked about pass without a place.
@@ -665,7 +990,11 @@ impl Gate {
 
     /// Sessions holding a slot.
     pub fn active(&self) -> u32 {
-        self.slots.active()
+        match self.shared() {
+            // Everyone inside, fleet-wide (this node's slots are only a cache).
+            Some(sh) => sh.active(),
+            None => self.slots.active(),
+        }
     }
 
     /// Point-in-time counters.
@@ -677,7 +1006,10 @@ impl Gate {
             capacity: self.settings.capacity(),
             waiting,
             active: self.active(),
-            pending: self.reservations.pending(),
+            pending: match self.shared() {
+                Some(sh) => sh.pending(),
+                None => self.reservations.pending(),
+            },
             late: self.store.late_len(),
             issued: c.next_ticket.saturating_sub(1),
             admitted: c.serving.saturating_sub(1),

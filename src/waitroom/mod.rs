@@ -9,6 +9,7 @@
 //! |---|---|
 //! | [`settings`] | [`GateSettings`], [`Mode`], validation; the settings in force |
 //! | [`slots`] | the slot table: claim, touch, re-claim, release, idle expiry (local to a node) |
+//! | `visits` | shared store only: passes honoured on this node whose slot is another node's |
 //! | `claims` | the claimed-once bitmap over recently admitted tickets |
 //! | `reservations` | room held for admitted tickets until they arrive; abandonment |
 //! | `bucket` | the `admit_per_minute` token bucket |
@@ -33,6 +34,7 @@ pub mod settings;
 pub mod slots;
 pub mod snapshot;
 pub mod store;
+mod visits;
 
 pub use answers::{Arrival, ClaimError, GateStats, Position, TickReport, TouchError, Turn};
 pub use claims::CLAIM_WINDOW;
@@ -41,7 +43,7 @@ pub use pass::{Keyring, Kind, PassError, Token, VisitorId};
 pub use settings::{GateSettings, Mode};
 pub use slots::{Occupant, MAX_CAPACITY};
 pub use snapshot::{GateSnapshot, RestoreError};
-pub use store::{AdmissionStore, MemoryStore};
+pub use store::{AdmissionStore, MemoryStore, SharedAdmission, SharedClaim};
 
 /// A configuration error naming the offending key and a reason (shared by every section).
 pub use crate::util::field_error::FieldError;

@@ -289,6 +289,45 @@ impl SlotTable {
         true
     }
 
+    /// The tickets of the slots seen at or after second `since` (all held slots for 0).
+    pub(super) fn tickets_seen_since(&self, since: u32) -> Vec<u64> {
+        let mut out = Vec::new();
+        for i in 0..self.len() {
+            let Some(s) = self.get(i) else { continue };
+            let tk = s.ticket();
+            if tk != 0 && tk & CLAIMING == 0 && s.last_seen.load(Ordering::Relaxed) >= since {
+                out.push(tk);
+            }
+        }
+        out
+    }
+
+    /// Every occupant held here (re-reported with their owner after the store lost its data).
+    pub(super) fn occupants(&self) -> Vec<Occupant> {
+        let mut out = Vec::new();
+        for i in 0..self.len() {
+            let Some(s) = self.get(i) else { continue };
+            let tk = s.ticket();
+            if tk != 0 && tk & CLAIMING == 0 {
+                let who = Occupant {
+                    ticket: tk,
+                    visitor: s.visitor.load(Ordering::Acquire),
+                    binding: s.binding.load(Ordering::Acquire),
+                };
+                // Released or taken by another meanwhile: not this occupant's facts.
+                if s.ticket() == tk {
+                    out.push(who);
+                }
+            }
+        }
+        out
+    }
+
+    /// Frees the slot `ticket` holds, wherever it is (a shared store said its session ended).
+    pub(super) fn release_ticket(&self, ticket: u64) -> bool {
+        (0..self.len()).any(|i| self.release(i, ticket))
+    }
+
     /// Frees every slot not seen for `session_ms`, calling `freed` once for each. Returns how
     /// many were freed.
     pub(super) fn expire_idle(&self, now_ms: u64, session_ms: u64, mut freed: impl FnMut()) -> u64 {

@@ -46,6 +46,22 @@
 //!
 //! A shared claimed-once bitmap (a ticket cookie replayed on another node) would be the next
 //! thing to move behind this trait; with one node it is exact as it is.
+//!
+//! # Shared mode
+//!
+//! Per-node reservations and per-node `occupied` units do not survive a fleet without
+//! stickiness: a person admitted by the leader's controller arrives at another node, whose
+//! reservation batches know nothing of them, and their next request lands on a third. A store
+//! shared by several nodes therefore also implements [`SharedAdmission`] (returned by
+//! [`AdmissionStore::shared`]), and the gate then lets the store decide, atomically for the
+//! whole fleet: admissions (serving moved and a batch of places held, in one step, by the
+//! leader only), first claims (a place taken from the ticket's batch, or free room, or the late
+//! line), sessions keyed by *ticket* (so it does not matter which node sees their requests),
+//! their idle expiry and release, and the abandonment of places held. `reserve`/`unreserve`
+//! are then unused. The slot table stays a node-local cache for the lock-free hot path; a
+//! pass whose slot is not held on this node is honoured from its signature and recorded in a
+//! local table of visits, reported to the store in batches by the controller
+//! ([`SharedAdmission::touch`]), which answers which sessions have ended.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -84,7 +100,8 @@ pub trait AdmissionStore: Send + Sync + fmt::Debug {
     fn restore(&self, counters: StoreCounters);
     /// Records that late arrival `ticket` is here now: it joins the back of the late line if
     /// new (unless the line is full), else its visit is refreshed. Returns how many late
-    /// arrivals came back before it.
+    /// arrivals came back before it; a shared store returns [`INSIDE`] for a ticket that holds
+    /// a place already (claimed on another node), which is not late.
     fn late_arrive(&self, ticket: u64, now_ms: u64) -> u64;
     /// `ticket` took a place: it leaves the late line. Returns whether it was in it.
     fn late_leave(&self, ticket: u64) -> bool;
@@ -97,6 +114,118 @@ pub trait AdmissionStore: Send + Sync + fmt::Debug {
     fn late_len(&self) -> u32;
     /// Empties the late line (restore from a snapshot, before traffic).
     fn late_clear(&self);
+    /// A store shared by several nodes: the decisions it takes for the whole fleet (see
+    /// "Shared mode" in the module docs). `None` (the default) for a store of one node.
+    fn shared(&self) -> Option<&dyn SharedAdmission> {
+        None
+    }
+}
+
+/// What a shared store's `late_arrive` answers for a ticket that holds a place already.
+pub const INSIDE: u64 = u64::MAX;
+
+/// Numbers at or above this are those a node hands out on its own while the shared store does
+/// not answer (`fail_mode = "open-local"`): far above any number the store hands out, and
+/// distinct per node ([`SharedAdmission::outage_ticket`]). The store takes their sessions in
+/// when it answers again.
+pub const OUTAGE_MIN: u64 = 1 << 62;
+
+/// What a first claim found in a shared store ([`SharedAdmission::claim`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedClaim {
+    /// The ticket holds a place now (taken from its batch, from free room, or held already by
+    /// the same owner on another node).
+    Placed,
+    /// Not admitted yet.
+    NotAdmitted,
+    /// The ticket's place is held by another owner (a copied ticket cookie).
+    BoundElsewhere,
+    /// The ticket claimed once and its session has ended.
+    Used,
+    /// Admitted, its held place lapsed and the room is full: in the late line behind `ahead`.
+    Late {
+        /// Late arrivals ahead.
+        ahead: u64,
+    },
+    /// The store did not answer (the fail mode decides: nobody new admitted).
+    Down,
+}
+
+/// The fleet-wide decisions of a store shared by several nodes (module docs, "Shared mode").
+/// Every call may be a round trip; the reads (`pending`, `active`, `holds`, `is_leader`,
+/// `is_up`) come from the node's mirror and cost none.
+pub trait SharedAdmission: Send + Sync + fmt::Debug {
+    /// Whether this node holds the leader lease: only the leader advances admissions.
+    fn is_leader(&self) -> bool;
+    /// Whether the store answered its last call.
+    fn is_up(&self) -> bool;
+    /// Admits up to `want` waiting tickets from `from` (the serving counter this node saw), as
+    /// long as everyone inside and every place held stay within `room`; their places are held
+    /// until `deadline_ms`. Atomic: serving moves only if it was `from`, and only for the
+    /// leader. Returns how many tickets were admitted (0 when none could be).
+    fn admit(&self, from: u64, want: u64, room: u32, now_ms: u64, deadline_ms: u64) -> u64;
+    /// A new arrival when nobody waits: the next ticket taken, admitted and given a session
+    /// for `owner` in one step, if everyone inside stays within `room`. `None`: it must queue.
+    fn admit_now(&self, room: u32, owner: u64, now_ms: u64) -> Option<u64>;
+    /// The first claim of admitted ticket `t` by `owner` (visitor and client binding).
+    fn claim(&self, t: u64, owner: u64, capacity: u32, now_ms: u64) -> SharedClaim;
+    /// Whether `t`'s admission batch still holds places (from the mirror).
+    fn holds(&self, t: u64) -> bool;
+    /// Ends `t`'s session now (the portal's release header). Whether it was inside.
+    fn release(&self, t: u64) -> bool;
+    /// Ends sessions not seen for `session_ms` and gives back places held past their deadline
+    /// and late arrivals gone idle. Returns (sessions ended, places abandoned).
+    fn expire(&self, now_ms: u64, session_ms: u64) -> (u64, u64);
+    /// These tickets' sessions were active on this node since the last call. Returns those
+    /// whose session has ended (this node must stop honouring their passes); `None` when the
+    /// store did not answer (report them again).
+    fn touch(&self, tickets: &[u64], now_ms: u64) -> Option<Vec<u64>>;
+    /// After the store lost its data ([`SharedAdmission::wants_all_sessions`]): every session
+    /// this node knows, as (ticket, owner), taken back in with their owner (so a copied ticket
+    /// is still refused as bound elsewhere), unless released lately. Returns the sessions that
+    /// have ended; `None` when the store did not answer (report them again).
+    fn touch_all(&self, sessions: &[(u64, u64)], now_ms: u64) -> Option<Vec<u64>>;
+    /// Which of these sessions have ended (nothing written): the sessions this node keeps in
+    /// its cache though nobody asked for a while (released on another node, say), so that
+    /// it forgets them rather than report them back after the store lost its data.
+    fn check(&self, tickets: &[u64]) -> Option<Vec<u64>>;
+    /// Whether the store lost its sessions (restarted empty) since this node last reported:
+    /// then the next [`SharedAdmission::touch`] should carry every session this node knows,
+    /// which the store takes back in (people inside keep their place).
+    fn wants_all_sessions(&self) -> bool;
+    /// Redis lost its data: takes back in the batches of places held for admitted people this
+    /// node's mirror knew (at most as many places as it knew held), held until `deadline_ms`,
+    /// so people admitted before the loss still find their place. Returns the places held again.
+    fn restore_held(&self, deadline_ms: u64) -> u32;
+    /// Refreshes the mirror now (one round trip): a page request of someone near the front
+    /// whom this node's mirror does not show admitted yet, while another node's may.
+    fn refresh(&self);
+    /// While the store does not answer and the fail mode is `open-local`: how many people this
+    /// node may have inside (its share of `capacity`: capacity over the nodes seen alive);
+    /// `None` when the store answers, or the fail mode is `closed`.
+    fn local_share(&self, capacity: u32) -> Option<u32>;
+    /// A number for someone this node lets in on its own during an outage (`open-local`): at
+    /// or above [`OUTAGE_MIN`], never handed out by another node or by the store.
+    fn outage_ticket(&self) -> u64;
+    /// The pre-queue draw at the opening that began at `opening_s` (Unix seconds): the first
+    /// node to ask fixes it (`start`, `end`, `key` as it proposes), every other node gets that
+    /// one. `None` when the store does not answer.
+    fn agree_shuffle(
+        &self,
+        opening_s: i64,
+        start: u64,
+        end: u64,
+        key: [u8; 32],
+    ) -> Option<(u64, u64, [u8; 32])>;
+    /// The last pre-queue draw agreed (for a node that starts after an opening).
+    fn last_shuffle(&self) -> Option<(u64, u64, [u8; 32])>;
+    /// Calls `f(from, to)` whenever the mirror's serving counter moves up (from the store's
+    /// thread or a write), so held long polls wake within a sync of another node's admission.
+    fn on_serving_moved(&self, f: Box<dyn Fn(u64, u64) + Send + Sync>);
+    /// Places held for admitted people not yet arrived, fleet-wide (from the mirror).
+    fn pending(&self) -> u32;
+    /// People inside, fleet-wide (from the mirror).
+    fn active(&self) -> u32;
 }
 
 /// The shared counters of an [`AdmissionStore`].

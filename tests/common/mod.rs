@@ -325,3 +325,185 @@ pub fn rome(y: i32, m: u32, d: u32, h: u32, min: u32) -> chrono::DateTime<chrono
         .unwrap()
         .with_timezone(&chrono::Utc)
 }
+
+/// A redis-server of the tests' own (`scripts/setup-redis` installs it): started in a temp dir
+/// on a free loopback port, without persistence unless asked, killed when dropped. It can be
+/// killed and started again on the same port mid-test, empty or with what it had saved.
+pub struct RedisServer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+    persist: bool,
+}
+
+impl RedisServer {
+    /// Starts an empty server without persistence.
+    pub fn start() -> RedisServer {
+        Self::start_with(false)
+    }
+
+    /// Starts an empty server; with `persist`, an append-only file in its temp dir (fsync every
+    /// write), so a restart brings back what it had.
+    pub fn start_with(persist: bool) -> RedisServer {
+        let bin = "/usr/bin/redis-server";
+        assert!(
+            std::path::Path::new(bin).exists(),
+            "{bin} is missing: run scripts/setup-redis"
+        );
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        let mut r = RedisServer {
+            port,
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+            persist,
+        };
+        r.restart();
+        r
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Whether the server is running now.
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Kills the server at once (SIGKILL: nothing saved on the way out).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Kills it and wipes what it saved: the next start is empty.
+    pub fn wipe(&mut self) {
+        self.kill();
+        for e in std::fs::read_dir(self.dir.path()).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                let _ = std::fs::remove_dir_all(&p);
+            } else {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+    }
+
+    /// (Re)starts the server on the same port (killing a running one first) and waits until it
+    /// answers PING.
+    pub fn restart(&mut self) {
+        self.kill();
+        let port = self.port.to_string();
+        let dir = self.dir.path().to_str().unwrap().to_string();
+        let mut args = vec![
+            "--port",
+            &port,
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            &dir,
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "warning",
+        ];
+        if self.persist {
+            args.extend(["--appendonly", "yes", "--appendfsync", "always"]);
+        } else {
+            args.extend(["--appendonly", "no"]);
+        }
+        let child = std::process::Command::new("/usr/bin/redis-server")
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            // Ours, not another test's server that took the port while this one was down.
+            if self.ping() && self.is_ours() {
+                return;
+            }
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            assert!(
+                exited.is_none(),
+                "redis-server could not start again on port {} (taken meanwhile?): {exited:?}",
+                self.port
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not answer on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends one inline command and returns the first line of the answer, or a bulk string's
+    /// value ("" if none or nil).
+    pub fn cmd(&self, line: &str) -> String {
+        use std::io::{BufRead, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return String::new();
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        if s.write_all(format!("{line}\r\n").as_bytes()).is_err() {
+            return String::new();
+        }
+        let mut r = std::io::BufReader::new(s);
+        let mut out = String::new();
+        let _ = r.read_line(&mut out);
+        // A bulk string: its value is on the next line; nil is "".
+        if out.starts_with("$-1") || out.starts_with("*-1") {
+            return String::new();
+        }
+        if out.starts_with('$') {
+            out.clear();
+            let _ = r.read_line(&mut out);
+        }
+        out.trim_end().to_string()
+    }
+
+    /// Whether the server answering on the port is this one (its `dir` is this one's).
+    fn is_ours(&self) -> bool {
+        use std::io::{BufRead, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        if s.write_all(b"CONFIG GET dir\r\n").is_err() {
+            return false;
+        }
+        let dir = std::fs::canonicalize(self.dir.path()).unwrap_or_else(|_| self.dir.path().into());
+        std::io::BufReader::new(s)
+            .lines()
+            .take(5)
+            .map_while(Result::ok)
+            .any(|l| {
+                let l = std::path::Path::new(l.trim_end());
+                l == dir || l == self.dir.path()
+            })
+    }
+
+    /// Whether it answers PING now.
+    pub fn ping(&self) -> bool {
+        self.cmd("PING") == "+PONG"
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
