@@ -315,6 +315,10 @@ impl std::fmt::Debug for Guard {
 #[must_use = "dropping the permit releases the slot at once"]
 pub struct Permit {
     inner: Arc<Inner>,
+    /// When the slot was granted: the start of the exchange, and of its time at the portal.
+    granted: Instant,
+    /// Its time at the portal was counted (by [`Permit::done`]); the drop only frees the slot.
+    counted: bool,
     waited: Duration,
     epoch: u64,
     in_flight_at_start: usize,
@@ -337,16 +341,29 @@ impl Permit {
     /// Reports how the upstream request went (feeds the adaptive limit) and releases the slot.
     /// Dropping a permit without calling this reports nothing (the slot is freed; the request
     /// said nothing about the portal's capacity: the client went away, it was cancelled).
-    pub fn done(self, latency: Duration, outcome: Signal) {
+    ///
+    /// `latency` is the exchange's time since [`Permit::granted`]: it is also the slot's time at
+    /// the portal in the load integrals, so the clock is not read again.
+    pub fn done(mut self, latency: Duration, outcome: Signal) {
         self.inner
             .on_outcome(latency, outcome, self.epoch, self.in_flight_at_start);
+        let end = self.inner.micros_at(self.granted) + latency.as_micros() as u64;
+        self.inner.busy.leave(end);
+        self.counted = true;
         // Drop releases the slot.
+    }
+
+    /// When the slot was granted.
+    pub fn granted(&self) -> Instant {
+        self.granted
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.inner.busy.leave(self.inner.micros());
+        if !self.counted {
+            self.inner.busy.leave(self.inner.micros());
+        }
         self.inner.release();
     }
 }
@@ -512,6 +529,8 @@ impl Guard {
         self.inner.busy.enter(self.inner.micros_at(granted));
         Permit {
             inner: self.inner.clone(),
+            granted,
+            counted: false,
             waited: if queued {
                 granted.saturating_duration_since(arrived)
             } else {
@@ -547,8 +566,6 @@ impl Guard {
         let now = self.inner.micros();
         Load {
             limit: self.current_limit(),
-            in_flight: self.in_flight(),
-            queued_inside: self.inner.inside_waiting.count(),
             at_us: now,
             busy_us: self.inner.busy.area(now),
             inside_waiting_us: self.inner.inside_waiting.area(now),
@@ -557,8 +574,7 @@ impl Guard {
     }
 }
 
-/// A reading of the portal's load: the limit and what is at the portal and waiting now, and
-/// time integrals (in request-microseconds, modulo 2⁴⁸: compare two readings with
+/// A reading of the portal's load: the limit, and time integrals (in request-microseconds, modulo 2⁴⁸: compare two readings with
 /// [`Load::averages_since`]) of the requests at the portal and of the requests waiting for a
 /// slot, of people inside and of newcomers. Exact at the moment of reading: a request still at
 /// the portal counts up to now.
@@ -566,10 +582,6 @@ impl Guard {
 pub struct Load {
     /// The concurrency limit now (fixed, or learned).
     pub limit: usize,
-    /// Requests at the portal now.
-    pub in_flight: usize,
-    /// Requests of people inside waiting for a slot now.
-    pub queued_inside: usize,
     /// When this was read, in microseconds since the guard started.
     pub at_us: u64,
     /// Request-microseconds at the portal, in total (modulo 2⁴⁸).
@@ -715,6 +727,7 @@ impl Inner {
             return;
         }
         let mut w = self.lock();
+        let now = Instant::now();
         loop {
             // People inside first, but a new arrival's request that has waited a quarter of the
             // queue timeout goes before them: a standing line of requests from inside (admission
@@ -722,7 +735,7 @@ impl Inner {
             let aged = w
                 .new
                 .front()
-                .is_some_and(|n| n.since.elapsed() >= self.queue_timeout / 4);
+                .is_some_and(|n| now.saturating_duration_since(n.since) >= self.queue_timeout / 4);
             let (queue, cap) = if aged {
                 (&mut w.new, self.cap(Priority::New))
             } else if !w.inside.is_empty() {
@@ -1142,6 +1155,20 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_reported_exchange_counts_its_latency_as_time_at_the_portal() {
+        let g = Guard::new(&cfg("max_in_flight = 2"));
+        let l0 = g.load();
+        let p = g.acquire(Priority::Inside, Instant::now()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        p.done(Duration::from_millis(500), Signal::Success);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Half a second at the portal over a second: 0.5 on average, and nothing left inside.
+        let a = g.load().averages_since(&l0).unwrap();
+        assert!((a.busy - 0.5).abs() < 0.01, "{a:?}");
+        assert_eq!(g.in_flight(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn the_load_reading_integrates_requests_at_the_portal_and_waiting() {
         let g = Guard::new(&cfg(
             "max_in_flight = 2\nqueue_size = 10\nqueue_timeout = \"10s\"",
@@ -1160,7 +1187,7 @@ mod tests {
             drop(g3.acquire(Priority::New, Instant::now()).await.unwrap());
         });
         settle().await;
-        assert_eq!(g.load().queued_inside, 1);
+        assert_eq!(g.queued_inside(), 1);
         tokio::time::sleep(Duration::from_millis(1000)).await;
         // One second: two at the portal, one waiting inside.
         let l1 = g.load();
@@ -1179,7 +1206,7 @@ mod tests {
         let a2 = l2.averages_since(&l1).unwrap();
         assert!((a2.busy - 2.0).abs() < 0.01, "{a2:?}");
         assert!(a2.waiting_inside.abs() < 0.01, "{a2:?}");
-        assert_eq!((l2.in_flight, l2.queued_inside), (0, 0));
+        assert_eq!((g.in_flight(), g.queued_inside()), (0, 0));
         assert_eq!(l2.averages_since(&l2), None, "no time, no average");
     }
 

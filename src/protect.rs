@@ -78,10 +78,14 @@ pub async fn enter<'a>(
         },
         None => None,
     };
+    // The exchange starts when the slot is granted (no second clock read when there is one).
+    let sent = guard
+        .as_ref()
+        .map_or_else(Instant::now, |p| p.granted().into_std());
     Ok(PortalPermit {
         guard,
         breaker,
-        sent: Instant::now(),
+        sent,
         overload: None,
     })
 }

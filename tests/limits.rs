@@ -150,8 +150,9 @@ async fn users_inside_are_shed_last_and_new_arrivals_first() {
     assert!(!m.contains("priority=\"inside\""), "{m}");
 }
 
-#[tokio::test]
-async fn the_portal_never_sees_more_than_the_limit() {
+/// A portal whose every answer takes `ms`, counting the requests it works on now and the most
+/// it ever worked on at once.
+async fn counting_portal(ms: u64) -> (Upstream, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let now = Arc::new(AtomicUsize::new(0));
     let peak = Arc::new(AtomicUsize::new(0));
     let (n2, p2) = (now.clone(), peak.clone());
@@ -160,12 +161,18 @@ async fn the_portal_never_sees_more_than_the_limit() {
         async move {
             let c = n.fetch_add(1, Ordering::SeqCst) + 1;
             p.fetch_max(c, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(ms)).await;
             n.fetch_sub(1, Ordering::SeqCst);
             http::Response::new(full("ok"))
         }
     })
     .await;
+    (up, now, peak)
+}
+
+#[tokio::test]
+async fn the_portal_never_sees_more_than_the_limit() {
+    let (up, _, peak) = counting_portal(50).await;
     let p = proxy(
         up.addr,
         "",
@@ -193,20 +200,7 @@ async fn the_portal_never_sees_more_than_the_limit() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_leaves_does_not_free_a_slot_the_portal_still_works_in() {
-    let now = Arc::new(AtomicUsize::new(0));
-    let peak = Arc::new(AtomicUsize::new(0));
-    let (n2, p2) = (now.clone(), peak.clone());
-    let up = upstream(move |_req| {
-        let (n, p) = (n2.clone(), p2.clone());
-        async move {
-            let c = n.fetch_add(1, Ordering::SeqCst) + 1;
-            p.fetch_max(c, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(400)).await;
-            n.fetch_sub(1, Ordering::SeqCst);
-            http::Response::new(full("ok"))
-        }
-    })
-    .await;
+    let (up, now, peak) = counting_portal(400).await;
     let p = proxy(
         up.addr,
         "",
