@@ -273,7 +273,9 @@ fn feed_back(shared: &Shared, room: &crate::room::Room) {
         let limit = g.current_limit();
         metrics::gauge!(UPSTREAM_LIMIT).set(limit as f64);
         metrics::gauge!(UPSTREAM_QUEUED).set(g.queued() as f64);
-        let learned_low = (limit as f64) < 0.8 * cfg.max_in_flight as f64;
+        // What the guard learned, not this node's part of a shared portal (a fleet's node holds
+        // a fraction of `max_in_flight` by design).
+        let learned_low = (g.own_limit() as f64) < 0.8 * cfg.max_in_flight as f64;
         // Only the requests of people let in count: they are what admission adds. New
         // arrivals' open pages queueing for their share is a surge at the door, and admitting
         // fewer would leave the portal's other slots idle without taking one of them away.

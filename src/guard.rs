@@ -278,6 +278,9 @@ struct Inner {
     backoff: f64,
 
     limit: AtomicUsize,
+    /// This node's part of a portal shared by a fleet ([`Guard::set_share`]); `usize::MAX`
+    /// alone. The limit in force is the lower of the two.
+    share: AtomicUsize,
     in_flight: AtomicUsize,
     /// Waiters in the queue, plus callers about to decide whether to queue (see `acquire`).
     queued: AtomicUsize,
@@ -426,6 +429,7 @@ impl Guard {
                 latency_threshold_ns: cfg.latency_threshold.as_nanos() as f64,
                 backoff: cfg.backoff,
                 limit: AtomicUsize::new(start),
+                share: AtomicUsize::new(usize::MAX),
                 in_flight: AtomicUsize::new(0),
                 queued: AtomicUsize::new(0),
                 waiters: Mutex::new(Waiters::default()),
@@ -541,9 +545,35 @@ impl Guard {
         }
     }
 
-    /// The current in-flight limit (fixed, or the adaptive one).
+    /// The in-flight limit in force: the fixed or adaptive one, or this node's part of a
+    /// shared portal if that is lower.
     pub fn current_limit(&self) -> usize {
+        self.inner.effective_limit()
+    }
+
+    /// The limit this guard sets by itself (fixed, or learned in adaptive mode), whatever
+    /// part of a shared portal this node holds.
+    pub fn own_limit(&self) -> usize {
         self.inner.limit.load(Ordering::Relaxed)
+    }
+
+    /// With several nodes in front of one portal: the part of its capacity this node may use
+    /// now (the fleet's lease, `store/redis.rs`). Requests beyond it wait in the queue as
+    /// beyond the limit; raising it hands the new slots to waiters at once. Lowering it takes
+    /// no slot away from a request already at the portal.
+    pub fn set_share(&self, share: usize) {
+        let old = self.inner.share.swap(share, Ordering::AcqRel);
+        if share > old {
+            self.inner.dispatch();
+        }
+    }
+
+    /// This node's part of a shared portal (`None` alone).
+    pub fn share(&self) -> Option<usize> {
+        match self.inner.share.load(Ordering::Acquire) {
+            usize::MAX => None,
+            s => Some(s),
+        }
     }
 
     /// Requests in flight to the upstream.
@@ -674,7 +704,7 @@ impl Inner {
     fn shed(&self, reason: ShedReason) -> Shed {
         let most = self.queue_timeout.max(Duration::from_secs(1));
         let ewma = f64::from_bits(self.ewma_ns.load(Ordering::Relaxed));
-        let limit = self.limit.load(Ordering::Relaxed).max(1) as f64;
+        let limit = self.effective_limit().max(1) as f64;
         let queued = self.queued.load(Ordering::Relaxed) as f64 + 1.0;
         let drain = if ewma > 0.0 {
             Duration::from_secs_f64((queued * ewma / limit / 1e9).min(most.as_secs_f64()))
@@ -689,11 +719,18 @@ impl Inner {
 
     /// Slots usable by `priority` under the current limit.
     #[inline]
+    fn effective_limit(&self) -> usize {
+        self.limit
+            .load(Ordering::Relaxed)
+            .min(self.share.load(Ordering::Relaxed))
+    }
+
+    #[inline]
     fn cap(&self, priority: Priority) -> usize {
-        let limit = self.limit.load(Ordering::Relaxed);
+        let limit = self.effective_limit();
         match priority {
             Priority::Inside => limit,
-            Priority::New => ((limit as f64 * self.new_share) as usize).max(1),
+            Priority::New => ((limit as f64 * self.new_share) as usize).max(1).min(limit),
         }
     }
 

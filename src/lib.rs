@@ -16,7 +16,7 @@ pub(crate) mod forwarded;
 pub mod framing;
 #[doc(hidden)]
 pub mod fuzz_props;
-pub(crate) mod guard;
+pub mod guard;
 pub(crate) mod isolation;
 pub(crate) mod microcache;
 pub mod pages;

@@ -399,6 +399,12 @@ pub const FAMILIES: &[(&str, Kind, Unit, &str)] = &[
         "Request-path round trips to the shared store not made because too many were in flight (the fail mode answered), by op.",
     ),
     (
+        crate::store::redis::PORTAL_SHARE,
+        Kind::Gauge,
+        Unit::Count,
+        "This node's part of the portal's capacity (upstream_guard.max_in_flight), shared by the fleet through Redis.",
+    ),
+    (
         crate::store::redis::LEADER,
         Kind::Gauge,
         Unit::Count,

@@ -909,3 +909,74 @@ fn a_slow_redis_holds_a_request_path_call_at_most_the_short_deadline() {
     stall.join().unwrap();
     until(Duration::from_secs(3), "up again", || a.is_up());
 }
+
+/// The portal's capacity shared by two nodes (`Fleet::share_portal`): split by what each
+/// would use, never more than the capacity in all, kept through an outage, and not overdrawn
+/// while the nodes re-report their parts to a Redis that came back empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_portals_capacity_is_split_by_use_kept_through_an_outage_and_never_overdrawn() {
+    use anticamera::guard::{Guard, GuardConfig, Priority};
+    let mut r = RedisServer::start();
+    let guard = || {
+        Guard::new(&GuardConfig {
+            max_in_flight: 10,
+            queue_size: 0,
+            ..GuardConfig::default()
+        })
+    };
+    let (ga, gb) = (guard(), guard());
+    let a = Fleet::start(&cfg(&r, "a")).unwrap();
+    let b = Fleet::start(&cfg(&r, "b")).unwrap();
+    a.share_portal(ga.clone(), 10);
+    b.share_portal(gb.clone(), 10);
+    let parts = || (ga.current_limit(), gb.current_limit());
+    // Idle: the capacity split evenly once the new epoch's grace is over.
+    until(Duration::from_secs(3), "5 + 5", || parts() == (5, 5));
+
+    // Node a uses all of its part: it wants more than b, and gets what b does not use.
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(
+            ga.acquire(Priority::Inside, tokio::time::Instant::now())
+                .await
+                .unwrap(),
+        );
+    }
+    until(
+        Duration::from_secs(2),
+        "a grows, b keeps a slot at hand",
+        || {
+            let (x, y) = parts();
+            assert!(x + y <= 10, "{x} + {y}");
+            x >= 7 && y >= 1
+        },
+    );
+    let before = parts();
+
+    // Redis down: each keeps its part (nobody can take it) and nobody grows.
+    r.kill();
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_millis(600) {
+        assert_eq!(parts(), before);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    // Back empty: both re-report, and at no moment do the parts add up to more than 10 (the
+    // first to re-report does not take the capacity the other still holds).
+    r.wipe();
+    r.restart();
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_millis(2_000) {
+        let (x, y) = parts();
+        assert!(x + y <= 10, "overdrawn after the empty restart: {x} + {y}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(parts().0 >= 7, "{:?}", parts());
+    drop(held);
+
+    // A clean stop gives the part back at once: a alone gets all but nothing of b's.
+    b.stop();
+    until(Duration::from_secs(2), "a takes b's part", || {
+        parts().0 >= 9
+    });
+}

@@ -1071,3 +1071,157 @@ async fn the_leak_guard_binds_a_session_for_the_fleet() {
     assert_eq!(as_user(nodes[1].addr, "abc", "bob").await, 502);
     assert_eq!(as_user(nodes[1].addr, "xyz", "carol").await, 200);
 }
+
+/// A portal that counts the requests at it now and the most at once, answering after 100 ms.
+async fn busy_portal(
+    now: Arc<AtomicUsize>,
+    most: Arc<AtomicUsize>,
+    done: Arc<AtomicUsize>,
+) -> common::Upstream {
+    common::upstream(move |_req| {
+        let (now, most, done) = (now.clone(), most.clone(), done.clone());
+        async move {
+            let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(n, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            now.fetch_sub(1, Ordering::SeqCst);
+            done.fetch_add(1, Ordering::SeqCst);
+            Response::builder()
+                .header("x-portal", "1")
+                .body(full("page"))
+                .unwrap()
+        }
+    })
+    .await
+}
+
+/// `clients` clients asking for an open page over and over for `secs`, the k-th request of
+/// each to `nodes[k % len]`; returns the answers by status.
+async fn load(nodes: &[SocketAddr], clients: u64, secs: f64) -> HashMap<u16, usize> {
+    let until = Instant::now() + Duration::from_secs_f64(secs);
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let nodes = nodes.to_vec();
+        tasks.push(tokio::spawn(async move {
+            let mut by = HashMap::new();
+            let mut k = c as usize;
+            while Instant::now() < until {
+                let status = match get(nodes[k % nodes.len()], "/info", None, 0).await {
+                    Some(a) => a.status,
+                    None => 0,
+                };
+                *by.entry(status).or_insert(0) += 1;
+                k += 1;
+            }
+            by
+        }));
+    }
+    let mut by = HashMap::new();
+    for t in tasks {
+        for (s, n) in t.await.unwrap() {
+            *by.entry(s).or_insert(0) += n;
+        }
+    }
+    by
+}
+
+async fn share_of(n: &Node) -> f64 {
+    let m = get(n.admin, "/metrics", None, 0).await.unwrap().body;
+    m.lines()
+        .find_map(|l| l.strip_prefix("anticamera_portal_share "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(-1.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_portals_capacity_holds_for_the_fleet_follows_the_load_and_a_dead_nodes_part_comes_back(
+) {
+    let _serial = SERIAL.lock().await;
+    let redis = RedisServer::start();
+    let (now, most, done) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let up = busy_portal(now.clone(), most.clone(), done.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let guard = "[upstream_guard]\nmax_in_flight = 6\nqueue_size = 256\nqueue_timeout = \"3s\"\n";
+    let mut nodes = fleet_with(dir.path(), up.addr, &redis.url(), guard).await;
+    let all: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+
+    // Spread over the three nodes: the portal sees at most 6, and is kept busy (6 slots of
+    // 100 ms: 60 pages/s).
+    let d0 = done.load(Ordering::SeqCst);
+    let by = load(&all, 40, 3.0).await;
+    let served = done.load(Ordering::SeqCst) - d0;
+    assert!(
+        most.load(Ordering::SeqCst) <= 6,
+        "portal saw {} at once",
+        most.load(Ordering::SeqCst)
+    );
+    assert!(
+        served >= 120,
+        "the fleet kept the portal busy: {served} pages in 3 s, {by:?}"
+    );
+    let shares: Vec<f64> = {
+        let mut v = Vec::new();
+        for n in &nodes {
+            v.push(share_of(n).await);
+        }
+        v
+    };
+    assert!(shares.iter().sum::<f64>() <= 6.0, "{shares:?}");
+    eprintln!("spread: {served} pages in 3 s, parts {shares:?}, answers {by:?}");
+
+    // All the load on node 0: its part grows to the portal less a slot at hand on each quiet
+    // node, within a second or so.
+    most.store(0, Ordering::SeqCst);
+    let by = load(&all[..1], 30, 2.5).await;
+    assert!(
+        most.load(Ordering::SeqCst) <= 6,
+        "{}",
+        most.load(Ordering::SeqCst)
+    );
+    assert!(
+        share_of(&nodes[0]).await >= 4.0,
+        "node 0 alone under load: {:?} {by:?}",
+        share_of(&nodes[0]).await
+    );
+
+    // Then all of it on node 2, which takes its part; node 2 is killed holding it: within the
+    // part's time to live (2 s) node 0 has the portal again, less node 1's slot at hand.
+    let by = load(&all[2..], 30, 2.0).await;
+    assert!(
+        share_of(&nodes[2]).await >= 4.0,
+        "node 2 alone under load {by:?}"
+    );
+    nodes[2].kill();
+    let killed = Instant::now();
+    most.store(0, Ordering::SeqCst);
+    let loader = tokio::spawn({
+        let a = all[0];
+        async move { load(&[a], 30, 5.0).await }
+    });
+    let back = loop {
+        if share_of(&nodes[0]).await >= 5.0 {
+            break killed.elapsed();
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(6),
+            "node 2's part never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let by = loader.await.unwrap();
+    eprintln!("node 2 killed: its part back after {back:?}; node 0 then {by:?}");
+    assert!(
+        back <= Duration::from_millis(3_500),
+        "node 2's part came back after {back:?}"
+    );
+    assert!(
+        most.load(Ordering::SeqCst) <= 6,
+        "{}",
+        most.load(Ordering::SeqCst)
+    );
+    assert!(by.get(&200).copied().unwrap_or(0) > 100, "{by:?}");
+}

@@ -422,4 +422,26 @@ fn store_defaults_to_memory_and_redis_is_checked_with_line_and_key() {
         ("store.kind", Some(6)),
         "{i:?}"
     );
+
+    // The fleet shares the capacity stated: a learned limit and admission that follows one
+    // node's part of the portal are refused, with the key and line.
+    let redis = "[store]\nkind = \"redis\"\nurl = \"redis://r:6379\"\n";
+    let i = issues(&format!(
+        "{MIN}[upstream_guard]\nmode = \"adaptive\"\n{redis}"
+    ));
+    assert_eq!(
+        (i[0].key.as_str(), i[0].line),
+        ("upstream_guard.mode", Some(4)),
+        "{i:?}"
+    );
+    assert!(i[0].reason.contains("fixed"), "{i:?}");
+    let i = issues(&format!(
+        "{MIN}[upstream_guard]\nmax_in_flight = 20\n[[gates]]\nname = \"c\"\nprefix = [\"/c\"]\n\
+         admission = \"portal\"\n[waiting_room]\nkeys = [{{ id = 1, secret = \"store-test-key-0123456789abcdef0123\" }}]\n{redis}"
+    ));
+    assert_eq!(
+        (i[0].key.as_str(), i[0].line),
+        ("gates[0].admission", Some(8)),
+        "{i:?}"
+    );
 }

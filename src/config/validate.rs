@@ -108,6 +108,16 @@ impl Config {
         }
         v.extend(self.isolation.validate());
         v.extend(self.store.validate(self.waiting_room.state_file.is_some()));
+        if let Some(g) = &self.upstream_guard {
+            if g.mode == crate::guard::GuardMode::Adaptive
+                && self.store.kind == crate::store::StoreKind::Redis
+            {
+                v.push((
+                    "upstream_guard.mode".into(),
+                    "\"adaptive\" is not supported with [store] kind = \"redis\" yet: the nodes share the capacity you state; use mode = \"fixed\" with max_in_flight the portal's capacity".into(),
+                ));
+            }
+        }
         if self.microcache.max_entries == 0 {
             v.push(("microcache.max_entries".into(), "must be at least 1".into()));
         }
@@ -178,6 +188,14 @@ impl Config {
                 for (k, r) in errs {
                     v.push((at(&k), r));
                 }
+            }
+            if g.admission == super::Admission::Portal
+                && self.store.kind == crate::store::StoreKind::Redis
+            {
+                v.push((
+                    at("admission"),
+                    "\"portal\" is not supported with [store] kind = \"redis\" yet: the node that advances admissions sees only its own part of the portal; use admission = \"capacity\" (the default)".into(),
+                ));
             }
             if g.admission == super::Admission::Portal && self.upstream_guard.is_none() {
                 v.push((

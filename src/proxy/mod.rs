@@ -105,9 +105,16 @@ impl Shared {
             .admin_token()
             .map_err(|(k, r)| RoomError::Config(k, r))?;
         let guard_cfg = config.upstream_guard.clone();
+        let guard = guard_cfg.as_ref().map(Guard::new);
+        // Several nodes in front of one portal: each uses only its part of the capacity.
+        if let (Some(g), Some(cfg), Some(fleet)) =
+            (&guard, &guard_cfg, room.as_ref().and_then(|r| r.fleet()))
+        {
+            fleet.share_portal(g.clone(), cfg.max_in_flight);
+        }
         Ok(Arc::new(Shared {
             limiter: ArcSwapOption::from_pointee(config.rate_limits.as_ref().map(RateLimiter::new)),
-            guard: guard_cfg.as_ref().map(Guard::new),
+            guard,
             breaker: guard_cfg
                 .as_ref()
                 .map(|g| Breaker::new(&g.breaker, Instant::now())),

@@ -403,3 +403,78 @@ for i = 2, #ARGV - 1, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('HSET', KEYS[1], 'version', string.format('%d', v))
 return v
 "#;
+
+/// The portal's capacity `ARGV[4]`, shared by the fleet: each node holds a part of it
+/// (`KEYS[1]`, a hash node → `held:want:last:since`, times in Redis ms). Node `ARGV[1]` reports
+/// the part it keeps (`ARGV[2]`: at most what it was granted, and at least what it has at the
+/// portal now) and what it would use (`ARGV[3]`). Every node's target is a max-min fair split
+/// of the capacity over the wants (whatever nobody wants is split evenly); a node grows toward
+/// its target only out of what no other node holds, so the parts never add up to more than
+/// the capacity, and shrinks by reporting less once its requests have left the portal.
+///
+/// A node's part is taken back when it has not reported for `ARGV[5]` ms while the caller
+/// reported without a gap longer than `ARGV[6]` ms (`since`: the start of that run): after an
+/// outage of Redis nobody takes anyone's part until every node had the time to report again.
+/// Nobody grows while the caller's epoch (`ARGV[8]`) is not Redis's `KEYS[2]`, nor for
+/// `ARGV[7]` ms after a new epoch (`KEYS[3]`, its birth): Redis that lost its data has no parts
+/// until every node re-reports its own. `ARGV[9]` = 1 gives the part up (a clean stop).
+/// Returns {part granted, target}.
+pub(super) const PORTAL: &str = r#"
+local me = ARGV[1]
+if ARGV[9] == '1' then redis.call('HDEL', KEYS[1], me); return {0, 0} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local keep, want, cap = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local ttl, gap, grace = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local all = redis.call('HGETALL', KEYS[1])
+local others = {}
+local since = now
+for i = 1, #all, 2 do
+  local h, w, l, s = string.match(all[i + 1], '^(%d+):(%d+):(%d+):(%d+)$')
+  if all[i] == me then
+    if h and now - tonumber(l) <= gap then since = tonumber(s) end
+  elseif h then
+    others[#others + 1] = {n = all[i], held = tonumber(h), want = tonumber(w), last = tonumber(l)}
+  else
+    redis.call('HDEL', KEYS[1], all[i])
+  end
+end
+local alive, held_others = {}, 0
+for _, e in ipairs(others) do
+  if now - math.max(e.last, since) > ttl then
+    redis.call('HDEL', KEYS[1], e.n)
+  else
+    alive[#alive + 1] = e
+    held_others = held_others + e.held
+  end
+end
+alive[#alive + 1] = {n = me, held = keep, want = want}
+-- Max-min fair: the smallest wants first, each at most an even split of what is left.
+table.sort(alive, function(a, b)
+  if a.want ~= b.want then return a.want < b.want end
+  return a.n < b.n
+end)
+local left, target = cap, {}
+for i, e in ipairs(alive) do
+  local give = math.min(e.want, math.floor(left / (#alive - i + 1)))
+  target[e.n] = give
+  left = left - give
+end
+-- What nobody wants, evenly (the first in name order take the remainder).
+table.sort(alive, function(a, b) return a.n < b.n end)
+local base, rem = math.floor(left / #alive), left % #alive
+for i, e in ipairs(alive) do
+  target[e.n] = target[e.n] + base
+  if i <= rem then target[e.n] = target[e.n] + 1 end
+end
+local mine = target[me]
+local held = keep
+local epoch_ok = redis.call('GET', KEYS[2]) == ARGV[8]
+local born = tonumber(redis.call('GET', KEYS[3]) or '0') or 0
+if mine > held and epoch_ok and now - born >= grace then
+  held = math.max(held, math.min(mine, cap - held_others))
+end
+redis.call('HSET', KEYS[1], me, string.format('%d:%d:%d:%d', held, want, now, since))
+redis.call('PEXPIRE', KEYS[1], ttl * 10)
+return {held, mine}
+"#;

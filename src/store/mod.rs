@@ -15,6 +15,7 @@ use serde::Deserialize;
 use crate::config::Dur;
 
 mod lua;
+pub mod portal;
 pub mod redis;
 
 /// `[store]`.

@@ -48,7 +48,9 @@ use std::time::{Duration, Instant};
 use redis::{Connection, RedisError, RedisResult, Script};
 
 use super::lua;
+use super::portal::{PortalShare, Report};
 use super::{FailMode, StoreConfig};
+use crate::guard::Guard;
 use crate::waitroom::late::LATE_IDLE_MS;
 use crate::waitroom::store::{AdmissionStore, SharedAdmission, SharedClaim, StoreCounters, INSIDE};
 
@@ -59,6 +61,14 @@ pub const LEASE_MS: u64 = 1_500;
 /// How long this node believes it leads after the lease was extended (under [`LEASE_MS`]:
 /// the lease cannot lapse in Redis while this node still believes it holds it).
 const LEAD_FOR_MS: u64 = 1_000;
+/// A node's part of the portal is taken back by the others when it has not reported for this
+/// long while they were connected (a node that died gives its part back within it).
+pub const PORTAL_TTL_MS: u64 = 2_000;
+/// A node reports its part of the portal every this many fleet steps (every 100 ms).
+const PORTAL_EVERY: u32 = 2;
+/// Metric: this node's part of the portal's capacity (`[store] kind = "redis"`).
+pub const PORTAL_SHARE: &str = "anticamera_portal_share";
+
 /// After Redis lost its data: write scripts refuse at least this long (see [`grace_ms`]),
 /// while every live node's sync raises the counters to what it had seen.
 pub const GRACE_MS: u64 = 500;
@@ -189,6 +199,7 @@ struct Scripts {
     bind: Script,
     admin: Script,
     fleet: Script,
+    portal: Script,
 }
 
 impl Scripts {
@@ -215,6 +226,7 @@ impl Scripts {
             bind: Script::new(lua::BIND),
             admin: Script::new(lua::ADMIN),
             fleet: Script::new(lua::FLEET),
+            portal: Script::new(lua::PORTAL),
         }
     }
 }
@@ -255,6 +267,12 @@ struct Inner {
     /// Bindings dropped because [`BINDS_MAX`] were waiting (logged once per outage).
     binds_dropped: AtomicU64,
     scripts: Scripts,
+    /// The resync grace (see [`grace_ms`]): also how long nobody grows their part of the
+    /// portal after Redis lost its data.
+    grace_ms: u64,
+    /// This node's part of the portal's capacity, once the proxy shares its guard
+    /// ([`Fleet::share_portal`]).
+    portal: Mutex<Option<PortalShare>>,
 }
 
 /// What the admin API set for one gate, shared by the fleet (`POST /admin/gates/NAME/...` on
@@ -326,6 +344,8 @@ impl Fleet {
             refused_logged: AtomicU64::new(0),
             refused_quiet: AtomicU64::new(0),
             scripts: Scripts::new(grace_ms(tick)),
+            grace_ms: grace_ms(tick),
+            portal: Mutex::new(None),
         });
         metrics::gauge!(crate::telemetry::STORE_UP).set(1.0);
         inner.fleet_step();
@@ -475,6 +495,22 @@ impl Fleet {
     /// What a node does while Redis does not answer.
     pub fn fail_mode(&self) -> FailMode {
         self.inner.fail_mode
+    }
+
+    /// Shares the portal's capacity (`upstream_guard.max_in_flight`) with the fleet: from now
+    /// on `guard` uses only this node's part of it, reported and renewed every 100 ms (see
+    /// `store/portal.rs`). Asks Redis once before returning.
+    pub fn share_portal(&self, guard: Guard, capacity: usize) {
+        let share = PortalShare::new(
+            guard,
+            capacity,
+            self.inner.fail_mode,
+            self.inner.nodes_alive.load(Ordering::Acquire),
+        );
+        if let Ok(mut p) = self.inner.portal.lock() {
+            *p = Some(share);
+        }
+        self.inner.portal_step(false);
     }
 
     /// Stops the sync thread and gives up the leader lease (another node takes over at once).
@@ -633,9 +669,14 @@ impl Inner {
 
     /// The fleet's thread: every `SYNC_MS`, the lease and epoch, then every lane's mirror.
     fn run(self: Arc<Self>) {
+        let mut steps: u32 = 0;
         while !self.stop.load(Ordering::Acquire) {
             let t0 = Instant::now();
             self.fleet_step();
+            steps = steps.wrapping_add(1);
+            if steps % PORTAL_EVERY == 0 {
+                self.portal_step(false);
+            }
             self.admin_step();
             self.binds_step();
             let lanes: Vec<Arc<Lane>> = self.lanes.lock().map(|l| l.clone()).unwrap_or_default();
@@ -652,7 +693,9 @@ impl Inner {
                 std::thread::sleep(every - spent);
             }
         }
-        // A clean stop: give the lease up so another node takes over at once.
+        // A clean stop: the part of the portal back (if nothing is there any more), and the
+        // lease, so another node takes over at once.
+        self.portal_step(true);
         if self.is_leader() {
             let [k1, k2, k3, k4, k5] = self.fleet_keys();
             let _: Option<(i64, String, i64)> = self.call("lease", true, |c| {
@@ -672,6 +715,56 @@ impl Inner {
             self.lead_until.store(0, Ordering::Release);
             metrics::gauge!(LEADER).set(0.0);
         }
+    }
+
+    /// This node's part of the portal: report, and apply the grant (see `store/portal.rs`).
+    /// With `leave`, gives the part up if nothing of this node is at the portal.
+    fn portal_step(&self, leave: bool) {
+        let Ok(mut guard) = self.portal.lock() else {
+            return;
+        };
+        let Some(p) = guard.as_mut() else { return };
+        let keys = [
+            format!("{}portal", self.prefix),
+            format!("{}epoch", self.prefix),
+            format!("{}epoch_at", self.prefix),
+        ];
+        let epoch = self.epoch();
+        let run = |r: Report, leave: bool| -> Option<(i64, i64)> {
+            self.call("portal", true, |c| {
+                self.scripts
+                    .portal
+                    .key(&keys[0])
+                    .key(&keys[1])
+                    .key(&keys[2])
+                    .arg(&self.node)
+                    .arg(r.keep)
+                    .arg(r.want)
+                    .arg(r.capacity)
+                    .arg(PORTAL_TTL_MS)
+                    .arg(PORTAL_TTL_MS / 2)
+                    .arg(self.grace_ms)
+                    .arg(&epoch)
+                    .arg(u8::from(leave))
+                    .invoke(c)
+            })
+        };
+        if leave {
+            if p.idle() {
+                let _ = run(p.report(), true);
+            }
+            return;
+        }
+        let r = p.report();
+        match run(r, false) {
+            Some((held, target)) => p.answer(
+                r,
+                usize::try_from(held).unwrap_or(0),
+                usize::try_from(target).unwrap_or(0),
+            ),
+            None => p.no_answer(self.fail_mode, self.nodes_alive.load(Ordering::Acquire)),
+        }
+        metrics::gauge!(PORTAL_SHARE).set(p.granted() as f64);
     }
 
     fn fleet_keys(&self) -> [String; 5] {
