@@ -980,3 +980,45 @@ async fn the_portals_capacity_is_split_by_use_kept_through_an_outage_and_never_o
         parts().0 >= 9
     });
 }
+
+/// Scripts Redis has run so far (`EVALSHA` calls; the commands inside a script are counted
+/// apart).
+fn scripts_run(r: &RedisServer) -> u64 {
+    let mut c = redis::Client::open(r.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut c)
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|v| v.split(',').next())
+        .map_or(0, |v| v.parse().unwrap())
+}
+
+/// A flood of page requests near the front reads the lane at most once per
+/// `REFRESH_MIN_MS`, not once each.
+#[test]
+fn refreshes_near_the_front_are_coalesced() {
+    let r = RedisServer::start();
+    let f = Fleet::start(&cfg(&r, "a")).unwrap();
+    let store = f.lane("claims", "all");
+    settle();
+    let shared = store.shared().unwrap();
+    let before = scripts_run(&r);
+    let t0 = Instant::now();
+    for _ in 0..200 {
+        shared.refresh();
+    }
+    let spent = t0.elapsed().as_millis() as u64;
+    let made = scripts_run(&r) - before;
+    // The refreshes, and the fleet thread's own scripts meanwhile (the lease and the lane's
+    // mirror every 50 ms).
+    let most = 1 + spent / anticamera::store::redis::REFRESH_MIN_MS + 4 * (1 + spent / 50);
+    assert!(
+        made <= most,
+        "200 refreshes in {spent} ms ran {made} scripts (at most {most})"
+    );
+}

@@ -61,6 +61,10 @@ pub const LEASE_MS: u64 = 1_500;
 /// How long this node believes it leads after the lease was extended (under [`LEASE_MS`]:
 /// the lease cannot lapse in Redis while this node still believes it holds it).
 const LEAD_FOR_MS: u64 = 1_000;
+/// A page request near the front reads the lane again only if the mirror is older than this
+/// (a flood of such requests makes at most one round trip per lane per this many ms).
+pub const REFRESH_MIN_MS: u64 = 10;
+
 /// A node's part of the portal is taken back by the others when it has not reported for this
 /// long while they were connected (a node that died gives its part back within it).
 pub const PORTAL_TTL_MS: u64 = 2_000;
@@ -975,6 +979,9 @@ pub struct Lane {
     /// mirror knew just before (what `restore_held` takes back in; the next sync reads the
     /// emptied Redis).
     lost_held: Mutex<Option<Held>>,
+    /// When (fleet ms) the mirror was last read from Redis, or a refresh claimed the next read:
+    /// a page request near the front refreshes at most once per [`REFRESH_MIN_MS`] per lane.
+    read_ms: AtomicU64,
 }
 
 impl std::fmt::Debug for Lane {
@@ -1025,6 +1032,7 @@ impl Lane {
             unsent_releases: Mutex::new(Vec::new()),
             recent_releases: Mutex::new(std::collections::VecDeque::new()),
             lost_held: Mutex::new(None),
+            read_ms: AtomicU64::new(0),
         }
     }
 
@@ -1181,6 +1189,9 @@ impl RedisStore {
     }
 
     fn sync_inner(&self, op: &'static str, probe: bool) {
+        if probe {
+            self.lane.read_ms.store(self.fleet.ms(), Ordering::Release);
+        }
         let gen = self.lane.gen.load(Ordering::Acquire);
         let Some(r) = self.run::<Vec<i64>>(op, probe, &self.fleet.scripts.sync, &[]) else {
             return;
@@ -1560,6 +1571,19 @@ impl SharedAdmission for RedisStore {
     }
 
     fn refresh(&self) {
+        let now = self.fleet.ms();
+        let last = self.lane.read_ms.load(Ordering::Acquire);
+        // One caller per REFRESH_MIN_MS reads; the others use the mirror it is refreshing or
+        // that was just read (at most that much older).
+        if now < last + REFRESH_MIN_MS
+            || self
+                .lane
+                .read_ms
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            return;
+        }
         self.sync_inner("refresh", false);
     }
 
