@@ -326,6 +326,10 @@ pub struct NodeMetrics {
     pub requests: f64,
     /// `anticamera_store_round_trips_total` by `op`.
     pub round_trips: BTreeMap<String, f64>,
+    /// `anticamera_store_errors_total` (round trips that failed: the fail mode answered) and
+    /// `anticamera_store_busy_total` (request-path calls not made, too many in flight), by `op`.
+    pub errors: BTreeMap<String, f64>,
+    pub busy: BTreeMap<String, f64>,
     /// `anticamera_store_leader` is 1.
     pub leader: bool,
     /// `anticamera_store_up` is 1.
@@ -341,6 +345,14 @@ impl NodeMetrics {
                 "anticamera_store_round_trips_total" => {
                     let op = s.label("op").unwrap_or("?").to_string();
                     *m.round_trips.entry(op).or_default() += s.value;
+                }
+                "anticamera_store_errors_total" => {
+                    let op = s.label("op").unwrap_or("?").to_string();
+                    *m.errors.entry(op).or_default() += s.value;
+                }
+                "anticamera_store_busy_total" => {
+                    let op = s.label("op").unwrap_or("?").to_string();
+                    *m.busy.entry(op).or_default() += s.value;
                 }
                 "anticamera_store_leader" => m.leader = s.value >= 0.5,
                 "anticamera_store_up" => m.store_up = s.value >= 0.5,
@@ -371,6 +383,17 @@ impl Fleet {
             bail!("{}: /metrics answered {status}", node.name);
         }
         Ok(NodeMetrics::from_text(&body))
+    }
+
+    /// Writes each node's `/metrics` now next to its log (`…-node-K.metrics`): what the
+    /// report sums, and every other family (refusals by `outcome`, the store's state), for
+    /// reading a run afterwards. A node that does not answer is skipped.
+    pub fn save_metrics(&self) {
+        for n in &self.nodes {
+            if let Ok((200, body)) = http_get(&n.admin, "/metrics", Duration::from_secs(3)) {
+                let _ = std::fs::write(n.log.with_extension("metrics"), body);
+            }
+        }
     }
 
     /// Every node's metrics and Redis's count, now (blocking: a few ms).
@@ -455,6 +478,14 @@ fn count(x: f64) -> u64 {
     }
 }
 
+/// Counter differences by op, the ops that moved only.
+fn counts(m: &BTreeMap<String, f64>) -> serde_json::Map<String, Value> {
+    m.iter()
+        .filter(|(_, v)| **v >= 0.5)
+        .map(|(k, v)| (k.clone(), json!(count(*v))))
+        .collect()
+}
+
 fn ratio(a: f64, b: f64) -> Value {
     if b > 0.0 {
         json!(round2(a / b))
@@ -467,6 +498,15 @@ impl FleetRun<'_> {
     pub fn report(&self) -> Value {
         let n = self.fleet.nodes.len();
         let mut by_op: BTreeMap<String, f64> = BTreeMap::new();
+        let mut errors: BTreeMap<String, f64> = BTreeMap::new();
+        let mut busy: BTreeMap<String, f64> = BTreeMap::new();
+        let delta = |sum: &mut BTreeMap<String, f64>,
+                     a: &BTreeMap<String, f64>,
+                     b: &BTreeMap<String, f64>| {
+            for (op, v) in a {
+                *sum.entry(op.clone()).or_default() += v - b.get(op).copied().unwrap_or(0.0);
+            }
+        };
         let mut per_node = Vec::new();
         let mut missing = Vec::new();
         for (i, node) in self.fleet.nodes.iter().enumerate() {
@@ -474,10 +514,9 @@ impl FleetRun<'_> {
             let a = self.after.nodes.get(i).cloned().flatten();
             let (requests, trips) = match (&b, &a) {
                 (Some(b), Some(a)) => {
-                    for (op, v) in &a.round_trips {
-                        let d = v - b.round_trips.get(op).copied().unwrap_or(0.0);
-                        *by_op.entry(op.clone()).or_default() += d;
-                    }
+                    delta(&mut by_op, &a.round_trips, &b.round_trips);
+                    delta(&mut errors, &a.errors, &b.errors);
+                    delta(&mut busy, &a.busy, &b.busy);
                     (
                         json!(count(a.requests - b.requests)),
                         json!(count(a.round_trips_total() - b.round_trips_total())),
@@ -536,7 +575,7 @@ impl FleetRun<'_> {
             "waiting_person_minutes": round2(waiting_min),
             "round_trips": {
                 "total": count(total),
-                "by_op": by_op.iter().map(|(k, v)| (k.clone(), json!(count(*v)))).collect::<serde_json::Map<_, _>>(),
+                "by_op": counts(&by_op),
                 "admission_ops": count(admission),
                 "waiting_ops": count(waiting),
                 "background_ops": count(background),
@@ -548,6 +587,12 @@ impl FleetRun<'_> {
                 "all_per_admitted_person": ratio(total, self.admitted as f64),
                 "all_per_waiting_person_minute": ratio(total, waiting_min),
                 "per_s": per_second,
+                // Failed (the fail mode answered instead), and request-path calls not made
+                // because 8 were in flight on the node: a 503 without a number for an arrival.
+                "failed_by_op": counts(&errors),
+                "busy_by_op": counts(&busy),
+                "failed": count(errors.values().sum()),
+                "busy": count(busy.values().sum()),
             },
             "redis": {
                 "url": self.fleet.redis.url(),
@@ -571,6 +616,8 @@ anticamera_requests_total{route="default",outcome="forwarded",status="200"} 30
 anticamera_store_round_trips_total{op="take"} 5
 anticamera_store_round_trips_total{op="lease"} 40
 anticamera_store_round_trips_total{op="take"} 1
+anticamera_store_errors_total{op="take"} 2
+anticamera_store_busy_total{op="bind"} 3
 anticamera_store_leader 1
 anticamera_store_up 1
 anticamera_odd{a="x\"y,z}",b="2"} 7 1700000000
@@ -583,6 +630,7 @@ garbage line
         assert_eq!(m.requests, 42.0);
         assert_eq!(m.round_trips["take"], 6.0);
         assert_eq!(m.round_trips_total(), 46.0);
+        assert_eq!((m.errors["take"], m.busy["bind"]), (2.0, 3.0));
         assert!(m.leader && m.store_up);
         let odd = parse_metrics(METRICS)
             .into_iter()
@@ -647,6 +695,8 @@ garbage line
                 .into(),
                 leader,
                 store_up: true,
+                errors: [("take".to_string(), take / 2.0)].into(),
+                busy: BTreeMap::new(),
             })
         };
         let before = Snapshot {
@@ -679,6 +729,9 @@ garbage line
         assert_eq!(t["background_per_node_per_s"], 60.0);
         assert_eq!(t["per_s"], json!([60]));
         assert_eq!(r["redis"]["commands_processed"], 200);
+        assert_eq!(t["failed"], 5);
+        assert_eq!(t["failed_by_op"], json!({"take": 5}));
+        assert_eq!(t["busy"], 0);
         assert_eq!(r["per_node"][0]["requests"], 100);
         assert_eq!(r["per_node"][1]["requests_sent"], 80);
         assert_eq!(r["per_node"][0]["was_leader"], true);

@@ -372,7 +372,12 @@ async fn run_one(
         None => None,
     };
     let fleet_after = match &fleet {
-        Some(f) => Some(fleet_snapshot(f).await),
+        Some(f) => {
+            let snapshot = fleet_snapshot(f).await;
+            let f = f.clone();
+            let _ = tokio::task::spawn_blocking(move || f.save_metrics()).await;
+            Some(snapshot)
+        }
         None => None,
     };
     let samples = std::mem::take(&mut *lock(&samples));

@@ -248,6 +248,23 @@ pub fn node_guard_limit(limit: usize, nodes: usize) -> usize {
     (limit / nodes.max(1)).max(1)
 }
 
+/// `waiting_room.tick`'s default (CONFIG.md).
+const DEFAULT_TICK: Duration = Duration::from_millis(200);
+
+/// The controller's tick of a config (`waiting_room.tick`), which the store's resync grace
+/// after a fresh Redis depends on.
+fn controller_tick(config: &str) -> anyhow::Result<Duration> {
+    let v: toml::Value = toml::from_str(config).context("the generated config is not TOML")?;
+    match v.get("waiting_room").and_then(|w| w.get("tick")) {
+        None => Ok(DEFAULT_TICK),
+        Some(t) => {
+            let t = t.as_str().context("waiting_room.tick: not a string")?;
+            anticamera::util::duration::parse(t)
+                .map_err(|e| anyhow::anyhow!("waiting_room.tick = {t:?}: {e}"))
+        }
+    }
+}
+
 /// The `[store]` section surge appends to each node's config.
 pub fn store_section(url: &str, prefix: &str, node: &str) -> String {
     format!(
@@ -397,11 +414,13 @@ pub fn start(front: Front, sc: &Scenario, logs: &Path) -> anyhow::Result<Stack> 
             children.push(child);
             let prefix = run_prefix(&sc.name);
             let mut nodes = Vec::new();
+            let mut tick = DEFAULT_TICK;
             for i in 1..=sc.anticamera.nodes {
                 let name = format!("node-{i}");
                 let (port, admin) = (free_port()?, free_port()?);
                 let config = anticamera_config(sc, port, admin, &portal, sc.anticamera.nodes)?
                     + &store_section(&redis.url(), &prefix, &name);
+                tick = controller_tick(&config)?;
                 let cfg_path = logs.join(format!("{label}-{name}.toml"));
                 let log = logs.join(format!("{label}-{name}.log"));
                 let what = format!("anticamera {name}");
@@ -422,6 +441,11 @@ pub fn start(front: Front, sc: &Scenario, logs: &Path) -> anyhow::Result<Stack> 
                 prefix,
             };
             f.wait_ready()?;
+            // A fresh Redis is a new epoch: for its resync grace nobody is given a number or a
+            // place (the nodes answer 503). The people arrive once it has passed.
+            std::thread::sleep(Duration::from_millis(
+                anticamera::store::redis::grace_ms(tick) + 100,
+            ));
             let targets = f.nodes.iter().map(|n| n.url.clone()).collect();
             stack.fleet = Some(std::sync::Arc::new(f));
             targets
@@ -583,6 +607,12 @@ mod tests {
             p.len() <= 64 && p.bytes().all(|b| b.is_ascii_graphic()),
             "{p}"
         );
+        assert_eq!(
+            controller_tick("[waiting_room]\ntick = \"100ms\"\n").unwrap(),
+            Duration::from_millis(100)
+        );
+        assert_eq!(controller_tick("[server]\n").unwrap(), DEFAULT_TICK);
+        assert!(controller_tick("[waiting_room]\ntick = \"soon\"\n").is_err());
         let t: toml::Value =
             toml::from_str(&store_section("redis://127.0.0.1:1", &p, "node-2")).unwrap();
         assert_eq!(t["store"]["kind"].as_str(), Some("redis"));

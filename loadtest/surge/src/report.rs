@@ -647,6 +647,15 @@ pub fn print_summary(r: &Value) {
             s(&f["redis"]["commands_processed"]),
             s(&f["redis"]["commands_per_round_trip"])
         );
+        if t["failed"].as_u64().unwrap_or(0) + t["busy"].as_u64().unwrap_or(0) > 0 {
+            println!(
+                "    round trips that failed {} {}, not made (8 in flight) {} {}: the fail mode answered those",
+                s(&t["failed"]),
+                s(&t["failed_by_op"]),
+                s(&t["busy"]),
+                s(&t["busy_by_op"])
+            );
+        }
         for n in f["per_node"].as_array().into_iter().flatten() {
             println!(
                 "    {}  {} requests served ({} sent), {} round trips, leader {} s{}",

@@ -316,6 +316,9 @@ gate_prefixes = ["/login", "/account", "/claim", "/api/"]
     );
     assert!(r["queue"]["users_queued"].as_u64().unwrap() > 50);
     assert!(r["isolation"]["checked"].as_u64().unwrap() >= 3 * people);
+    // The first arrivals came after the fresh Redis's resync grace (during it every node
+    // answers an arrival 503 without a number).
+    assert_eq!(r["timeline"]["errors"][0], 0, "{:#}", r["errors"]);
 
     // The store's figures.
     let f = &r["fleet"];
