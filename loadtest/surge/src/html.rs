@@ -161,6 +161,24 @@ const ROWS: &[(&str, &[&str], Kind, Flag)] = &[
         Kind::Decimal,
         Flag::None,
     ),
+    (
+        "anticamera nodes on one Redis",
+        &["summary", "nodes"],
+        Kind::Count,
+        Flag::None,
+    ),
+    (
+        "Redis round trips per admitted person",
+        &["summary", "redis_round_trips_per_admitted_person"],
+        Kind::Decimal,
+        Flag::None,
+    ),
+    (
+        "Redis round trips per waiting person-minute",
+        &["summary", "redis_round_trips_per_waiting_person_minute"],
+        Kind::Decimal,
+        Flag::None,
+    ),
 ];
 
 fn summary_table(html: &mut String, runs: &[Value]) {
@@ -332,9 +350,13 @@ fn tick_label(v: &f64) -> String {
 // One run
 
 fn run_label(index: usize, run: &Value) -> String {
-    match run.get("label").and_then(Value::as_str).map(str::trim) {
+    let label = match run.get("label").and_then(Value::as_str).map(str::trim) {
         Some(label) if !label.is_empty() => label.to_string(),
         _ => format!("Run {}", index + 1),
+    };
+    match run.get("nodes").and_then(Value::as_u64) {
+        Some(n) if n > 1 => format!("{label} ({n} nodes)"),
+        _ => label,
     }
 }
 

@@ -9,6 +9,7 @@
 //! ```text
 //! surge run loadtest/scenarios/claim-day.toml                    # anticamera only
 //! surge run loadtest/scenarios/claim-day.toml --against direct,nginx,anticamera
+//! surge run loadtest/scenarios/claim-day.toml --nodes 3         # 3 nodes on one Redis
 //! surge run SCENARIO --target http://host:8080 [--portal http://portal]   # any URL
 //! surge report --html report.html runs/*.json                     # redraw a report
 //! ```
@@ -18,6 +19,7 @@
 //! Why not goose: see `loadtest/scenarios/README.md`.
 #![forbid(unsafe_code)]
 
+mod fleet;
 mod html;
 mod http;
 mod orchestra;
@@ -38,6 +40,7 @@ use rand::{Rng as _, SeedableRng as _};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
+use crate::fleet::Fleet;
 use crate::orchestra::Front;
 use crate::report::Samples;
 use crate::scenario::Scenario;
@@ -74,9 +77,11 @@ struct RunArgs {
     /// Fronts to run the scenario through, one after the other, each with a fresh portal.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "anticamera")]
     against: Vec<Front>,
-    /// Send the users to this URL instead of starting anything (any site).
-    #[arg(long, conflicts_with = "against")]
-    target: Option<String>,
+    /// Send the users to this URL instead of starting anything (any site); several URLs,
+    /// comma-separated, are the nodes of one site: each person spreads its requests over them
+    /// round-robin.
+    #[arg(long, value_delimiter = ',', conflicts_with = "against")]
+    target: Vec<String>,
     /// With --target: the demo portal behind it, for its stats (omit for any other site).
     #[arg(long, requires = "target")]
     portal: Option<String>,
@@ -86,6 +91,11 @@ struct RunArgs {
     /// Override users.over (e.g. 60s).
     #[arg(long, value_parser = anticamera::util::duration::parse)]
     over: Option<Duration>,
+    /// anticamera nodes (overrides anticamera.nodes): more than 1 starts a redis-server and
+    /// that many nodes sharing it (`[store] kind = "redis"`), each person's requests spread over
+    /// them round-robin.
+    #[arg(long, conflicts_with = "target")]
+    nodes: Option<usize>,
     /// Override run.duration.
     #[arg(long, value_parser = anticamera::util::duration::parse)]
     duration: Option<Duration>,
@@ -153,6 +163,10 @@ fn run_all(args: RunArgs) -> anyhow::Result<i32> {
     if let Some(d) = args.duration {
         sc.run.duration = d;
     }
+    if let Some(n) = args.nodes {
+        scenario::check_nodes(n).context("--nodes")?;
+        sc.anticamera.nodes = n;
+    }
     sc.portal.fault_mode |= args.fault_mode;
     if let Some(p) = args.plain {
         anyhow::ensure!(
@@ -170,20 +184,34 @@ fn run_all(args: RunArgs) -> anyhow::Result<i32> {
         .worker_threads(sc.run.threads)
         .enable_all()
         .build()?;
+    // Ctrl-C or SIGTERM: stop every process surge started (nodes, Redis, portal) and leave.
+    rt.spawn(async {
+        interrupted().await;
+        eprintln!("\nsurge: interrupted; stopping the processes it started");
+        orchestra::stop_all();
+        std::process::exit(130);
+    });
     let mut runs = Vec::new();
-    if let Some(target) = &args.target {
+    if !args.target.is_empty() {
         let r = rt.block_on(run_one(
             &sc,
             "target",
-            target,
+            &args.target,
             args.portal.as_deref(),
+            None,
             args.seed,
         ))?;
         runs.push(r);
     } else {
         for &front in &args.against {
+            let nodes = match front {
+                Front::Anticamera if sc.anticamera.nodes > 1 => {
+                    format!(", {} nodes on one Redis", sc.anticamera.nodes)
+                }
+                _ => String::new(),
+            };
             eprintln!(
-                "surge: {} through {} ({} users over {:?})",
+                "surge: {} through {}{nodes} ({} users over {:?})",
                 sc.name,
                 front.as_str(),
                 sc.users.count,
@@ -193,8 +221,9 @@ fn run_all(args: RunArgs) -> anyhow::Result<i32> {
             let r = rt.block_on(run_one(
                 &sc,
                 front.as_str(),
-                &stack.target,
+                &stack.targets,
                 Some(&stack.portal),
+                stack.fleet.clone(),
                 args.seed,
             ))?;
             drop(stack);
@@ -244,15 +273,49 @@ fn run_all(args: RunArgs) -> anyhow::Result<i32> {
     Ok(if args.strict && failed { 1 } else { 0 })
 }
 
-/// One run of the scenario against `target`.
+/// Resolves on Ctrl-C or SIGTERM (never, if neither can be listened for).
+async fn interrupted() {
+    let int = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = int => {}
+        _ = term => {}
+    }
+}
+
+/// The fleet's state now, read off the async threads.
+async fn fleet_snapshot(fleet: &Arc<Fleet>) -> fleet::Snapshot {
+    let f = fleet.clone();
+    tokio::task::spawn_blocking(move || f.snapshot())
+        .await
+        .unwrap_or_default()
+}
+
+/// One run of the scenario against `targets` (one front, or the nodes of a fleet).
 async fn run_one(
     sc: &Scenario,
     label: &str,
-    target: &str,
+    targets: &[String],
     portal: Option<&str>,
+    fleet: Option<Arc<Fleet>>,
     seed: u64,
 ) -> anyhow::Result<Value> {
-    let target_uri: Uri = target.parse().with_context(|| format!("target {target}"))?;
+    let target_uris = targets
+        .iter()
+        .map(|t| t.parse::<Uri>().with_context(|| format!("target {t}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let target = targets.join(", ");
     let portal = match portal {
         Some(p) => Some(PortalAdmin::new(
             p.parse().with_context(|| format!("portal {p}"))?,
@@ -268,10 +331,17 @@ async fn run_one(
         }
         None => None,
     };
+    let fleet_before = match &fleet {
+        Some(f) => Some(fleet_snapshot(f).await),
+        None => None,
+    };
     let start = Instant::now() + Duration::from_millis(100);
-    let ctx = Arc::new(Ctx::new(sc.clone(), target_uri, start));
+    let ctx = Arc::new(Ctx::new(sc.clone(), target_uris, start)?);
     let samples = Arc::new(std::sync::Mutex::new(Samples::default()));
     let watcher = tokio::spawn(watch(ctx.clone(), portal.clone(), samples.clone()));
+    let fleet_watcher = fleet
+        .clone()
+        .map(|f| tokio::spawn(watch_fleet(ctx.clone(), f, samples.clone())));
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut set = tokio::task::JoinSet::new();
@@ -292,15 +362,86 @@ async fn run_one(
     while set.join_next().await.is_some() {}
     watcher.abort();
     let _ = watcher.await;
+    if let Some(w) = fleet_watcher {
+        w.abort();
+        let _ = w.await;
+    }
     eprintln!();
     let after = match &portal {
         Some(p) => p.call(Method::GET, "/__portal/stats").await.ok(),
         None => None,
     };
+    let fleet_after = match &fleet {
+        Some(f) => {
+            let snapshot = fleet_snapshot(f).await;
+            let f = f.clone();
+            let _ = tokio::task::spawn_blocking(move || f.save_metrics()).await;
+            Some(snapshot)
+        }
+        None => None,
+    };
     let samples = std::mem::take(&mut *lock(&samples));
-    let r = report::build_report(&ctx, label, target, elapsed, cut, before, after, &samples);
+    let mut r = report::build_report(&ctx, label, &target, elapsed, cut, before, after, &samples);
+    if let (Some(f), Some(b), Some(a)) = (&fleet, &fleet_before, &fleet_after) {
+        let (admitted, waiting_person_s) = {
+            let rec = lock(&ctx.rec);
+            let admitted = rec.logs.iter().filter(|l| l.admitted_ms.is_some()).count();
+            let waiting: u64 = samples.gauges.iter().map(|g| g.1).sum();
+            (admitted as u64, waiting as f64)
+        };
+        let section = fleet::FleetRun {
+            fleet: f,
+            before: b,
+            after: a,
+            seconds: &samples.fleet,
+            elapsed_s: elapsed.as_secs_f64(),
+            admitted,
+            waiting_person_s,
+            sent: ctx.sent(),
+        }
+        .report();
+        report::add_fleet(&mut r, section);
+    }
     report::print_summary(&r);
     Ok(r)
+}
+
+/// Every second, with several nodes: which node holds the leader lease, and the store round
+/// trips of all nodes so far (a node that does not answer counts with its last reading). Apart
+/// from [`watch`]: reading the nodes must never delay the portal's samples or the events.
+async fn watch_fleet(ctx: Arc<Ctx>, fleet: Arc<Fleet>, samples: Arc<std::sync::Mutex<Samples>>) {
+    tokio::time::sleep_until(ctx.start).await;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut last: Vec<Option<fleet::NodeMetrics>> = vec![None; fleet.nodes.len()];
+    loop {
+        tick.tick().await;
+        let s = ctx.start.elapsed().as_secs();
+        let f = fleet.clone();
+        let now = tokio::task::spawn_blocking(move || {
+            f.nodes
+                .iter()
+                .map(|n| Fleet::node_metrics(n).ok())
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        for (l, n) in last.iter_mut().zip(now) {
+            if n.is_some() {
+                *l = n;
+            }
+        }
+        let leaders = last
+            .iter()
+            .map(|m| m.as_ref().is_some_and(|m| m.leader))
+            .collect();
+        let trips = last
+            .iter()
+            .flatten()
+            .map(fleet::NodeMetrics::round_trips_total)
+            .sum();
+        lock(&samples).fleet.push((s, leaders, trips));
+    }
 }
 
 /// Every second: the portal's peak in flight, the users' gauges, the live progress line; and

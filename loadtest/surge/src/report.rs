@@ -22,6 +22,29 @@ pub struct Samples {
     pub portal_work: Vec<(f64, u64)>,
     /// Per second: (seconds since the start, the portal's time in requests so far in µs).
     pub portal_busy: Vec<(f64, u64)>,
+    /// With several nodes, per second: (second, which nodes hold the leader lease, the store
+    /// round trips of all nodes so far).
+    pub fleet: Vec<(u64, Vec<bool>, f64)>,
+}
+
+/// Adds the `fleet` section of a run through several nodes ([`crate::fleet::FleetRun`]), and
+/// its headline figures to the summary.
+pub fn add_fleet(r: &mut Value, fleet: Value) {
+    let n = fleet["nodes"].clone();
+    let trips = &fleet["round_trips"];
+    let (adm, wait) = (
+        trips["per_admitted_person"].clone(),
+        trips["per_waiting_person_minute"].clone(),
+    );
+    if let Some(s) = r.get_mut("summary").and_then(Value::as_object_mut) {
+        s.insert("nodes".into(), n.clone());
+        s.insert("redis_round_trips_per_admitted_person".into(), adm);
+        s.insert("redis_round_trips_per_waiting_person_minute".into(), wait);
+    }
+    if let Some(o) = r.as_object_mut() {
+        o.insert("nodes".into(), n);
+        o.insert("fleet".into(), fleet);
+    }
 }
 
 /// A portal time counter (useful work or time in requests) per sampling interval, in percent
@@ -608,6 +631,50 @@ pub fn print_summary(r: &Value) {
             s(&r["isolation"]["bot_personal_pages"])
         );
     }
+    let f = &r["fleet"];
+    if f.is_object() {
+        let t = &f["round_trips"];
+        println!(
+            "  fleet        {} nodes on one Redis: {} store round trips ({} for admissions, {} for waiting people, {} background); per admitted person {}, per waiting person-minute {}, background {}/s per node; Redis counted {} commands ({} per round trip)",
+            s(&f["nodes"]),
+            s(&t["total"]),
+            s(&t["admission_ops"]),
+            s(&t["waiting_ops"]),
+            s(&t["background_ops"]),
+            s(&t["per_admitted_person"]),
+            s(&t["per_waiting_person_minute"]),
+            s(&t["background_per_node_per_s"]),
+            s(&f["redis"]["commands_processed"]),
+            s(&f["redis"]["commands_per_round_trip"])
+        );
+        if t["failed"].as_u64().unwrap_or(0) + t["busy"].as_u64().unwrap_or(0) > 0 {
+            println!(
+                "    round trips that failed {} {}, not made (8 in flight) {} {}: the fail mode answered those",
+                s(&t["failed"]),
+                s(&t["failed_by_op"]),
+                s(&t["busy"]),
+                s(&t["busy_by_op"])
+            );
+        }
+        for n in f["per_node"].as_array().into_iter().flatten() {
+            println!(
+                "    {}  {} requests served ({} sent), {} round trips, leader {} s{}",
+                s(&n["node"]),
+                s(&n["requests"]),
+                s(&n["requests_sent"]),
+                s(&n["round_trips"]),
+                s(&n["leader_seconds"]),
+                if n["leader_at_end"] == json!(true) {
+                    ", leader at the end"
+                } else {
+                    ""
+                }
+            );
+        }
+        if let Some(m) = f["nodes_not_read"].as_array().filter(|m| !m.is_empty()) {
+            println!("    NOT READ at the start or the end: {m:?} (their figures are missing from the sums)");
+        }
+    }
     println!(
         "  release      header seen by client {}, pass cleared on submit {}",
         s(&r["release"]["release_header_seen_by_client"]),
@@ -632,7 +699,7 @@ pub fn cell(v: &Value) -> String {
 pub fn markdown_table(reports: &[Value]) -> String {
     let s = cell;
     type Row = (&'static str, fn(&Value) -> Vec<Value>);
-    let rows: [Row; 23] = [
+    let rows: [Row; 25] = [
         ("users", |r| vec![r["users"].clone()]),
         ("arrival (users/s over s)", |r| {
             vec![
@@ -754,11 +821,31 @@ pub fn markdown_table(reports: &[Value]) -> String {
                 r["journeys"]["abandoned"].clone(),
             ]
         }),
+        ("anticamera nodes (on one Redis)", |r| {
+            vec![r["fleet"]["nodes"].clone()]
+        }),
+        (
+            "Redis round trips per admitted person / per waiting person-minute / background per node/s",
+            |r| {
+                let t = &r["fleet"]["round_trips"];
+                vec![
+                    t["per_admitted_person"].clone(),
+                    t["per_waiting_person_minute"].clone(),
+                    t["background_per_node_per_s"].clone(),
+                ]
+            },
+        ),
     ];
-    let name = |r: &Value| match r["label"].as_str().or(r["mode"].as_str()) {
-        Some("proxy") => "anticamera".to_string(),
-        Some(m) => m.to_string(),
-        None => "?".to_string(),
+    let name = |r: &Value| {
+        let n = match r["label"].as_str().or(r["mode"].as_str()) {
+            Some("proxy") => "anticamera".to_string(),
+            Some(m) => m.to_string(),
+            None => "?".to_string(),
+        };
+        match r["nodes"].as_u64() {
+            Some(k) if k > 1 => format!("{n} ({k} nodes)"),
+            _ => n,
+        }
     };
     let mut out = String::from("| |");
     for r in reports {

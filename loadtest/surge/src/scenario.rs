@@ -237,6 +237,10 @@ pub struct AnticameraCfg {
     pub gate_prefixes: Vec<String>,
     /// Start anticamera's clock at this instant (RFC 3339): rehearses an opening.
     pub rehearse_at: Option<String>,
+    /// anticamera nodes (`surge run --nodes` overrides it): more than 1 starts surge's own
+    /// redis-server and that many nodes sharing it (`[store] kind = "redis"`), each person's
+    /// requests spread over them round-robin.
+    pub nodes: usize,
 }
 
 impl Default for AnticameraCfg {
@@ -254,6 +258,7 @@ impl Default for AnticameraCfg {
                 "/api/".into(),
             ],
             rehearse_at: None,
+            nodes: 1,
         }
     }
 }
@@ -279,6 +284,17 @@ pub struct Event {
     pub at: Duration,
     /// The portal's latency multiplier from then on (1 = normal).
     pub slowdown: Option<f64>,
+}
+
+/// Most anticamera nodes surge starts (each is a process with its own workers).
+pub const MAX_NODES: usize = 16;
+
+/// Checks a node count (the scenario key or `--nodes`).
+pub fn check_nodes(n: usize) -> anyhow::Result<()> {
+    if !(1..=MAX_NODES).contains(&n) {
+        bail!("{n} nodes: from 1 to {MAX_NODES}");
+    }
+    Ok(())
 }
 
 impl Scenario {
@@ -354,6 +370,7 @@ impl Scenario {
                 }
             }
         }
+        check_nodes(self.anticamera.nodes).map_err(|e| anyhow::anyhow!("anticamera.nodes: {e}"))?;
         if let Some(at) = &self.anticamera.rehearse_at {
             chrono::DateTime::parse_from_rfc3339(at)
                 .map_err(|e| anyhow::anyhow!("anticamera.rehearse_at: {at:?}: {e}"))?;
@@ -448,6 +465,15 @@ mod tests {
         assert!(e.to_string().contains("events[0].slowdown"), "{e}");
         let e = Scenario::parse(&format!("{MIN}[behaviour]\nplain = 1.5\n")).unwrap_err();
         assert!(e.to_string().contains("behaviour.plain"), "{e}");
+        let e = Scenario::parse(&format!("{MIN}[anticamera]\nnodes = 0\n")).unwrap_err();
+        assert!(e.to_string().contains("anticamera.nodes"), "{e}");
+        assert_eq!(
+            Scenario::parse(&format!("{MIN}[anticamera]\nnodes = 3\n"))
+                .unwrap()
+                .anticamera
+                .nodes,
+            3
+        );
         let e = Scenario::parse(&format!("{MIN}[portal]\nrelease = \"no\"\n")).unwrap_err();
         assert!(e.to_string().contains("portal.release"), "{e}");
     }

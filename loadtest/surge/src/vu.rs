@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -140,7 +140,11 @@ pub struct Recorder {
 /// Shared state of a run.
 pub struct Ctx {
     pub sc: Scenario,
-    pub target: Uri,
+    /// Where people connect: one front, or the nodes of a fleet, spread over round-robin by
+    /// each person ([`Spread`]).
+    pub targets: Vec<Uri>,
+    /// Requests sent to each target.
+    pub sent: Vec<AtomicU64>,
     /// People's clients, one per source address.
     clients: Vec<Client<HttpConnector, Full<Bytes>>>,
     bot_clients: Vec<Client<HttpConnector, Full<Bytes>>>,
@@ -179,7 +183,8 @@ pub fn person_address(i: usize) -> Ipv4Addr {
 }
 
 impl Ctx {
-    pub fn new(sc: Scenario, target: Uri, start: Instant) -> Ctx {
+    pub fn new(sc: Scenario, targets: Vec<Uri>, start: Instant) -> anyhow::Result<Ctx> {
+        anyhow::ensure!(!targets.is_empty(), "no target to send people to");
         let n = usize::from(sc.run.client_addresses);
         let idle = (sc.run.max_connections / n).max(4);
         let clients = (0..n)
@@ -194,19 +199,38 @@ impl Ctx {
             })
             .collect();
         let deadline = start + sc.run.duration;
-        Ctx {
+        Ok(Ctx {
             conns: tokio::sync::Semaphore::new(sc.run.max_connections),
             states: (0..sc.users.count)
                 .map(|_| AtomicU8::new(vu_state::PENDING))
                 .collect(),
             sc,
-            target,
+            sent: targets.iter().map(|_| AtomicU64::new(0)).collect(),
+            targets,
             clients,
             bot_clients,
             start,
             deadline,
             rec: Mutex::new(Recorder::default()),
+        })
+    }
+
+    /// The target of a request that `spread` sends next (counted as sent there).
+    fn next_target(&self, spread: &mut Spread) -> &Uri {
+        let i = spread.next(self.targets.len());
+        if let Some(c) = self.sent.get(i) {
+            c.fetch_add(1, Ordering::Relaxed);
         }
+        // `Spread::next` stays below the length, and `Ctx::new` refuses no target.
+        &self.targets[i.min(self.targets.len() - 1)]
+    }
+
+    /// Requests sent to each target so far.
+    pub fn sent(&self) -> Vec<u64> {
+        self.sent
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
     }
 
     fn record(&self, r: Rec) {
@@ -243,6 +267,29 @@ impl Ctx {
             }
         }
         (w, a)
+    }
+}
+
+/// How one client spreads its requests over the nodes of a fleet, as a balancer without
+/// stickiness would: its k-th request goes to node (start + k) mod N. The cookie jar is the
+/// client's, whichever node set a cookie: on 127.0.0.1 the nodes differ only by port, and
+/// cookies are not port-scoped (RFC 6265, 8.5), so a browser sends every node the same cookies.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Spread {
+    start: usize,
+    k: usize,
+}
+
+impl Spread {
+    pub fn new(start: usize) -> Spread {
+        Spread { start, k: 0 }
+    }
+
+    /// The node of the next request, of `n`.
+    pub fn next(&mut self, n: usize) -> usize {
+        let i = self.start.wrapping_add(self.k) % n.max(1);
+        self.k = self.k.wrapping_add(1);
+        i
     }
 }
 
@@ -288,6 +335,8 @@ struct Vu<'a> {
     log: UserLog,
     /// The last position seen in an open queue.
     last_position: Option<u64>,
+    /// Which node each request goes to.
+    spread: Spread,
 }
 
 impl<'a> Vu<'a> {
@@ -307,6 +356,13 @@ impl<'a> Vu<'a> {
         let json = rng.gen::<f64>() < b.json;
         // Drawn last (only when asked for), so the other draws stay those of earlier versions.
         let plain = b.plain > 0.0 && rng.gen::<f64>() < b.plain;
+        // Drawn only with several nodes, for the same reason.
+        let nodes = ctx.targets.len();
+        let start = if nodes > 1 {
+            rng.gen_range(0..nodes)
+        } else {
+            0
+        };
         Vu {
             ctx,
             id,
@@ -328,6 +384,7 @@ impl<'a> Vu<'a> {
                 ..UserLog::default()
             },
             last_position: None,
+            spread: Spread::new(start),
         }
     }
 
@@ -378,7 +435,7 @@ impl<'a> Vu<'a> {
         form: Option<&'static str>,
         timeout: Duration,
     ) -> anyhow::Result<(Result<Resp, NetError>, Duration, u64)> {
-        let uri = join_url(&self.ctx.target, path)?;
+        let uri = join_url(self.ctx.next_target(&mut self.spread), path)?;
         let mut b = Request::builder()
             .method(method)
             .uri(uri)
@@ -953,8 +1010,9 @@ pub async fn run_bot(ctx: Arc<Ctx>, id: usize, at: Duration) {
     }
     let b = &ctx.sc.behaviour;
     let client = &ctx.bot_clients[id % ctx.bot_clients.len()];
+    let mut spread = Spread::new(id);
     for _ in 0..b.bot_requests {
-        let Ok(uri) = join_url(&ctx.target, "/account") else {
+        let Ok(uri) = join_url(ctx.next_target(&mut spread), "/account") else {
             return;
         };
         let Ok(req) = Request::builder()
@@ -1030,7 +1088,25 @@ impl PortalAdmin {
 
 #[cfg(test)]
 mod tests {
-    use super::person_address;
+    use super::{person_address, Spread};
+    use crate::http::Jar;
+
+    #[test]
+    fn a_person_s_requests_go_round_robin_from_its_own_start() {
+        let mut s = Spread::new(2);
+        let seq: Vec<usize> = (0..7).map(|_| s.next(3)).collect();
+        assert_eq!(seq, vec![2, 0, 1, 2, 0, 1, 2]);
+        let mut one = Spread::new(5);
+        assert!((0..4).all(|_| one.next(1) == 0));
+        // A cookie set by one node goes to the next: the jar knows no ports.
+        let mut jar = Jar::default();
+        jar.apply("anticamera_services=T1; Path=/; HttpOnly");
+        jar.apply("portal_session=s; Path=/; Domain=127.0.0.1");
+        assert_eq!(
+            jar.header().unwrap(),
+            "anticamera_services=T1; portal_session=s"
+        );
+    }
 
     #[test]
     fn people_come_from_their_own_24s_on_loopback_apart_from_the_bots() {

@@ -250,3 +250,181 @@ fn a_bad_scenario_is_refused_with_the_key() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("bad.toml") && err.contains("portal"), "{err}");
 }
+
+/// Issue 15's fleet under the load-test kit: surge starts its own redis-server and three
+/// anticamera nodes on it (`--nodes 3`), and every person's requests go round-robin over the
+/// nodes with one cookie jar. Every check holds as through one node, the portal stays within
+/// its capacity, and the report has the store's figures. Skipped only without redis-server
+/// (`scripts/test` installs it first).
+#[test]
+fn a_scenario_through_three_nodes_on_redis_passes_every_check() {
+    if !Path::new("/usr/bin/redis-server").exists() {
+        eprintln!("skipped: /usr/bin/redis-server is missing (scripts/setup-redis)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tmpl = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/anticamera.toml.tmpl");
+    // No abandoning users: every journey must end.
+    let text = format!(
+        r#"name = "fleet"
+[users]
+count = 300
+arrival = "spike"
+over = "2s"
+[behaviour]
+json = 0.5
+impatient = 0.1
+bots = 0.01
+bot_requests = 5
+max_wait = "30s"
+[cohorts]
+citizens = 0.7
+intermediaries = 0.3
+[run]
+duration = "30s"
+client_addresses = 300
+[portal]
+capacity = 10
+[anticamera]
+config = "{}"
+gate_prefixes = ["/login", "/account", "/claim", "/api/"]
+"#,
+        tmpl.display()
+    );
+    let sc = dir.path().join("fleet.toml");
+    std::fs::write(&sc, text).unwrap();
+    let out = dir.path().join("out");
+    let (ok, report) = run(
+        &["run", sc.to_str().unwrap(), "--nodes", "3", "--strict"],
+        &out,
+    );
+    let r = &report["runs"][0];
+    assert!(ok, "strict run failed: {:#}", r["summary"]);
+    assert_eq!(r["label"], "anticamera");
+    assert_eq!(r["nodes"], 3);
+    let s = &r["summary"];
+    assert_eq!(s["leaks"], 0, "{s:#}");
+    assert_eq!(s["admission_inversions"], 0, "{s:#}");
+    assert_eq!(s["position_regressions"], 0, "{s:#}");
+    assert!(s["portal_peak_in_flight"].as_u64().unwrap() <= 10, "{s:#}");
+    let people = s["users"].as_u64().unwrap();
+    assert_eq!(
+        r["journeys"]["completed"].as_u64().unwrap(),
+        people,
+        "{:#}",
+        r["journeys"]
+    );
+    assert!(r["queue"]["users_queued"].as_u64().unwrap() > 50);
+    assert!(r["isolation"]["checked"].as_u64().unwrap() >= 3 * people);
+    // The first arrivals came after the fresh Redis's resync grace (during it every node
+    // answers an arrival 503 without a number).
+    assert_eq!(r["timeline"]["errors"][0], 0, "{:#}", r["errors"]);
+
+    // The store's figures.
+    let f = &r["fleet"];
+    let t = &f["round_trips"];
+    assert!(t["total"].as_u64().unwrap() > 0, "{f:#}");
+    assert!(t["admission_ops"].as_u64().unwrap() >= people, "{f:#}");
+    assert!(t["per_admitted_person"].as_f64().unwrap() > 0.0, "{f:#}");
+    assert!(
+        t["background_per_node_per_s"].as_f64().unwrap() > 0.0,
+        "{f:#}"
+    );
+    // A waiting person's own requests make a round trip only in the late line, so this one
+    // may be 0; everything over the waiting minutes is not.
+    assert!(t["per_waiting_person_minute"].is_number(), "{f:#}");
+    assert!(
+        t["all_per_waiting_person_minute"].as_f64().unwrap() > 0.0,
+        "{f:#}"
+    );
+    assert!(f["waiting_person_minutes"].as_f64().unwrap() > 0.0, "{f:#}");
+    assert!(
+        f["redis"]["commands_processed"].as_u64().unwrap() > 0,
+        "{f:#}"
+    );
+    assert_eq!(f["nodes_not_read"], serde_json::json!([]), "{f:#}");
+    assert_eq!(
+        s["redis_round_trips_per_admitted_person"],
+        t["per_admitted_person"]
+    );
+    // Every node served its round-robin share, and one held the lease.
+    let nodes = f["per_node"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3);
+    let sent: u64 = nodes
+        .iter()
+        .map(|n| n["requests_sent"].as_u64().unwrap())
+        .sum();
+    for n in nodes {
+        let served = n["requests"].as_u64().unwrap();
+        assert!(served > sent / 6, "{n:#} of {sent}");
+        assert!(n["round_trips"].as_u64().unwrap() > 0, "{n:#}");
+    }
+    assert!(nodes.iter().any(|n| n["was_leader"] == true), "{f:#}");
+    let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(md.contains("| | anticamera (3 nodes) |"), "{md}");
+}
+
+/// A node that cannot start fails the run, naming the node and its log, and nothing is left
+/// running (here: a state file, which one node's config may have and a fleet's may not).
+#[test]
+fn a_node_that_does_not_start_fails_the_run_with_its_name_and_log() {
+    if !Path::new("/usr/bin/redis-server").exists() {
+        eprintln!("skipped: /usr/bin/redis-server is missing (scripts/setup-redis)");
+        return;
+    }
+    build_anticamera();
+    let dir = tempfile::tempdir().unwrap();
+    let tmpl = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/anticamera.toml.tmpl"),
+    )
+    .unwrap();
+    let state = dir.path().join("state.json");
+    let bad = tmpl.replacen(
+        "[waiting_room]\n",
+        &format!(
+            "[waiting_room]\nstate_file = {:?}\n",
+            state.to_str().unwrap()
+        ),
+        1,
+    );
+    assert_ne!(bad, tmpl);
+    let bad_path = dir.path().join("bad.toml.tmpl");
+    std::fs::write(&bad_path, bad).unwrap();
+    let sc = scenario(dir.path(), "");
+    let text = std::fs::read_to_string(&sc)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            if l.starts_with("config = ") {
+                format!("config = {:?}", bad_path.to_str().unwrap())
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&sc, text).unwrap();
+    let out = dir.path().join("out");
+    let o = Command::new(env!("CARGO_BIN_EXE_surge"))
+        .args(["run", sc.to_str().unwrap(), "--nodes", "2", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("node-1") && err.contains("node-1.log") && err.contains("state_file"),
+        "{err}"
+    );
+    // Its Redis was stopped with it (the node's config names it).
+    let cfg = std::fs::read_to_string(out.join("logs/smoke-anticamera-node-1.toml")).unwrap();
+    let url = cfg
+        .lines()
+        .find_map(|l| l.strip_prefix("url = \"redis://"))
+        .unwrap()
+        .trim_end_matches('"');
+    assert!(
+        std::net::TcpStream::connect(url).is_err(),
+        "redis-server still answers on {url}"
+    );
+}
