@@ -241,13 +241,6 @@ pub fn fill(template: &str, vars: &[(&str, String)]) -> anyhow::Result<String> {
     Ok(out)
 }
 
-/// The guard's limit of each of `nodes` nodes: the guard stays per node (CONFIG.md, `[store]`),
-/// so the portal's share is divided among them, rounded down (the portal never sees more than
-/// the scenario's limit; with a limit not divisible by the nodes a few of its slots stay idle).
-pub fn node_guard_limit(limit: usize, nodes: usize) -> usize {
-    (limit / nodes.max(1)).max(1)
-}
-
 /// `waiting_room.tick`'s default (CONFIG.md).
 const DEFAULT_TICK: Duration = Duration::from_millis(200);
 
@@ -305,7 +298,9 @@ fn anticamera_config(
     let tmpl = std::fs::read_to_string(&tmpl_path)
         .with_context(|| format!("reading {}", tmpl_path.display()))?;
     let c = sc.portal.capacity;
-    let limit = node_guard_limit(sc.guard_limit(), nodes);
+    // With N nodes on one Redis the guard's limit is the fleet's: each node holds a part of it
+    // (anticamera's `store/portal.rs`), so every node states the portal's whole capacity.
+    let limit = sc.guard_limit();
     let prefixes = sc
         .anticamera
         .gate_prefixes
@@ -594,10 +589,7 @@ mod tests {
     }
 
     #[test]
-    fn each_node_gets_its_share_of_the_guard_and_a_store_section() {
-        assert_eq!(node_guard_limit(10, 1), 10);
-        assert_eq!(node_guard_limit(10, 3), 3);
-        assert_eq!(node_guard_limit(2, 3), 1);
+    fn each_node_gets_a_store_section_of_the_run() {
         let p = run_prefix("claim day/é");
         assert!(
             p.starts_with("surge:claim_day__:") && p.ends_with(':'),
