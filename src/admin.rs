@@ -200,6 +200,8 @@ pub async fn controller(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
                 feed_back(&shared, &room);
                 room.tick();
             }
+            // A shared store's leader: a session ended on another node.
+            _ = room.released_elsewhere() => room.admit_released(),
             _ = save.tick() => {
                 let room = room.clone();
                 let r = tokio::task::spawn_blocking(move || room.save()).await;

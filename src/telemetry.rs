@@ -399,6 +399,12 @@ pub const FAMILIES: &[(&str, Kind, Unit, &str)] = &[
         "Request-path round trips to the shared store not made because too many were in flight (the fail mode answered), by op.",
     ),
     (
+        crate::store::redis::PUSHED,
+        Kind::Counter,
+        Unit::Count,
+        "Messages Redis pushed to this node: another node's admission (into the mirror at once) or a session ended on another node (the leader lets the next in at once).",
+    ),
+    (
         crate::store::redis::PORTAL_SHARE,
         Kind::Gauge,
         Unit::Count,

@@ -192,6 +192,9 @@ pub struct Room {
     numbers_wanted: tokio::sync::Notify,
     /// One reservation of numbers at a time (start-up and the reserver).
     numbers_lock: std::sync::Mutex<()>,
+    /// With a shared store, on the leader: a session ended on another node (the controller
+    /// lets the next in at once, [`Room::admit_released`]).
+    released_elsewhere: Arc<tokio::sync::Notify>,
     /// Release header name.
     pub release_header: http::HeaderName,
     cookie_prefix: String,
@@ -216,6 +219,7 @@ impl Room {
             )),
         };
         let mut gates = Vec::new();
+        let released_elsewhere = Arc::new(tokio::sync::Notify::new());
         let mut next_lane: u16 = 0;
         for (g, gp) in cfg.gates.iter().zip(gate_policies) {
             let mut lanes = Vec::new();
@@ -242,6 +246,10 @@ impl Room {
                 let wakers = lane.wakers.clone();
                 lane.gate
                     .on_serving_moved(Box::new(move |from, to| wakers.wake(from, to)));
+                // On the leader, a session ended on another node lets the next in at once.
+                let released = released_elsewhere.clone();
+                lane.gate
+                    .on_released(Box::new(move || released.notify_one()));
                 lanes.push(lane);
                 next_lane = next_lane.checked_add(1).ok_or_else(|| {
                     RoomError::Config("gates".into(), "too many gates × cohorts".into())
@@ -266,6 +274,7 @@ impl Room {
             cookie_secure: w.cookie_secure,
             state_file: w.state_file.as_ref().map(|p| cfg.base_dir.join(p)),
             numbers_wanted: tokio::sync::Notify::new(),
+            released_elsewhere,
             numbers_lock: std::sync::Mutex::new(()),
             release_header: http::HeaderName::from_bytes(w.release_header.as_bytes()).map_err(
                 |e| RoomError::Config("waiting_room.release_header".into(), e.to_string()),
@@ -365,6 +374,27 @@ impl Room {
         }
         self.policy.store(Arc::new(policy));
         Ok(())
+    }
+
+    /// With a shared store, on the leader: resolves when a session ended on another node
+    /// (pushed by Redis; several at once resolve once).
+    pub async fn released_elsewhere(&self) {
+        self.released_elsewhere.notified().await;
+    }
+
+    /// Lets the next people in after sessions ended on other nodes, as [`Room::release`] does
+    /// for one ended here: every lane admits what its room allows now (the store decides,
+    /// from its own count of people inside and places held).
+    pub fn admit_released(&self) {
+        let now = self.clock.now_ms();
+        for g in &self.gates {
+            for l in &g.lanes {
+                let before = l.gate.serving();
+                if l.gate.admit(now) > 0 {
+                    l.wake_admitted(before);
+                }
+            }
+        }
     }
 
     /// With a shared store: stops this node's store thread and gives the leader lease up (a
@@ -790,8 +820,14 @@ impl Room {
             if let Some(l) = g.lanes.iter().find(|l| l.id == seat.lane) {
                 if l.gate.release(seat.slot, seat.ticket) {
                     let before = l.gate.serving();
-                    l.gate.admit(self.clock.now_ms());
-                    l.wake_admitted(before);
+                    let admitted = l.gate.admit(self.clock.now_ms());
+                    // With a shared store only the leader admits (told by Redis when the
+                    // release is another node's): a node that let nobody in has nobody to wake,
+                    // and asking the store for late arrivals on every release would cost a
+                    // round trip each.
+                    if admitted > 0 || !l.gate.is_shared() {
+                        l.wake_admitted(before);
+                    }
                     return Some(self.cookie(&g.cookie, "", 0));
                 }
             }

@@ -116,6 +116,8 @@ redis.call('SET', KEYS[2], S(s + k))
 redis.call('ZADD', KEYS[6], a, a)
 redis.call('HSET', KEYS[7], a .. ':b', S(s + k), a .. ':l', S(k), a .. ':d', ARGV[8])
 redis.call('INCRBY', KEYS[8], S(k))
+-- Every node's mirror takes the batch at once (`Fleet`'s subscriber), not at its next sync.
+redis.call('PUBLISH', KEYS[2], string.format('a %s %d %d %d %d', ARGV[4], n, s, s + k, pend()))
 return {k, n, s + k}
 "#;
 
@@ -172,7 +174,7 @@ redis.call('ZREM', KEYS[10], ts)
 return counts({0, n, s, 0})
 "#;
 
-/// Ends ticket `ARGV[4]`'s session (at `ARGV[5]`): {1 if it was inside, then the mirror's
+/// Ends ticket `ARGV[4]`'s session (at `ARGV[5]`, by node `ARGV[6]`): {1 if it was inside, then the mirror's
 /// sessions, places held, late line}.
 pub(super) const RELEASE: &str = r#"
 -- Remembered for a session's length, so that a node re-reporting the sessions it knows after
@@ -184,6 +186,9 @@ local t = tonumber(ARGV[4])
 if t and t < num(redis.call('GET', KEYS[2]), 1) then redis.call('SETBIT', KEYS[5], bit(t), 1) end
 if redis.call('ZREM', KEYS[3], ARGV[4]) == 1 then
   redis.call('HDEL', KEYS[4], ARGV[4])
+  -- A place is free: the leader lets the next in at once (`Fleet`'s subscriber), as a single
+  -- node does, instead of at its next tick. `ARGV[6]`: the releasing node.
+  redis.call('PUBLISH', KEYS[2], 'r ' .. (ARGV[6] or ''))
   return counts({1})
 end
 return counts({0})

@@ -61,6 +61,10 @@ pub const LEASE_MS: u64 = 1_500;
 /// How long this node believes it leads after the lease was extended (under [`LEASE_MS`]:
 /// the lease cannot lapse in Redis while this node still believes it holds it).
 const LEAD_FOR_MS: u64 = 1_000;
+/// Metric: messages Redis pushed to this node (another node's admission, a session ended on
+/// another node).
+pub const PUSHED: &str = "anticamera_store_pushed_total";
+
 /// A page request near the front reads the lane again only if the mirror is older than this
 /// (a flood of such requests makes at most one round trip per lane per this many ms).
 pub const REFRESH_MIN_MS: u64 = 10;
@@ -359,6 +363,10 @@ impl Fleet {
         let thread = std::thread::Builder::new()
             .name("anticamera-store".into())
             .spawn(move || t.run())?;
+        let t = inner.clone();
+        std::thread::Builder::new()
+            .name("anticamera-store-push".into())
+            .spawn(move || t.listen())?;
         Ok(Fleet {
             inner,
             thread: Mutex::new(Some(thread)),
@@ -721,6 +729,85 @@ impl Inner {
         }
     }
 
+    /// What Redis pushes (`PSUBSCRIBE PREFIX lane:*`, published by the admission and release
+    /// scripts on the lane's serving key): another node's admission goes into this node's
+    /// mirror at once (its batch, then serving: the held long polls of those admitted wake),
+    /// and on the leader a session ended elsewhere lets the next in at once. A hint only: the
+    /// mirror's sync every [`SYNC_MS`] stays the source of truth, so a message lost while the
+    /// connection is down costs at most that. Runs until the fleet stops.
+    fn listen(self: Arc<Self>) {
+        let pattern = format!("{}lane:*", self.prefix);
+        while !self.stop.load(Ordering::Acquire) {
+            let mut conn = match self.connect(self.timeout) {
+                Ok(c) => c,
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(SYNC_MS * 4));
+                    continue;
+                }
+            };
+            let mut ps = conn.as_pubsub();
+            if ps.psubscribe(&pattern).is_err()
+                || ps
+                    .set_read_timeout(Some(Duration::from_millis(SYNC_MS * 4)))
+                    .is_err()
+            {
+                std::thread::sleep(Duration::from_millis(SYNC_MS * 4));
+                continue;
+            }
+            while !self.stop.load(Ordering::Acquire) {
+                match ps.get_message() {
+                    Ok(m) => {
+                        metrics::counter!(PUSHED).increment(1);
+                        let payload: String = m.get_payload().unwrap_or_default();
+                        self.pushed(m.get_channel_name(), &payload);
+                    }
+                    Err(e) if e.is_timeout() => continue,
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+
+    /// One pushed message of lane channel `channel` (see [`Inner::listen`]).
+    fn pushed(&self, channel: &str, payload: &str) {
+        let lane = match self.lanes.lock() {
+            Ok(l) => l.iter().find(|l| l.keys[1] == channel).cloned(),
+            Err(_) => None,
+        };
+        let Some(lane) = lane else { return };
+        let mut words = payload.split(' ');
+        match (words.next(), words.next()) {
+            (Some("a"), Some(node)) if node != self.node => {
+                let mut num = || words.next().and_then(|w| w.parse::<u64>().ok());
+                let (Some(next), Some(from), Some(to), Some(held)) = (num(), num(), num(), num())
+                else {
+                    return;
+                };
+                if to > from {
+                    lane.written(|| {
+                        if let Ok(mut b) = lane.batches.write() {
+                            if !b.iter().any(|&(a, _)| a == from) {
+                                b.push((from, to));
+                            }
+                        }
+                        lane.pending
+                            .store(u32::try_from(held).unwrap_or(u32::MAX), Ordering::Release);
+                    });
+                }
+                lane.raise(
+                    i64::try_from(next).unwrap_or(i64::MAX),
+                    i64::try_from(to).unwrap_or(i64::MAX),
+                );
+            }
+            (Some("r"), node) if node != Some(self.node.as_str()) && self.is_leader() => {
+                if let Some(f) = lane.on_release.get() {
+                    f();
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// This node's part of the portal: report, and apply the grant (see `store/portal.rs`).
     /// With `leave`, gives the part up if nothing of this node is at the portal.
     fn portal_step(&self, leave: bool) {
@@ -947,6 +1034,8 @@ impl Inner {
 
 /// Called when the mirror's serving counter moves up.
 type OnMove = Box<dyn Fn(u64, u64) + Send + Sync>;
+/// Called on the leader when a session ended on another node.
+type OnRelease = Box<dyn Fn() + Send + Sync>;
 
 /// Batches with places left (start, end) and the places held, as a mirror knew them.
 type Held = (Vec<(u64, u64)>, u32);
@@ -964,6 +1053,9 @@ pub struct Lane {
     /// Redis lost its data: the next activity report carries every session known.
     wants_all: AtomicBool,
     on_move: std::sync::OnceLock<OnMove>,
+    /// Called on the leader when another node released a session of this lane (pushed by
+    /// Redis): the room lets the next in at once, as a single node does.
+    on_release: std::sync::OnceLock<OnRelease>,
     /// Bumped (under `apply`) by every write that updates the counts or batches from its own
     /// answer: a sync whose read started before such a write does not overwrite it with
     /// older values.
@@ -1027,6 +1119,7 @@ impl Lane {
             batches: RwLock::new(Vec::new()),
             wants_all: AtomicBool::new(false),
             on_move: std::sync::OnceLock::new(),
+            on_release: std::sync::OnceLock::new(),
             gen: AtomicU64::new(0),
             apply: Mutex::new(()),
             unsent_releases: Mutex::new(Vec::new()),
@@ -1177,7 +1270,7 @@ impl RedisStore {
             "release",
             probe,
             &self.fleet.scripts.release,
-            &[s(t), s(at_ms)],
+            &[s(t), s(at_ms), s(&self.fleet.node)],
         );
         match r.as_deref()? {
             &[released, act, pend, late] => {
@@ -1601,6 +1694,10 @@ impl SharedAdmission for RedisStore {
 
     fn on_serving_moved(&self, f: Box<dyn Fn(u64, u64) + Send + Sync>) {
         let _ = self.lane.on_move.set(f);
+    }
+
+    fn on_released(&self, f: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.lane.on_release.set(f);
     }
 
     fn agree_shuffle(

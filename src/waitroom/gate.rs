@@ -791,6 +791,14 @@ impl Gate {
         }
     }
 
+    /// With a shared store: `f()` is called on the leader whenever a session of this gate
+    /// ended on another node (pushed by the store). Nothing without one.
+    pub fn on_released(&self, f: Box<dyn Fn() + Send + Sync>) {
+        if let Some(sh) = self.shared() {
+            sh.on_released(f);
+        }
+    }
+
     /// With a shared store: the last pre-queue draw the fleet agreed on (a node starting after
     /// an opening applies it).
     pub fn last_shared_shuffle(&self) -> Option<(u64, u64, [u8; 32])> {

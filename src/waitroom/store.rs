@@ -222,6 +222,9 @@ pub trait SharedAdmission: Send + Sync + fmt::Debug {
     /// Calls `f(from, to)` whenever the mirror's serving counter moves up (from the store's
     /// thread or a write), so held long polls wake within a sync of another node's admission.
     fn on_serving_moved(&self, f: Box<dyn Fn(u64, u64) + Send + Sync>);
+    /// Calls `f()` on the leader whenever a session of this lane ended on another node, so
+    /// the next in line is let in at once rather than at the leader's next tick.
+    fn on_released(&self, f: Box<dyn Fn() + Send + Sync>);
     /// Places held for admitted people not yet arrived, fleet-wide (from the mirror).
     fn pending(&self) -> u32;
     /// People inside, fleet-wide (from the mirror).
