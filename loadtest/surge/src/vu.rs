@@ -186,7 +186,10 @@ impl Ctx {
     pub fn new(sc: Scenario, targets: Vec<Uri>, start: Instant) -> anyhow::Result<Ctx> {
         anyhow::ensure!(!targets.is_empty(), "no target to send people to");
         let n = usize::from(sc.run.client_addresses);
-        let idle = (sc.run.max_connections / n).max(4);
+        // Idle connections are kept per host: with N nodes a client keeps up to N times as many,
+        // so the per-host pool is divided by the targets (the tool stays within its open-file
+        // limit: 3 nodes with the one-node pool ran out of descriptors on claim day).
+        let idle = ((sc.run.max_connections / n).max(4) / targets.len()).max(1);
         let clients = (0..n)
             .map(|i| client(IpAddr::V4(person_address(i)), idle))
             .collect();
