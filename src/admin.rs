@@ -281,7 +281,9 @@ fn feed_back(shared: &Shared, room: &crate::room::Room) {
         // Only the requests of people let in count: they are what admission adds. New
         // arrivals' open pages queueing for their share is a surge at the door, and admitting
         // fewer would leave the portal's other slots idle without taking one of them away.
-        let piling_up = g.queued_inside() > limit / 4;
+        // Against the guard's own limit: a fleet's node holds a part of the portal that may be
+        // small for a while (joining, or waiting for another node to shrink).
+        let piling_up = g.queued_inside() > g.own_limit() / 4;
         if !struggling && (learned_low || piling_up) {
             f *= 0.9;
             struggling = true;

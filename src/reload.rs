@@ -101,6 +101,19 @@ fn apply(shared: &Shared) -> Result<Reloaded, ReloadError> {
             return Err(ReloadError::OnlyRestart(portal));
         }
     }
+    // The store is restart-only: a file that says `memory` does not make a running Redis
+    // fleet's gates able to follow one node's part of the portal.
+    if old.store.kind == crate::store::StoreKind::Redis {
+        let portal: Vec<String> = new
+            .gates
+            .iter()
+            .filter(|g| g.admission == crate::config::Admission::Portal)
+            .map(|g| format!("gates ({}): admission = \"portal\" is not supported with the [store] kind = \"redis\" this process started with", g.name))
+            .collect();
+        if !portal.is_empty() {
+            return Err(ReloadError::OnlyRestart(portal));
+        }
+    }
     // Build everything that can fail before anything is swapped.
     let templates = templates_of(&new)?;
     let admin_token = new

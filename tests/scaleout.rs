@@ -1148,6 +1148,22 @@ async fn the_portals_capacity_holds_for_the_fleet_follows_the_load_and_a_dead_no
     let guard = "[upstream_guard]\nmax_in_flight = 6\nqueue_size = 256\nqueue_timeout = \"3s\"\n";
     let mut nodes = fleet_with(dir.path(), up.addr, &redis.url(), guard).await;
     let all: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    // A node grows its part only after reporting for 2 s without a gap.
+    let t0 = Instant::now();
+    loop {
+        let mut ready = true;
+        for n in &nodes {
+            ready &= share_of(n).await >= 1.0;
+        }
+        if ready {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no part of the portal for a node"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // Spread over the three nodes: the portal sees at most 6, and is kept busy (6 slots of
     // 100 ms: 60 pages/s).
@@ -1224,4 +1240,33 @@ async fn the_portals_capacity_holds_for_the_fleet_follows_the_load_and_a_dead_no
         most.load(Ordering::SeqCst)
     );
     assert!(by.get(&200).copied().unwrap_or(0) > 100, "{by:?}");
+}
+
+/// A reload cannot make a Redis fleet's gate follow one node's part of the portal, even with a
+/// file that says `memory` (the store is restart-only: the node stays on Redis).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reload_cannot_make_a_redis_fleets_gate_follow_the_portal() {
+    let _serial = SERIAL.lock().await;
+    let redis = RedisServer::start();
+    let state = Arc::new(Portal::default());
+    let up = portal(state.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let guard = "[upstream_guard]\nmax_in_flight = 6\n";
+    let node = start_node(dir.path(), 0, up.addr, &redis.url(), guard).await;
+    let file = dir.path().join("node-0.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let store = &text[text.find("[store]").unwrap()..text.find("[upstream_guard]").unwrap()];
+    let memory = text.replace(store, "").replace(
+        "arrival_timeout = \"10s\"\n",
+        "arrival_timeout = \"10s\"\nadmission = \"portal\"\n",
+    );
+    assert!(memory.contains("admission = \"portal\"") && !memory.contains("redis"));
+    std::fs::write(&file, memory).unwrap();
+    let (s, v) = admin(node.admin, "POST", "/admin/reload", "").await;
+    assert_eq!(s, 400, "{v}");
+    let reason = v["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("admission") && reason.contains("redis"),
+        "{v}"
+    );
 }

@@ -81,6 +81,13 @@ pub const LONG_POLL_MAX_SECS: u32 = 20;
 /// when their turn comes. A held poll costs a parked connection, and is only woken early by
 /// admissions near its own position.
 const LONG_POLL_AHEAD: u64 = 1000;
+/// While the line's pace is not measured yet (a window just opened, the first seconds of a
+/// surge) this many long-poll: nobody knows how soon their turn comes, and at an opening the
+/// line can move a thousand places in two seconds. Told to come back in 6 s instead, those
+/// past the first thousand were let in between two polls, and the places held for them sat
+/// empty (BENCHMARKS §9: admissions nearly stopped for 4 s after the opening's first burst,
+/// with the machine idle).
+const LONG_POLL_AHEAD_BLIND: u64 = 5000;
 /// Longest advised pause between polls (seconds).
 const POLL_MAX_SECS: f64 = 60.0;
 
@@ -90,8 +97,9 @@ const POLL_MAX_SECS: f64 = 60.0;
 /// the estimate is wrong. Further back it polls at a quarter of the estimated wait (between the
 /// configured interval and 60 s), so a hundred thousand waiting users neither each hold a
 /// connection nor poll every few seconds, and the estimate they see is refreshed as it shrinks.
-/// Without an estimate (the queue's pace not measured yet, or a paused gate) they poll at a
-/// pause that grows with the line (1 s more per 1000 ahead).
+/// Without an estimate (the queue's pace not measured yet, or a paused gate) the first 5 000
+/// long-poll, and those behind poll at a pause that grows with the line (1 s more per 1000
+/// ahead).
 /// Before opening, the page comes back at half the time left, and holds its poll in the last
 /// 20 s, so it is there at opening.
 pub fn poll_advice(
@@ -125,6 +133,7 @@ pub fn poll_advice(
             _ if ahead < LONG_POLL_AHEAD => poll(base / 3.0, LONG_POLL_MAX_SECS),
             Some(w) if w <= horizon => poll(base / 3.0, LONG_POLL_MAX_SECS),
             Some(w) => poll((w / 4.0).max(base), 0),
+            None if ahead < LONG_POLL_AHEAD_BLIND => poll(base / 3.0, LONG_POLL_MAX_SECS),
             None => poll(base + ahead as f64 / 1000.0, 0),
         },
     }
@@ -319,7 +328,12 @@ mod tests {
             "pace unknown, near enough to be admitted any moment"
         );
         assert_eq!(adv(Waiting, 1_000, Some(600), None).long_poll_secs, 0);
-        assert_eq!(adv(Waiting, 1_000, None, None).long_poll_secs, 0);
+        assert_eq!(
+            adv(Waiting, 4_999, None, None).long_poll_secs,
+            LONG_POLL_MAX_SECS,
+            "pace unknown (a window just opened): the line may move thousands in seconds"
+        );
+        assert_eq!(adv(Waiting, 5_000, None, None).long_poll_secs, 0);
         assert_eq!(adv(PreQueue, 10, None, Some(30)).refresh_secs, 15);
         assert_eq!(adv(PreQueue, 10, None, Some(30)).long_poll_secs, 0);
         let last = adv(PreQueue, 10, None, Some(20));

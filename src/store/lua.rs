@@ -420,9 +420,9 @@ return v
 /// A node's part is taken back when it has not reported for `ARGV[5]` ms while the caller
 /// reported without a gap longer than `ARGV[6]` ms (`since`: the start of that run): after an
 /// outage of Redis nobody takes anyone's part until every node had the time to report again.
-/// Nobody grows while the caller's epoch (`ARGV[8]`) is not Redis's `KEYS[2]`, nor for
-/// `ARGV[7]` ms after a new epoch (`KEYS[3]`, its birth): Redis that lost its data has no parts
-/// until every node re-reports its own. `ARGV[9]` = 1 gives the part up (a clean stop).
+/// A node grows only after such a run of `ARGV[5]` ms (so a hash Redis forgot, emptied or not,
+/// is refilled by every live node before anyone grows), and not while its epoch (`ARGV[8]`) is
+/// not Redis's `KEYS[2]`, nor for `ARGV[7]` ms after a new epoch (`KEYS[3]`, its birth). `ARGV[9]` = 1 gives the part up (a clean stop).
 /// Returns {part granted, target}.
 pub(super) const PORTAL: &str = r#"
 local me = ARGV[1]
@@ -476,10 +476,11 @@ local mine = target[me]
 local held = keep
 local epoch_ok = redis.call('GET', KEYS[2]) == ARGV[8]
 local born = tonumber(redis.call('GET', KEYS[3]) or '0') or 0
-if mine > held and epoch_ok and now - born >= grace then
+-- Growing needs a run of reports without a gap for a whole ttl: every node still holding a
+-- part has reported in that time (or is taken for dead), whatever Redis forgot meanwhile.
+if mine > held and epoch_ok and now - born >= grace and now - since >= ttl then
   held = math.max(held, math.min(mine, cap - held_others))
 end
 redis.call('HSET', KEYS[1], me, string.format('%d:%d:%d:%d', held, want, now, since))
-redis.call('PEXPIRE', KEYS[1], ttl * 10)
 return {held, mine}
 "#;

@@ -16,7 +16,11 @@
 //! - **Without Redis** a node keeps the part it holds and never grows (nobody else can take it
 //!   either: a part is taken back only from a node silent while the taker was connected). A
 //!   node that has never had an answer uses nothing in fail mode `closed` and
-//!   `capacity / nodes seen` in `open-local`.
+//!   `capacity / nodes seen` in `open-local` (only once a report failed: with Redis up, a new
+//!   node starts from nothing and grows by Redis's grant).
+//! - **Growing** also waits until the node has reported without a gap for the parts' time to
+//!   live (2 s): a node that joins, or comes back after an outage, cannot take what a node
+//!   that has not re-reported yet still uses.
 
 use crate::guard::{Guard, Load};
 
@@ -52,11 +56,12 @@ pub struct Report {
 }
 
 impl PortalShare {
-    /// A node's share of `capacity`, before any answer: the guard uses nothing in `closed`,
-    /// and `capacity / nodes` in `open-local` (see [`PortalShare::no_answer`]).
-    pub fn new(guard: Guard, capacity: usize, fail_mode: FailMode, nodes: u32) -> PortalShare {
+    /// A node's share of `capacity`, before any answer: nothing (its first report keeps
+    /// nothing; a failed one applies the fail mode, [`PortalShare::no_answer`]).
+    pub fn new(guard: Guard, capacity: usize) -> PortalShare {
         let last = guard.load();
-        let mut p = PortalShare {
+        guard.set_share(0);
+        PortalShare {
             guard,
             capacity,
             granted: 0,
@@ -64,9 +69,7 @@ impl PortalShare {
             want: 0.0,
             last,
             answered: false,
-        };
-        p.no_answer(fail_mode, nodes);
-        p
+        }
     }
 
     /// What to report now.
@@ -151,7 +154,9 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn closed_uses_nothing_before_an_answer_and_open_local_its_even_part() {
         let g = guard(20);
-        let _p = PortalShare::new(g.clone(), 20, FailMode::Closed, 3);
+        let mut p = PortalShare::new(g.clone(), 20);
+        assert_eq!(g.current_limit(), 0);
+        p.no_answer(FailMode::Closed, 3);
         assert_eq!(g.current_limit(), 0);
         assert!(
             g.acquire(Priority::Inside, tokio::time::Instant::now())
@@ -160,14 +165,20 @@ mod tests {
             "no slot without a part"
         );
         let g = guard(20);
-        let _p = PortalShare::new(g.clone(), 20, FailMode::OpenLocal, 3);
+        let mut p = PortalShare::new(g.clone(), 20);
+        assert_eq!(
+            p.report().keep,
+            0,
+            "nothing claimed before Redis granted it"
+        );
+        p.no_answer(FailMode::OpenLocal, 3);
         assert_eq!(g.current_limit(), 6);
     }
 
     #[tokio::test(flavor = "current_thread")]
     async fn keeps_what_is_at_the_portal_and_shrinks_as_it_leaves() {
         let g = guard(20);
-        let mut p = PortalShare::new(g.clone(), 20, FailMode::Closed, 1);
+        let mut p = PortalShare::new(g.clone(), 20);
         let r = p.report();
         assert_eq!(r.keep, 0);
         p.answer(r, 10, 10);
@@ -196,7 +207,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn want_rises_at_once_and_falls_slowly() {
         let g = guard(50);
-        let mut p = PortalShare::new(g.clone(), 50, FailMode::Closed, 1);
+        let mut p = PortalShare::new(g.clone(), 50);
         let r = p.report();
         p.answer(r, 50, 50);
         let now = tokio::time::Instant::now();

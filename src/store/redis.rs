@@ -513,12 +513,7 @@ impl Fleet {
     /// on `guard` uses only this node's part of it, reported and renewed every 100 ms (see
     /// `store/portal.rs`). Asks Redis once before returning.
     pub fn share_portal(&self, guard: Guard, capacity: usize) {
-        let share = PortalShare::new(
-            guard,
-            capacity,
-            self.inner.fail_mode,
-            self.inner.nodes_alive.load(Ordering::Acquire),
-        );
+        let share = PortalShare::new(guard, capacity);
         if let Ok(mut p) = self.inner.portal.lock() {
             *p = Some(share);
         }
@@ -762,7 +757,10 @@ impl Inner {
                         self.pushed(m.get_channel_name(), &payload);
                     }
                     Err(e) if e.is_timeout() => continue,
-                    Err(_) => break,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(SYNC_MS));
+                        break;
+                    }
                 }
             }
         }
@@ -783,7 +781,8 @@ impl Inner {
                 else {
                     return;
                 };
-                if to > from {
+                // Older than what the mirror has (a sync read it already): nothing to add.
+                if to > from && to > lane.serving.load(Ordering::Acquire) {
                     lane.written(|| {
                         if let Ok(mut b) = lane.batches.write() {
                             if !b.iter().any(|&(a, _)| a == from) {

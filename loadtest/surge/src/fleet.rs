@@ -334,6 +334,9 @@ pub struct NodeMetrics {
     pub leader: bool,
     /// `anticamera_store_up` is 1.
     pub store_up: bool,
+    /// `anticamera_portal_share`: the node's part of the portal's capacity (absent without
+    /// `[upstream_guard]`).
+    pub portal_share: Option<f64>,
 }
 
 impl NodeMetrics {
@@ -356,6 +359,7 @@ impl NodeMetrics {
                 }
                 "anticamera_store_leader" => m.leader = s.value >= 0.5,
                 "anticamera_store_up" => m.store_up = s.value >= 0.5,
+                "anticamera_portal_share" => m.portal_share = Some(s.value),
                 _ => {}
             }
         }
@@ -408,8 +412,9 @@ impl Fleet {
         }
     }
 
-    /// Waits until every node reaches Redis and one holds the leader lease (at most 15 s), so
-    /// the first people meet a fleet that admits.
+    /// Waits until every node reaches Redis, one holds the leader lease, and each holds a part
+    /// of the portal (a node grows its part after 2 s of reports), at most 15 s, so the first
+    /// people meet a fleet that admits and forwards.
     pub fn wait_ready(&self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
@@ -419,7 +424,12 @@ impl Fleet {
                 .iter()
                 .all(|n| n.as_ref().is_some_and(|m| m.store_up));
             let leader = s.nodes.iter().flatten().any(|m| m.leader);
-            if up && leader {
+            let parts = s
+                .nodes
+                .iter()
+                .flatten()
+                .all(|m| m.portal_share.is_none_or(|p| p >= 1.0));
+            if up && leader && parts {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -428,6 +438,9 @@ impl Fleet {
                     let state = match m {
                         None => "its /metrics does not answer".to_string(),
                         Some(m) if !m.store_up => "does not reach Redis".to_string(),
+                        Some(m) if m.portal_share.is_some_and(|p| p < 1.0) => {
+                            "holds no part of the portal".to_string()
+                        }
                         Some(_) => "up".to_string(),
                     };
                     why.push(format!(
@@ -697,6 +710,7 @@ garbage line
                 store_up: true,
                 errors: [("take".to_string(), take / 2.0)].into(),
                 busy: BTreeMap::new(),
+                portal_share: Some(3.0),
             })
         };
         let before = Snapshot {
