@@ -202,9 +202,8 @@ impl Upstream {
     pub async fn send<K: Send + 'static>(
         &self,
         req: Request<LimitedBody>,
-        keep: Option<K>,
+        mut keep: Option<K>,
     ) -> (Result<Response<Incoming>, UpstreamError>, Option<K>) {
-        let mut keep = keep;
         let result = self.exchange(req, &mut keep).await;
         (result, keep)
     }
@@ -232,8 +231,9 @@ impl Upstream {
         // The portal speaks HTTP/1.1 to us whatever the client spoke.
         *req.version_mut() = http::Version::HTTP_11;
 
-        let started = Instant::now();
-        let deadline = tokio::time::Instant::now() + self.response_timeout;
+        // One clock read: the exchange's start, its deadline and its duration.
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.response_timeout;
         self.in_flight.increment(1.0);
         let mut exchange = Exchange {
             fut: Some(self.client.request(req)),

@@ -704,21 +704,7 @@ impl Inner {
         // lease, so another node takes over at once.
         self.portal_step(true);
         if self.is_leader() {
-            let [k1, k2, k3, k4, k5] = self.fleet_keys();
-            let _: Option<(i64, String, i64)> = self.call("lease", true, |c| {
-                self.scripts
-                    .fleet
-                    .key(&k1)
-                    .key(&k2)
-                    .key(&k3)
-                    .key(&k4)
-                    .key(&k5)
-                    .arg(&self.node)
-                    .arg(LEASE_MS)
-                    .arg("")
-                    .arg(1)
-                    .invoke(c)
-            });
+            let _ = self.lease("", true);
             self.lead_until.store(0, Ordering::Release);
             metrics::gauge!(LEADER).set(0.0);
         }
@@ -952,11 +938,11 @@ impl Inner {
     }
 
     /// The leader lease and the epoch.
-    fn fleet_step(&self) {
+    /// The fleet script (see `lua::FLEET`): the lease taken or extended and the epoch, or with
+    /// `give_up` the lease given up. {1 if leader, the epoch, nodes alive}.
+    fn lease(&self, fresh: &str, give_up: bool) -> Option<(i64, String, i64)> {
         let [k1, k2, k3, k4, k5] = self.fleet_keys();
-        let fresh = format!("{:016x}", rand::random::<u64>());
-        let sent = self.ms();
-        let r: Option<(i64, String, i64)> = self.call("lease", true, |c| {
+        self.call("lease", true, |c| {
             self.scripts
                 .fleet
                 .key(&k1)
@@ -966,10 +952,16 @@ impl Inner {
                 .key(&k5)
                 .arg(&self.node)
                 .arg(LEASE_MS)
-                .arg(&fresh)
-                .arg(0)
+                .arg(fresh)
+                .arg(u8::from(give_up))
                 .invoke(c)
-        });
+        })
+    }
+
+    fn fleet_step(&self) {
+        let fresh = format!("{:016x}", rand::random::<u64>());
+        let sent = self.ms();
+        let r = self.lease(&fresh, false);
         let Some((lead, epoch, nodes)) = r else {
             self.lead_until.store(0, Ordering::Release);
             metrics::gauge!(LEADER).set(0.0);

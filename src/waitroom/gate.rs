@@ -683,6 +683,13 @@ impl Gate {
         self.slots.expire_idle(now_ms, session_ms, || {});
         let now_s = super::slots::secs(now_ms);
         let since = self.reported_s.swap(now_s, Ordering::AcqRel);
+        // Not reported (the store did not answer): again at the next tick, so a session active
+        // during an outage is not taken for idle after it.
+        let unreported = || {
+            let _ =
+                self.reported_s
+                    .compare_exchange(now_s, since, Ordering::AcqRel, Ordering::Acquire);
+        };
         if sh.wants_all_sessions() {
             sh.restore_held(now_ms + self.settings.arrival_timeout_ms());
             // Every session known, with its owner: the store takes them back in as they were.
@@ -698,14 +705,7 @@ impl Gate {
             let _ = self.visits.take_seen(now_ms, session_ms.max(1_000));
             match sh.touch_all(&all, now_ms) {
                 Some(gone) => self.forget(&gone),
-                None => {
-                    let _ = self.reported_s.compare_exchange(
-                        now_s,
-                        since,
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    );
-                }
+                None => unreported(),
             }
         } else {
             let mut seen = self.slots.tickets_seen_since(since);
@@ -714,14 +714,7 @@ impl Gate {
                 match sh.touch(&seen, now_ms) {
                     Some(gone) => self.forget(&gone),
                     None => {
-                        // Not reported (the store did not answer): again at the next tick, so a
-                        // session active during an outage is not taken for idle after it.
-                        let _ = self.reported_s.compare_exchange(
-                            now_s,
-                            since,
-                            Ordering::AcqRel,
-                            Ordering::Acquire,
-                        );
+                        unreported();
                         self.visits.seen_again(&seen);
                     }
                 }
