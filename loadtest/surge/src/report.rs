@@ -403,6 +403,8 @@ pub fn build_report(
             "poll_errors": rec.poll_errors,
             "reloads": rec.reloads,
             "plain_retries": rec.plain_retries,
+            "sent_back_after_admitted": rec.sent_back,
+            "admitted_to_in_ms": summary_ms(rec.admitted_to_in.clone()),
             "wait_ms_of_completed": summary_ms(rec.queue_waits.clone()),
         },
         "verification": {
@@ -699,7 +701,7 @@ pub fn cell(v: &Value) -> String {
 pub fn markdown_table(reports: &[Value]) -> String {
     let s = cell;
     type Row = (&'static str, fn(&Value) -> Vec<Value>);
-    let rows: [Row; 25] = [
+    let rows: [Row; 26] = [
         ("users", |r| vec![r["users"].clone()]),
         ("arrival (users/s over s)", |r| {
             vec![
@@ -805,6 +807,13 @@ pub fn markdown_table(reports: &[Value]) -> String {
         }),
         ("queue position regressions", |r| {
             vec![r["verification"]["position_regressions"].clone()]
+        }),
+        ("told admitted, then queued again / admitted → in p50 / p90 (ms)", |r| {
+            vec![
+                r["queue"]["sent_back_after_admitted"].clone(),
+                r["queue"]["admitted_to_in_ms"]["p50"].clone(),
+                r["queue"]["admitted_to_in_ms"]["p90"].clone(),
+            ]
         }),
         ("missed their turn (came back late, let in next)", |r| {
             vec![r["verification"]["users_who_missed_their_turn"].clone()]

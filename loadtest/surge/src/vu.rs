@@ -125,6 +125,12 @@ pub struct Recorder {
     pub reloads: u64,
     /// Requests of the gated URL again by plain clients after a `Retry-After`.
     pub plain_retries: u64,
+    /// People a status poll told "admitted" whose next gated request was answered with the
+    /// queue again (with several nodes: a node that had not heard of the admission yet).
+    pub sent_back: u64,
+    /// From a status poll's "admitted" to the answer of the next gated request that let the
+    /// person in (us): how long a place held for them waited, as the client saw it.
+    pub admitted_to_in: Vec<u64>,
     /// People by persona (`plain`, `impatient`, `page`, `api`): arrived, completed.
     pub personas: BTreeMap<&'static str, (u64, u64)>,
     /// Bot answers by status (0 = timeout / transport).
@@ -340,6 +346,8 @@ struct Vu<'a> {
     last_position: Option<u64>,
     /// Which node each request goes to.
     spread: Spread,
+    /// When a status poll said "admitted" and no gated request was answered since.
+    poll_admitted: Option<Instant>,
 }
 
 impl<'a> Vu<'a> {
@@ -388,6 +396,7 @@ impl<'a> Vu<'a> {
             },
             last_position: None,
             spread: Spread::new(start),
+            poll_admitted: None,
         }
     }
 
@@ -545,6 +554,14 @@ impl<'a> Vu<'a> {
                     Err(stop) => return Ok(Err(stop)),
                 };
             let recv = self.ctx.ms_now();
+            if let Some(at) = self.poll_admitted.take() {
+                let mut rec = lock(&self.ctx.rec);
+                if class == Class::Queue {
+                    rec.sent_back += 1;
+                } else {
+                    rec.admitted_to_in.push(at.elapsed().as_micros() as u64);
+                }
+            }
             if self.plain && queued_before && self.log.admitted_ms.is_none() {
                 // A plain client's wait is also spent in its requests (held near the front).
                 self.waited += t_req.elapsed();
@@ -766,6 +783,7 @@ impl<'a> Vu<'a> {
                 Ok(resp) if resp.status == 404 => break Ok(()),
                 Ok(resp) => match serde_json::from_slice::<Value>(&resp.body) {
                     Ok(v) if v.get("state").and_then(Value::as_str) == Some("admitted") => {
+                        self.poll_admitted = Some(Instant::now());
                         self.observe(&v, sent, recv);
                         break Ok(());
                     }
