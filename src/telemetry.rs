@@ -405,6 +405,30 @@ pub const FAMILIES: &[(&str, Kind, Unit, &str)] = &[
         "Messages Redis pushed to this node: another node's admission (into the mirror at once) or a session ended on another node (the leader lets the next in at once).",
     ),
     (
+        crate::store::redis::ROUND_TRIP_TIME,
+        Kind::Histogram,
+        Unit::Seconds,
+        "How long round trips to the shared store took (the calling thread waited), by op.",
+    ),
+    (
+        crate::store::redis::BINDS_KNOWN,
+        Kind::Counter,
+        Unit::Count,
+        "Leak-guard first sights of a session answered by the binding another node took (pushed by Redis), without a round trip.",
+    ),
+    (
+        crate::store::redis::PUSH_LAG,
+        Kind::Histogram,
+        Unit::Seconds,
+        "How long Redis's pushes took to reach this node, from the script that published (Redis's clock) to this node's subscriber (its clock), by kind: admission (another node's, into this node's mirror) or release (a session ended on another node, to the leader).",
+    ),
+    (
+        crate::store::redis::RELEASE_TO_ADMISSION,
+        Kind::Histogram,
+        Unit::Seconds,
+        "On the leader: from a session ended on another node (its push received) to the admission that followed it (the admission script answered).",
+    ),
+    (
         crate::store::redis::PORTAL_SHARE,
         Kind::Gauge,
         Unit::Count,

@@ -366,6 +366,8 @@ fn every_store_operation_runs_against_redis() {
     until(Duration::from_millis(500), "late_len", || s.late_len() == 2);
     assert_eq!(s.late_first(5), vec![7, 3]);
     assert!(s.late_leave(7));
+    // The head the mirror read is not used once this node changed the line.
+    assert_eq!(s.late_first(5), vec![3]);
     assert!(!s.late_leave(7));
     assert_eq!(
         s.late_expire(1_001 + anticamera::waitroom::late::LATE_IDLE_MS + 1),
@@ -1000,6 +1002,43 @@ async fn the_portals_capacity_is_split_by_use_kept_through_an_outage_and_never_o
     until(Duration::from_secs(2), "a takes b's part", || {
         parts().0 >= 9
     });
+}
+
+/// A binding one node takes is pushed to the others: their first sight of the session is
+/// answered without a round trip (here: with Redis gone), for the binding's user and against
+/// anyone else, and only while the binding cannot have lapsed.
+#[test]
+fn a_binding_taken_on_one_node_is_known_to_the_others_without_a_round_trip() {
+    let mut r = RedisServer::start();
+    let a = Fleet::start(&cfg(&r, "a")).unwrap();
+    let b = Fleet::start(&cfg(&r, "b")).unwrap();
+    let c = Fleet::start(&cfg(&r, "c")).unwrap();
+    until(Duration::from_secs(2), "up", || {
+        a.is_up() && b.is_up() && c.is_up()
+    });
+    // Every node's subscriber listening (a node that is not yet asks Redis, as before).
+    until(Duration::from_secs(2), "listening", || {
+        b.listening() && c.listening()
+    });
+    assert_eq!(a.bind_session(41, 1, 60_000), Some(true));
+    assert_eq!(a.bind_session(42, 1, 60_000), Some(true));
+    assert_eq!(a.bind_session(43, 1, 200), Some(true));
+    // Pushed within milliseconds; then Redis goes away.
+    std::thread::sleep(Duration::from_millis(400));
+    r.kill();
+    until(Duration::from_secs(2), "down", || !b.is_up() && !c.is_up());
+    assert_eq!(
+        b.bind_session(41, 1, 60_000),
+        Some(true),
+        "the binding's user"
+    );
+    assert_eq!(c.bind_session(42, 2, 60_000), Some(false), "someone else");
+    // Older than its idle time: it may have lapsed in Redis, so it is not trusted.
+    assert_eq!(b.bind_session(43, 2, 200), None);
+    // Never pushed: only Redis could say.
+    assert_eq!(b.bind_session(44, 1, 60_000), None);
+    // A node is not told of its own (its leak guard keeps them).
+    assert_eq!(a.bind_session(41, 2, 60_000), None);
 }
 
 /// Scripts Redis has run so far (`EVALSHA` calls; the commands inside a script are counted

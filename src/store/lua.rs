@@ -31,12 +31,14 @@ local function reseed()
   if n ~= n0 then redis.call('SET', KEYS[1], S(n)) end
   return n, s
 end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 local function fenced()
   local e = redis.call('GET', KEYS[13])
   if e ~= ARGV[3] then return true end
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  return now - num(redis.call('GET', KEYS[14]), 0) < GRACE_MS
+  return now_ms() - num(redis.call('GET', KEYS[14]), 0) < GRACE_MS
 end
 local function pend() return math.max(0, num(redis.call('GET', KEYS[8]), 0)) end
 local function occupied() return redis.call('ZCARD', KEYS[3]) + pend() end
@@ -46,6 +48,27 @@ local function counts(r)
   r[#r + 1] = pend()
   r[#r + 1] = redis.call('ZCARD', KEYS[9])
   return r
+end
+-- The mirror's read, appended to `out`: next, serving, sessions, places held, late line, the
+-- first LATE_HEAD of the late line (their count, then the tickets), then start and end of each
+-- batch with places left.
+local function mirror(out, n, s)
+  out[#out + 1] = n
+  out[#out + 1] = s
+  out[#out + 1] = redis.call('ZCARD', KEYS[3])
+  out[#out + 1] = pend()
+  out[#out + 1] = redis.call('ZCARD', KEYS[9])
+  local head = redis.call('ZRANGE', KEYS[9], 0, LATE_HEAD - 1)
+  out[#out + 1] = #head
+  for _, t in ipairs(head) do out[#out + 1] = tonumber(t) end
+  for _, a in ipairs(redis.call('ZRANGE', KEYS[6], 0, -1)) do
+    local l = num(redis.call('HGET', KEYS[7], a .. ':l'), 0)
+    if l > 0 then
+      out[#out + 1] = tonumber(a)
+      out[#out + 1] = num(redis.call('HGET', KEYS[7], a .. ':b'), 0)
+    end
+  end
+  return out
 end
 local function late_arrive(ts, now)
   -- Inside already (claimed on another node): not late. -1.
@@ -75,6 +98,7 @@ pub(super) fn lane(body: &str, grace_ms: u64) -> String {
     format!("{PRELUDE}\n{body}")
         .replace("GRACE_MS", &grace_ms.to_string())
         .replace("LATE_MAX", &crate::waitroom::late::LATE_MAX.to_string())
+        .replace("LATE_HEAD", &super::redis::LATE_HEAD.to_string())
         .replace(
             "OUTAGE_MIN",
             &crate::waitroom::store::OUTAGE_MIN.to_string(),
@@ -103,7 +127,9 @@ return {1, n, to}
 
 /// The leader (`ARGV[4]`) admits up to `ARGV[5]` tickets from serving `ARGV[6]` while
 /// everyone inside and every place held stay within `ARGV[7]`, holding their places until
-/// `ARGV[8]`: {admitted or -1 (serving moved) or -2 (not the leader), next, serving}.
+/// `ARGV[8]`: {admitted or -1 (serving moved) or -2 (not the leader), next, serving}, and
+/// after an admission the mirror's read (`mirror`, from next on): the leader needs no read of
+/// its own after it.
 pub(super) const ADMIT: &str = r#"
 if fenced() then return {-3, 0, 0} end
 local n, s = reseed()
@@ -117,8 +143,9 @@ redis.call('ZADD', KEYS[6], a, a)
 redis.call('HSET', KEYS[7], a .. ':b', S(s + k), a .. ':l', S(k), a .. ':d', ARGV[8])
 redis.call('INCRBY', KEYS[8], S(k))
 -- Every node's mirror takes the batch at once (`Fleet`'s subscriber), not at its next sync.
-redis.call('PUBLISH', KEYS[2], string.format('a %s %d %d %d %d', ARGV[4], n, s, s + k, pend()))
-return {k, n, s + k}
+-- The last word: Redis's clock, for the nodes' push lag.
+redis.call('PUBLISH', KEYS[2], string.format('a %s %d %d %d %d %d', ARGV[4], n, s, s + k, pend(), now_ms()))
+return mirror({k}, n, s + k)
 "#;
 
 /// A new arrival when nobody waits and everyone inside stays within `ARGV[4]`: the next ticket
@@ -188,7 +215,7 @@ if redis.call('ZREM', KEYS[3], ARGV[4]) == 1 then
   redis.call('HDEL', KEYS[4], ARGV[4])
   -- A place is free: the leader lets the next in at once (`Fleet`'s subscriber), as a single
   -- node does, instead of at its next tick. `ARGV[6]`: the releasing node.
-  redis.call('PUBLISH', KEYS[2], 'r ' .. (ARGV[6] or ''))
+  redis.call('PUBLISH', KEYS[2], string.format('r %s %d', ARGV[6] or '-', now_ms()))
   return counts({1})
 end
 return counts({0})
@@ -260,19 +287,10 @@ end
 return gone
 "#;
 
-/// The mirror's read (and the floors applied): {next, serving, sessions, places held, late,
-/// then start and end of each batch with places left}.
+/// The mirror's read (and the floors applied): see `mirror`.
 pub(super) const SYNC: &str = r#"
 local n, s = reseed()
-local out = {n, s, redis.call('ZCARD', KEYS[3]), pend(), redis.call('ZCARD', KEYS[9])}
-for _, a in ipairs(redis.call('ZRANGE', KEYS[6], 0, -1)) do
-  local l = num(redis.call('HGET', KEYS[7], a .. ':l'), 0)
-  if l > 0 then
-    out[#out + 1] = tonumber(a)
-    out[#out + 1] = num(redis.call('HGET', KEYS[7], a .. ':b'), 0)
-  end
-end
-return out
+return mirror({}, n, s)
 "#;
 
 /// Reserves up to `ARGV[4]` places within capacity `ARGV[5]` (held without a batch):
@@ -386,9 +404,17 @@ return added
 "#;
 
 /// The leak guard's binding of session `KEYS[1]` to user `ARGV[1]` for `ARGV[2]` ms: taken if
-/// free, extended if the same user's; 0 if bound to another user.
+/// free, extended if the same user's; 0 if bound to another user. A binding taken is published
+/// on channel `ARGV[3]` as `b NODE SESSION USER` (`ARGV[4]`, the key's last part in hex), so the
+/// other nodes know it before the session's first request reaches them.
 pub(super) const BIND: &str = r#"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  if ARGV[4] then
+    redis.call('PUBLISH', ARGV[3], string.format('b %s %s %s', ARGV[4],
+      string.match(KEYS[1], '([^:]*)$'), ARGV[1]))
+  end
+  return 1
+end
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return 1

@@ -7,8 +7,11 @@
 //!   batch, free room or the late line), a release, the expiry of idle sessions and lapsed
 //!   places, the late line.
 //! * **Reads come from a mirror** ([`Lane`]): next ticket, serving, people inside, places
-//!   held, the late line's length and the batches with places left, refreshed by the fleet's
-//!   thread every [`SYNC_MS`] and after every write. A status poll and an admitted person's
+//!   held, the late line's length and its first [`LATE_HEAD`], and the batches with places
+//!   left, refreshed by the fleet's thread every [`SYNC_MS`] and by every write (the
+//!   admission script answers with the whole read; the others with the counts, or a read
+//!   after them). Other nodes' admissions, the leak guard's bindings and the sessions ended
+//!   elsewhere are pushed by Redis (one subscriber thread per node). A status poll and an admitted person's
 //!   request make no round trip; an arrival makes one (take a ticket, or be let in directly);
 //!   a first claim one; the controller one or two per lane and tick.
 //! * **Sessions are keyed by ticket**, not by node: whichever node sees a person's requests
@@ -65,6 +68,22 @@ const LEAD_FOR_MS: u64 = 1_000;
 /// another node).
 pub const PUSHED: &str = "anticamera_store_pushed_total";
 
+/// Metric: how long Redis's pushes took to reach this node (from the script that published,
+/// by Redis's clock, to the subscriber, by this node's), by `kind` (`admission`: another
+/// node's admission into this node's mirror; `release`: a session ended elsewhere, to the
+/// leader). Clocks apart by more than the lag make it meaningless: the nodes keep NTP time.
+pub const PUSH_LAG: &str = "anticamera_store_push_lag_seconds";
+/// Metric: first sights of a session answered by a binding another node took (pushed by Redis),
+/// without a round trip.
+pub const BINDS_KNOWN: &str = "anticamera_store_binds_pushed_used_total";
+/// Metric: on the leader, from a session ended on another node (its push received) to the
+/// admission that followed (the admission script answered).
+pub const RELEASE_TO_ADMISSION: &str = "anticamera_store_release_to_admission_seconds";
+
+/// The first of the late line each mirror read brings (the leader wakes them when room frees
+/// up, without a round trip of its own).
+pub const LATE_HEAD: usize = 16;
+
 /// A page request near the front reads the lane again only if the mirror is older than this
 /// (a flood of such requests makes at most one round trip per lane per this many ms).
 pub const REFRESH_MIN_MS: u64 = 10;
@@ -102,6 +121,8 @@ pub const RECENT_RELEASE_MS: u64 = 30 * 60 * 1000;
 
 /// Metric: round trips to the shared store, by `op`.
 pub const ROUND_TRIPS: &str = "anticamera_store_round_trips_total";
+/// Metric: how long round trips to the shared store took (the caller's thread waited), by `op`.
+pub const ROUND_TRIP_TIME: &str = "anticamera_store_round_trip_seconds";
 /// Metric: round trips that failed, by `op`.
 pub const ERRORS: &str = "anticamera_store_errors_total";
 /// Metric: request-path calls not made because [`REQUEST_CALLS_MAX`] were in flight, by `op`
@@ -274,6 +295,10 @@ struct Inner {
     refused_quiet: AtomicU64,
     /// Bindings dropped because [`BINDS_MAX`] were waiting (logged once per outage).
     binds_dropped: AtomicU64,
+    /// Leak-guard bindings other nodes took, as Redis pushed them.
+    pushed_binds: PushedBinds,
+    /// Whether the subscriber thread listens to Redis's pushes now.
+    listening: AtomicBool,
     scripts: Scripts,
     /// The resync grace (see [`grace_ms`]): also how long nobody grows their part of the
     /// portal after Redis lost its data.
@@ -348,6 +373,8 @@ impl Fleet {
             admin: Mutex::new(std::collections::HashMap::new()),
             binds: Mutex::new(std::collections::HashMap::new()),
             binds_dropped: AtomicU64::new(0),
+            pushed_binds: PushedBinds::new(),
+            listening: AtomicBool::new(false),
             request_calls: AtomicU32::new(0),
             refused_logged: AtomicU64::new(0),
             refused_quiet: AtomicU64::new(0),
@@ -452,8 +479,16 @@ impl Fleet {
 
     /// The leak guard's binding of `session` to `user`, fleet-wide, for `idle_ms`: whether
     /// the session is this user's (taken if free); `None` when Redis did not answer.
+    /// A binding another node took and Redis pushed here (received within `idle_ms`) answers
+    /// without a round trip: the session's requests spread over N nodes cost one binding round
+    /// trip, not N.
     pub fn bind_session(&self, session: u64, user: u64, idle_ms: u64) -> Option<bool> {
+        if let Some(bound_to) = self.inner.pushed_binds.take(session, idle_ms) {
+            metrics::counter!(BINDS_KNOWN).increment(1);
+            return Some(bound_to == user);
+        }
         let key = format!("{}bind:{session:016x}", self.inner.prefix);
+        let channel = self.inner.binds_channel();
         let r: i64 = self.inner.call("bind", false, |c| {
             self.inner
                 .scripts
@@ -461,6 +496,8 @@ impl Fleet {
                 .key(&key)
                 .arg(user)
                 .arg(idle_ms.max(1))
+                .arg(&channel)
+                .arg(&self.inner.node)
                 .invoke(c)
         })?;
         Some(r == 1)
@@ -482,6 +519,12 @@ impl Fleet {
             return;
         }
         b.insert(session, (user, idle_ms));
+    }
+
+    /// Whether this node listens to Redis's pushes (other nodes' admissions and bindings, the
+    /// sessions ended elsewhere) now; without them it reads Redis at its next sync instead.
+    pub fn listening(&self) -> bool {
+        self.inner.listening.load(Ordering::Acquire)
     }
 
     /// Nodes seen alive in the fleet at the last sync (this one included; at least 1).
@@ -606,7 +649,10 @@ impl Inner {
             return None;
         }
         metrics::counter!(ROUND_TRIPS, "op" => op).increment(1);
-        match f(&mut conn) {
+        let start = Instant::now();
+        let answer = f(&mut conn);
+        metrics::histogram!(ROUND_TRIP_TIME, "op" => op).record(start.elapsed().as_secs_f64());
+        match answer {
             Ok(v) => {
                 self.answered();
                 if let Ok(mut p) = self.pool.lock() {
@@ -728,6 +774,7 @@ impl Inner {
             };
             let mut ps = conn.as_pubsub();
             if ps.psubscribe(&pattern).is_err()
+                || ps.subscribe(self.binds_channel()).is_err()
                 || ps
                     .set_read_timeout(Some(Duration::from_millis(SYNC_MS * 4)))
                     .is_err()
@@ -735,6 +782,7 @@ impl Inner {
                 std::thread::sleep(Duration::from_millis(SYNC_MS * 4));
                 continue;
             }
+            self.listening.store(true, Ordering::Release);
             while !self.stop.load(Ordering::Acquire) {
                 match ps.get_message() {
                     Ok(m) => {
@@ -744,6 +792,7 @@ impl Inner {
                     }
                     Err(e) if e.is_timeout() => continue,
                     Err(_) => {
+                        self.listening.store(false, Ordering::Release);
                         std::thread::sleep(Duration::from_millis(SYNC_MS));
                         break;
                     }
@@ -752,8 +801,28 @@ impl Inner {
         }
     }
 
-    /// One pushed message of lane channel `channel` (see [`Inner::listen`]).
+    /// The channel the binding script publishes the bindings it takes on.
+    fn binds_channel(&self) -> String {
+        format!("{}binds", self.prefix)
+    }
+
+    /// One pushed message of lane channel `channel`, or of the bindings' (see
+    /// [`Inner::listen`]).
     fn pushed(&self, channel: &str, payload: &str) {
+        if let Some(rest) = payload.strip_prefix("b ") {
+            if channel == self.binds_channel() {
+                let mut w = rest.split(' ');
+                let node = w.next();
+                if let (true, Some(Ok(session)), Some(Ok(user))) = (
+                    node != Some(self.node.as_str()),
+                    w.next().map(|h| u64::from_str_radix(h, 16)),
+                    w.next().map(str::parse::<u64>),
+                ) {
+                    self.pushed_binds.learn(session, user);
+                }
+            }
+            return;
+        }
         let lane = match self.lanes.lock() {
             Ok(l) => l.iter().find(|l| l.keys[1] == channel).cloned(),
             Err(_) => None,
@@ -767,6 +836,9 @@ impl Inner {
                 else {
                     return;
                 };
+                if let Some(at) = num() {
+                    push_lag("admission", at);
+                }
                 // Older than what the mirror has (a sync read it already): nothing to add.
                 if to > from && to > lane.serving.load(Ordering::Acquire) {
                     lane.written(|| {
@@ -785,6 +857,15 @@ impl Inner {
                 );
             }
             (Some("r"), node) if node != Some(self.node.as_str()) && self.is_leader() => {
+                if let Some(at) = words.next().and_then(|w| w.parse::<u64>().ok()) {
+                    push_lag("release", at);
+                }
+                let _ = lane.release_seen_ms.compare_exchange(
+                    0,
+                    wall_ms(),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
                 if let Some(f) = lane.on_release.get() {
                     f();
                 }
@@ -910,7 +991,9 @@ impl Inner {
                     .arg(1)
                     .arg(format!("{}bind:{session:016x}", self.prefix))
                     .arg(user)
-                    .arg((*idle_ms).max(1));
+                    .arg((*idle_ms).max(1))
+                    .arg(self.binds_channel())
+                    .arg(&self.node);
             }
             p.query(c)
         });
@@ -1062,9 +1145,15 @@ pub struct Lane {
     /// mirror knew just before (what `restore_held` takes back in; the next sync reads the
     /// emptied Redis).
     lost_held: Mutex<Option<Held>>,
+    /// The first of the late line as last read, and whether it is the whole line; `None` once
+    /// this node changed the line since (asked again then).
+    late_head: Mutex<Option<(Vec<u64>, bool)>>,
     /// When (fleet ms) the mirror was last read from Redis, or a refresh claimed the next read:
     /// a page request near the front refreshes at most once per [`REFRESH_MIN_MS`] per lane.
     read_ms: AtomicU64,
+    /// Leader only: when the oldest release pushed since the last admission came (wall ms;
+    /// 0: none), for [`RELEASE_TO_ADMISSION`].
+    release_seen_ms: AtomicU64,
 }
 
 impl std::fmt::Debug for Lane {
@@ -1116,7 +1205,9 @@ impl Lane {
             unsent_releases: Mutex::new(Vec::new()),
             recent_releases: Mutex::new(std::collections::VecDeque::new()),
             lost_held: Mutex::new(None),
+            late_head: Mutex::new(None),
             read_ms: AtomicU64::new(0),
+            release_seen_ms: AtomicU64::new(0),
         }
     }
 
@@ -1133,6 +1224,36 @@ impl Lane {
         self.active.store(c(active), Ordering::Release);
         self.pending.store(c(pending), Ordering::Release);
         self.late.store(c(late), Ordering::Release);
+    }
+
+    /// Applies a mirror read (`lua::mirror`: next, serving, sessions, places held, late line,
+    /// the late line's head, batches) but for the counters next and serving, which the caller
+    /// raises once the batches are in. The caller holds `apply`.
+    fn mirror(&self, r: &[i64]) {
+        let (Some(&[_, _, act, pend, late, heads]), Some(rest)) = (r.get(..6), r.get(6..)) else {
+            return;
+        };
+        self.counts(act, pend, late);
+        let heads = usize::try_from(heads.max(0)).unwrap_or(0).min(rest.len());
+        let (head, batches) = rest.split_at(heads);
+        if let Ok(mut h) = self.late_head.lock() {
+            let whole = heads as i64 >= late;
+            *h = Some((head.iter().map(|&t| t.max(0) as u64).collect(), whole));
+        }
+        let batches: Vec<(u64, u64)> = batches
+            .chunks_exact(2)
+            .map(|p| (p[0].max(0) as u64, p[1].max(0) as u64))
+            .collect();
+        if let Ok(mut b) = self.batches.write() {
+            *b = batches;
+        }
+    }
+
+    /// This node changed the late line: its head is asked again.
+    fn late_changed(&self) {
+        if let Ok(mut h) = self.late_head.lock() {
+            *h = None;
+        }
     }
 
     /// Raises the mirror's counters (they never go backwards).
@@ -1280,21 +1401,14 @@ impl RedisStore {
         let Some(r) = self.run::<Vec<i64>>(op, probe, &self.fleet.scripts.sync, &[]) else {
             return;
         };
-        if r.len() < 5 {
+        if r.len() < 6 {
             return;
         }
         {
             let _g = self.lane.apply.lock().unwrap_or_else(|e| e.into_inner());
             // A write answered meanwhile: its values may be newer than this read.
             if self.lane.gen.load(Ordering::Acquire) == gen {
-                self.lane.counts(r[2], r[3], r[4]);
-                let batches: Vec<(u64, u64)> = r[5..]
-                    .chunks_exact(2)
-                    .map(|p| (p[0].max(0) as u64, p[1].max(0) as u64))
-                    .collect();
-                if let Ok(mut b) = self.lane.batches.write() {
-                    *b = batches;
-                }
+                self.lane.mirror(&r);
             }
         }
         // Serving moves after the batches it admitted are in the mirror (see `admit`).
@@ -1309,6 +1423,63 @@ fn parse_gone(gone: &[String]) -> Option<Vec<u64>> {
         return None;
     }
     Some(gone.iter().filter_map(|t| t.parse().ok()).collect())
+}
+
+/// Leak-guard bindings other nodes took, pushed by Redis (`b NODE SESSION USER` on the
+/// bindings' channel): a first sight of the session here is answered from them without a round trip.
+/// Each is used once (the leak guard keeps its own binding after that) and trusted only while
+/// younger than the binding's idle time; at most [`PUSHED_BINDS_MAX`] are kept (past it the
+/// oldest half goes: a binding not found costs the round trip it costs today, nothing else).
+/// A binding this node knows is never overwritten by one pushed (the leak guard's own map
+/// decides first), and one pushed is never trusted over Redis's own answer to a round trip.
+struct PushedBinds {
+    shards: Box<[Mutex<PushedShard>]>,
+}
+
+/// Session → (user, when pushed).
+type PushedShard = std::collections::HashMap<u64, (u64, Instant)>;
+
+/// Pushed bindings kept, at most (about 40 bytes each).
+pub const PUSHED_BINDS_MAX: usize = 1 << 18;
+const PUSHED_BINDS_SHARDS: usize = 16;
+
+impl PushedBinds {
+    fn new() -> Self {
+        PushedBinds {
+            shards: (0..PUSHED_BINDS_SHARDS)
+                .map(|_| Mutex::new(std::collections::HashMap::new()))
+                .collect(),
+        }
+    }
+
+    fn shard(&self, session: u64) -> &Mutex<PushedShard> {
+        &self.shards[(session as usize) % PUSHED_BINDS_SHARDS]
+    }
+
+    fn learn(&self, session: u64, user: u64) {
+        let Ok(mut m) = self.shard(session).lock() else {
+            return;
+        };
+        if m.len() >= PUSHED_BINDS_MAX / PUSHED_BINDS_SHARDS {
+            let mut ages: Vec<Instant> = m.values().map(|v| v.1).collect();
+            ages.sort_unstable();
+            let cut = ages[ages.len() / 2];
+            m.retain(|_, v| v.1 > cut);
+        }
+        m.insert(session, (user, Instant::now()));
+    }
+
+    /// The user `session` was bound to elsewhere, if pushed less than `idle_ms` ago.
+    fn take(&self, session: u64, idle_ms: u64) -> Option<u64> {
+        let (user, at) = self.shard(session).lock().ok()?.remove(&session)?;
+        (at.elapsed() < Duration::from_millis(idle_ms)).then_some(user)
+    }
+}
+
+/// Records a push's lag: `at_ms` is Redis's clock when the script published.
+fn push_lag(kind: &'static str, at_ms: u64) {
+    let lag = wall_ms().saturating_sub(at_ms);
+    metrics::histogram!(PUSH_LAG, "kind" => kind).record(lag as f64 / 1000.0);
 }
 
 fn s(v: impl ToString) -> String {
@@ -1403,6 +1574,7 @@ impl AdmissionStore for RedisStore {
             &self.fleet.scripts.late_arrive,
             &[s(ticket), s(now_ms)],
         );
+        self.lane.late_changed();
         match ahead {
             // Inside already (claimed on another node).
             Some(a) if a < 0 => INSIDE,
@@ -1417,12 +1589,22 @@ impl AdmissionStore for RedisStore {
             &self.fleet.scripts.late_leave,
             &[s(ticket)],
         );
+        self.lane.late_changed();
         r == Some(1)
     }
 
     fn late_first(&self, n: usize) -> Vec<u64> {
         if n == 0 {
             return Vec::new();
+        }
+        // From the last mirror read when it has them (the whole line, or enough of it) and
+        // this node has not changed the line since.
+        if let Ok(h) = self.lane.late_head.lock() {
+            if let Some((head, whole)) = h.as_ref() {
+                if *whole || head.len() >= n {
+                    return head.iter().take(n).copied().collect();
+                }
+            }
         }
         let key = self.lane.keys[8].clone();
         self.fleet
@@ -1443,6 +1625,7 @@ impl AdmissionStore for RedisStore {
             &self.fleet.scripts.late_expire,
             &[s(now_ms.saturating_sub(LATE_IDLE_MS))],
         );
+        self.lane.late_changed();
         u32::try_from(r.unwrap_or(0).max(0)).unwrap_or(0)
     }
 
@@ -1453,6 +1636,7 @@ impl AdmissionStore for RedisStore {
     fn late_clear(&self) {
         let _: Option<i64> = self.run("late_clear", false, &self.fleet.scripts.late_clear, &[]);
         self.lane.late.store(0, Ordering::Release);
+        self.lane.late_changed();
     }
 
     fn shared(&self) -> Option<&dyn SharedAdmission> {
@@ -1489,19 +1673,24 @@ impl SharedAdmission for RedisStore {
             return 0;
         };
         let n = r[0].max(0) as u64;
+        let seen = self.lane.release_seen_ms.swap(0, Ordering::AcqRel);
+        if n > 0 && seen > 0 {
+            metrics::histogram!(RELEASE_TO_ADMISSION)
+                .record(wall_ms().saturating_sub(seen) as f64 / 1000.0);
+        }
         if n > 0 {
             // The batch is in the mirror before serving moves past it, so a status poll here
-            // never sees an admitted ticket without its held place.
+            // never sees an admitted ticket without its held place; the script's answer is
+            // the mirror read right after the admission (no read of its own).
             self.lane.written(|| {
-                if let Ok(mut b) = self.lane.batches.write() {
+                if r.len() >= 7 {
+                    self.lane.mirror(&r[1..]);
+                } else if let Ok(mut b) = self.lane.batches.write() {
                     b.push((from, from + n));
                 }
             });
         }
         self.lane.raise(r[1], r[2]);
-        if n > 0 {
-            self.sync();
-        }
         n
     }
 
@@ -1536,9 +1725,13 @@ impl SharedAdmission for RedisStore {
             1 => SharedClaim::NotAdmitted,
             2 => SharedClaim::BoundElsewhere,
             3 => SharedClaim::Used,
-            _ => SharedClaim::Late {
-                ahead: r.get(3).copied().unwrap_or(0).max(0) as u64,
-            },
+            _ => {
+                // Joined (or stayed in) the late line here.
+                self.lane.late_changed();
+                SharedClaim::Late {
+                    ahead: r.get(3).copied().unwrap_or(0).max(0) as u64,
+                }
+            }
         };
         out
     }

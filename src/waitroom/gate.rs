@@ -737,6 +737,7 @@ impl Gate {
             (0, 0)
         };
         self.expired.fetch_add(expired, Ordering::Relaxed);
+        self.reservations.count_abandoned(abandoned);
         let mut ctl = self.lock();
         let waiting = self.store.next_ticket() > self.store.serving();
         let admitted = self.admit_locked(&mut ctl, now_ms);

@@ -65,6 +65,12 @@ impl Reservations {
         self.abandoned.load(Ordering::Relaxed)
     }
 
+    /// Counts `n` admitted tickets that never arrived, whose places a shared store gave back
+    /// (its leader's expiry): the same count as this ring's own.
+    pub(super) fn count_abandoned(&self, n: u64) {
+        self.abandoned.fetch_add(n, Ordering::Relaxed);
+    }
+
     fn sub_pending(&self, n: u32) {
         let _ = self
             .pending
