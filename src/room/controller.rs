@@ -160,8 +160,8 @@ impl Room {
     /// The signal is the portal's own use over the last tick, measured exactly (time
     /// integrals, not samples): the slots it left idle while people waited are room for more
     /// people. Each tick a full room grows by the slots left idle (less the requests of people
-    /// inside that waited for a slot, and the people already let in and not yet here: each
-    /// brings a request), times the people one slot serves (the inverse of the average use of
+    /// inside that waited for a slot, and the people let in within [`COMING_WITHIN_MS`] and
+    /// not yet here: each brings a request), times the people one slot serves (the inverse of the average use of
     /// the portal per person inside, at most [`PER_IDLE_SLOT`]: people just let in ask at
     /// once). People inside read, type or have left: however they use the portal between
     /// pages, it is kept busy, and a short line of their requests (served first by the guard)
@@ -203,10 +203,19 @@ impl Room {
                 })
             })
             .collect();
-        let pending: u32 = rooms.iter().map(|r| r.1).sum();
+        // People let in who will bring a request within the tick: those let in lately. A place
+        // held longer is mostly someone who does not poll (a reload every few seconds) or who
+        // left; counting it for its whole `arrival_timeout` kept the portal idle while people
+        // waited (claim day: a third of the places are held for people who never come).
+        let now = self.clock.now_ms();
+        let coming: u32 = following
+            .iter()
+            .flat_map(|g| g.lanes.iter())
+            .map(|l| l.gate.pending_recent(now, COMING_WITHIN_MS))
+            .sum();
         let inside_all: u32 = rooms.iter().map(|r| r.0 + r.1).sum();
         let waiting_all: u64 = rooms.iter().map(|r| r.2).sum();
-        let idle = limit - busy - waited - f64::from(pending);
+        let idle = limit - busy - waited - f64::from(coming);
         let crowded = queue > QUEUE_MOST * limit;
         for (g, &(active, pending, waiting)) in following.iter().zip(&rooms) {
             let bound = g.capacity.load(Ordering::Relaxed).max(1);
@@ -252,6 +261,9 @@ impl Room {
 /// about a second, as a share of the portal's limit, past which a following room shrinks:
 /// people inside make way for the rest of the portal's traffic.
 const QUEUE_MOST: f64 = 0.5;
+/// Following the portal: a place held for someone let in counts as a request on its way for
+/// this long (people who poll come within milliseconds of their turn; see `follow_portal`).
+const COMING_WITHIN_MS: u64 = 250;
 /// How much a following room shrinks a tick.
 const SHRINK: f64 = 0.05;
 /// People let in per idle portal slot and tick, at most.
@@ -363,6 +375,52 @@ mod tests {
         let c = caps(&r);
         assert_eq!(c[0], ("citizens".into(), 100, Mode::Open), "{c:?}");
         assert_eq!(c[1].2, Mode::Paused);
+    }
+
+    /// Places held for people let in who do not come (they reload every few seconds, or left)
+    /// stay held for `arrival_timeout`, but the room following the portal counts them as
+    /// requests on their way only for `COMING_WITHIN_MS`: after that an idle portal grows it.
+    #[test]
+    fn places_held_for_people_who_do_not_come_leave_the_followed_room_free_to_grow() {
+        use crate::guard::Load;
+        let clock = Arc::new(Clock::system());
+        clock.freeze_at(at("2026-04-02T10:00:00+02:00"));
+        let r = room(
+            "[upstream_guard]\nmax_in_flight = 10\n\
+             [[gates]]\nname = \"a\"\nprefix = [\"/a\"]\ncapacity = 100\n\
+             arrival_timeout = \"2s\"\nadmission = \"portal\"\n",
+            clock.clone(),
+        );
+        let g = &r.gates[0];
+        let gate = &g.lanes[0].gate;
+        let mut s = gate.settings();
+        s.capacity = 10;
+        gate.apply(&s);
+        for _ in 0..30 {
+            assert!(gate.take_ticket().is_some());
+        }
+        // Ten let in, none of whom comes; twenty wait; the portal sits idle.
+        assert_eq!(gate.admit(clock.now_ms()), 10);
+        g.steering.store(10, Ordering::Relaxed);
+        let idle_portal = |at_us| Load {
+            limit: 10,
+            at_us,
+            ..Load::default()
+        };
+        r.follow_portal(idle_portal(0));
+        r.follow_portal(idle_portal(100_000));
+        assert_eq!(
+            g.steering.load(Ordering::Relaxed),
+            10,
+            "just let in: their requests are on their way"
+        );
+        clock.advance_ms(COMING_WITHIN_MS as i64 + 50);
+        r.follow_portal(idle_portal(200_000));
+        assert_eq!(gate.stats().pending, 10, "their places are still held");
+        assert!(
+            g.steering.load(Ordering::Relaxed) > 10,
+            "held past {COMING_WITHIN_MS} ms without coming: the idle portal grows the room"
+        );
     }
 
     #[test]

@@ -1026,6 +1026,17 @@ impl Gate {
         }
     }
 
+    /// Admitted people not here yet whose places were held within the last `within_ms` (with
+    /// a shared store: all of them, the store keeps no times).
+    pub fn pending_recent(&self, now_ms: u64, within_ms: u64) -> u32 {
+        match self.shared() {
+            Some(sh) => sh.pending(),
+            None => self
+                .reservations
+                .pending_since(now_ms.saturating_sub(within_ms)),
+        }
+    }
+
     /// A serializable snapshot of queue counters, slots and reservations.
     pub fn snapshot(&self, now_ms: u64) -> GateSnapshot {
         let _ctl = self.lock();

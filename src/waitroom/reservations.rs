@@ -164,6 +164,15 @@ impl Reservations {
         false
     }
 
+    /// Places still held in batches extended at or after `since_ms`: people let in lately.
+    pub(super) fn pending_since(&self, since_ms: u64) -> u32 {
+        self.batches
+            .iter()
+            .filter(|b| b.at_ms.load(Ordering::Acquire) >= since_ms)
+            .map(|b| b.pending.load(Ordering::Acquire))
+            .sum()
+    }
+
     /// Whether `t`'s admission batch still holds a reservation for it (not yet lapsed).
     pub(super) fn holds(&self, t: u64) -> bool {
         self.batches.iter().any(|b| {
@@ -312,6 +321,19 @@ mod tests {
         assert!(r.holds(1), "held within its arrival timeout");
         assert_eq!((r.pending(), r.abandoned()), (1, 0));
         assert!(r.take(1), "comes back after 1.9 s: the place is there");
+    }
+
+    #[test]
+    fn places_held_lately_are_told_apart() {
+        let r = Reservations::new();
+        let mut cur = Cursor::default();
+        r.admit(&mut cur, 1, 4, 3, 0, 2_000);
+        r.admit(&mut cur, 4, 6, 2, 500, 2_000);
+        assert!(r.take(5));
+        assert_eq!(r.pending(), 4);
+        assert_eq!(r.pending_since(400), 1, "only the batch extended at 500 ms");
+        assert_eq!(r.pending_since(0), 4);
+        assert_eq!(r.pending_since(501), 0);
     }
 
     #[test]
