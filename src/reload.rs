@@ -90,25 +90,21 @@ fn apply(shared: &Shared) -> Result<Reloaded, ReloadError> {
     }
     // A gate that follows the portal needs the guard that measures it, and the guard is built
     // once at start.
-    if shared.guard.is_none() {
-        let portal: Vec<String> = new
-            .gates
-            .iter()
-            .filter(|g| g.admission == crate::config::Admission::Portal)
-            .map(|g| format!("gates ({}): admission = \"portal\" without the [upstream_guard] this process started with", g.name))
-            .collect();
-        if !portal.is_empty() {
-            return Err(ReloadError::OnlyRestart(portal));
-        }
-    }
     // The store is restart-only: a file that says `memory` does not make a running Redis
     // fleet's gates able to follow one node's part of the portal.
-    if old.store.kind == crate::store::StoreKind::Redis {
+    let cannot_follow = if shared.guard.is_none() {
+        Some("without the [upstream_guard] this process started with")
+    } else if old.store.kind == crate::store::StoreKind::Redis {
+        Some("is not supported with the [store] kind = \"redis\" this process started with")
+    } else {
+        None
+    };
+    if let Some(why) = cannot_follow {
         let portal: Vec<String> = new
             .gates
             .iter()
             .filter(|g| g.admission == crate::config::Admission::Portal)
-            .map(|g| format!("gates ({}): admission = \"portal\" is not supported with the [store] kind = \"redis\" this process started with", g.name))
+            .map(|g| format!("gates ({}): admission = \"portal\" {why}", g.name))
             .collect();
         if !portal.is_empty() {
             return Err(ReloadError::OnlyRestart(portal));

@@ -53,6 +53,31 @@ fn who(ticket: u64, visitor: u64) -> Occupant {
     }
 }
 
+/// Nodes `names` on `r`, each with gate `claims` of `capacity` over its lane, past the grace
+/// and with one leader (its index).
+fn nodes(r: &RedisServer, names: &[&str], capacity: u32) -> (Vec<Fleet>, Vec<Gate>, usize) {
+    let fleets: Vec<Fleet> = names
+        .iter()
+        .map(|n| Fleet::start(&cfg(r, n)).unwrap())
+        .collect();
+    let gates: Vec<Gate> = fleets
+        .iter()
+        .map(|f| {
+            Gate::with_store(
+                &settings(capacity),
+                Box::new(f.lane("claims", "all")),
+                now(),
+            )
+        })
+        .collect();
+    settle();
+    until(Duration::from_secs(3), "one leader", || {
+        fleets.iter().filter(|f| f.is_leader()).count() == 1
+    });
+    let leader = fleets.iter().position(|f| f.is_leader()).unwrap();
+    (fleets, gates, leader)
+}
+
 /// Waits past the grace of a new epoch (a fresh Redis is one).
 fn settle() {
     std::thread::sleep(Duration::from_millis(
@@ -63,19 +88,7 @@ fn settle() {
 #[test]
 fn three_nodes_share_one_line_one_capacity_and_one_leader() {
     let r = RedisServer::start();
-    let fleets: Vec<Fleet> = ["a", "b", "c"]
-        .iter()
-        .map(|n| Fleet::start(&cfg(&r, n)).unwrap())
-        .collect();
-    let gates: Vec<Gate> = fleets
-        .iter()
-        .map(|f| Gate::with_store(&settings(3), Box::new(f.lane("claims", "all")), now()))
-        .collect();
-    settle();
-    until(Duration::from_secs(3), "one leader", || {
-        fleets.iter().filter(|f| f.is_leader()).count() == 1
-    });
-    let leader = fleets.iter().position(|f| f.is_leader()).unwrap();
+    let (_fleets, gates, leader) = nodes(&r, &["a", "b", "c"], 3);
 
     // Arrivals spread round-robin: the first three are let in directly (nobody waits, room),
     // the rest queue, with one ticket order across the nodes.
@@ -1091,23 +1104,8 @@ fn admissions_and_releases_are_pushed_to_the_other_nodes() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
     let r = RedisServer::start();
-    let fleets: Vec<Fleet> = ["a", "b"]
-        .iter()
-        .map(|n| Fleet::start(&cfg(&r, n)).unwrap())
-        .collect();
-    let gates: Vec<Gate> = fleets
-        .iter()
-        .map(|f| Gate::with_store(&settings(1), Box::new(f.lane("claims", "all")), now()))
-        .collect();
-    settle();
-    until(Duration::from_secs(3), "one leader", || {
-        fleets.iter().filter(|f| f.is_leader()).count() == 1
-    });
-    let (l, o) = if fleets[0].is_leader() {
-        (0, 1)
-    } else {
-        (1, 0)
-    };
+    let (_fleets, gates, l) = nodes(&r, &["a", "b"], 1);
+    let o = 1 - l;
     let told: Vec<Arc<AtomicUsize>> = (0..2).map(|_| Arc::new(AtomicUsize::new(0))).collect();
     for (g, t) in gates.iter().zip(&told) {
         let t = t.clone();

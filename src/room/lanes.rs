@@ -92,6 +92,15 @@ impl Lane {
         }
     }
 
+    /// Lets in whom the room allows now (a place just freed up) and wakes their long polls,
+    /// and the late arrivals' if room is left (their head comes from the store's mirror: no
+    /// round trip with a shared store).
+    pub(super) fn admit_and_wake(&self, now_ms: u64) {
+        let before = self.gate.serving();
+        self.gate.admit(now_ms);
+        self.wake_admitted(before);
+    }
+
     /// After the controller let people in: wakes the long polls of the positions admitted
     /// since `serving` was `before`, and of the first late arrivals if room is kept for them.
     pub(super) fn wake_admitted(&self, before: u64) {

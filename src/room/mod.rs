@@ -387,13 +387,8 @@ impl Room {
     /// from its own count of people inside and places held).
     pub fn admit_released(&self) {
         let now = self.clock.now_ms();
-        for g in &self.gates {
-            for l in &g.lanes {
-                let before = l.gate.serving();
-                if l.gate.admit(now) > 0 {
-                    l.wake_admitted(before);
-                }
-            }
+        for l in self.gates.iter().flat_map(|g| g.lanes.iter()) {
+            l.admit_and_wake(now);
         }
     }
 
@@ -819,15 +814,9 @@ impl Room {
         for g in &self.gates {
             if let Some(l) = g.lanes.iter().find(|l| l.id == seat.lane) {
                 if l.gate.release(seat.slot, seat.ticket) {
-                    let before = l.gate.serving();
-                    let admitted = l.gate.admit(self.clock.now_ms());
                     // With a shared store only the leader admits (told by Redis when the
-                    // release is another node's): a node that let nobody in has nobody to wake,
-                    // and asking the store for late arrivals on every release would cost a
-                    // round trip each.
-                    if admitted > 0 || !l.gate.is_shared() {
-                        l.wake_admitted(before);
-                    }
+                    // release is another node's); any node wakes its late arrivals.
+                    l.admit_and_wake(self.clock.now_ms());
                     return Some(self.cookie(&g.cookie, "", 0));
                 }
             }

@@ -299,6 +299,8 @@ struct Inner {
     pushed_binds: PushedBinds,
     /// Whether the subscriber thread listens to Redis's pushes now.
     listening: AtomicBool,
+    /// The channel the binding script publishes the bindings it takes on (`PREFIX binds`).
+    binds_channel: String,
     scripts: Scripts,
     /// The resync grace (see [`grace_ms`]): also how long nobody grows their part of the
     /// portal after Redis lost its data.
@@ -375,6 +377,7 @@ impl Fleet {
             binds_dropped: AtomicU64::new(0),
             pushed_binds: PushedBinds::new(),
             listening: AtomicBool::new(false),
+            binds_channel: format!("{}binds", cfg.prefix),
             request_calls: AtomicU32::new(0),
             refused_logged: AtomicU64::new(0),
             refused_quiet: AtomicU64::new(0),
@@ -488,7 +491,6 @@ impl Fleet {
             return Some(bound_to == user);
         }
         let key = format!("{}bind:{session:016x}", self.inner.prefix);
-        let channel = self.inner.binds_channel();
         let r: i64 = self.inner.call("bind", false, |c| {
             self.inner
                 .scripts
@@ -496,7 +498,7 @@ impl Fleet {
                 .key(&key)
                 .arg(user)
                 .arg(idle_ms.max(1))
-                .arg(&channel)
+                .arg(&self.inner.binds_channel)
                 .arg(&self.inner.node)
                 .invoke(c)
         })?;
@@ -774,7 +776,7 @@ impl Inner {
             };
             let mut ps = conn.as_pubsub();
             if ps.psubscribe(&pattern).is_err()
-                || ps.subscribe(self.binds_channel()).is_err()
+                || ps.subscribe(&self.binds_channel).is_err()
                 || ps
                     .set_read_timeout(Some(Duration::from_millis(SYNC_MS * 4)))
                     .is_err()
@@ -801,16 +803,11 @@ impl Inner {
         }
     }
 
-    /// The channel the binding script publishes the bindings it takes on.
-    fn binds_channel(&self) -> String {
-        format!("{}binds", self.prefix)
-    }
-
     /// One pushed message of lane channel `channel`, or of the bindings' (see
     /// [`Inner::listen`]).
     fn pushed(&self, channel: &str, payload: &str) {
         if let Some(rest) = payload.strip_prefix("b ") {
-            if channel == self.binds_channel() {
+            if channel == self.binds_channel {
                 let mut w = rest.split(' ');
                 let node = w.next();
                 if let (true, Some(Ok(session)), Some(Ok(user))) = (
@@ -992,7 +989,7 @@ impl Inner {
                     .arg(format!("{}bind:{session:016x}", self.prefix))
                     .arg(user)
                     .arg((*idle_ms).max(1))
-                    .arg(self.binds_channel())
+                    .arg(&self.binds_channel)
                     .arg(&self.node);
             }
             p.query(c)
@@ -1607,15 +1604,21 @@ impl AdmissionStore for RedisStore {
             }
         }
         let key = self.lane.keys[8].clone();
-        self.fleet
-            .call("late_first", false, |c| {
-                redis::cmd("ZRANGE")
-                    .arg(&key)
-                    .arg(0)
-                    .arg(n.saturating_sub(1))
-                    .query::<Vec<u64>>(c)
-            })
-            .unwrap_or_default()
+        let Some(first) = self.fleet.call("late_first", false, |c| {
+            redis::cmd("ZRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(n.saturating_sub(1))
+                .query::<Vec<u64>>(c)
+        }) else {
+            return Vec::new();
+        };
+        // The head until this node changes the line or the next read (fewer than asked for:
+        // the whole line).
+        if let Ok(mut h) = self.lane.late_head.lock() {
+            *h = Some((first.clone(), first.len() < n));
+        }
+        first
     }
 
     fn late_expire(&self, now_ms: u64) -> u32 {
@@ -1682,13 +1685,7 @@ impl SharedAdmission for RedisStore {
             // The batch is in the mirror before serving moves past it, so a status poll here
             // never sees an admitted ticket without its held place; the script's answer is
             // the mirror read right after the admission (no read of its own).
-            self.lane.written(|| {
-                if r.len() >= 7 {
-                    self.lane.mirror(&r[1..]);
-                } else if let Ok(mut b) = self.lane.batches.write() {
-                    b.push((from, from + n));
-                }
-            });
+            self.lane.written(|| self.lane.mirror(&r[1..]));
         }
         self.lane.raise(r[1], r[2]);
         n
