@@ -373,7 +373,8 @@ async fn only_people_let_in_piling_up_at_the_portal_slow_admissions() {
         "admission factor {factor} with people inside queued"
     );
     for c in inside {
-        assert_eq!(c.await.unwrap().0, 200);
+        let (status, h, body) = c.await.unwrap();
+        assert_eq!(status, 200, "{h:?}\n{body}");
     }
 }
 

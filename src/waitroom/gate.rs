@@ -212,14 +212,25 @@ impl Gate {
         if let Some(sh) = self.shared().filter(|sh| !sh.is_up()) {
             return self.admit_local(sh, visitor, binding, now_ms);
         }
-        if self.mode() != Mode::Open
-            || self.store.serving() != self.store.next_ticket()
-            || self.store.occupied() >= self.room_for_new()
-        {
+        if self.mode() != Mode::Open || self.store.occupied() >= self.room_for_new() {
             return None;
         }
         if let Some(sh) = self.shared() {
+            if self.store.serving() != self.store.next_ticket() {
+                return None;
+            }
             return self.admit_now_shared(sh, visitor, binding, now_ms);
+        }
+        // Someone waits when a number was taken and not served, except the one number a direct
+        // admission holds between taking it and serving it (under the lock below): an arrival
+        // that looks then must wait for the lock and see, not be queued behind nobody.
+        if self
+            .store
+            .next_ticket()
+            .saturating_sub(self.store.serving())
+            > 1
+        {
+            return None;
         }
         let mut ctl = self.lock();
         let apm = self.settings.admit_per_minute();

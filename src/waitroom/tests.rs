@@ -870,3 +870,34 @@ fn replayed_ticket_cannot_take_many_slots() {
     assert_eq!(g.claim(who(0), T0), Err(ClaimError::NotAdmitted));
     assert_eq!(g.claim(who(u64::MAX), T0), Err(ClaimError::NotAdmitted));
 }
+
+#[test]
+fn concurrent_arrivals_at_an_idle_gate_with_room_are_all_admitted_at_once() {
+    // A direct admission takes its number and moves `serving` past it under the gate's lock;
+    // another arrival that looked at the line in between saw a number taken and not yet served,
+    // took that for someone waiting and was queued (the queue page) although nobody waited.
+    for round in 0..200u64 {
+        let g = Arc::new(Gate::new(&settings(1000), T0));
+        let go = Arc::new(std::sync::Barrier::new(4));
+        let hs: Vec<_> = (0..4u64)
+            .map(|i| {
+                let (g, go) = (g.clone(), go.clone());
+                std::thread::spawn(move || {
+                    go.wait();
+                    (0..8u64)
+                        .map(|k| g.arrive(round << 16 | i << 8 | k, 1, T0))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for h in hs {
+            for a in h.join().unwrap() {
+                assert!(
+                    matches!(a, Arrival::Admitted { .. }),
+                    "round {round}: {a:?}"
+                );
+            }
+        }
+        assert_eq!(g.active(), 32);
+    }
+}
