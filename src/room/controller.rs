@@ -216,7 +216,11 @@ impl Room {
         let inside_all: u32 = rooms.iter().map(|r| r.0 + r.1).sum();
         let waiting_all: u64 = rooms.iter().map(|r| r.2).sum();
         let idle = limit - busy - waited - f64::from(coming);
-        let crowded = queue > QUEUE_MOST * limit;
+        // A line that stood for the last second and still stands: the smoothed queue alone
+        // lags the line by a second, and shrank the room for that long after the line was
+        // gone (`plain-clients.toml` arrivals: a room of 125 shrunk to 64, the portal at 12 of 20).
+        let line_now = avg.waiting_inside + avg.waiting_new;
+        let crowded = queue > QUEUE_MOST * limit && line_now > QUEUE_MOST * limit;
         for (g, &(active, pending, waiting)) in following.iter().zip(&rooms) {
             let bound = g.capacity.load(Ordering::Relaxed).max(1);
             let cur = match g.steering.load(Ordering::Relaxed) {
@@ -225,8 +229,11 @@ impl Room {
             };
             let occupied = active + pending;
             let next = if crowded {
-                // Shrink from the people inside, not from a room that was never filled.
-                (f64::from(cur.min(occupied.max(1))) * (1.0 - SHRINK)) as u32
+                // Shrink from the people inside, not from a room that was never filled, nor
+                // from one already shrunk below them: people leave a room at the pace of
+                // their journeys, so a room cut tick after tick while the line drains ends
+                // far below what the portal needed once it has drained.
+                cur.min((f64::from(occupied.max(1)) * (1.0 - SHRINK)) as u32)
             } else if waiting > 0 && occupied + 1 >= cur && idle >= 1.0 {
                 // People inside use the portal part of the time: an idle slot is room for
                 // more than one of them (as many as one slot's worth of their average use),
@@ -421,6 +428,71 @@ mod tests {
             g.steering.load(Ordering::Relaxed) > 10,
             "held past {COMING_WITHIN_MS} ms without coming: the idle portal grows the room"
         );
+    }
+
+    /// A standing line at the portal shrinks a following room to a little under the people
+    /// inside, not tick after tick below them while they leave at their journeys' pace; and a
+    /// line that is gone stops the shrinking at once, though the second's average still
+    /// remembers it.
+    #[test]
+    fn a_following_room_shrinks_under_the_people_inside_and_stops_with_the_line() {
+        use crate::guard::Load;
+        let clock = Arc::new(Clock::system());
+        clock.freeze_at(at("2026-04-02T10:00:00+02:00"));
+        let r = room(
+            "[upstream_guard]\nmax_in_flight = 10\n\
+             [[gates]]\nname = \"a\"\nprefix = [\"/a\"]\ncapacity = 100\n\
+             admission = \"portal\"\n",
+            clock.clone(),
+        );
+        let g = &r.gates[0];
+        let gate = &g.lanes[0].gate;
+        let mut s = gate.settings();
+        s.capacity = 40;
+        gate.apply(&s);
+        for _ in 0..60 {
+            assert!(gate.take_ticket().is_some());
+        }
+        // Forty let in and inside, twenty wait; the room was 50.
+        assert_eq!(gate.admit(clock.now_ms()), 40);
+        let slots: Vec<(u32, u64)> = (1..=40u64)
+            .map(|ticket| {
+                let who = crate::waitroom::Occupant {
+                    ticket,
+                    visitor: ticket,
+                    binding: 1,
+                };
+                (gate.claim(who, clock.now_ms()).unwrap(), ticket)
+            })
+            .collect();
+        clock.advance_ms(COMING_WITHIN_MS as i64 + 50);
+        g.steering.store(50, Ordering::Relaxed);
+        // The portal full (10 of 10) and a line of `line` requests, read every 100 ms.
+        let (mut t, mut waited) = (0u64, 0u64);
+        let mut read = |line: u64| {
+            t += 100_000;
+            waited += line * 100_000;
+            r.follow_portal(Load {
+                limit: 10,
+                at_us: t,
+                busy_us: 10 * t,
+                inside_waiting_us: waited,
+                new_waiting_us: 0,
+            });
+            g.steering.load(Ordering::Relaxed)
+        };
+        read(0);
+        // A line of 10 (twice the half-limit it may keep) for a second and a half.
+        let shrunk: Vec<u32> = (0..15).map(|_| read(10)).collect();
+        let under = (40.0 * (1.0 - SHRINK)) as u32;
+        assert_eq!(*shrunk.last().unwrap(), under, "{shrunk:?}");
+        assert!(shrunk.iter().all(|&n| n >= under), "{shrunk:?}");
+        // The line is gone this tick, and ten people finish their journeys; the second's
+        // average still says 5 or more.
+        for &(slot, ticket) in &slots[..10] {
+            assert!(gate.release(slot, ticket));
+        }
+        assert_eq!(read(0), under, "no shrinking once the line is gone");
     }
 
     #[test]
