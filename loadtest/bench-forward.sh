@@ -10,6 +10,7 @@
 #   before/after in the same run)
 #   STORE=both loadtest/bench-forward.sh     # adds the waiting room on Redis against in memory
 #   STORE=only loadtest/bench-forward.sh     # those rows alone (no forwarding, nginx, TLS rows)
+#   PROFILE=/tmp/prof loadtest/bench-forward.sh  # also a perf profile of each proxy (see below)
 #
 # STORE=both|only (issue 15: "the queue page and status poll through a node in Redis mode keep
 # >= 90% of the in-memory requests/s"): two more anticamera processes with the same config, one
@@ -251,6 +252,8 @@ ng_pids="$ng_pid $(pgrep -P "$ng_pid" | tr '\n' ' ')"
 # CPU time (user + system, clock ticks) of a set of processes: the proxy's own cost per request,
 # which the shared cores blur in req/s but not here.
 cpu_ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' /proc/$p/stat))); done; echo $t; }
+# User time alone (field 14 of /proc/PID/stat; system time is field 15).
+user_ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14}' /proc/$p/stat))); done; echo $t; }
 # Sum of a metric family on an admin listener (0 if absent).
 metric_sum() { curl -fsS "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 == m || index($1, m "{") == 1 { s += $NF } END { printf "%d", s }'; }
 run_wrk() { # name port pids [path [wrk options...]]   (SCHEME=https for the TLS rows)
@@ -258,20 +261,24 @@ run_wrk() { # name port pids [path [wrk options...]]   (SCHEME=https for the TLS
   # EXTRA_PIDS: note those processes' CPU per request (redis-server's).
   local name=$1 port=$2 pids=$3 path=${4:-/} scheme=${SCHEME:-http}
   shift $(( $# < 4 ? $# : 4 ))
-  local out rps p99 errs reqs c0 c1 us e0 e1 rt0 rt1 b0 b1 extra=""
+  local out rps p99 errs reqs c0 c1 u0 u1 us usr sys e0 e1 rt0 rt1 b0 b1 extra=""
   if [[ -n ${STORE_ADMIN:-} ]]; then
     rt0=$(metric_sum "$STORE_ADMIN" anticamera_store_round_trips_total)
     b0=$(metric_sum "$STORE_ADMIN" anticamera_store_busy_total)
   fi
   [[ -n ${EXTRA_PIDS:-} ]] && e0=$(cpu_ticks $EXTRA_PIDS)
   c0=$(cpu_ticks $pids)
+  u0=$(user_ticks $pids)
   out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$@" "$scheme://127.0.0.1:$port$path")
   c1=$(cpu_ticks $pids)
+  u1=$(user_ticks $pids)
   [[ -n ${EXTRA_PIDS:-} ]] && e1=$(cpu_ticks $EXTRA_PIDS)
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
   reqs=$(awk '/requests in/ {print $1}' <<<"$out")
   us=$(awk -v c=$((c1 - c0)) -v r="$reqs" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", c * 1e6 / hz / r }')
+  usr=$(awk -v c=$((u1 - u0)) -v r="$reqs" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", c * 1e6 / hz / r }')
+  sys=$(awk -v c=$((c1 - c0 - (u1 - u0))) -v r="$reqs" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", c * 1e6 / hz / r }')
   errs=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
   if [[ -n ${STORE_ADMIN:-} ]]; then
     rt1=$(metric_sum "$STORE_ADMIN" anticamera_store_round_trips_total)
@@ -281,7 +288,7 @@ run_wrk() { # name port pids [path [wrk options...]]   (SCHEME=https for the TLS
   if [[ -n ${EXTRA_PIDS:-} ]]; then
     extra+=$(awk -v c=$((e1 - e0)) -v r="$reqs" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf " redis-cpu=%.1fus", c * 1e6 / hz / r }')
   fi
-  echo "$name $rps $p99 $us ${errs:-}${extra}" >> "$work/results"
+  echo "$name $rps $p99 $us $usr $sys ${errs:-}${extra}" >> "$work/results"
 }
 
 to_ms() { # wrk latency like 1.23ms / 850.00us / 1.10s
@@ -374,6 +381,32 @@ for r in $(seq "$ROUNDS"); do
   fi
 done
 
+# PROFILE=dir: after the rounds, one more wrk run of DURATION against each proxy under
+# `perf record` (flat, every CPU sample of its processes, user and kernel), and per proxy
+# `dir/<proxy>.dso.txt` (share by binary / library / kernel) and `dir/<proxy>.sym.txt` (share by
+# symbol), to turn CPU per request into where each microsecond goes (BENCHMARKS §1).
+if ((FORWARD)) && [[ -n ${PROFILE:-} ]]; then
+  mkdir -p "$PROFILE"
+  for target in nginx anticamera; do
+    if [[ $target == nginx ]]; then port=$NGINX_PORT ppids=$ng_pids; else port=$AC_PORT ppids=$ac_pid; fi
+    ppids=$(echo $ppids | tr ' ' ',')
+    perf record -q -F 4999 -o "$PROFILE/$target.data" -p "$ppids" -- sleep "${DURATION%s}" 2>/dev/null &
+    rec=$!
+    c0=$(cpu_ticks ${ppids//,/ }); u0=$(user_ticks ${ppids//,/ })
+    wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" "http://127.0.0.1:$port/" > "$PROFILE/$target.wrk"
+    c1=$(cpu_ticks ${ppids//,/ }); u1=$(user_ticks ${ppids//,/ })
+    wait "$rec" || true
+    reqs=$(awk '/requests in/ {print $1}' "$PROFILE/$target.wrk")
+    awk -v c=$((c1 - c0)) -v u=$((u1 - u0)) -v r="$reqs" -v hz="$(getconf CLK_TCK)" \
+      'BEGIN { printf "cpu_us_per_request %.2f user %.2f system %.2f requests %d\n", c*1e6/hz/r, u*1e6/hz/r, (c-u)*1e6/hz/r, r }' \
+      > "$PROFILE/$target.cpu"
+    perf report -i "$PROFILE/$target.data" --stdio --sort dso 2>/dev/null | awk '!/^#/ && NF' > "$PROFILE/$target.dso.txt" || true
+    perf report -i "$PROFILE/$target.data" --stdio --sort dso,sym 2>/dev/null | awk '!/^#/ && NF' > "$PROFILE/$target.sym.txt" || true
+  done
+  echo "profiles in $PROFILE (perf data, .cpu, .dso.txt, .sym.txt); where each µs goes:" > "$PROFILE/summary.md"
+  python3 loadtest/profile-breakdown.py "$PROFILE/nginx" "$PROFILE/anticamera" >> "$PROFILE/summary.md" || true
+fi
+
 ac_hwm=$(awk '/VmHWM/ {print $2}' /proc/$ac_pid/status)
 nginx_hwm=0
 for p in $(pgrep -f "nginx: worker process" ); do
@@ -385,16 +418,18 @@ done
 echo
 echo "wrk -t$THREADS -c$CONNS -d$DURATION, $ROUNDS rounds, $WORKERS proxy workers, $(nproc) cores, $(date -u +%F)"
 echo
-echo "| target | req/s (median) | p99 ms (median) | CPU µs/request (median) | notes |"
-echo "|---|---|---|---|---|"
+echo "| target | req/s (median) | p99 ms (median) | CPU µs/request (median) | user / system µs (medians) | notes |"
+echo "|---|---|---|---|---|---|"
 for name in $names; do
   rps=$(awk -v n="$name" '$1==n {print $2}' "$work/results" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}')
   p99=$(awk -v n="$name" '$1==n {print $3}' "$work/results" | while read -r v; do to_ms "$v"; done | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}')
   cpu=$(awk -v n="$name" '$1==n {print $4}' "$work/results" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}')
-  notes=$(awk -v n="$name" '$1==n && NF>4 {$1=$2=$3=$4=""; print}' "$work/results" | head -1)
-  echo "| $name | $rps | $p99 | $cpu | ${notes:-} |"
+  usr=$(awk -v n="$name" '$1==n {print $5}' "$work/results" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}')
+  sys=$(awk -v n="$name" '$1==n {print $6}' "$work/results" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}')
+  notes=$(awk -v n="$name" '$1==n && NF>6 {$1=$2=$3=$4=$5=$6=""; print}' "$work/results" | head -1)
+  echo "| $name | $rps | $p99 | $cpu | $usr / $sys | ${notes:-} |"
   var=${name//-/_}; var=${var//@/_}
-  eval "rps_$var=$rps; p99_$var=$p99; cpu_$var=$cpu"
+  eval "rps_$var=$rps; p99_$var=$p99; cpu_$var=$cpu; usr_$var=$usr; sys_$var=$sys"
 done
 echo
 if [[ $STORE != memory ]]; then
@@ -409,8 +444,9 @@ fi
 if ((FORWARD)); then
 awk -v a="$rps_anticamera" -v n="$rps_nginx" -v pa="$p99_anticamera" -v pn="$p99_nginx" \
   'BEGIN { printf "anticamera / nginx: throughput %.2fx, p99 %.2fx (lower is better)\n", a/n, pa/pn }'
-awk -v a="$cpu_anticamera" -v n="$cpu_nginx" \
-  'BEGIN { printf "anticamera / nginx: proxy CPU per forwarded request %.2fx (lower is better)\n", a/n }'
+awk -v a="$cpu_anticamera" -v n="$cpu_nginx" -v au="$usr_anticamera" -v nu="$usr_nginx" \
+  -v as="$sys_anticamera" -v ns="$sys_nginx" \
+  'BEGIN { printf "anticamera / nginx: proxy CPU per forwarded request %.2fx (lower is better): user %.2fx (%s / %s µs), system %.2fx (%s / %s µs)\n", a/n, au/nu, au, nu, as/ns, as, ns }'
 awk -v a="$rps_anticamera_tls" -v n="$rps_nginx_tls" -v ca="$cpu_anticamera_tls" -v cn="$cpu_nginx_tls" \
   -v pa="$p99_anticamera_tls" -v pn="$p99_nginx_tls" \
   'BEGIN { printf "over TLS, anticamera / nginx: throughput %.2fx, p99 %.2fx, CPU per request %.2fx\n", a/n, pa/pn, ca/cn }'
@@ -426,5 +462,6 @@ if [[ -n $BASELINE_BIN ]]; then
 fi
 echo "peak RSS: anticamera ${ac_hwm} KiB, nginx proxy workers ${nginx_hwm} KiB (sum)"
 fi
+[[ -n ${PROFILE:-} ]] && ((FORWARD)) && { echo; cat "$PROFILE/summary.md"; }
 echo
 echo "raw rounds:"; cat "$work/results"

@@ -129,9 +129,10 @@ async fn admission_follows_the_portal_within_the_safety_bound() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let shrunk = shrunk.expect("the room shrank while people inside waited for the portal");
+    // The bound: the line's one-second average passes half the limit after ~0.3 s.
     assert!(
-        shrunk < Duration::from_millis(1500),
-        "within a second or so: {shrunk:?}"
+        shrunk < Duration::from_secs(1),
+        "within a second: {shrunk:?}"
     );
     for w in work {
         assert_eq!(w.await.unwrap(), 200);
