@@ -639,6 +639,115 @@ async fn redis_killed_closes_every_node_without_a_panic_and_back_empty_no_number
     assert!(!logs.contains("panicked"), "{logs}");
 }
 
+/// `fail_mode = "open-local"` across three processes: while Redis does not answer each node
+/// lets new arrivals in on its own while the people it holds slots for stay within its share
+/// of the capacity (4 / 3 nodes alive = 1),
+/// and a pass one node hands out is honoured by the others; Redis back with its data (an
+/// append-only file) takes the sessions opened meanwhile in, and numbers resume, none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_killed_with_open_local_each_node_admits_its_share_and_back_takes_them_in() {
+    let _serial = SERIAL.lock().await;
+    let mut redis = RedisServer::start_with(true);
+    let state = Arc::new(Portal::default());
+    let up = portal(state.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = fleet_with(
+        dir.path(),
+        up.addr,
+        &redis.url(),
+        "fail_mode = \"open-local\"\n",
+    )
+    .await;
+    // Two people come through node 0 while Redis answers (the room is open: they are let in).
+    let mut before = Vec::new();
+    for p in 1..=2u64 {
+        let a = get(nodes[0].addr, "/claim", None, p).await.unwrap();
+        assert!(a.by_portal(), "{} {}", a.status, a.body);
+        before.push((p, a.cookie.unwrap()));
+    }
+    // Every node has seen the others alive.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut outage = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let r = get(n.admin, "/readyz", None, 0).await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(r.body.contains("fail_mode open-local"), "{}", r.body);
+        let mut let_in = 0;
+        for k in 0..3u64 {
+            let p = 100 + 10 * i as u64 + k;
+            let a = get(n.addr, "/claim", None, p).await.unwrap();
+            if a.by_portal() {
+                let_in += 1;
+                outage.push((p, a.cookie.clone().unwrap()));
+            } else {
+                assert_eq!(a.status, 503, "node {i}: {} {}", a.status, a.body);
+                assert!(a.head.to_ascii_lowercase().contains("retry-after"));
+            }
+        }
+        // Each node's share is 4 / 3 alive = 1, counting the people it already holds a slot
+        // for: node 0 holds the two from before and lets nobody in on its own.
+        let share = if i == 0 { 0 } else { 1 };
+        assert_eq!(let_in, share, "node {i} lets in its share and no more");
+    }
+    // Passes from before and from the outage are honoured on every node.
+    for (p, c) in before.iter().chain(&outage) {
+        for n in &nodes {
+            let a = get(n.addr, "/claim/page", Some(c), *p).await.unwrap();
+            assert!(a.by_portal(), "person {p}: {} {}", a.status, a.body);
+        }
+    }
+    // Back with its data: the outage's sessions are taken in beside the two from before.
+    redis.restart();
+    let t0 = Instant::now();
+    loop {
+        let n = redis.cmd("ZCARD anticamera:lane:claims:all:sessions");
+        if n == format!(":{}", before.len() + outage.len()) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "sessions in Redis after the outage: {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The room (4) is full: the next arrivals take numbers again, each a new one.
+    let mut fresh = Vec::new();
+    let t0 = Instant::now();
+    while fresh.len() < 3 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "no number after Redis came back: {fresh:?}"
+        );
+        let n = &nodes[fresh.len() % 3];
+        let a = get(n.addr, "/claim", None, 200 + fresh.len() as u64)
+            .await
+            .unwrap();
+        assert!(!a.by_portal(), "let in past the capacity: {}", a.head);
+        match a.json().and_then(|j| j["number"].as_u64()) {
+            Some(num) => fresh.push(num),
+            None => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    let distinct: std::collections::HashSet<_> = fresh.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        fresh.len(),
+        "a number handed out twice: {fresh:?}"
+    );
+    assert!(
+        fresh.iter().all(|n| *n > 2),
+        "a number from before again: {fresh:?}"
+    );
+    let logs: String = (0..3)
+        .map(|i| {
+            std::fs::read_to_string(dir.path().join(format!("node-{i}.log"))).unwrap_or_default()
+        })
+        .collect();
+    assert!(!logs.contains("panicked"), "{logs}");
+}
+
 /// `anticamera_store_round_trips_total` by op, summed over the nodes.
 async fn round_trips(nodes: &[Node]) -> HashMap<String, f64> {
     let mut by_op = HashMap::new();
