@@ -6,6 +6,7 @@
 //! `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host`, `Forwarded` and `X-Real-IP` with
 //! what it saw itself. From a trusted peer it appends itself to the chain instead.
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, FORWARDED, HOST};
@@ -74,6 +75,10 @@ impl Forwarders {
         let peer = canonical(peer);
         let trusted = self.is_trusted(peer);
         let host = h.get(HOST).cloned();
+        // The peer's address, formatted once for `X-Forwarded-For`, `Forwarded` and (when the
+        // peer is the client, the common case) `X-Real-IP`.
+        let mut peer_s = String::with_capacity(48);
+        let _ = write!(peer_s, "{peer}");
 
         // X-Forwarded-For: the believed chain plus the peer, or just the peer.
         let prior = if trusted {
@@ -81,20 +86,37 @@ impl Forwarders {
         } else {
             None
         };
-        let xff = match prior {
-            Some(p) => format!("{p}, {peer}"),
-            None => peer.to_string(),
+        let peer_value = match prior {
+            Some(p) => {
+                set(h, &X_FORWARDED_FOR, &format!("{p}, {peer_s}"));
+                None
+            }
+            None => {
+                let v = HeaderValue::from_str(&peer_s).ok();
+                set_value(h, &X_FORWARDED_FOR, v.clone());
+                v
+            }
         };
-        set(h, &X_FORWARDED_FOR, &xff);
 
         // Forwarded (RFC 7239): append our element to a trusted chain, else start a new one.
-        let mut elem = format!("for={}", forwarded_node(peer));
+        let mut elem = String::with_capacity(64);
+        elem.push_str("for=");
+        match peer {
+            IpAddr::V4(_) => elem.push_str(&peer_s),
+            IpAddr::V6(_) => {
+                elem.push_str("\"[");
+                elem.push_str(&peer_s);
+                elem.push_str("]\"");
+            }
+        }
         if let Some(host) = host.as_ref().and_then(|v| v.to_str().ok()) {
             if host
                 .bytes()
                 .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
             {
-                elem.push_str(&format!(";host=\"{host}\""));
+                elem.push_str(";host=\"");
+                elem.push_str(host);
+                elem.push('"');
             }
         }
         elem.push_str(";proto=");
@@ -114,7 +136,23 @@ impl Forwarders {
                 h.insert(X_FORWARDED_HOST.clone(), host);
             }
         }
-        set(h, &X_REAL_IP, &client.to_string());
+        match peer_value {
+            Some(v) if canonical(client) == peer => set_value(h, &X_REAL_IP, Some(v)),
+            _ => set(h, &X_REAL_IP, &client.to_string()),
+        }
+    }
+}
+
+/// Sets `name` to `value`, or removes it when there is none (a value that is not a valid
+/// header value).
+fn set_value(h: &mut HeaderMap, name: &HeaderName, value: Option<HeaderValue>) {
+    match value {
+        Some(v) => {
+            h.insert(name.clone(), v);
+        }
+        None => {
+            h.remove(name);
+        }
     }
 }
 
@@ -138,13 +176,6 @@ fn joined(h: &HeaderMap, name: &HeaderName) -> Option<String> {
         .filter(|v| !v.is_empty())
         .collect();
     (!parts.is_empty()).then(|| parts.join(", "))
-}
-
-fn forwarded_node(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
-    }
 }
 
 /// One `X-Forwarded-For` hop: an address, maybe bracketed, maybe with a port.

@@ -12,7 +12,7 @@ pub(crate) mod breaker;
 pub mod clock;
 pub mod cohort;
 pub mod config;
-pub(crate) mod forwarded;
+pub mod forwarded;
 pub mod framing;
 #[doc(hidden)]
 pub mod fuzz_props;

@@ -23,7 +23,8 @@ pub(super) struct RequestMetrics {
     pub(super) cache_miss: metrics::Counter,
     pub(super) cache_stored: metrics::Counter,
     pub(super) cache_not_storable: metrics::Counter,
-    pub(super) counters: Mutex<HashMap<(usize, Disposition, u16), metrics::Counter>>,
+    pub(super) counters:
+        Mutex<HashMap<(usize, Disposition, u16), metrics::Counter, foldhash::fast::RandomState>>,
 }
 
 impl RequestMetrics {
@@ -45,7 +46,7 @@ impl RequestMetrics {
             cache_miss: cache("miss"),
             cache_stored: cache("stored"),
             cache_not_storable: cache("not_storable"),
-            counters: Mutex::new(HashMap::new()),
+            counters: Mutex::new(HashMap::default()),
         }
     }
 
