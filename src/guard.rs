@@ -15,9 +15,10 @@
 //! - [`Priority::Inside`] (users already admitted, e.g. a claim being submitted) may use every
 //!   slot, may fill the whole queue, and when the queue is full displaces the youngest queued
 //!   `New` waiter. Queued `Inside` waiters are served before queued `New` ones, except that a
-//!   `New` waiter that has waited a quarter of `queue_timeout` goes first: a standing line of
-//!   requests from inside (admission that follows the portal keeps a short one) must not starve
-//!   the open pages until their deadline.
+//!   `New` waiter that has waited a quarter of `queue_timeout` goes first, and so do `New`
+//!   waiters while a quarter of `queue_size` of them wait (half their bound): a standing line
+//!   of requests from inside (admission that follows the portal keeps a short one) must not
+//!   starve the open pages until their deadline, nor leave a spike of them to be shed.
 //!
 //! # Adaptive limit (`mode = "adaptive"`): AIMD with a latency threshold
 //!
@@ -769,10 +770,14 @@ impl Inner {
             // People inside first, but a new arrival's request that has waited a quarter of the
             // queue timeout goes before them: a standing line of requests from inside (admission
             // that follows the portal keeps one) must not starve the open pages.
-            let aged = w
-                .new
-                .front()
-                .is_some_and(|n| now.saturating_duration_since(n.since) >= self.queue_timeout / 4);
+            // So does a newcomers' line half way to its bound (`queue_size / 2`): past the
+            // bound they are shed at once, and a spike of open pages fills it in a second while
+            // people inside keep the portal busy (claim day following the portal: 370 open
+            // pages shed in one second).
+            let aged = w.new.len() >= (self.queue_size / 4).max(1)
+                || w.new.front().is_some_and(|n| {
+                    now.saturating_duration_since(n.since) >= self.queue_timeout / 4
+                });
             let (queue, cap) = if aged {
                 (&mut w.new, self.cap(Priority::New))
             } else if !w.inside.is_empty() {
@@ -1125,8 +1130,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn queued_inside_served_before_queued_new() {
+        // queue_size 20: two newcomers are a short line (they go first only from 5).
         let g = Guard::new(&cfg(
-            "max_in_flight = 1\nreserve_for_inside = 0.0\nqueue_size = 10\nqueue_timeout = \"10s\"",
+            "max_in_flight = 1\nreserve_for_inside = 0.0\nqueue_size = 20\nqueue_timeout = \"10s\"",
         ));
         let order = Arc::new(Mutex::new(Vec::new()));
         let held = g.acquire(Priority::Inside, Instant::now()).await.unwrap();
@@ -1189,6 +1195,43 @@ mod tests {
         // waited less than a quarter of the timeout (1 s) and inside went first; at 1.3 s it
         // went before the inside request still queued.
         assert_eq!(*order.lock().unwrap(), [1, 2, 0, 3]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_newcomers_line_half_way_to_its_bound_goes_before_inside() {
+        // queue_size 8: newcomers are shed past 4 queued, and go first from 2.
+        let g = Guard::new(&cfg(
+            "max_in_flight = 1\nreserve_for_inside = 0.0\nqueue_size = 8\nqueue_timeout = \"40s\"",
+        ));
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let held = g.acquire(Priority::Inside, Instant::now()).await.unwrap();
+        let spawn = |i: usize, prio: Priority| {
+            let (g, order) = (g.clone(), order.clone());
+            tokio::spawn(async move {
+                let p = g.acquire(prio, Instant::now()).await.unwrap();
+                order.lock().unwrap().push(i);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                drop(p);
+            })
+        };
+        let mut tasks = Vec::new();
+        for (i, prio) in [
+            (0, Priority::New),
+            (1, Priority::Inside),
+            (2, Priority::New),
+        ] {
+            tasks.push(spawn(i, prio));
+            settle().await;
+        }
+        drop(held);
+        settle().await;
+        for t in tasks {
+            t.await.unwrap();
+        }
+        // Two newcomers queued (a quarter of queue_size): the first goes before the request
+        // from inside, though it waited far less than a quarter of the timeout; with one left,
+        // inside goes first again.
+        assert_eq!(*order.lock().unwrap(), [0, 1, 2]);
     }
 
     #[tokio::test(start_paused = true)]
