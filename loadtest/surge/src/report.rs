@@ -87,6 +87,26 @@ pub fn saturated_goodput(
     (!v.is_empty()).then(|| (v.iter().sum::<f64>() / v.len() as f64, v.len()))
 }
 
+/// Mean of `useful` over the seconds during all of which someone waited to be let in: asked
+/// for a gated page (`waiting[i]` = (first gated request sent, let in), in ms) no later than
+/// the second's start and was let in after its end. Issue 14's measure, "the portal's useful
+/// work while people wait": unlike [`saturated_goodput`] it leaves out the seconds in which
+/// the crowd is still reading open pages before the gate, and those after the line is empty
+/// (people inside finishing, nobody left to let in). None when there was no such second.
+pub fn waiting_goodput(useful: &[(u64, f64)], waiting: &[(u64, u64)]) -> Option<(f64, usize)> {
+    let v: Vec<f64> = useful
+        .iter()
+        .filter(|&&(s, _)| {
+            s > 0
+                && waiting
+                    .iter()
+                    .any(|&(from, to)| from <= (s - 1) * 1000 && to > s * 1000)
+        })
+        .map(|&(_, p)| p)
+        .collect();
+    (!v.is_empty()).then(|| (v.iter().sum::<f64>() / v.len() as f64, v.len()))
+}
+
 /// An HDR histogram of microsecond latencies, summarised in milliseconds.
 pub fn hdr_summary(us: impl IntoIterator<Item = u64>) -> Value {
     let Ok(mut h) = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3) else {
@@ -258,6 +278,16 @@ pub fn build_report(
         }
     }
     let saturated = saturated_goodput(&useful, &samples.gauges, sc.portal.capacity);
+    // Who waited to be let in, and when: from their first gated request to the answer that let
+    // them in (people held at the front wait inside that request).
+    let waited: Vec<(u64, u64)> = logs
+        .iter()
+        .filter_map(|l| {
+            let from = l.ticket_sent_ms.or(l.first_gated_sent_ms)?;
+            Some((from, l.admitted_ms?)).filter(|(f, t)| t > f)
+        })
+        .collect();
+    let while_waiting = waiting_goodput(&useful, &waited);
     let busy = useful_pct(&samples.portal_busy, sc.portal.capacity);
     let saturated_busy = saturated_goodput(&busy, &samples.gauges, sc.portal.capacity);
     let pct = |q: f64| -> Vec<Value> {
@@ -380,6 +410,8 @@ pub fn build_report(
             "portal_useful_pct_saturated": saturated.map(|s| round2(s.0)),
             "portal_busy_pct_saturated": saturated_busy.map(|s| round2(s.0)),
             "saturated_seconds": saturated.map_or(0, |s| s.1),
+            "portal_useful_pct_while_waiting": while_waiting.map(|s| round2(s.0)),
+            "waiting_seconds": while_waiting.map_or(0, |s| s.1),
         },
         "latency_ms": {
             "admitted": hdr,
@@ -544,6 +576,11 @@ pub fn print_summary(r: &Value) {
         s(&r["goodput"]["portal_useful_pct_saturated"]),
         s(&r["goodput"]["portal_busy_pct_saturated"])
     );
+    println!(
+        "  waiting      while people waited to be let in ({} s) the portal did {} % of its capacity in useful work",
+        s(&r["goodput"]["waiting_seconds"]),
+        s(&r["goodput"]["portal_useful_pct_while_waiting"])
+    );
     println!("  admitted     {}", lat(&r["latency_ms"]["admitted"]));
     println!("  journey      {}", lat(&j["duration_ms"]));
     println!(
@@ -701,7 +738,7 @@ pub fn cell(v: &Value) -> String {
 pub fn markdown_table(reports: &[Value]) -> String {
     let s = cell;
     type Row = (&'static str, fn(&Value) -> Vec<Value>);
-    let rows: [Row; 26] = [
+    let rows: [Row; 27] = [
         ("users", |r| vec![r["users"].clone()]),
         ("arrival (users/s over s)", |r| {
             vec![
@@ -743,6 +780,15 @@ pub fn markdown_table(reports: &[Value]) -> String {
                     r["goodput"]["portal_useful_pct_saturated"].clone(),
                     r["goodput"]["portal_busy_pct_saturated"].clone(),
                     r["goodput"]["saturated_seconds"].clone(),
+                ]
+            },
+        ),
+        (
+            "while people waited: portal useful work % of C / seconds",
+            |r| {
+                vec![
+                    r["goodput"]["portal_useful_pct_while_waiting"].clone(),
+                    r["goodput"]["waiting_seconds"].clone(),
                 ]
             },
         ),
@@ -928,6 +974,14 @@ mod tests {
         let gauges = [(0, 30, 10), (1, 15, 5), (2, 0, 20), (3, 0, 5)];
         assert_eq!(saturated_goodput(&useful, &gauges, 20), Some((75.0, 2)));
         assert_eq!(saturated_goodput(&useful, &gauges[3..], 20), None);
+        // Someone waited from 0.5 s to 3.2 s: only seconds 2 and 3 ((1, 2] and (2, 3]) were
+        // waited through whole; a wait from 3.0 to 3.5 s covers no whole second.
+        let useful = [(1, 50.0), (2, 80.0), (3, 100.0), (4, 40.0)];
+        assert_eq!(
+            waiting_goodput(&useful, &[(500, 3_200), (3_000, 3_500)]),
+            Some((90.0, 2))
+        );
+        assert_eq!(waiting_goodput(&useful, &[(3_000, 3_500)]), None);
         assert!(useful_pct(&work, 0).is_empty());
     }
 
