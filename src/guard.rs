@@ -16,7 +16,7 @@
 //!   slot, may fill the whole queue, and when the queue is full displaces the youngest queued
 //!   `New` waiter. Queued `Inside` waiters are served before queued `New` ones, except that a
 //!   `New` waiter that has waited a quarter of `queue_timeout` goes first, and so do `New`
-//!   waiters while a quarter of `queue_size` of them wait (half their bound): a standing line
+//!   waiters while a quarter of `queue_size` of them wait (half the queue they may fill): a standing line
 //!   of requests from inside (admission that follows the portal keeps a short one) must not
 //!   starve the open pages until their deadline, nor leave a spike of them to be shed.
 //!
@@ -234,7 +234,7 @@ type Grant = Result<(), ShedReason>;
 
 struct Waiter {
     id: u64,
-    /// When it joined the queue (new arrivals older than [`Inner::aged`] go first).
+    /// When it joined the queue (a new arrival that waited a quarter of `queue_timeout` goes first).
     since: Instant,
     tx: oneshot::Sender<Grant>,
 }
@@ -770,15 +770,15 @@ impl Inner {
             // People inside first, but a new arrival's request that has waited a quarter of the
             // queue timeout goes before them: a standing line of requests from inside (admission
             // that follows the portal keeps one) must not starve the open pages.
-            // So does a newcomers' line half way to its bound (`queue_size / 2`): past the
-            // bound they are shed at once, and a spike of open pages fills it in a second while
+            // So does a newcomers' line half as long as the queue they may fill (`queue_size
+            // / 2`): past that they are shed at once, and a spike of open pages fills it in a second while
             // people inside keep the portal busy (claim day following the portal: 370 open
             // pages shed in one second).
-            let aged = w.new.len() >= (self.queue_size / 4).max(1)
+            let new_first = w.new.len() >= (self.queue_size / 4).max(1)
                 || w.new.front().is_some_and(|n| {
                     now.saturating_duration_since(n.since) >= self.queue_timeout / 4
                 });
-            let (queue, cap) = if aged {
+            let (queue, cap) = if new_first {
                 (&mut w.new, self.cap(Priority::New))
             } else if !w.inside.is_empty() {
                 (&mut w.inside, self.cap(Priority::Inside))
@@ -898,6 +898,26 @@ mod tests {
         for _ in 0..20 {
             tokio::task::yield_now().await;
         }
+    }
+
+    /// Takes a slot at `priority` (queueing if it must), writes `i` in `order` once it has it,
+    /// and holds it `hold_ms`; then lets everything queued so far settle in.
+    async fn turn(
+        g: &Guard,
+        order: &Arc<Mutex<Vec<usize>>>,
+        i: usize,
+        priority: Priority,
+        hold_ms: u64,
+    ) -> tokio::task::JoinHandle<()> {
+        let (g, order) = (g.clone(), order.clone());
+        let task = tokio::spawn(async move {
+            let p = g.acquire(priority, Instant::now()).await.unwrap();
+            order.lock().unwrap().push(i);
+            tokio::time::sleep(Duration::from_millis(hold_ms)).await;
+            drop(p);
+        });
+        settle().await;
+        task
     }
 
     #[test]
@@ -1146,14 +1166,7 @@ mod tests {
         .into_iter()
         .enumerate()
         {
-            let (g, order) = (g.clone(), order.clone());
-            tasks.push(tokio::spawn(async move {
-                let p = g.acquire(prio, Instant::now()).await.unwrap();
-                order.lock().unwrap().push(i);
-                tokio::time::sleep(Duration::from_millis(1)).await;
-                drop(p);
-            }));
-            settle().await;
+            tasks.push(turn(&g, &order, i, prio, 1).await);
         }
         drop(held);
         for t in tasks {
@@ -1169,21 +1182,10 @@ mod tests {
         ));
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut held = Some(g.acquire(Priority::Inside, Instant::now()).await.unwrap());
-        let spawn = |i: usize, prio: Priority| {
-            let (g, order) = (g.clone(), order.clone());
-            tokio::spawn(async move {
-                let p = g.acquire(prio, Instant::now()).await.unwrap();
-                order.lock().unwrap().push(i);
-                tokio::time::sleep(Duration::from_millis(400)).await;
-                drop(p);
-            })
-        };
         // A new request queues; for two seconds people inside keep the one slot busy.
-        let mut tasks = vec![spawn(0, Priority::New)];
-        settle().await;
+        let mut tasks = vec![turn(&g, &order, 0, Priority::New, 400).await];
         for i in 1..=3 {
-            tasks.push(spawn(i, Priority::Inside));
-            settle().await;
+            tasks.push(turn(&g, &order, i, Priority::Inside, 400).await);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         drop(held.take());
@@ -1205,23 +1207,13 @@ mod tests {
         ));
         let order = Arc::new(Mutex::new(Vec::new()));
         let held = g.acquire(Priority::Inside, Instant::now()).await.unwrap();
-        let spawn = |i: usize, prio: Priority| {
-            let (g, order) = (g.clone(), order.clone());
-            tokio::spawn(async move {
-                let p = g.acquire(prio, Instant::now()).await.unwrap();
-                order.lock().unwrap().push(i);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                drop(p);
-            })
-        };
         let mut tasks = Vec::new();
         for (i, prio) in [
             (0, Priority::New),
             (1, Priority::Inside),
             (2, Priority::New),
         ] {
-            tasks.push(spawn(i, prio));
-            settle().await;
+            tasks.push(turn(&g, &order, i, prio, 100).await);
         }
         drop(held);
         settle().await;

@@ -358,10 +358,6 @@ fn inversions(o: &Outcome, slack_ms: u64) -> Vec<(u64, u64)> {
     bad
 }
 
-async fn fleet(dir: &Path, portal: SocketAddr, redis: &str) -> Vec<Node> {
-    fleet_with(dir, portal, redis, "").await
-}
-
 /// Three nodes, `extra` TOML appended to each one's config.
 async fn fleet_with(dir: &Path, portal: SocketAddr, redis: &str, extra: &str) -> Vec<Node> {
     let mut nodes = Vec::new();
@@ -373,14 +369,65 @@ async fn fleet_with(dir: &Path, portal: SocketAddr, redis: &str, extra: &str) ->
     nodes
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn three_nodes_one_line_one_capacity_nobody_bounced_and_a_node_killed_loses_nobody() {
-    let _serial = SERIAL.lock().await;
-    let redis = RedisServer::start();
+/// What most tests start from: the suite's turn (one fleet at a time), a Redis (with an
+/// append-only file if `persist`), the portal's state and the portal, the nodes' directory
+/// (configs and logs) and three nodes with `extra` in their config. Keep every part bound for
+/// the test's length (`_name`, not `_`).
+type Setup = (
+    tokio::sync::MutexGuard<'static, ()>,
+    RedisServer,
+    Arc<Portal>,
+    common::Upstream,
+    tempfile::TempDir,
+    Vec<Node>,
+);
+
+async fn setup(persist: bool, extra: &str) -> Setup {
+    let serial = SERIAL.lock().await;
+    let redis = RedisServer::start_with(persist);
     let state = Arc::new(Portal::default());
     let up = portal(state.clone()).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes = fleet(dir.path(), up.addr, &redis.url()).await;
+    let nodes = fleet_with(dir.path(), up.addr, &redis.url(), extra).await;
+    (serial, redis, state, up, dir, nodes)
+}
+
+/// No node panicked; their logs, joined (for other assertions' messages).
+fn assert_no_panic(dir: &Path) -> String {
+    let logs = (0..3)
+        .map(|i| std::fs::read_to_string(dir.join(format!("node-{i}.log"))).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n---\n");
+    assert!(!logs.contains("panicked"), "{logs}");
+    logs
+}
+
+/// After Redis came back: the numbers the next three arrivals (round-robin) are handed, none
+/// of them let in (the room is full); within 5 s.
+async fn fresh_numbers(nodes: &[Node]) -> Vec<u64> {
+    let t0 = Instant::now();
+    let mut fresh = Vec::new();
+    while fresh.len() < 3 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "no number after Redis came back: {fresh:?}"
+        );
+        let n = &nodes[fresh.len() % 3];
+        let a = get(n.addr, "/claim", None, 200 + fresh.len() as u64)
+            .await
+            .unwrap();
+        assert!(!a.by_portal(), "let in past the capacity: {}", a.head);
+        match a.json().and_then(|j| j["number"].as_u64()) {
+            Some(num) => fresh.push(num),
+            None => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    fresh
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_one_line_one_capacity_nobody_bounced_and_a_node_killed_loses_nobody() {
+    let (_serial, redis, state, _up, dir, mut nodes) = setup(false, "").await;
     let addrs = Arc::new(nodes.iter().map(|n| n.addr).collect::<Vec<_>>());
     let out = Arc::new(Mutex::new(Outcome::default()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -452,13 +499,7 @@ async fn three_nodes_one_line_one_capacity_nobody_bounced_and_a_node_killed_lose
         }
     }
     let o = out.lock().unwrap();
-    let logs: String = (0..3)
-        .map(|i| {
-            std::fs::read_to_string(dir.path().join(format!("node-{i}.log"))).unwrap_or_default()
-        })
-        .collect::<Vec<_>>()
-        .join("\n---\n");
-    assert!(!logs.contains("panicked"), "{logs}");
+    let logs = assert_no_panic(dir.path());
     assert_eq!(
         o.done.len() as u64,
         people,
@@ -498,12 +539,7 @@ async fn three_nodes_one_line_one_capacity_nobody_bounced_and_a_node_killed_lose
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_killed_closes_every_node_without_a_panic_and_back_empty_no_number_twice() {
-    let _serial = SERIAL.lock().await;
-    let mut redis = RedisServer::start();
-    let state = Arc::new(Portal::default());
-    let up = portal(state.clone()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let nodes = fleet(dir.path(), up.addr, &redis.url()).await;
+    let (_serial, mut redis, _state, _up, dir, nodes) = setup(false, "").await;
     // Fill the room and queue a few, round-robin.
     let mut passes = Vec::new();
     let mut tickets = Vec::new();
@@ -561,23 +597,7 @@ async fn redis_killed_closes_every_node_without_a_panic_and_back_empty_no_number
     // waiting are let in as places free up.
     redis.wipe();
     redis.restart();
-    let t0 = Instant::now();
-    let mut fresh = Vec::new();
-    while fresh.len() < 3 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(5),
-            "no number after Redis came back"
-        );
-        let n = &nodes[fresh.len() % 3];
-        let a = get(n.addr, "/claim", None, 200 + fresh.len() as u64)
-            .await
-            .unwrap();
-        if let Some(num) = a.json().and_then(|j| j["number"].as_u64()) {
-            fresh.push(num);
-        } else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+    let fresh = fresh_numbers(&nodes).await;
     assert!(
         fresh.iter().all(|n| *n > 7),
         "a number handed out twice: {fresh:?}"
@@ -631,12 +651,7 @@ async fn redis_killed_closes_every_node_without_a_panic_and_back_empty_no_number
     }
     let a = get(nodes[0].addr, "/claim", Some(c), *p).await.unwrap();
     assert!(a.by_portal(), "{} {}", a.status, a.body);
-    let logs: String = (0..3)
-        .map(|i| {
-            std::fs::read_to_string(dir.path().join(format!("node-{i}.log"))).unwrap_or_default()
-        })
-        .collect();
-    assert!(!logs.contains("panicked"), "{logs}");
+    assert_no_panic(dir.path());
 }
 
 /// `fail_mode = "open-local"` across three processes: while Redis does not answer each node
@@ -646,18 +661,8 @@ async fn redis_killed_closes_every_node_without_a_panic_and_back_empty_no_number
 /// append-only file) takes the sessions opened meanwhile in, and numbers resume, none twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_killed_with_open_local_each_node_admits_its_share_and_back_takes_them_in() {
-    let _serial = SERIAL.lock().await;
-    let mut redis = RedisServer::start_with(true);
-    let state = Arc::new(Portal::default());
-    let up = portal(state.clone()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let nodes = fleet_with(
-        dir.path(),
-        up.addr,
-        &redis.url(),
-        "fail_mode = \"open-local\"\n",
-    )
-    .await;
+    let (_serial, mut redis, _state, _up, dir, nodes) =
+        setup(true, "fail_mode = \"open-local\"\n").await;
     // Two people come through node 0 while Redis answers (the room is open: they are let in).
     let mut before = Vec::new();
     for p in 1..=2u64 {
@@ -713,23 +718,7 @@ async fn redis_killed_with_open_local_each_node_admits_its_share_and_back_takes_
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // The room (4) is full: the next arrivals take numbers again, each a new one.
-    let mut fresh = Vec::new();
-    let t0 = Instant::now();
-    while fresh.len() < 3 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(5),
-            "no number after Redis came back: {fresh:?}"
-        );
-        let n = &nodes[fresh.len() % 3];
-        let a = get(n.addr, "/claim", None, 200 + fresh.len() as u64)
-            .await
-            .unwrap();
-        assert!(!a.by_portal(), "let in past the capacity: {}", a.head);
-        match a.json().and_then(|j| j["number"].as_u64()) {
-            Some(num) => fresh.push(num),
-            None => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
+    let fresh = fresh_numbers(&nodes).await;
     let distinct: std::collections::HashSet<_> = fresh.iter().collect();
     assert_eq!(
         distinct.len(),
@@ -740,12 +729,7 @@ async fn redis_killed_with_open_local_each_node_admits_its_share_and_back_takes_
         fresh.iter().all(|n| *n > 2),
         "a number from before again: {fresh:?}"
     );
-    let logs: String = (0..3)
-        .map(|i| {
-            std::fs::read_to_string(dir.path().join(format!("node-{i}.log"))).unwrap_or_default()
-        })
-        .collect();
-    assert!(!logs.contains("panicked"), "{logs}");
+    assert_no_panic(dir.path());
 }
 
 /// `anticamera_store_round_trips_total` by op, summed over the nodes.
@@ -766,12 +750,7 @@ async fn round_trips(nodes: &[Node]) -> HashMap<String, f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn status_polls_and_admitted_requests_make_no_round_trip() {
-    let _serial = SERIAL.lock().await;
-    let redis = RedisServer::start();
-    let state = Arc::new(Portal::default());
-    let up = portal(state.clone()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let nodes = fleet(dir.path(), up.addr, &redis.url()).await;
+    let (_serial, _redis, _state, _up, _dir, nodes) = setup(false, "").await;
     let addrs = Arc::new(nodes.iter().map(|n| n.addr).collect::<Vec<_>>());
     let out = Arc::new(Mutex::new(Outcome::default()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -896,12 +875,7 @@ async fn admin(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_admin_switch_or_limit_set_on_one_node_applies_to_every_node() {
-    let _serial = SERIAL.lock().await;
-    let redis = RedisServer::start();
-    let state = Arc::new(Portal::default());
-    let up = portal(state.clone()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let nodes = fleet(dir.path(), up.addr, &redis.url()).await;
+    let (_serial, redis, _state, _up, _dir, nodes) = setup(false, "").await;
     let (st, _) = admin(nodes[0].admin, "POST", "/admin/gates/claims/pause", "").await;
     assert_eq!(st, 200);
     let (st, _) = admin(
@@ -977,12 +951,7 @@ async fn an_admin_switch_or_limit_set_on_one_node_applies_to_every_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_killed_mid_surge_closes_then_back_empty_resyncs_without_a_number_twice() {
-    let _serial = SERIAL.lock().await;
-    let mut redis = RedisServer::start();
-    let state = Arc::new(Portal::default());
-    let up = portal(state.clone()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let nodes = fleet(dir.path(), up.addr, &redis.url()).await;
+    let (_serial, mut redis, state, _up, dir, nodes) = setup(false, "").await;
     let addrs = Arc::new(nodes.iter().map(|n| n.addr).collect::<Vec<_>>());
     let out = Arc::new(Mutex::new(Outcome::default()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -1050,12 +1019,7 @@ async fn redis_killed_mid_surge_closes_then_back_empty_resyncs_without_a_number_
         }
     }
     let o = out.lock().unwrap();
-    let logs: String = (0..3)
-        .map(|i| {
-            std::fs::read_to_string(dir.path().join(format!("node-{i}.log"))).unwrap_or_default()
-        })
-        .collect();
-    assert!(!logs.contains("panicked"), "{logs}");
+    assert_no_panic(dir.path());
     assert!(
         waiting_then >= 5,
         "only {waiting_then} waiting when Redis died"
@@ -1112,15 +1076,8 @@ async fn redis_killed_mid_surge_closes_then_back_empty_resyncs_without_a_number_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_per_gate_rate_limit_holds_for_the_fleet() {
-    let _serial = SERIAL.lock().await;
-    let redis = RedisServer::start();
-    let state = Arc::new(Portal::default());
-    let up = portal(state.clone()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let nodes = fleet_with(
-        dir.path(),
-        up.addr,
-        &redis.url(),
+    let (_serial, _redis, _state, _up, _dir, nodes) = setup(
+        false,
         "[rate_limits]\nper_gate = { rate = \"3/s\", burst = 30 }\n",
     )
     .await;
@@ -1158,15 +1115,8 @@ async fn as_user(addr: SocketAddr, session: &str, user: &str) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_leak_guard_binds_a_session_for_the_fleet() {
-    let _serial = SERIAL.lock().await;
-    let mut redis = RedisServer::start();
-    let state = Arc::new(Portal::default());
-    let up = portal(state.clone()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let nodes = fleet_with(
-        dir.path(),
-        up.addr,
-        &redis.url(),
+    let (_serial, mut redis, _state, _up, _dir, nodes) = setup(
+        false,
         "[isolation]\nsession_cookies = [\"sid\"]\nleak_guard_header = \"x-user\"\n",
     )
     .await;

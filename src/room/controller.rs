@@ -384,30 +384,41 @@ mod tests {
         assert_eq!(c[1].2, Mode::Paused);
     }
 
+    /// A room whose one gate follows a portal of 10 slots (safety bound 100, `gate_extra` in
+    /// its config), with `taken` numbers handed out and `let_in` of them let in, the gate's
+    /// capacity set to `let_in` so that exactly they are; the clock frozen.
+    fn following(gate_extra: &str, taken: u32, let_in: u32) -> (Room, Arc<Clock>) {
+        let clock = Arc::new(Clock::system());
+        clock.freeze_at(at("2026-04-02T10:00:00+02:00"));
+        let r = room(
+            &format!(
+                "[upstream_guard]\nmax_in_flight = 10\n\
+                 [[gates]]\nname = \"a\"\nprefix = [\"/a\"]\ncapacity = 100\n\
+                 admission = \"portal\"\n{gate_extra}"
+            ),
+            clock.clone(),
+        );
+        let gate = &r.gates[0].lanes[0].gate;
+        let mut s = gate.settings();
+        s.capacity = let_in;
+        gate.apply(&s);
+        for _ in 0..taken {
+            assert!(gate.take_ticket().is_some());
+        }
+        assert_eq!(gate.admit(clock.now_ms()), u64::from(let_in));
+        (r, clock)
+    }
+
     /// Places held for people let in who do not come (they reload every few seconds, or left)
     /// stay held for `arrival_timeout`, but the room following the portal counts them as
     /// requests on their way only for `COMING_WITHIN_MS`: after that an idle portal grows it.
     #[test]
     fn places_held_for_people_who_do_not_come_leave_the_followed_room_free_to_grow() {
         use crate::guard::Load;
-        let clock = Arc::new(Clock::system());
-        clock.freeze_at(at("2026-04-02T10:00:00+02:00"));
-        let r = room(
-            "[upstream_guard]\nmax_in_flight = 10\n\
-             [[gates]]\nname = \"a\"\nprefix = [\"/a\"]\ncapacity = 100\n\
-             arrival_timeout = \"2s\"\nadmission = \"portal\"\n",
-            clock.clone(),
-        );
+        // Ten let in, none of whom comes; twenty wait; the portal sits idle.
+        let (r, clock) = following("arrival_timeout = \"2s\"\n", 30, 10);
         let g = &r.gates[0];
         let gate = &g.lanes[0].gate;
-        let mut s = gate.settings();
-        s.capacity = 10;
-        gate.apply(&s);
-        for _ in 0..30 {
-            assert!(gate.take_ticket().is_some());
-        }
-        // Ten let in, none of whom comes; twenty wait; the portal sits idle.
-        assert_eq!(gate.admit(clock.now_ms()), 10);
         g.steering.store(10, Ordering::Relaxed);
         let idle_portal = |at_us| Load {
             limit: 10,
@@ -437,24 +448,10 @@ mod tests {
     #[test]
     fn a_following_room_shrinks_under_the_people_inside_and_stops_with_the_line() {
         use crate::guard::Load;
-        let clock = Arc::new(Clock::system());
-        clock.freeze_at(at("2026-04-02T10:00:00+02:00"));
-        let r = room(
-            "[upstream_guard]\nmax_in_flight = 10\n\
-             [[gates]]\nname = \"a\"\nprefix = [\"/a\"]\ncapacity = 100\n\
-             admission = \"portal\"\n",
-            clock.clone(),
-        );
+        // Forty let in and inside, twenty wait; the room was 50.
+        let (r, clock) = following("", 60, 40);
         let g = &r.gates[0];
         let gate = &g.lanes[0].gate;
-        let mut s = gate.settings();
-        s.capacity = 40;
-        gate.apply(&s);
-        for _ in 0..60 {
-            assert!(gate.take_ticket().is_some());
-        }
-        // Forty let in and inside, twenty wait; the room was 50.
-        assert_eq!(gate.admit(clock.now_ms()), 40);
         let slots: Vec<(u32, u64)> = (1..=40u64)
             .map(|ticket| {
                 let who = crate::waitroom::Occupant {

@@ -79,9 +79,14 @@ pub fn saturated_goodput(
             .find(|g| g.0 == s)
             .is_some_and(|g| g.1 + g.2 >= capacity as u64)
     };
+    mean_where(useful, |s| s > 0 && busy(s - 1) && busy(s))
+}
+
+/// Mean of the per-second values whose second passes `keep`, and how many; None if none.
+fn mean_where(useful: &[(u64, f64)], keep: impl Fn(u64) -> bool) -> Option<(f64, usize)> {
     let v: Vec<f64> = useful
         .iter()
-        .filter(|&&(s, _)| s > 0 && busy(s - 1) && busy(s))
+        .filter(|&&(s, _)| keep(s))
         .map(|&(_, p)| p)
         .collect();
     (!v.is_empty()).then(|| (v.iter().sum::<f64>() / v.len() as f64, v.len()))
@@ -94,17 +99,12 @@ pub fn saturated_goodput(
 /// the crowd is still reading open pages before the gate, and those after the line is empty
 /// (people inside finishing, nobody left to let in). None when there was no such second.
 pub fn waiting_goodput(useful: &[(u64, f64)], waiting: &[(u64, u64)]) -> Option<(f64, usize)> {
-    let v: Vec<f64> = useful
-        .iter()
-        .filter(|&&(s, _)| {
-            s > 0
-                && waiting
-                    .iter()
-                    .any(|&(from, to)| from <= (s - 1) * 1000 && to > s * 1000)
-        })
-        .map(|&(_, p)| p)
-        .collect();
-    (!v.is_empty()).then(|| (v.iter().sum::<f64>() / v.len() as f64, v.len()))
+    mean_where(useful, |s| {
+        s > 0
+            && waiting
+                .iter()
+                .any(|&(from, to)| from <= (s - 1) * 1000 && to > s * 1000)
+    })
 }
 
 /// An HDR histogram of microsecond latencies, summarised in milliseconds.
